@@ -1,0 +1,89 @@
+"""Named strategies, as a study config lists them.
+
+``fedadam`` is FedAvg's client rule with the Adam server optimizer, ``fedavgm`` FedAvg with
+server momentum, and so on: composition, never a subclass per combination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedcare.algorithms.aggregate import Weighting
+from fedcare.algorithms.client_rule import ClientRule
+from fedcare.algorithms.fedavg import FedAvgClient
+from fedcare.algorithms.fedprox import FedProxClient
+from fedcare.algorithms.fedsgd import FedSGDClient
+from fedcare.algorithms.scaffold import ScaffoldClient
+from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
+from fedcare.algorithms.strategy import Schedule, Strategy
+from fedcare.core.errors import ConfigError
+
+# name -> (client rule factory, server optimizer name, default server lr, schedule)
+_TABLE: dict[
+    str, tuple[Callable[[Mapping[str, Any]], ClientRule], ServerOptimizerName, float, Schedule]
+] = {
+    "fedavg": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
+    "fedavgm": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
+    "fedadam": (lambda p: FedAvgClient(), "adam", 0.01, "parallel"),
+    "fedyogi": (lambda p: FedAvgClient(), "yogi", 0.01, "parallel"),
+    "fedadagrad": (lambda p: FedAvgClient(), "adagrad", 0.01, "parallel"),
+    "fedprox": (lambda p: FedProxClient(mu=float(p.get("mu", 0.01))), "sgd", 1.0, "parallel"),
+    "scaffold": (lambda p: ScaffoldClient(), "sgd", 1.0, "parallel"),
+    "fedsgd": (lambda p: FedSGDClient(), "sgd", 0.1, "parallel"),
+    "cyclic": (lambda p: FedAvgClient(), "sgd", 1.0, "cyclic"),
+}
+
+_PARAMS = {"server_lr", "server_momentum", "beta1", "beta2", "tau", "weighting", "mu"}
+
+
+def strategy_names() -> list[str]:
+    return sorted(_TABLE)
+
+
+def build_strategy(
+    name: str, params: Mapping[str, Any] | None = None, *, label: str | None = None
+) -> Strategy:
+    """Build a strategy by name; unknown names and parameters are a ConfigError."""
+    params = dict(params or {})
+    key = name.lower()
+    if key not in _TABLE:
+        raise ConfigError(
+            f"unknown strategy '{name}'; known strategies: {', '.join(strategy_names())}"
+        )
+    unknown = sorted(set(params) - _PARAMS)
+    if unknown:
+        raise ConfigError(
+            f"strategy '{name}': unknown parameter(s) {unknown}; allowed: {sorted(_PARAMS)}"
+        )
+    if "mu" in params and key != "fedprox":
+        raise ConfigError(f"strategy '{name}': 'mu' only applies to fedprox")
+    rule_factory, opt_name, default_lr, schedule = _TABLE[key]
+    momentum = float(params.get("server_momentum", 0.9 if key == "fedavgm" else 0.0))
+    if momentum and opt_name != "sgd":
+        raise ConfigError(
+            f"strategy '{name}': server_momentum applies to sgd-based strategies only"
+        )
+    weighting: Weighting = params.get("weighting", "samples")
+    if weighting not in ("samples", "uniform"):
+        raise ConfigError(
+            f"strategy '{name}': weighting must be 'samples' or 'uniform', found '{weighting}'"
+        )
+    try:
+        optimizer = ServerOptimizer(
+            name=opt_name,
+            lr=float(params.get("server_lr", default_lr)),
+            momentum=momentum,
+            beta1=float(params.get("beta1", 0.9)),
+            beta2=float(params.get("beta2", 0.99)),
+            tau=float(params.get("tau", 1e-3)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"strategy '{name}': {exc}") from exc
+    return Strategy(
+        name=label or key,
+        client=rule_factory(params),
+        server_optimizer=optimizer,
+        weighting=weighting,
+        schedule=schedule,
+    )

@@ -1,0 +1,97 @@
+"""A federated strategy = a client rule + a server optimizer + a weighting + a schedule.
+
+This is the whole server half of every horizontal algorithm; the per-algorithm maths
+lives in the client-rule modules and in :mod:`fedcare.algorithms.server_optim`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from fedcare.algorithms.aggregate import Aggregate, StreamingMean, Weighting, aggregation_weight
+from fedcare.algorithms.client_rule import ClientRule
+from fedcare.algorithms.server_optim import ServerOptimizer
+from fedcare.core.records import (
+    ClientUpdate,
+    LocalObjective,
+    LocalOutcome,
+    ServerState,
+    SiteState,
+    TrainSpec,
+)
+from fedcare.core.vectors import FloatVector
+
+Schedule = Literal["parallel", "cyclic"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How one federated run turns site updates into the next global model.
+
+    ``schedule="parallel"``: sampled sites train from the same global model and their
+    deltas are averaged. ``schedule="cyclic"``: sampled sites train in turn, each from the
+    previous site's model, and the round's delta is the chain's end minus its start.
+    """
+
+    name: str
+    client: ClientRule
+    server_optimizer: ServerOptimizer = field(default_factory=ServerOptimizer)
+    weighting: Weighting = "samples"
+    schedule: Schedule = "parallel"
+
+    def init_state(self, params: FloatVector) -> ServerState:
+        arrays = self.server_optimizer.init(params.size)
+        arrays.update(self.client.init_server_arrays(params.size))
+        return ServerState(round=0, params=params.astype(np.float32, copy=True), arrays=arrays)
+
+    def local_spec(self, spec: TrainSpec) -> TrainSpec:
+        return self.client.check_spec(spec)
+
+    def objective(self, state: ServerState, site_state: SiteState) -> LocalObjective:
+        return self.client.objective(state, site_state)
+
+    def client_update(
+        self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
+    ) -> tuple[SiteState, ClientUpdate]:
+        new_site_state, delta, extras = self.client.finish(state, site_state, outcome, spec)
+        update = ClientUpdate(
+            delta=delta.astype(np.float32, copy=False),
+            weight=aggregation_weight(outcome.num_samples, self.weighting),
+            extras=extras,
+            metrics={"train_loss": outcome.train_loss, "num_samples": float(outcome.num_samples)},
+        )
+        return new_site_state, update
+
+    def download_nbytes(self, state: ServerState) -> int:
+        """Bytes each participant receives: the model plus the rule's broadcast arrays.
+
+        Server-optimizer moments (``opt/…``) never leave the coordinator.
+        """
+        broadcast = sum(v.nbytes for k, v in state.arrays.items() if not k.startswith("opt/"))
+        return int(state.params.nbytes + broadcast)
+
+    def new_accumulator(self, state: ServerState) -> StreamingMean:
+        return StreamingMean(state.params.size)
+
+    def server_update(
+        self, state: ServerState, aggregate: Aggregate, num_sites: int
+    ) -> ServerState:
+        """Apply the aggregated delta with the server optimizer and update rule arrays."""
+        moments = {k: v for k, v in state.arrays.items() if k.startswith("opt/")}
+        params, new_moments = self.server_optimizer.step(state.params, aggregate.delta, moments)
+        arrays = {k: v for k, v in state.arrays.items() if not k.startswith("opt/")}
+        arrays.update(new_moments)
+        arrays.update(self.client.update_server_arrays(state, aggregate, num_sites))
+        return ServerState(
+            round=state.round + 1, params=params, arrays=arrays, scalars=dict(state.scalars)
+        )
+
+
+def chain_aggregate(start: FloatVector, end: FloatVector, count: int, weight: float) -> Aggregate:
+    """The cyclic schedule's round result: the whole chain's delta, as one aggregate."""
+    return Aggregate(
+        delta=(end - start).astype(np.float32), extras={}, total_weight=weight, count=count
+    )

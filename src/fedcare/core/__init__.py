@@ -1,0 +1,1 @@
+"""Numbers and messages shared by every layer (numpy only)."""

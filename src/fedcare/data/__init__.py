@@ -1,0 +1,1 @@
+"""Site datasets: the shipped real data, partitions, user tables and synthetic data."""

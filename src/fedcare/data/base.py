@@ -1,0 +1,103 @@
+"""What a federated dataset is: one train/test pair per site, never pooled by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.core.errors import DataValidationError
+
+Task = Literal["binary", "multiclass"]
+
+
+@dataclass
+class SiteData:
+    """One site's local data. ``x_*`` float32 with shape (n, *input_shape); ``y_*`` int64 labels."""
+
+    name: str
+    x_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    x_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x = getattr(self, f"x_{split}")
+            y = getattr(self, f"y_{split}")
+            if x.dtype != np.float32:
+                raise DataValidationError(
+                    f"{split} features must be float32", site=self.name, found=str(x.dtype)
+                )
+            if y.dtype != np.int64:
+                raise DataValidationError(
+                    f"{split} labels must be int64", site=self.name, found=str(y.dtype)
+                )
+            if x.shape[0] != y.shape[0]:
+                raise DataValidationError(
+                    f"{split} features and labels differ in length",
+                    site=self.name,
+                    expected=f"{x.shape[0]} labels",
+                    found=str(y.shape[0]),
+                )
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+
+@dataclass
+class FederatedDataset:
+    """Sites sharing one feature space and one label space."""
+
+    name: str
+    sites: list[SiteData]
+    task: Task
+    num_classes: int
+    input_shape: tuple[int, ...]
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
+    description: str = ""
+    source: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise DataValidationError(f"dataset '{self.name}' has no sites")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise DataValidationError(f"dataset '{self.name}' has duplicate site names: {names}")
+        for site in self.sites:
+            if tuple(site.x_train.shape[1:]) != self.input_shape:
+                raise DataValidationError(
+                    "train features have the wrong shape",
+                    site=site.name,
+                    expected=str(self.input_shape),
+                    found=str(tuple(site.x_train.shape[1:])),
+                )
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    def site(self, name: str) -> SiteData:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise KeyError(f"dataset '{self.name}' has no site '{name}'; sites: {self.site_names}")
+
+    def pooled(self, name: str = "pooled") -> SiteData:
+        """All sites' rows in one table: the centralised upper reference, never a federated path."""
+        return SiteData(
+            name=name,
+            x_train=np.concatenate([s.x_train for s in self.sites]),
+            y_train=np.concatenate([s.y_train for s in self.sites]),
+            x_test=np.concatenate([s.x_test for s in self.sites]),
+            y_test=np.concatenate([s.y_test for s in self.sites]),
+        )

@@ -1,0 +1,1 @@
+"""The PyTorch adapter: the only layer besides ``models`` that imports torch."""

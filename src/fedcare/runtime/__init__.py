@@ -1,0 +1,1 @@
+"""Round mechanics shared by the simulator and the deployed coordinator."""

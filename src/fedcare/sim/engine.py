@@ -1,0 +1,328 @@
+"""The simulation round loop.
+
+Sites with one architecture train together as one batched computation (see
+:mod:`fedcare.ml.trainer`); aggregation streams chunk by chunk through the strategy's
+accumulator, so memory does not grow with the number of sites. Every random draw comes
+from the run's :class:`~fedcare.core.seeds.SeedStream`, keyed by round and site, so the
+result does not depend on chunking, on the trainer mode, or on a resume from checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from fedcare.algorithms.strategy import Strategy, chain_aggregate
+from fedcare.core.metrics import EvalStats
+from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
+from fedcare.core.seeds import SeedStream
+from fedcare.data.base import FederatedDataset, SiteData
+from fedcare.ml.databank import DataBank
+from fedcare.ml.schedule import batch_schedule
+from fedcare.ml.trainer import LocalTrainer, Mode
+from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fedcare.runtime.sampling import Participation, sample_sites
+from fedcare.sim.evaluation import TestSets, pooled
+
+ProgressCallback = Callable[["RoundRecord"], None]
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round (or one epoch-equivalent of a baseline)."""
+
+    round: int
+    participants: list[str]
+    train_loss: float
+    upload_bytes: int
+    download_bytes: int
+    seconds: float
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    pooled_metrics: dict[str, float] = field(default_factory=dict)
+
+    def mean_site(self, metric: str) -> float:
+        values = [m[metric] for m in self.site_metrics.values()]
+        return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class RunResult:
+    history: list[RoundRecord]
+    final_params: list[npt.NDArray[np.float32]]  # one global model, or one per site
+    final_eval: dict[str, EvalStats]
+    state: ServerState | None = None
+    site_states: dict[str, SiteState] = field(default_factory=dict)
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(r.upload_bytes for r in self.history)
+
+    @property
+    def download_bytes(self) -> int:
+        return sum(r.download_bytes for r in self.history)
+
+
+def initial_params(module: nn.Module, seeds: SeedStream) -> npt.NDArray[np.float32]:
+    """The run's initial model: re-initialised from the seed stream, not from torch's global RNG."""
+    generator_seed = seeds.integer_seed("init")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator_seed)
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return LocalTrainer(module, 2, mode="sequential").initial_vector()
+
+
+def _chunks(indices: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.int64]]:
+    return [indices[i : i + size] for i in range(0, len(indices), max(size, 1))]
+
+
+class FederatedSimulation:
+    """One federated run of a strategy over a dataset's sites."""
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        dataset: FederatedDataset,
+        strategy: Strategy,
+        spec: TrainSpec,
+        rounds: int,
+        seed: int,
+        participation: Participation | None = None,
+        mode: Mode = "auto",
+        site_chunk: int = 256,
+        eval_every: int = 1,
+        checkpoint_dir: Path | None = None,
+        test_sets: TestSets | None = None,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, found {rounds}")
+        self.module = module
+        self.dataset = dataset
+        self.strategy = strategy
+        self.spec = strategy.local_spec(spec)
+        self.rounds = rounds
+        self.seeds = SeedStream(seed)
+        self.participation = participation or Participation()
+        self.trainer = LocalTrainer(module, dataset.num_classes, mode=mode)
+        self.site_chunk = site_chunk
+        self.eval_every = eval_every
+        self.checkpoint_dir = checkpoint_dir
+        self.bank = DataBank.from_arrays(
+            [s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites]
+        )
+        self.tests = test_sets or TestSets(dataset)
+        self.names = dataset.site_names
+
+    def run(self, progress: ProgressCallback | None = None, *, resume: bool = False) -> RunResult:
+        layout = self.trainer.layout
+        state = self.strategy.init_state(initial_params(self.module, self.seeds))
+        site_states: dict[str, SiteState] = {name: {} for name in self.names}
+        history: list[RoundRecord] = []
+        if resume and self.checkpoint_dir is not None:
+            ckpt = load_checkpoint(self.checkpoint_dir)
+            state, history = ckpt.state, [RoundRecord(**r) for r in ckpt.extra.get("history", [])]
+            site_states.update(ckpt.site_states)
+        while state.round < self.rounds:
+            started = time.perf_counter()
+            state, record = self._round(state, site_states)
+            if self.eval_every and (
+                state.round % self.eval_every == 0 or state.round == self.rounds
+            ):
+                stats = self.tests.evaluate_global(self.module, layout, state.params)
+                record.site_metrics = {k: v.summary() for k, v in stats.items()}
+                record.pooled_metrics = pooled(stats).summary()
+            record.seconds = time.perf_counter() - started
+            history.append(record)
+            if self.checkpoint_dir is not None:
+                extra = {"history": [r.__dict__ for r in history]}
+                save_checkpoint(self.checkpoint_dir, state, site_states, extra)
+            if progress is not None:
+                progress(record)
+        final_eval = self.tests.evaluate_global(self.module, layout, state.params)
+        return RunResult(history, [state.params], final_eval, state, site_states)
+
+    def _round(
+        self, state: ServerState, site_states: dict[str, SiteState]
+    ) -> tuple[ServerState, RoundRecord]:
+        r = state.round
+        sampled = sample_sites(len(self.names), self.participation, self.seeds, r)
+        download = self.strategy.download_nbytes(state) * len(sampled)
+        if self.strategy.schedule == "cyclic":
+            new_state, upload, loss = self._cyclic_round(state, site_states, sampled)
+        else:
+            new_state, upload, loss = self._parallel_round(state, site_states, sampled)
+        record = RoundRecord(
+            round=new_state.round,
+            participants=[self.names[i] for i in sampled],
+            train_loss=loss,
+            upload_bytes=upload,
+            download_bytes=download,
+            seconds=0.0,
+        )
+        return new_state, record
+
+    def _schedules(
+        self, sites: Sequence[int] | npt.NDArray[np.int64], round_index: int
+    ) -> list[npt.NDArray[np.int64]]:
+        return [
+            batch_schedule(
+                int(self.bank.counts[k]),
+                self.spec,
+                self.seeds.generator("batches", round_index, int(k)),
+            )
+            for k in sites
+        ]
+
+    def _parallel_round(
+        self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
+    ) -> tuple[ServerState, int, float]:
+        accumulator = self.strategy.new_accumulator(state)
+        upload = 0
+        loss_weighted = 0.0
+        for chunk in _chunks(sampled, self.site_chunk):
+            names = [self.names[k] for k in chunk]
+            objectives = [self.strategy.objective(state, site_states[n]) for n in names]
+            starts = np.broadcast_to(state.params, (len(chunk), state.params.size))
+            result = self.trainer.train(
+                self.bank,
+                chunk.tolist(),
+                starts,
+                self._schedules(chunk, state.round),
+                objectives,
+                self.spec,
+            )
+            for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
+                outcome = LocalOutcome(
+                    params=result.params[i],
+                    num_samples=int(self.bank.counts[k]),
+                    num_steps=int(result.num_steps[i]),
+                    train_loss=float(result.train_loss[i]),
+                )
+                site_states[name], update = self.strategy.client_update(
+                    state, site_states[name], outcome, self.spec
+                )
+                accumulator.add(update.delta, update.weight, update.extras)
+                upload += update.nbytes()
+                loss_weighted += outcome.train_loss * outcome.num_samples
+        aggregate = accumulator.result()
+        new_state = self.strategy.server_update(state, aggregate, len(self.names))
+        total = float(sum(int(self.bank.counts[k]) for k in sampled))
+        return new_state, upload, loss_weighted / max(total, 1.0)
+
+    def _cyclic_round(
+        self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
+    ) -> tuple[ServerState, int, float]:
+        params = state.params
+        upload = 0
+        losses = []
+        for k in sampled:
+            name = self.names[k]
+            objective = self.strategy.objective(state, site_states[name])
+            result = self.trainer.train(
+                self.bank,
+                [int(k)],
+                params[None, :],
+                self._schedules([k], state.round),
+                [objective],
+                self.spec,
+            )
+            params = result.params[0].copy()
+            upload += params.nbytes
+            losses.append(float(result.train_loss[0]))
+        weight = float(sum(int(self.bank.counts[k]) for k in sampled))
+        new_state = self.strategy.server_update(
+            state, chain_aggregate(state.params, params, len(sampled), weight), len(self.names)
+        )
+        return new_state, upload, float(np.mean(losses)) if losses else float("nan")
+
+
+class IsolatedTraining:
+    """Baselines without federation: each training set trains its own model continuously.
+
+    ``local``: one model per site on its own rows, evaluated on its own test set.
+    ``pooled``: one model on every site's rows together (the centralised upper reference),
+    evaluated on every site's test set. One "round" is one pass of ``spec``.
+    """
+
+    def __init__(
+        self,
+        *,
+        module: nn.Module,
+        dataset: FederatedDataset,
+        spec: TrainSpec,
+        rounds: int,
+        seed: int,
+        pooled: bool,
+        mode: Mode = "auto",
+        eval_every: int = 1,
+        test_sets: TestSets | None = None,
+    ) -> None:
+        self.module = module
+        self.dataset = dataset
+        self.spec = spec
+        self.rounds = rounds
+        self.seeds = SeedStream(seed)
+        self.pooled = pooled
+        self.trainer = LocalTrainer(module, dataset.num_classes, mode=mode)
+        self.eval_every = eval_every
+        train_sets: list[SiteData] = [dataset.pooled()] if pooled else dataset.sites
+        self.bank = DataBank.from_arrays(
+            [s.x_train for s in train_sets], [s.y_train for s in train_sets]
+        )
+        self.tests = test_sets or TestSets(dataset)
+
+    def _evaluate(self, params: npt.NDArray[np.float32]) -> dict[str, EvalStats]:
+        layout = self.trainer.layout
+        if self.pooled:
+            return self.tests.evaluate_global(self.module, layout, params[0])
+        return self.tests.evaluate_own(self.module, layout, list(params))
+
+    def run(self, progress: ProgressCallback | None = None) -> RunResult:
+        k = self.bank.num_sites
+        start = initial_params(self.module, self.seeds)
+        params = np.tile(start, (k, 1))
+        opt_states: list[Any] | None = None
+        history: list[RoundRecord] = []
+        names = ["pooled"] if self.pooled else self.dataset.site_names
+        for r in range(self.rounds):
+            started = time.perf_counter()
+            schedules = [
+                batch_schedule(
+                    int(self.bank.counts[i]), self.spec, self.seeds.generator("batches", r, i)
+                )
+                for i in range(k)
+            ]
+            objectives = [LocalObjective()] * k
+            result = self.trainer.train(
+                self.bank, list(range(k)), params, schedules, objectives, self.spec, opt_states
+            )
+            params, opt_states = result.params, result.opt_states
+            weights = self.bank.counts.astype(np.float64)
+            record = RoundRecord(
+                round=r + 1,
+                participants=names,
+                train_loss=float((result.train_loss * weights).sum() / weights.sum()),
+                upload_bytes=0,
+                download_bytes=0,
+                seconds=0.0,
+            )
+            if self.eval_every and ((r + 1) % self.eval_every == 0 or r + 1 == self.rounds):
+                stats = self._evaluate(params)
+                record.site_metrics = {n: s.summary() for n, s in stats.items()}
+                record.pooled_metrics = pooled(stats).summary()
+            record.seconds = time.perf_counter() - started
+            history.append(record)
+            if progress is not None:
+                progress(record)
+        return RunResult(history, list(params), self._evaluate(params))
