@@ -9,7 +9,11 @@ from fedcare.data.base import FederatedDataset, SiteData
 
 
 def make_sites(
-    sizes: list[int], num_features: int = 6, num_classes: int = 2, seed: int = 0, test_rows: int = 40
+    sizes: list[int],
+    num_features: int = 6,
+    num_classes: int = 2,
+    seed: int = 0,
+    test_rows: int = 40,
 ) -> FederatedDataset:
     """Linearly separable-ish sites with a per-site shift, like hospitals with different case mixes."""
     rng = np.random.default_rng(seed)
@@ -18,7 +22,7 @@ def make_sites(
     for i, n in enumerate(sizes):
         shift = rng.normal(scale=0.5, size=num_features)
 
-        def draw(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        def draw(rows: int, shift: np.ndarray = shift) -> tuple[np.ndarray, np.ndarray]:
             x = (rng.normal(size=(rows, num_features)) + shift).astype(np.float32)
             y = (x @ teacher + rng.normal(scale=0.5, size=(rows, num_classes))).argmax(axis=1)
             return x, y.astype(np.int64)

@@ -56,7 +56,9 @@ def test_block_and_single_adds_agree_for_any_chunking(deltas, weights, chunk):
         single.add(d, float(w))
     blocked = StreamingMean(5)
     for i in range(0, 6, chunk):
-        blocked.add_block(deltas[i : i + chunk], np.asarray(weights[i : i + chunk], dtype=np.float64))
+        blocked.add_block(
+            deltas[i : i + chunk], np.asarray(weights[i : i + chunk], dtype=np.float64)
+        )
     np.testing.assert_allclose(blocked.result().delta, single.result().delta, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(
         single.result().delta, weighted_mean(list(deltas), weights), rtol=1e-6, atol=1e-5

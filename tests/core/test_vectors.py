@@ -30,7 +30,7 @@ def test_trainable_mask_excludes_buffers():
 
 
 def test_shape_mismatch_names_the_tensor():
-    with pytest.raises(LayoutMismatchError, match="'w'.*expected shape"):
+    with pytest.raises(LayoutMismatchError, match=r"'w'.*expected shape"):
         LAYOUT.flatten({"w": np.zeros((3, 2)), "b": np.zeros(3), "count": np.zeros(())})
 
 

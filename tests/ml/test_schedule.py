@@ -18,12 +18,16 @@ def test_each_epoch_visits_every_row_exactly_once(n, batch, epochs):
 
 
 def test_step_mode_cycles_through_fresh_epochs():
-    sched = batch_schedule(10, TrainSpec(epochs=None, steps=7, batch_size=4), np.random.default_rng(0))
+    sched = batch_schedule(
+        10, TrainSpec(epochs=None, steps=7, batch_size=4), np.random.default_rng(0)
+    )
     assert sched.shape == (7, 4)
     # 3 batches per epoch: 4 + 4 + 2 (padded).
     assert (sched[2] == PAD).sum() == 2
 
 
 def test_full_batch_uses_every_row_each_step():
-    sched = batch_schedule(9, TrainSpec(epochs=None, steps=2, batch_size=None), np.random.default_rng(0))
+    sched = batch_schedule(
+        9, TrainSpec(epochs=None, steps=2, batch_size=None), np.random.default_rng(0)
+    )
     assert sched.shape == (2, 9)

@@ -16,7 +16,7 @@ def test_state_dict_round_trip_is_lossless_including_integer_buffers():
     for name, tensor in model.state_dict().items():
         assert restored[name].dtype == tensor.dtype
         assert torch.equal(restored[name], tensor)
-    assert not dict((s.name, s.trainable) for s in layout.specs)["1.num_batches_tracked"]
+    assert not {s.name: s.trainable for s in layout.specs}["1.num_batches_tracked"]
 
 
 def test_load_vector_writes_into_the_module():

@@ -14,15 +14,20 @@ from fedcare.models import build_model
 from tests.conftest import make_sites
 
 
-def train_both(model: nn.Module, dataset, spec: TrainSpec, objectives=None):
-    bank = DataBank.from_arrays([s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites])
+def train_both(model: nn.Module, dataset, spec: TrainSpec, objectives=None, stacked=None):
+    bank = DataBank.from_arrays(
+        [s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites]
+    )
     k = bank.num_sites
     seeds = SeedStream(3)
-    schedules = [batch_schedule(int(bank.counts[i]), spec, seeds.generator("batches", 0, i)) for i in range(k)]
+    schedules = [
+        batch_schedule(int(bank.counts[i]), spec, seeds.generator("batches", 0, i))
+        for i in range(k)
+    ]
     objectives = objectives or [LocalObjective()] * k
     results = {}
     for mode in ("batched", "sequential"):
-        trainer = LocalTrainer(model, dataset.num_classes, mode=mode)
+        trainer = LocalTrainer(model, dataset.num_classes, mode=mode, stacked=stacked)
         starts = np.tile(trainer.initial_vector(), (k, 1))
         results[mode] = trainer.train(bank, list(range(k)), starts, schedules, objectives, spec)
     return results["batched"], results["sequential"]
@@ -37,22 +42,24 @@ def train_both(model: nn.Module, dataset, spec: TrainSpec, objectives=None):
     ],
     ids=["sgd-epochs", "momentum-steps", "full-batch"],
 )
-def test_batched_equals_sequential_for_mlp_with_uneven_sites(spec):
+@pytest.mark.parametrize("stacked", [True, False], ids=["bmm", "vmap"])
+def test_batched_equals_sequential_for_mlp_with_uneven_sites(spec, stacked):
     torch.manual_seed(0)
     dataset = make_sites([23, 8, 41], num_features=5)
     model = build_model("mlp", (5,), 2, hidden=(16, 8))
-    batched, sequential = train_both(model, dataset, spec)
+    batched, sequential = train_both(model, dataset, spec, stacked=stacked)
     np.testing.assert_allclose(batched.params, sequential.params, atol=1e-5)
     np.testing.assert_array_equal(batched.num_steps, sequential.num_steps)
     np.testing.assert_allclose(batched.train_loss, sequential.train_loss, atol=1e-5)
 
 
-def test_batched_equals_sequential_with_adam_on_logistic_regression():
+@pytest.mark.parametrize("stacked", [True, False], ids=["bmm", "vmap"])
+def test_batched_equals_sequential_with_adam_on_multiclass_logistic_regression(stacked):
     torch.manual_seed(0)
     dataset = make_sites([30, 19], num_features=4, num_classes=3)
     model = build_model("logistic", (4,), 3)
     spec = TrainSpec(optimizer="adam", lr=0.01, epochs=3, batch_size=4)
-    batched, sequential = train_both(model, dataset, spec)
+    batched, sequential = train_both(model, dataset, spec, stacked=stacked)
     np.testing.assert_allclose(batched.params, sequential.params, atol=1e-5)
 
 
@@ -83,7 +90,9 @@ def test_cnn_trains_batched_like_sequentially():
 
     dataset = FederatedDataset("img", [site("a", 10), site("b", 7)], "binary", 2, (1, 28, 28))
     model = build_model("cnn", (1, 28, 28), 2, width=4)
-    batched, sequential = train_both(model, dataset, TrainSpec(optimizer="sgd", lr=0.1, steps=3, batch_size=4))
+    batched, sequential = train_both(
+        model, dataset, TrainSpec(optimizer="sgd", lr=0.1, steps=3, batch_size=4)
+    )
     np.testing.assert_allclose(batched.params, sequential.params, atol=1e-5)
 
 
@@ -94,7 +103,9 @@ def test_models_with_batch_norm_fall_back_to_the_sequential_path():
     with pytest.raises(ValueError, match="batch-norm"):
         LocalTrainer(model, 2, mode="batched")
     dataset = make_sites([12, 10], num_features=3)
-    bank = DataBank.from_arrays([s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites])
+    bank = DataBank.from_arrays(
+        [s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites]
+    )
     spec = TrainSpec(lr=0.1, epochs=1, batch_size=4)
     schedules = [batch_schedule(n, spec, np.random.default_rng(i)) for i, n in enumerate((12, 10))]
     start = np.tile(trainer.initial_vector(), (2, 1))

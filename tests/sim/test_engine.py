@@ -56,15 +56,22 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(toy_dataset, tmp_path):
     simulate(toy_dataset, "scaffold", rounds=2, checkpoint_dir=tmp_path)
     model = build_model("mlp", toy_dataset.input_shape, 2, hidden=(8,))
     resumed = FederatedSimulation(
-        module=model, dataset=toy_dataset, strategy=build_strategy("scaffold"), spec=SPEC,
-        rounds=4, seed=0, checkpoint_dir=tmp_path,
+        module=model,
+        dataset=toy_dataset,
+        strategy=build_strategy("scaffold"),
+        spec=SPEC,
+        rounds=4,
+        seed=0,
+        checkpoint_dir=tmp_path,
     ).run(resume=True)
     np.testing.assert_array_equal(resumed.final_params[0], full.final_params[0])
     assert [r.round for r in resumed.history] == [1, 2, 3, 4]
 
 
 def test_partial_participation_samples_the_requested_share_of_sites(toy_dataset):
-    _, result = simulate(toy_dataset, rounds=5, participation=Participation(fraction=0.5, min_sites=2))
+    _, result = simulate(
+        toy_dataset, rounds=5, participation=Participation(fraction=0.5, min_sites=2)
+    )
     assert all(len(r.participants) == 2 for r in result.history)
     assert len({tuple(r.participants) for r in result.history}) > 1
 

@@ -54,6 +54,8 @@ def step(
     else:
         updated = params - spec.lr * grad
     state["step"] = new_step
+    if bool(active.all()):
+        return updated
     return torch.where(act, updated, params)
 
 

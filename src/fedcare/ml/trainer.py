@@ -26,6 +26,7 @@ from fedcare.ml.databank import DataBank
 from fedcare.ml.losses import per_sample_loss
 from fedcare.ml.schedule import stack_schedules
 from fedcare.ml.torch_adapter import has_buffers, layout_of, load_vector, module_to_vector
+from fedcare.models.stacked import StackedForward
 
 Mode = Literal["auto", "batched", "sequential"]
 
@@ -41,7 +42,9 @@ class TrainResult:
 class LocalTrainer:
     """Trains copies of one architecture at many sites."""
 
-    def __init__(self, module: nn.Module, num_classes: int, mode: Mode = "auto") -> None:
+    def __init__(
+        self, module: nn.Module, num_classes: int, mode: Mode = "auto", stacked: bool | None = None
+    ) -> None:
         self.module = module
         self.num_classes = num_classes
         self.layout: ParamLayout = layout_of(module)
@@ -55,15 +58,51 @@ class LocalTrainer:
             ("batched" if self.batchable else "sequential") if mode == "auto" else mode
         )
         self._trainable = torch.from_numpy(self.layout.mask())
+        self._all_trainable = bool(self._trainable.all())
         self._views = [
             (spec.name, start, stop, spec.shape) for spec, start, stop in self.layout.offsets()
         ]
         self._grad_fn = vmap(grad_and_value(self._site_loss))
+        # Dense models with a stacked forward use batched matmuls; others use vmap.
+        supports_stacked = isinstance(module, StackedForward)
+        if stacked and not supports_stacked:
+            raise ValueError(
+                f"{type(module).__name__} has no stacked_forward; use vmap (stacked=None)"
+            )
+        self.stacked = supports_stacked if stacked is None else stacked
 
     def initial_vector(self) -> npt.NDArray[np.float32]:
         return module_to_vector(self.module, self.layout)
 
     # -- batched path -------------------------------------------------------------------
+    def _batched_grads(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-site gradients (K, P) and per-site mean losses (K,) of one step."""
+        if not self.stacked:
+            return self._grad_fn(flat, x, y, w)
+        k = flat.shape[0]
+        # One leaf per tensor, each a view into ``flat`` (no copy); their gradients are
+        # concatenated once, cheaper than autograd scattering slices into a (K, P) buffer.
+        leaves = [
+            flat[:, start:stop].view(k, *shape).detach().requires_grad_(True)
+            for _, start, stop, shape in self._views
+        ]
+        params = {view[0]: leaf for view, leaf in zip(self._views, leaves, strict=True)}
+        logits = self.module.stacked_forward(params, x)  # type: ignore[operator]
+        losses = per_sample_loss(logits, y, self.num_classes)
+        site_losses = (losses * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        # Sites are independent, so the gradient of the sum is each site's own gradient.
+        parts = torch.autograd.grad(site_losses.sum(), leaves, allow_unused=True)
+        grads = torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(leaf)).reshape(k, -1)
+                for g, leaf in zip(parts, leaves, strict=True)
+            ],
+            dim=1,
+        )
+        return grads, site_losses.detach()
+
     def _site_loss(
         self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
     ) -> torch.Tensor:
@@ -95,12 +134,13 @@ class LocalTrainer:
             w = (idx >= 0).to(flat.dtype)
             rows = idx.clamp(min=0)
             active = w.sum(dim=1) > 0
-            grads, losses = self._grad_fn(flat, bank.x[rows], bank.y[rows], w)
+            grads, losses = self._batched_grads(flat, bank.x[rows], bank.y[rows], w)
             if prox is not None and anchors is not None:
                 grads = grads + prox[:, None] * (flat - anchors)
             if corrections is not None:
                 grads = grads + corrections
-            grads = grads * self._trainable
+            if not self._all_trainable:
+                grads = grads * self._trainable
             flat = optim.step(spec, flat, grads, state, active)
             steps_taken += active.to(torch.int64)
             loss_sum += torch.where(active, losses.detach().to(torch.float64), 0.0)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from fedcare.models.stacked import stacked_linear
+
 
 class LogisticRegression(nn.Module):
     """One output logit for binary tasks, one per class otherwise."""
@@ -17,3 +19,6 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
+
+    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return stacked_linear(x.flatten(2), params["linear.weight"], params["linear.bias"])

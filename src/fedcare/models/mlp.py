@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from fedcare.models.stacked import stacked_linear
 
 
 class MLP(nn.Module):
@@ -33,3 +36,16 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(2)
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                h = stacked_linear(h, params[f"net.{i}.weight"], params[f"net.{i}.bias"])
+            elif isinstance(layer, nn.ReLU):
+                h = torch.relu(h)
+            elif isinstance(layer, nn.Dropout):
+                h = F.dropout(h, layer.p, self.training)
+            else:  # pragma: no cover - the constructor only builds the layers above
+                raise TypeError(f"MLP.stacked_forward cannot run layer {type(layer).__name__}")
+        return h

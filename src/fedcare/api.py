@@ -1,0 +1,81 @@
+"""The Python API: build and run a study in a few lines (the CLI does the same)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fedcare.study.config import StudyConfig, parse_config
+from fedcare.study.runner import StudyRunner
+
+
+@dataclass
+class StudyResult:
+    directory: Path
+    metrics: dict[str, Any]
+
+    def accuracy(self, strategy: str, site: str | None = None) -> float:
+        """Mean test accuracy over seeds: one site's, or the mean over sites."""
+        entry = next((s for s in self.metrics["strategies"] if s["name"] == strategy), None)
+        if entry is None:
+            known = [s["name"] for s in self.metrics["strategies"]]
+            raise KeyError(f"no strategy '{strategy}' in this study; it has {known}")
+        stat = (
+            entry["overall"]["mean_site_accuracy"]
+            if site is None
+            else entry["per_site"][site]["accuracy"]
+        )
+        return float(stat["mean"])
+
+    def table(self) -> str:
+        from fedcare.cli.progress import results_table
+
+        console = Console(record=True, width=160)
+        with console.capture() as capture:
+            console.print(results_table(self.metrics))
+        return capture.get()
+
+
+@dataclass
+class Study:
+    """A study under construction; ``run`` validates it exactly as a YAML file would be."""
+
+    dataset: str = "heart-disease"
+    model: str = "logistic"
+    rounds: int = 20
+    seeds: list[int] = field(default_factory=lambda: [0])
+    local: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    model_params: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: ["local", "pooled"])
+    participation: dict[str, Any] = field(default_factory=dict)
+    name: str = "study"
+    strategies: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_strategy(self, name: str, *, label: str | None = None, **params: Any) -> Study:
+        entry: dict[str, Any] = {"name": name, "params": params}
+        if label is not None:
+            entry["label"] = label
+        self.strategies.append(entry)
+        return self
+
+    def config(self) -> StudyConfig:
+        raw = {
+            "name": self.name,
+            "dataset": {"name": self.dataset, "params": self.dataset_params},
+            "model": {"name": self.model, "params": self.model_params},
+            "rounds": self.rounds,
+            "seeds": self.seeds,
+            "local": self.local,
+            "baselines": self.baselines,
+            "participation": self.participation,
+            "strategies": self.strategies,
+        }
+        return parse_config(raw, source="Study")
+
+    def run(self, out_dir: str | Path) -> StudyResult:
+        outcome = StudyRunner(self.config(), Path(out_dir)).run()
+        return StudyResult(outcome.directory, outcome.metrics)

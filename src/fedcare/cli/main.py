@@ -1,0 +1,159 @@
+"""``fedcare``: run studies, inspect datasets, render reports.
+
+Every expected failure (bad config, missing file, invalid data) exits with code 2 and
+one clear line; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcare.core.errors import FedcareError
+
+app = typer.Typer(
+    name="fedcare",
+    help="Federated learning across hospitals: studies in simulation, reports, datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+datasets_app = typer.Typer(
+    help="List and describe the datasets that ship with fedcare.", no_args_is_help=True
+)
+app.add_typer(datasets_app, name="datasets")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn expected errors into one red line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (FedcareError, FileNotFoundError) as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _run_config(config: Any, out: Path) -> None:
+    from fedcare.cli.progress import StudyProgress, results_table
+    from fedcare.study.runner import StudyRunner
+
+    console.print(
+        f"[bold]Study[/] {config.name}: dataset {config.dataset.name}, model {config.model.name}, "
+        f"{len(config.seeds)} seed(s), {config.rounds} rounds"
+    )
+    with StudyProgress(console) as progress:
+        runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
+        outcome = runner.run()
+    console.print(results_table(outcome.metrics))
+    console.print(
+        f"Study folder: [bold]{outcome.directory}[/] (report.html, metrics.json, metrics.csv, models/)"
+    )
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Study folder to write.")] = Path("studies/heart-demo"),
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 5,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Override the number of rounds.")
+    ] = None,
+) -> None:
+    """Run the embedded heart-disease study (4 hospitals, FLamby split) and write its report."""
+    from fedcare.study.presets import heart_demo_config
+
+    config = heart_demo_config(seeds=list(range(seeds)), rounds=rounds)
+    _run_config(config, out)
+
+
+@app.command()
+@friendly_errors
+def simulate(
+    config: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Study folder (default: the config's 'output' or studies/NAME)."),
+    ] = None,
+) -> None:
+    """Run a study from a YAML config in the simulator."""
+    from fedcare.study.config import load_config
+
+    cfg = load_config(config)
+    target = out or Path(cfg.output or f"studies/{cfg.name}")
+    _run_config(cfg, target)
+
+
+@app.command()
+@friendly_errors
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="A study folder containing metrics.json.")],
+) -> None:
+    """(Re)render report.html and metrics.csv from a study folder's metrics.json."""
+    from fedcare.report.html import write_report
+
+    if not (study_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"{study_dir / 'metrics.json'}: no metrics.json in this folder")
+    path = write_report(study_dir)
+    console.print(f"Wrote [bold]{path}[/]")
+
+
+@datasets_app.command("list")
+@friendly_errors
+def datasets_list() -> None:
+    """Datasets that ship inside fedcare (no download ever)."""
+    from fedcare.data.registry import dataset_names, describe_dataset
+
+    table = Table(title="fedcare datasets")
+    for col in ("name", "sites", "task", "features", "license"):
+        table.add_column(col)
+    for name in dataset_names():
+        info = describe_dataset(name)
+        table.add_row(
+            name,
+            str(
+                info.get("num_sites", info.get("sites", "-"))
+                if not isinstance(info.get("sites"), list)
+                else len(info["sites"])
+            ),
+            str(info.get("task", "-")),
+            str(info.get("num_features", info.get("input_shape", "-"))),
+            str(info.get("license", "-")),
+        )
+    console.print(table)
+
+
+@datasets_app.command("describe")
+@friendly_errors
+def datasets_describe(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. heart-disease.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Sites, rows, label balance, features and attribution of one dataset."""
+    from fedcare.data.registry import describe_dataset
+
+    info = describe_dataset(name)
+    if as_json:
+        console.print_json(json.dumps(info, default=str))
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

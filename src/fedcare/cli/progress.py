@@ -1,0 +1,83 @@
+"""Live progress bars and the closing results table for studies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from fedcare.sim.engine import RoundRecord
+
+
+class StudyProgress:
+    """One bar per (strategy, seed), advanced after every round."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[job]:<22}[/] seed {task.fields[seed]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._tasks: dict[tuple[str, int], TaskID] = {}
+
+    def __enter__(self) -> StudyProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def on_start(self, job: str, seed: int, rounds: int) -> None:
+        self._tasks[(job, seed)] = self.progress.add_task(
+            "", total=rounds, job=job, seed=seed, acc="  -  "
+        )
+
+    def on_round(self, job: str, seed: int, record: RoundRecord) -> None:
+        acc = record.mean_site("accuracy")
+        text = f"{acc:.3f}" if record.site_metrics else "  -  "
+        self.progress.update(self._tasks[(job, seed)], advance=1, acc=text)
+
+
+def _fmt(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def results_table(metrics: dict[str, Any]) -> Table:
+    sites = [s["name"] for s in metrics["sites"]]
+    table = Table(
+        title=f"{metrics['study']['name']}: test accuracy per site (mean ± std over seeds)"
+    )
+    table.add_column("strategy", style="bold")
+    for site in sites:
+        table.add_column(site, justify="right")
+    table.add_column("mean of sites", justify="right", style="cyan")
+    table.add_column("worst site", justify="right")
+    table.add_column("pooled AUC", justify="right")
+    table.add_column("upload MB", justify="right")
+    for entry in metrics["strategies"]:
+        overall = entry["overall"]
+        upload = entry.get("communication", {}).get("upload_bytes", 0) / 1e6
+        table.add_row(
+            entry["name"],
+            *[_fmt(entry["per_site"][s]["accuracy"]) for s in sites],
+            _fmt(overall["mean_site_accuracy"]),
+            _fmt(overall["worst_site_accuracy"]),
+            _fmt(overall["pooled_auc"]),
+            f"{upload:.2f}",
+        )
+    return table

@@ -1,0 +1,1 @@
+"""Studies: baselines and federated strategies over seeds, evaluated on every site."""

@@ -1,0 +1,200 @@
+"""Study configuration: YAML validated by pydantic, with errors a person can act on.
+
+Unknown or misspelled keys are errors that name the key, where it is, and the closest
+allowed key ("did you mean ...?"), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedcare.algorithms.registry import build_strategy
+from fedcare.core.errors import ConfigError
+from fedcare.core.records import TrainSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = "heart-disease"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    name: str = "logistic"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocalConfig(_Strict):
+    """Local training at each site (and for the baselines)."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    epochs: int | None = Field(default=1, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of_epochs_steps(self) -> LocalConfig:
+        if self.steps is not None and "epochs" in self.model_fields_set and self.epochs is not None:
+            raise ValueError("set either 'epochs' or 'steps' for local training, not both")
+        return self
+
+    def to_spec(self) -> TrainSpec:
+        steps = self.steps
+        epochs = None if steps is not None else (self.epochs or 1)
+        return TrainSpec(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            epochs=epochs,
+            steps=steps,
+            batch_size=self.batch_size,
+        )
+
+
+class StrategyConfig(_Strict):
+    """A federated strategy to compare; ``local`` overrides the study's local training."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    local: LocalConfig | None = None
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> StrategyConfig:
+        build_strategy(self.name, self.params, label=self.label)  # raises ConfigError early
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+class ParticipationConfig(_Strict):
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    min_sites: int = Field(default=1, ge=1)
+
+
+class SimulatorConfig(_Strict):
+    mode: Literal["auto", "batched", "sequential"] = "auto"
+    site_chunk: int = Field(default=256, ge=1)
+    eval_every: int = Field(default=1, ge=0)
+
+
+Baseline = Literal["local", "pooled"]
+_DEFAULT_BASELINES: tuple[Baseline, ...] = ("local", "pooled")
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    rounds: int = Field(default=20, ge=1)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    participation: ParticipationConfig = Field(default_factory=ParticipationConfig)
+    baselines: list[Baseline] = Field(default_factory=lambda: list(_DEFAULT_BASELINES))
+    strategies: list[StrategyConfig] = Field(default_factory=list)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    output: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> StudyConfig:
+        names = [s.display_name for s in self.strategies] + list(self.baselines)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(
+                f"strategy names must be unique; give repeated ones a 'label': {dupes}"
+            )
+        if not self.strategies and not self.baselines:
+            raise ValueError("the study lists no strategies and no baselines: nothing to run")
+        return self
+
+
+def load_config(path: Path | str) -> StudyConfig:
+    """Read and validate a study YAML file; every problem is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of settings at the top level, found {type(raw).__name__}"
+        )
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{source}: " + "; ".join(_describe(err) for err in exc.errors())
+        ) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err.get("loc", ()))
+    where = _format_loc(loc)
+    if err.get("type") == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown key '{where}'{hint} (allowed here: {', '.join(sorted(allowed))})"
+    message = str(err.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    return f"'{where}': {message}" if where else message
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config model found at ``loc`` (walks list items and optionals)."""
+    model: Any = StudyConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

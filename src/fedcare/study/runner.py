@@ -1,0 +1,246 @@
+"""Run a study: baselines (local, pooled) and federated strategies over seeds.
+
+Writes the study folder: metrics.json, metrics.csv, report.html, the resolved config and
+the final models as safetensors (one file per strategy and seed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from safetensors.torch import save_file
+
+from fedcare import __version__
+from fedcare.algorithms.registry import build_strategy
+from fedcare.core.vectors import ParamLayout
+from fedcare.data.base import FederatedDataset
+from fedcare.data.registry import load_dataset
+from fedcare.ml.torch_adapter import layout_of, vector_to_state_dict
+from fedcare.models.registry import build_model
+from fedcare.report.html import write_report
+from fedcare.runtime.sampling import Participation
+from fedcare.sim.engine import FederatedSimulation, IsolatedTraining, RoundRecord, RunResult
+from fedcare.sim.evaluation import TestSets
+from fedcare.study.config import StrategyConfig, StudyConfig
+from fedcare.study.summary import SeedRun, summarise_strategy
+
+RoundHook = Callable[[str, int, RoundRecord], None]
+StartHook = Callable[[str, int, int], None]
+
+
+@dataclass
+class StudyOutcome:
+    directory: Path
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    kind: str  # local | pooled | federated
+    label: str
+    strategy: StrategyConfig | None
+
+
+class StudyRunner:
+    """Runs every job of a study config and writes its folder."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        out_dir: Path,
+        *,
+        on_start: StartHook | None = None,
+        on_round: RoundHook | None = None,
+        dataset: FederatedDataset | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.on_start = on_start
+        self.on_round = on_round
+        self.dataset = dataset or load_dataset(config.dataset.name, **config.dataset.params)
+        self.tests = TestSets(self.dataset)
+
+    def jobs(self) -> list[_Job]:
+        labels = {"local": "Local only", "pooled": "Pooled (centralised)"}
+        out = [_Job(b, b, labels[b], None) for b in self.config.baselines]
+        out += [
+            _Job(s.display_name, "federated", s.display_name, s) for s in self.config.strategies
+        ]
+        return out
+
+    def run(self) -> StudyOutcome:
+        started = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "models").mkdir(exist_ok=True)
+        entries = []
+        for job in self.jobs():
+            runs = [self._run_job(job, seed) for seed in self.config.seeds]
+            entries.append(
+                summarise_strategy(
+                    job.name,
+                    job.kind,
+                    job.label,
+                    self._hyperparameters(job),
+                    runs,
+                    self.dataset.site_names,
+                )
+            )
+        metrics = self._metrics(entries, time.perf_counter() - started)
+        self._write(metrics)
+        return StudyOutcome(self.out_dir, metrics)
+
+    def _run_job(self, job: _Job, seed: int) -> SeedRun:
+        cfg = self.config
+        module = build_model(
+            cfg.model.name, self.dataset.input_shape, self.dataset.num_classes, **cfg.model.params
+        )
+        local = job.strategy.local if job.strategy is not None and job.strategy.local else cfg.local
+        if self.on_start is not None:
+            self.on_start(job.name, seed, cfg.rounds)
+
+        def hook(record: RoundRecord) -> None:
+            if self.on_round is not None:
+                self.on_round(job.name, seed, record)
+
+        t0 = time.perf_counter()
+        result: RunResult
+        if job.strategy is None:
+            result = IsolatedTraining(
+                module=module,
+                dataset=self.dataset,
+                spec=local.to_spec(),
+                rounds=cfg.rounds,
+                seed=seed,
+                pooled=job.kind == "pooled",
+                mode=cfg.simulator.mode,
+                eval_every=cfg.simulator.eval_every,
+                test_sets=self.tests,
+            ).run(hook)
+        else:
+            strategy = build_strategy(
+                job.strategy.name, job.strategy.params, label=job.strategy.label
+            )
+            result = FederatedSimulation(
+                module=module,
+                dataset=self.dataset,
+                strategy=strategy,
+                spec=local.to_spec(),
+                rounds=cfg.rounds,
+                seed=seed,
+                participation=Participation(
+                    cfg.participation.fraction, cfg.participation.min_sites
+                ),
+                mode=cfg.simulator.mode,
+                site_chunk=cfg.simulator.site_chunk,
+                eval_every=cfg.simulator.eval_every,
+                test_sets=self.tests,
+            ).run(hook)
+        wall = time.perf_counter() - t0
+        self._save_models(job, seed, layout_of(module), result)
+        return SeedRun(seed=seed, result=result, wall_time_s=wall)
+
+    def _save_models(self, job: _Job, seed: int, layout: ParamLayout, result: RunResult) -> None:
+        tensors = {}
+        if len(result.final_params) == 1:
+            tensors = vector_to_state_dict(result.final_params[0], layout)
+        else:
+            for site, params in zip(self.dataset.site_names, result.final_params, strict=True):
+                tensors.update(
+                    {f"{site}/{k}": v for k, v in vector_to_state_dict(params, layout).items()}
+                )
+        metadata = {
+            "strategy": job.name,
+            "seed": str(seed),
+            "model": self.config.model.name,
+            "dataset": self.dataset.name,
+            "layout": layout.to_json(),
+            "fedcare_version": __version__,
+        }
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job.name)
+        save_file(
+            tensors,
+            str(self.out_dir / "models" / f"{safe}-seed{seed}.safetensors"),
+            metadata=metadata,
+        )
+
+    def _hyperparameters(self, job: _Job) -> dict[str, Any]:
+        local = (
+            job.strategy.local
+            if job.strategy is not None and job.strategy.local
+            else self.config.local
+        )
+        hp: dict[str, Any] = {
+            f"local.{k}": v for k, v in local.model_dump().items() if v is not None
+        }
+        hp["rounds"] = self.config.rounds
+        if job.strategy is not None:
+            strategy = build_strategy(job.strategy.name, job.strategy.params)
+            opt = strategy.server_optimizer
+            hp["strategy"] = job.strategy.name
+            hp["server.optimizer"] = opt.name
+            hp["server.lr"] = opt.lr
+            if opt.name == "sgd" and opt.momentum:
+                hp["server.momentum"] = opt.momentum
+            if opt.name != "sgd":
+                hp.update(
+                    {"server.beta1": opt.beta1, "server.beta2": opt.beta2, "server.tau": opt.tau}
+                )
+            hp["weighting"] = strategy.weighting
+            hp.update(
+                {
+                    f"params.{k}": v
+                    for k, v in job.strategy.params.items()
+                    if k not in ("server_lr",)
+                }
+            )
+            hp["participation.fraction"] = self.config.participation.fraction
+        return hp
+
+    def _metrics(self, entries: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+        ds = self.dataset
+        return {
+            "schema_version": 1,
+            "study": {
+                "name": self.config.name,
+                "dataset": ds.name,
+                "model": self.config.model.name,
+                "task": ds.task,
+                "seeds": list(self.config.seeds),
+                "rounds": self.config.rounds,
+                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "fedcare_version": __version__,
+                "wall_time_s": wall,
+                "config": self.config.model_dump(mode="json"),
+                "attribution": ds.source,
+                "description": ds.description,
+            },
+            "sites": [
+                {"name": s.name, "num_train": s.num_train, "num_test": s.num_test} for s in ds.sites
+            ],
+            "strategies": entries,
+        }
+
+    def _write(self, metrics: dict[str, Any]) -> None:
+        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        (self.out_dir / "config.yaml").write_text(
+            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
+        )
+        write_report(self.out_dir)
+
+
+def best_federated(metrics: dict[str, Any]) -> tuple[str, float]:
+    """The federated strategy with the highest mean per-site accuracy."""
+    fed = [s for s in metrics["strategies"] if s["kind"] == "federated"]
+    if not fed:
+        return "", float("nan")
+    best = max(fed, key=lambda s: s["overall"]["mean_site_accuracy"]["mean"] or -np.inf)
+    return best["name"], float(best["overall"]["mean_site_accuracy"]["mean"])

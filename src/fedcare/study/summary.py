@@ -1,0 +1,102 @@
+"""Turn per-seed runs into the study's metrics.json structure (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedcare.core.metrics import EvalStats
+from fedcare.sim.engine import RunResult
+from fedcare.sim.evaluation import pooled
+
+SITE_METRICS = ("accuracy", "balanced_accuracy", "auc", "loss")
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    result: RunResult
+    wall_time_s: float
+
+
+def stat(values: Sequence[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return {
+        "mean": float(finite.mean()) if finite.size else None,
+        "std": float(finite.std()) if finite.size else None,
+        "values": [float(v) if np.isfinite(v) else None for v in arr],
+    }
+
+
+def summarise_strategy(
+    name: str,
+    kind: str,
+    label: str,
+    hyperparameters: dict[str, Any],
+    runs: Sequence[SeedRun],
+    site_names: Sequence[str],
+) -> dict[str, Any]:
+    """One entry of ``metrics.json``'s ``strategies`` list."""
+    per_site: dict[str, dict[str, Any]] = {}
+    for site in site_names:
+        per_site[site] = {
+            m: stat([run.result.final_eval[site].summary()[m] for run in runs])
+            for m in SITE_METRICS
+        }
+    pooled_stats: list[EvalStats] = [pooled(run.result.final_eval) for run in runs]
+    site_acc = np.array(
+        [[run.result.final_eval[s].accuracy for s in site_names] for run in runs], dtype=np.float64
+    )
+    overall = {
+        "mean_site_accuracy": stat(site_acc.mean(axis=1)),
+        "worst_site_accuracy": stat(site_acc.min(axis=1)),
+        "pooled_accuracy": stat([p.accuracy for p in pooled_stats]),
+        "pooled_balanced_accuracy": stat([p.balanced_accuracy for p in pooled_stats]),
+        "pooled_auc": stat([p.auc for p in pooled_stats]),
+        "pooled_loss": stat([p.loss for p in pooled_stats]),
+    }
+    return {
+        "name": name,
+        "kind": kind,
+        "label": label,
+        "hyperparameters": hyperparameters,
+        "per_site": per_site,
+        "overall": overall,
+        "curves": _curves(runs),
+        "communication": {
+            "upload_bytes": int(np.mean([r.result.upload_bytes for r in runs])),
+            "download_bytes": int(np.mean([r.result.download_bytes for r in runs])),
+        },
+        "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
+    }
+
+
+def _curves(runs: Sequence[SeedRun]) -> dict[str, Any]:
+    evaluated = [[rec for rec in run.result.history if rec.site_metrics] for run in runs]
+    rounds = [rec.round for rec in evaluated[0]] if evaluated else []
+    if not rounds or any(len(e) != len(rounds) for e in evaluated):
+        return {"round": []}
+
+    def series(extract: Any) -> dict[str, list[float | None]]:
+        matrix = np.array([[extract(rec) for rec in recs] for recs in evaluated], dtype=np.float64)
+        return {
+            "mean": _finite_or_none(matrix.mean(axis=0)),
+            "std": _finite_or_none(matrix.std(axis=0)),
+        }
+
+    return {
+        "round": rounds,
+        "mean_site_accuracy": series(lambda r: r.mean_site("accuracy")),
+        "pooled_loss": series(lambda r: r.pooled_metrics["loss"]),
+        "pooled_auc": series(lambda r: r.pooled_metrics["auc"]),
+        "train_loss": series(lambda r: r.train_loss),
+    }
+
+
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    """JSON has no NaN: an undefined value (AUC of a one-class test set) becomes null."""
+    return [float(v) if np.isfinite(v) else None for v in values]
