@@ -60,7 +60,8 @@ def _run_config(config: Any, out: Path) -> None:
     with StudyProgress(console) as progress:
         runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
         outcome = runner.run()
-    console.print(results_table(outcome.metrics))
+    # Wide enough for one line per strategy even when stdout is not a terminal (CI logs).
+    console.print(results_table(outcome.metrics), width=max(console.width, 160))
     console.print(
         f"Study folder: [bold]{outcome.directory}[/] (report.html, metrics.json, metrics.csv, models/)"
     )

@@ -54,7 +54,7 @@ class StudyProgress:
 def _fmt(stat: dict[str, Any] | None) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    return f"{stat['mean']:.3f}±{stat['std']:.3f}"
 
 
 def results_table(metrics: dict[str, Any]) -> Table:
@@ -62,7 +62,7 @@ def results_table(metrics: dict[str, Any]) -> Table:
     table = Table(
         title=f"{metrics['study']['name']}: test accuracy per site (mean ± std over seeds)"
     )
-    table.add_column("strategy", style="bold")
+    table.add_column("strategy", style="bold", no_wrap=True)
     for site in sites:
         table.add_column(site, justify="right")
     table.add_column("mean of sites", justify="right", style="cyan")

@@ -207,6 +207,9 @@ class StudyRunner:
 
     def _metrics(self, entries: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         ds = self.dataset
+        config = self.config.model_dump(mode="json")
+        # The report footer credits the data donors from the config's dataset section.
+        config["dataset"]["attribution"] = ds.source
         return {
             "schema_version": 1,
             "study": {
@@ -219,8 +222,7 @@ class StudyRunner:
                 "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "fedcare_version": __version__,
                 "wall_time_s": wall,
-                "config": self.config.model_dump(mode="json"),
-                "attribution": ds.source,
+                "config": config,
                 "description": ds.description,
             },
             "sites": [

@@ -1,0 +1,150 @@
+"""The declared schema of a hospital's own table, and the issues validation can find.
+
+A study declares its columns once; each site's file is checked against it before any
+training, and every problem is reported with the site, file and column it concerns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedcare.core.errors import ConfigError, DataValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    name: str
+    type: Literal["numeric", "categorical", "binary"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    required: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureSpec:
+        if self.type != "numeric" and (self.min is not None or self.max is not None):
+            raise ValueError(f"feature '{self.name}': min/max only apply to numeric features")
+        if self.type != "categorical" and self.categories is not None:
+            raise ValueError(
+                f"feature '{self.name}': categories only apply to categorical features"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature '{self.name}': min {self.min} is above max {self.max}")
+        return self
+
+
+class TargetSpec(_Strict):
+    """Binary with ``positive`` values, or multiclass with an ordered ``classes`` list."""
+
+    column: str
+    positive: list[str | int | float] | None = None
+    classes: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TargetSpec:
+        if (self.positive is None) == (self.classes is None):
+            raise ValueError("target: give either 'positive' (binary) or 'classes' (multiclass)")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError("target.classes needs at least two classes")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.classes is None else len(self.classes)
+
+
+class TabularSchema(_Strict):
+    target: TargetSpec
+    features: list[FeatureSpec] = Field(min_length=1)
+    split_column: str | None = None  # values 'train'/'test'; otherwise a seeded split
+    missing_indicator: bool = False  # add a 0/1 column per numeric feature with gaps
+
+    @model_validator(mode="after")
+    def _unique(self) -> TabularSchema:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features declared twice: {dupes}")
+        if self.target.column in names:
+            raise ValueError(f"target column '{self.target.column}' is also declared as a feature")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | str) -> TabularSchema:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: schema file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.parse(raw, source=str(path))
+
+    @classmethod
+    def parse(cls, raw: Any, source: str = "schema") -> TabularSchema:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"{source}: {problems}") from None
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    severity: Severity
+    problem: str
+    site: str
+    file: str
+    column: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def __str__(self) -> str:
+        return str(
+            DataValidationError(
+                self.problem,
+                site=self.site,
+                file=self.file,
+                column=self.column,
+                expected=self.expected,
+                found=self.found,
+            )
+        )
+
+
+@dataclass
+class ValidationReport:
+    """Every problem of every site, so a data engineer can fix them all in one go."""
+
+    issues: list[ValidationIssue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[ValidationIssue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[ValidationIssue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            lines = "\n  - ".join(str(i) for i in self.errors)
+            raise DataValidationError(f"{len(self.errors)} data problem(s) found:\n  - {lines}")
