@@ -125,15 +125,12 @@ def datasets_list() -> None:
         table.add_column(col)
     for name in dataset_names():
         info = describe_dataset(name)
+        sites = info.get("sites")
         table.add_row(
             name,
-            str(
-                info.get("num_sites", info.get("sites", "-"))
-                if not isinstance(info.get("sites"), list)
-                else len(info["sites"])
-            ),
+            str(len(sites)) if isinstance(sites, list) else "yours",
             str(info.get("task", "-")),
-            str(info.get("num_features", info.get("input_shape", "-"))),
+            str(info.get("num_features", "-")),
             str(info.get("license", "-")),
         )
     console.print(table)

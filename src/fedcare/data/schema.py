@@ -6,6 +6,7 @@ training, and every problem is reported with the site, file and column it concer
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,12 +94,23 @@ class TabularSchema(_Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
+            problems = "; ".join(_describe(e) for e in exc.errors())
             raise ConfigError(f"{source}: {problems}") from None
 
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        close = difflib.get_close_matches(key, _ALL_KEYS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown key '{where}'{hint}"
+    return f"'{where}': {str(err['msg']).removeprefix('Value error, ')}"
+
+
+_ALL_KEYS = sorted(
+    set(FeatureSpec.model_fields) | set(TargetSpec.model_fields) | set(TabularSchema.model_fields)
+)
 
 Severity = Literal["error", "warning"]
 
