@@ -2,7 +2,13 @@ from fedcare.api import Study
 
 
 def test_a_study_in_a_few_lines_of_python(tmp_path):
-    study = Study(dataset="heart-disease", model="logistic", rounds=2, seeds=[0], local={"lr": 0.02})
+    study = Study(
+        dataset="heart-disease",
+        model="logistic",
+        rounds=10,
+        seeds=[0],
+        local={"lr": 0.05, "batch_size": 16},
+    )
     study.add_strategy("fedavg")
     study.add_strategy("fedadam", server_lr=0.03)
     result = study.run(tmp_path)
