@@ -114,6 +114,12 @@ def main() -> None:
         "--flower", action="store_true", help="also run Flower (needs .venv-flower)"
     )
     parser.add_argument("--large-sites", type=int, default=1000)
+    parser.add_argument(
+        "--accuracy-seeds",
+        type=int,
+        default=10,
+        help="seeds for the accuracy comparison (10 rounds vary by seed)",
+    )
     parser.add_argument("--child-large", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_large:
@@ -158,6 +164,25 @@ def main() -> None:
         f"plain PyTorch   : {plain_s:7.3f} s  {updates / plain_s:9.1f} client-updates/s  acc {plain_acc:.3f}"
     )
     print(f"ratio fedcare / plain loop: {plain_s / fed_s:.2f}x (median of {args.repeats})")
+
+    if args.accuracy_seeds:
+        fed_accs = [
+            fed[i][1] if i < len(fed) else run_fedcare(dataset, args.rounds, i)[1]
+            for i in range(args.accuracy_seeds)
+        ]
+        plain_accs = [
+            plain[i][1] if i < len(plain) else run_plain(train, test, args.rounds, i)[1]
+            for i in range(args.accuracy_seeds)
+        ]
+        results["accuracy_over_seeds"] = {
+            "seeds": args.accuracy_seeds,
+            "fedcare": [statistics.mean(fed_accs), statistics.pstdev(fed_accs)],
+            "plain_torch": [statistics.mean(plain_accs), statistics.pstdev(plain_accs)],
+        }
+        print(
+            f"final accuracy over {args.accuracy_seeds} seeds: fedcare {statistics.mean(fed_accs):.3f} ± "
+            f"{statistics.pstdev(fed_accs):.3f}, plain {statistics.mean(plain_accs):.3f} ± {statistics.pstdev(plain_accs):.3f}"
+        )
 
     if args.flower:
         flower = run_flower(args.sites, args.rounds)
