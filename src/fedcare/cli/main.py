@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,7 +31,8 @@ datasets_app = typer.Typer(
 )
 app.add_typer(datasets_app, name="datasets")
 
-console = Console()
+# Logs and CI have no terminal width; give tables room instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,8 +62,7 @@ def _run_config(config: Any, out: Path) -> None:
     with StudyProgress(console) as progress:
         runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
         outcome = runner.run()
-    # Wide enough for one line per strategy even when stdout is not a terminal (CI logs).
-    console.print(results_table(outcome.metrics), width=max(console.width, 160))
+    console.print(results_table(outcome.metrics))
     console.print(
         f"Study folder: [bold]{outcome.directory}[/] (report.html, metrics.json, metrics.csv, models/)"
     )

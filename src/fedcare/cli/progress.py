@@ -68,16 +68,16 @@ def results_table(metrics: dict[str, Any]) -> Table:
     table.add_column("mean of sites", justify="right", style="cyan")
     table.add_column("worst site", justify="right")
     table.add_column("pooled AUC", justify="right")
-    table.add_column("upload MB", justify="right")
+    table.add_column("upload kB", justify="right")
     for entry in metrics["strategies"]:
         overall = entry["overall"]
-        upload = entry.get("communication", {}).get("upload_bytes", 0) / 1e6
+        upload = entry.get("communication", {}).get("upload_bytes", 0) / 1e3
         table.add_row(
             entry["name"],
             *[_fmt(entry["per_site"][s]["accuracy"]) for s in sites],
             _fmt(overall["mean_site_accuracy"]),
             _fmt(overall["worst_site_accuracy"]),
             _fmt(overall["pooled_auc"]),
-            f"{upload:.2f}",
+            f"{upload:.1f}",
         )
     return table
