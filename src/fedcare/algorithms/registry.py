@@ -14,6 +14,7 @@ from fedcare.algorithms.client_rule import ClientRule
 from fedcare.algorithms.fedavg import FedAvgClient
 from fedcare.algorithms.fedprox import FedProxClient
 from fedcare.algorithms.fedsgd import FedSGDClient
+from fedcare.algorithms.personal import Personalisation, PersonalKind
 from fedcare.algorithms.scaffold import ScaffoldClient
 from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
 from fedcare.algorithms.strategy import Schedule, Strategy
@@ -32,9 +33,23 @@ _TABLE: dict[
     "scaffold": (lambda p: ScaffoldClient(), "sgd", 1.0, "parallel"),
     "fedsgd": (lambda p: FedSGDClient(), "sgd", 0.1, "parallel"),
     "cyclic": (lambda p: FedAvgClient(), "sgd", 1.0, "cyclic"),
+    "fedper": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
+    "fedbn": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
+    "ditto": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
 }
+_PERSONAL: dict[str, PersonalKind] = {"fedper": "fedper", "fedbn": "fedbn", "ditto": "ditto"}
 
-_PARAMS = {"server_lr", "server_momentum", "beta1", "beta2", "tau", "weighting", "mu"}
+_PARAMS = {
+    "server_lr",
+    "server_momentum",
+    "beta1",
+    "beta2",
+    "tau",
+    "weighting",
+    "mu",
+    "ditto_lambda",
+    "finetune_epochs",
+}
 
 
 def strategy_names() -> list[str]:
@@ -58,6 +73,8 @@ def build_strategy(
         )
     if "mu" in params and key != "fedprox":
         raise ConfigError(f"strategy '{name}': 'mu' only applies to fedprox")
+    if "ditto_lambda" in params and key != "ditto":
+        raise ConfigError(f"strategy '{name}': 'ditto_lambda' only applies to ditto")
     rule_factory, opt_name, default_lr, schedule = _TABLE[key]
     momentum = float(params.get("server_momentum", 0.9 if key == "fedavgm" else 0.0))
     if momentum and opt_name != "sgd":
@@ -80,8 +97,17 @@ def build_strategy(
         )
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc
+    try:
+        personal = Personalisation(
+            kind=_PERSONAL.get(key),
+            ditto_lambda=float(params.get("ditto_lambda", 0.1)),
+            finetune_epochs=int(params.get("finetune_epochs", 0)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"strategy '{name}': {exc}") from exc
     return Strategy(
         name=label or key,
+        personal=personal,
         client=rule_factory(params),
         server_optimizer=optimizer,
         weighting=weighting,

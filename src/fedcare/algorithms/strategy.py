@@ -13,6 +13,7 @@ import numpy as np
 
 from fedcare.algorithms.aggregate import Aggregate, StreamingMean, Weighting, aggregation_weight
 from fedcare.algorithms.client_rule import ClientRule
+from fedcare.algorithms.personal import Personalisation
 from fedcare.algorithms.server_optim import ServerOptimizer
 from fedcare.core.records import (
     ClientUpdate,
@@ -41,6 +42,7 @@ class Strategy:
     server_optimizer: ServerOptimizer = field(default_factory=ServerOptimizer)
     weighting: Weighting = "samples"
     schedule: Schedule = "parallel"
+    personal: Personalisation = field(default_factory=Personalisation)
 
     def init_state(self, params: FloatVector) -> ServerState:
         arrays = self.server_optimizer.init(params.size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -84,3 +85,34 @@ def load_vector(module: nn.Module, vector: FloatVector, layout: ParamLayout | No
 def has_buffers(module: nn.Module) -> bool:
     """Modules with buffers (batch-norm statistics) cannot be trained under vmap."""
     return any(True for _ in module.buffers())
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def local_tensor_mask(module: nn.Module, layout: ParamLayout, kind: str) -> npt.NDArray[np.bool_]:
+    """Entries of the flat vector that stay at each site under a personalisation scheme.
+
+    ``head`` (FedPer): the last linear layer. ``norm`` (FedBN): every normalisation layer,
+    its affine parameters and its running statistics.
+    """
+    if kind == "head":
+        linears = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise LayoutMismatchError(
+                f"{type(module).__name__} has no linear layer to keep as a personal head"
+            )
+        prefixes = [linears[-1]]
+    elif kind == "norm":
+        prefixes = [name for name, m in module.named_modules() if isinstance(m, _NORM_TYPES)]
+        if not prefixes:
+            raise LayoutMismatchError(
+                f"{type(module).__name__} has no normalisation layer for FedBN; use a model with norm: true"
+            )
+    else:
+        raise ValueError(f"unknown local tensor kind '{kind}'; expected 'head' or 'norm'")
+    mask = np.zeros(layout.size, dtype=bool)
+    for spec, start, stop in layout.offsets():
+        if any(spec.name.startswith(f"{p}.") for p in prefixes):
+            mask[start:stop] = True
+    return mask

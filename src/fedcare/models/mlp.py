@@ -21,12 +21,15 @@ class MLP(nn.Module):
         num_outputs: int,
         hidden: Sequence[int] = (64, 64),
         dropout: float = 0.0,
+        norm: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = math.prod(input_shape)
         for h in hidden:
             layers.append(nn.Linear(width, int(h)))
+            if norm:  # batch norm: FedBN keeps these layers at each site
+                layers.append(nn.BatchNorm1d(int(h)))
             layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,15 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fedcare.algorithms.personal import (
+    PERSONAL_MODEL,
+    ditto_objective,
+    ditto_start,
+    keep_local,
+    personal_model,
+    shared_only,
+    site_start,
+)
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
@@ -27,6 +36,7 @@ from fedcare.core.seeds import SeedStream
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.ml.databank import DataBank
 from fedcare.ml.schedule import batch_schedule
+from fedcare.ml.torch_adapter import local_tensor_mask
 from fedcare.ml.trainer import LocalTrainer, Mode
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.sampling import Participation, sample_sites
@@ -60,6 +70,8 @@ class RunResult:
     final_eval: dict[str, EvalStats]
     state: ServerState | None = None
     site_states: dict[str, SiteState] = field(default_factory=dict)
+    # Personalised runs also keep the shared global model's scores, to show each site's gain.
+    reference_evals: dict[str, dict[str, EvalStats]] = field(default_factory=dict)
 
     @property
     def upload_bytes(self) -> int:
@@ -123,6 +135,9 @@ class FederatedSimulation:
         )
         self.tests = test_sets or TestSets(dataset)
         self.names = dataset.site_names
+        self.personal = strategy.personal
+        kind = self.personal.mask_kind
+        self.local_mask = local_tensor_mask(module, self.trainer.layout, kind) if kind else None
 
     def run(self, progress: ProgressCallback | None = None, *, resume: bool = False) -> RunResult:
         layout = self.trainer.layout
@@ -149,8 +164,48 @@ class FederatedSimulation:
                 save_checkpoint(self.checkpoint_dir, state, site_states, extra)
             if progress is not None:
                 progress(record)
-        final_eval = self.tests.evaluate_global(self.module, layout, state.params)
-        return RunResult(history, [state.params], final_eval, state, site_states)
+        global_eval = self.tests.evaluate_global(self.module, layout, state.params)
+        if not self.personal.active:
+            return RunResult(history, [state.params], global_eval, state, site_states)
+        models = self._personal_models(state, site_states)
+        if self.personal.finetune_epochs:
+            models = self._finetune(models)
+        final_eval = self.tests.evaluate_own(self.module, layout, models)
+        return RunResult(history, models, final_eval, state, site_states, {"global": global_eval})
+
+    def _personal_models(
+        self, state: ServerState, site_states: dict[str, SiteState]
+    ) -> list[npt.NDArray[np.float32]]:
+        return [
+            personal_model(state.params, site_states[n], self.personal, self.local_mask)
+            for n in self.names
+        ]
+
+    def _evaluate(
+        self, state: ServerState, site_states: dict[str, SiteState]
+    ) -> dict[str, EvalStats]:
+        """Each round: the global model, or each site's personalised model under FedPer/FedBN/Ditto."""
+        layout = self.trainer.layout
+        if self.personal.kind is None:
+            return self.tests.evaluate_global(self.module, layout, state.params)
+        return self.tests.evaluate_own(
+            self.module, layout, self._personal_models(state, site_states)
+        )
+
+    def _finetune(self, models: list[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
+        """Each site trains the final model on its own rows for a few epochs."""
+        spec = replace(self.spec, epochs=self.personal.finetune_epochs, steps=None)
+        sites = list(range(len(self.names)))
+        schedules = [
+            batch_schedule(
+                int(self.bank.counts[k]), spec, self.seeds.generator("misc", self.rounds, k)
+            )
+            for k in sites
+        ]
+        result = self.trainer.train(
+            self.bank, sites, np.stack(models), schedules, [LocalObjective()] * len(sites), spec
+        )
+        return list(result.params)
 
     def _round(
         self, state: ServerState, site_states: dict[str, SiteState]
@@ -193,7 +248,11 @@ class FederatedSimulation:
         for chunk in _chunks(sampled, self.site_chunk):
             names = [self.names[k] for k in chunk]
             objectives = [self.strategy.objective(state, site_states[n]) for n in names]
-            starts = np.broadcast_to(state.params, (len(chunk), state.params.size))
+            mask = self.local_mask
+            if mask is None:
+                starts = np.broadcast_to(state.params, (len(chunk), state.params.size))
+            else:
+                starts = np.stack([site_start(state.params, site_states[n], mask) for n in names])
             result = self.trainer.train(
                 self.bank,
                 chunk.tolist(),
@@ -212,13 +271,44 @@ class FederatedSimulation:
                 site_states[name], update = self.strategy.client_update(
                     state, site_states[name], outcome, self.spec
                 )
+                sent = update.nbytes()
+                if mask is not None:
+                    site_states[name] = keep_local(site_states[name], outcome.params, mask)
+                    update.delta = shared_only(update.delta, mask)
+                    sent -= int(mask.sum()) * update.delta.itemsize
                 accumulator.add(update.delta, update.weight, update.extras)
-                upload += update.nbytes()
+                upload += sent
                 loss_weighted += outcome.train_loss * outcome.num_samples
+            if self.personal.kind == "ditto":
+                self._ditto_pass(state, site_states, chunk, names)
         aggregate = accumulator.result()
         new_state = self.strategy.server_update(state, aggregate, len(self.names))
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, upload, loss_weighted / max(total, 1.0)
+
+    def _ditto_pass(
+        self,
+        state: ServerState,
+        site_states: dict[str, SiteState],
+        chunk: npt.NDArray[np.int64],
+        names: list[str],
+    ) -> None:
+        """Ditto's second half: each site's personal model, pulled towards this round's global."""
+        starts = np.stack([ditto_start(state.params, site_states[n]) for n in names])
+        objective = ditto_objective(state.params, self.personal.ditto_lambda)
+        schedules = [
+            batch_schedule(
+                int(self.bank.counts[k]),
+                self.spec,
+                self.seeds.generator("misc", state.round, int(k)),
+            )
+            for k in chunk
+        ]
+        result = self.trainer.train(
+            self.bank, chunk.tolist(), starts, schedules, [objective] * len(names), self.spec
+        )
+        for i, name in enumerate(names):
+            site_states[name] = {**site_states[name], PERSONAL_MODEL: result.params[i].copy()}
 
     def _cyclic_round(
         self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]

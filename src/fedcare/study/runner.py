@@ -30,7 +30,7 @@ from fedcare.runtime.sampling import Participation
 from fedcare.sim.engine import FederatedSimulation, IsolatedTraining, RoundRecord, RunResult
 from fedcare.sim.evaluation import TestSets
 from fedcare.study.config import StrategyConfig, StudyConfig
-from fedcare.study.summary import SeedRun, summarise_strategy
+from fedcare.study.summary import SeedRun, add_personalisation_gains, summarise_strategy
 
 RoundHook = Callable[[str, int, RoundRecord], None]
 StartHook = Callable[[str, int, int], None]
@@ -94,6 +94,7 @@ class StudyRunner:
                     self.dataset.site_names,
                 )
             )
+        add_personalisation_gains(entries)
         metrics = self._metrics(entries, time.perf_counter() - started)
         self._write(metrics)
         return StudyOutcome(self.out_dir, metrics)

@@ -59,7 +59,7 @@ def summarise_strategy(
         "pooled_auc": stat([p.auc for p in pooled_stats]),
         "pooled_loss": stat([p.loss for p in pooled_stats]),
     }
-    return {
+    entry: dict[str, Any] = {
         "name": name,
         "kind": kind,
         "label": label,
@@ -73,6 +73,35 @@ def summarise_strategy(
         },
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
+    if all("global" in run.result.reference_evals for run in runs):
+        entry["personalisation"] = {
+            site: {
+                "personal": per_site[site]["accuracy"],
+                "global": stat(
+                    [run.result.reference_evals["global"][site].accuracy for run in runs]
+                ),
+            }
+            for site in site_names
+        }
+    return entry
+
+
+def add_personalisation_gains(entries: list[dict[str, Any]]) -> None:
+    """Each personalised strategy's per-site gain over the global model and over local-only."""
+    local = next((e for e in entries if e["kind"] == "local"), None)
+    for entry in entries:
+        for site, block in entry.get("personalisation", {}).items():
+            personal = block["personal"]["mean"]
+            block["gain_vs_global"] = _diff(personal, block["global"]["mean"])
+            if local is not None:
+                block["local"] = local["per_site"][site]["accuracy"]
+                block["gain_vs_local"] = _diff(
+                    personal, local["per_site"][site]["accuracy"]["mean"]
+                )
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a - b)
 
 
 def _curves(runs: Sequence[SeedRun]) -> dict[str, Any]:

@@ -1,0 +1,96 @@
+"""Personalisation: what each site keeps for itself, as pure functions over flat vectors.
+
+- FedPer (Arivazhagan et al. 2019): the last layer (the "head") stays at each site.
+- FedBN (Li et al., ICLR 2021): normalisation layers stay at each site.
+  Both are a boolean ``local`` mask over the flat vector: masked entries start from the
+  site's own values, are never uploaded, and are stored back at the site.
+- Ditto (Li et al., ICML 2021): every site also trains a personal model v_k on
+  its loss + (lambda/2) ||v_k - w||^2 towards the current global model w.
+- Fine-tuning: after federation, each site trains the final model a little on its own data.
+The personal state lives in the site's :data:`~fedcare.core.records.SiteState` (kept at
+the site, checkpointed with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.records import LocalObjective, SiteState
+from fedcare.core.vectors import FloatVector
+
+PersonalKind = Literal["fedper", "fedbn", "ditto"]
+LOCAL_VALUES = "personal/local_values"
+PERSONAL_MODEL = "personal/model"
+BoolMask = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Personalisation:
+    kind: PersonalKind | None = None
+    ditto_lambda: float = 0.1
+    finetune_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ditto_lambda < 0:
+            raise ConfigError(f"ditto_lambda must be >= 0, found {self.ditto_lambda}")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"finetune_epochs must be >= 0, found {self.finetune_epochs}")
+
+    @property
+    def mask_kind(self) -> str | None:
+        """Which tensors stay local: 'head' (FedPer), 'norm' (FedBN) or none."""
+        return {"fedper": "head", "fedbn": "norm"}.get(self.kind or "")
+
+    @property
+    def active(self) -> bool:
+        return self.kind is not None or self.finetune_epochs > 0
+
+
+def site_start(global_params: FloatVector, site_state: SiteState, mask: BoolMask) -> FloatVector:
+    """The global model with the site's own local entries (once it has any)."""
+    local = site_state.get(LOCAL_VALUES)
+    if local is None:
+        return global_params
+    start = global_params.copy()
+    start[mask] = local
+    return start
+
+
+def keep_local(site_state: SiteState, params: FloatVector, mask: BoolMask) -> SiteState:
+    new_state = dict(site_state)
+    new_state[LOCAL_VALUES] = params[mask].astype(np.float32)
+    return new_state
+
+
+def shared_only(delta: FloatVector, mask: BoolMask) -> FloatVector:
+    """The upload: local entries are zero (and are not counted as sent)."""
+    out = delta.copy()
+    out[mask] = 0.0
+    return out
+
+
+def ditto_start(global_params: FloatVector, site_state: SiteState) -> FloatVector:
+    return site_state.get(PERSONAL_MODEL, global_params)
+
+
+def ditto_objective(global_params: FloatVector, lam: float) -> LocalObjective:
+    return LocalObjective(prox_mu=lam, anchor=global_params)
+
+
+def personal_model(
+    global_params: FloatVector,
+    site_state: SiteState,
+    personal: Personalisation,
+    mask: BoolMask | None,
+) -> FloatVector:
+    """The model a site uses for its own patients under ``personal``."""
+    if personal.kind == "ditto":
+        return ditto_start(global_params, site_state)
+    if mask is not None:
+        return site_start(global_params, site_state, mask)
+    return global_params
