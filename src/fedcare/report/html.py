@@ -32,6 +32,7 @@ from fedcare.report.results import (
     load_results,
     write_metrics_csv,
 )
+from fedcare.report.sections import explanations_section, personalisation_section
 from fedcare.report.style import CSS
 
 REPORT_FILE = "report.html"
@@ -333,6 +334,8 @@ def render_report(results: StudyResults) -> str:
 {_results_table(results)}
 <h2>Figures</h2>
 {_figures(results)}
+{personalisation_section(results)}
+{explanations_section(results)}
 <h2>All metrics</h2>
 {_detail_tables(results)}
 <h2>Sites</h2>

@@ -52,6 +52,9 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; text-align: 
 footer { margin-top: 36px; border-top: 1px solid var(--line); padding-top: 10px;
   color: var(--muted); font-size: 12.5px; }
 footer p { margin: 4px 0; }
+.importance td:last-child { width: 40%; }
+.bar { display: inline-block; height: 10px; background: #2b6cb0; border-radius: 2px; }
+td.worse { color: #b42318; font-weight: 600; }
 @media print { body { background: #fff; } main { border: 0; margin: 0; padding: 0; }
   h2 { break-after: avoid; } table, figure { break-inside: avoid; } }
 """

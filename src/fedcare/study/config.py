@@ -109,6 +109,7 @@ class StudyConfig(_Strict):
     baselines: list[Baseline] = Field(default_factory=lambda: list(_DEFAULT_BASELINES))
     strategies: list[StrategyConfig] = Field(default_factory=list)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    explain: bool = True  # permutation feature importance per site (tabular studies)
     output: str | None = None
 
     @model_validator(mode="after")

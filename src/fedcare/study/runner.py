@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from safetensors.torch import save_file
 
 from fedcare import __version__
 from fedcare.algorithms.registry import build_strategy
+from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
 from fedcare.data.base import FederatedDataset
 from fedcare.data.registry import load_dataset
+from fedcare.ml.importance import ImportanceCounts, site_importance
 from fedcare.ml.torch_adapter import layout_of, vector_to_state_dict
 from fedcare.models.registry import build_model
 from fedcare.report.html import write_report
@@ -92,6 +95,7 @@ class StudyRunner:
                     self._hyperparameters(job),
                     runs,
                     self.dataset.site_names,
+                    self.dataset.feature_names,
                 )
             )
         add_personalisation_gains(entries)
@@ -146,8 +150,38 @@ class StudyRunner:
                 test_sets=self.tests,
             ).run(hook)
         wall = time.perf_counter() - t0
-        self._save_models(job, seed, layout_of(module), result)
-        return SeedRun(seed=seed, result=result, wall_time_s=wall)
+        layout = layout_of(module)
+        self._save_models(job, seed, layout, result)
+        return SeedRun(
+            seed=seed,
+            result=result,
+            wall_time_s=wall,
+            importance=self._explain(module, layout, result, seed),
+        )
+
+    def _explain(
+        self, module: Any, layout: ParamLayout, result: RunResult, seed: int
+    ) -> dict[str, ImportanceCounts] | None:
+        """Permutation importance at each site, for tabular studies with named features."""
+        ds = self.dataset
+        if len(ds.input_shape) != 1 or not ds.feature_names or not self.config.explain:
+            return None
+        seeds = SeedStream(seed)
+        out = {}
+        for i, site in enumerate(ds.sites):
+            params = (
+                result.final_params[i] if len(result.final_params) > 1 else result.final_params[0]
+            )
+            out[site.name] = site_importance(
+                module,
+                layout,
+                params,
+                torch.from_numpy(site.x_test),
+                torch.from_numpy(site.y_test),
+                ds.num_classes,
+                seeds.generator("eval", 0, i),
+            )
+        return out
 
     def _save_models(self, job: _Job, seed: int, layout: ParamLayout, result: RunResult) -> None:
         tensors = {}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedcare.core.metrics import EvalStats
+from fedcare.ml.importance import ImportanceCounts
 from fedcare.sim.engine import RunResult
 from fedcare.sim.evaluation import pooled
 
@@ -20,6 +21,7 @@ class SeedRun:
     seed: int
     result: RunResult
     wall_time_s: float
+    importance: dict[str, ImportanceCounts] | None = None  # per site, tabular studies only
 
 
 def stat(values: Sequence[float]) -> dict[str, Any]:
@@ -39,6 +41,7 @@ def summarise_strategy(
     hyperparameters: dict[str, Any],
     runs: Sequence[SeedRun],
     site_names: Sequence[str],
+    feature_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One entry of ``metrics.json``'s ``strategies`` list."""
     per_site: dict[str, dict[str, Any]] = {}
@@ -73,6 +76,8 @@ def summarise_strategy(
         },
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
+    if all(run.importance for run in runs):
+        entry["explanations"] = summarise_importance(runs, feature_names or [], site_names)
     if all("global" in run.result.reference_evals for run in runs):
         entry["personalisation"] = {
             site: {
@@ -129,3 +134,30 @@ def _curves(runs: Sequence[SeedRun]) -> dict[str, Any]:
 def _finite_or_none(values: np.ndarray) -> list[float | None]:
     """JSON has no NaN: an undefined value (AUC of a one-class test set) becomes null."""
     return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def summarise_importance(
+    runs: Sequence[SeedRun], features: Sequence[str], site_names: Sequence[str]
+) -> dict[str, Any]:
+    """Permutation importance: all sites combined from their counts, and each site alone."""
+    combined = []
+    for run in runs:
+        counts = [run.importance[s] for s in site_names] if run.importance else []
+        total = counts[0]
+        for c in counts[1:]:
+            total = total + c
+        combined.append(total)
+    drops = np.array([c.accuracy_drop for c in combined])
+    losses = np.array([c.loss_increase for c in combined])
+    return {
+        "method": "permutation importance on each site's test rows, counts summed over sites",
+        "features": list(features),
+        "accuracy_drop": {"mean": drops.mean(axis=0).tolist(), "std": drops.std(axis=0).tolist()},
+        "loss_increase": {"mean": losses.mean(axis=0).tolist(), "std": losses.std(axis=0).tolist()},
+        "per_site": {
+            s: np.mean(
+                [run.importance[s].accuracy_drop for run in runs if run.importance], axis=0
+            ).tolist()
+            for s in site_names
+        },
+    }

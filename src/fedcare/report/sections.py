@@ -1,0 +1,99 @@
+"""Report sections for what later capabilities add to metrics.json: personalisation gains,
+explanations (feature importance). Each renders nothing when its data is absent."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from fedcare.report.results import Strategy, StudyResults
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, signed: bool = False) -> str:
+    if not isinstance(value, int | float):
+        return "—"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _mean(block: Any) -> Any:
+    return block.get("mean") if isinstance(block, dict) else None
+
+
+def personalisation_section(results: StudyResults) -> str:
+    rows = []
+    for strategy in results.strategies:
+        block = strategy.extra.get("personalisation")
+        if not isinstance(block, dict):
+            continue
+        for site in results.sites:
+            cell = block.get(site.name, {})
+            if not isinstance(cell, dict):
+                continue
+            gain_local = cell.get("gain_vs_local")
+            worse = isinstance(gain_local, int | float) and gain_local < 0
+            rows.append(
+                f"<tr><td>{_e(strategy.label or strategy.name)}</td><td>{_e(site.name)}</td>"
+                f"<td class='num'>{_num(_mean(cell.get('personal')))}</td>"
+                f"<td class='num'>{_num(_mean(cell.get('global')))}</td>"
+                f"<td class='num'>{_num(_mean(cell.get('local')))}</td>"
+                f"<td class='num'>{_num(cell.get('gain_vs_global'), signed=True)}</td>"
+                f"<td class='num{' worse' if worse else ''}'>{_num(gain_local, signed=True)}</td></tr>"
+            )
+    if not rows:
+        return ""
+    return (
+        "<h2>Personalisation</h2><p class='note'>Each site's personalised model on its own test "
+        "set, against the shared global model and against training alone (mean over seeds).</p>"
+        "<table><thead><tr><th>Strategy</th><th>Site</th><th class='num'>personalised</th>"
+        "<th class='num'>global</th><th class='num'>local only</th><th class='num'>gain vs global</th>"
+        "<th class='num'>gain vs local</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _best_with(results: StudyResults, key: str) -> Strategy | None:
+    candidates = [s for s in results.strategies if isinstance(s.extra.get(key), dict)]
+    federated = [s for s in candidates if s.kind == "federated"] or candidates
+    if not federated:
+        return None
+
+    def score(s: Strategy) -> float:
+        stat = s.overall.get("mean_site_accuracy")
+        return stat.mean if stat is not None and stat.mean == stat.mean else 0.0
+
+    return max(federated, key=score)
+
+
+def explanations_section(results: StudyResults) -> str:
+    strategy = _best_with(results, "explanations")
+    if strategy is None:
+        return ""
+    block = strategy.extra["explanations"]
+    if not isinstance(block, dict):
+        return ""
+    features = block.get("features") or []
+    drops = _mean(block.get("accuracy_drop")) or []
+    stds = (block.get("accuracy_drop") or {}).get("std") or [0.0] * len(drops)
+    if not features or len(features) != len(drops):
+        return ""
+    top = max((abs(d) for d in drops), default=0.0) or 1.0
+    order = sorted(range(len(features)), key=lambda i: -drops[i])
+    rows = "".join(
+        f"<tr><td>{_e(features[i])}</td><td class='num'>{drops[i]:+.3f} ± {stds[i]:.3f}</td>"
+        f"<td><span class='bar' style='width:{max(drops[i], 0) / top * 100:.0f}%'></span></td></tr>"
+        for i in order
+    )
+    return (
+        f"<h2>Explanations</h2><p class='note'>Permutation feature importance of "
+        f"<strong>{_e(strategy.label or strategy.name)}</strong>: the fall in accuracy when one "
+        "feature is shuffled among each site's own test rows; sites share only counts, summed "
+        "here (mean ± std over seeds).</p><table class='importance'><thead><tr><th>Feature</th>"
+        "<th class='num'>accuracy drop</th><th></th></tr></thead><tbody>"
+        + rows
+        + "</tbody></table>"
+    )
