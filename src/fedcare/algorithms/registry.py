@@ -15,6 +15,7 @@ from fedcare.algorithms.fedavg import FedAvgClient
 from fedcare.algorithms.fedprox import FedProxClient
 from fedcare.algorithms.fedsgd import FedSGDClient
 from fedcare.algorithms.personal import Personalisation, PersonalKind
+from fedcare.algorithms.qfedavg import QFedAvgClient
 from fedcare.algorithms.scaffold import ScaffoldClient
 from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
 from fedcare.algorithms.strategy import Schedule, Strategy
@@ -33,6 +34,7 @@ _TABLE: dict[
     "scaffold": (lambda p: ScaffoldClient(), "sgd", 1.0, "parallel"),
     "fedsgd": (lambda p: FedSGDClient(), "sgd", 0.1, "parallel"),
     "cyclic": (lambda p: FedAvgClient(), "sgd", 1.0, "cyclic"),
+    "qfedavg": (lambda p: QFedAvgClient(q=float(p.get("q", 1.0))), "sgd", 1.0, "parallel"),
     "fedper": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
     "fedbn": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
     "ditto": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
@@ -47,6 +49,7 @@ _PARAMS = {
     "tau",
     "weighting",
     "mu",
+    "q",
     "ditto_lambda",
     "finetune_epochs",
 }
@@ -73,6 +76,8 @@ def build_strategy(
         )
     if "mu" in params and key != "fedprox":
         raise ConfigError(f"strategy '{name}': 'mu' only applies to fedprox")
+    if "q" in params and key != "qfedavg":
+        raise ConfigError(f"strategy '{name}': 'q' only applies to qfedavg")
     if "ditto_lambda" in params and key != "ditto":
         raise ConfigError(f"strategy '{name}': 'ditto_lambda' only applies to ditto")
     rule_factory, opt_name, default_lr, schedule = _TABLE[key]

@@ -14,6 +14,7 @@ import numpy as np
 from fedcare.algorithms.aggregate import Aggregate, StreamingMean, Weighting, aggregation_weight
 from fedcare.algorithms.client_rule import ClientRule
 from fedcare.algorithms.personal import Personalisation
+from fedcare.algorithms.qfedavg import WEIGHT_KEY
 from fedcare.algorithms.server_optim import ServerOptimizer
 from fedcare.core.records import (
     ClientUpdate,
@@ -49,6 +50,11 @@ class Strategy:
         arrays.update(self.client.init_server_arrays(params.size))
         return ServerState(round=0, params=params.astype(np.float32, copy=True), arrays=arrays)
 
+    @property
+    def needs_start_loss(self) -> bool:
+        """Whether sites must report their loss at the global model before training."""
+        return bool(getattr(self.client, "needs_start_loss", False))
+
     def local_spec(self, spec: TrainSpec) -> TrainSpec:
         return self.client.check_spec(spec)
 
@@ -59,9 +65,13 @@ class Strategy:
         self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
     ) -> tuple[SiteState, ClientUpdate]:
         new_site_state, delta, extras = self.client.finish(state, site_state, outcome, spec)
+        own_weight = extras.pop(WEIGHT_KEY, None)
+        weight = float(own_weight[0]) if own_weight is not None else None
         update = ClientUpdate(
             delta=delta.astype(np.float32, copy=False),
-            weight=aggregation_weight(outcome.num_samples, self.weighting),
+            weight=weight
+            if weight is not None
+            else aggregation_weight(outcome.num_samples, self.weighting),
             extras=extras,
             metrics={"train_loss": outcome.train_loss, "num_samples": float(outcome.num_samples)},
         )

@@ -86,6 +86,7 @@ class LocalOutcome:
     num_samples: int
     num_steps: int
     train_loss: float
+    start_loss: float | None = None  # loss of the starting model on the site's rows (q-FedAvg)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, Site
 from fedcare.core.seeds import SeedStream
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.ml.databank import DataBank
+from fedcare.ml.evaluate import evaluate_vector
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import local_tensor_mask
 from fedcare.ml.trainer import LocalTrainer, Mode
@@ -261,12 +262,16 @@ class FederatedSimulation:
                 objectives,
                 self.spec,
             )
+            start_losses = (
+                self._start_losses(starts, chunk) if self.strategy.needs_start_loss else None
+            )
             for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
                 outcome = LocalOutcome(
                     params=result.params[i],
                     num_samples=int(self.bank.counts[k]),
                     num_steps=int(result.num_steps[i]),
                     train_loss=float(result.train_loss[i]),
+                    start_loss=None if start_losses is None else start_losses[i],
                 )
                 site_states[name], update = self.strategy.client_update(
                     state, site_states[name], outcome, self.spec
@@ -285,6 +290,18 @@ class FederatedSimulation:
         new_state = self.strategy.server_update(state, aggregate, len(self.names))
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, upload, loss_weighted / max(total, 1.0)
+
+    def _start_losses(
+        self, starts: npt.NDArray[np.float32], chunk: npt.NDArray[np.int64]
+    ) -> list[float]:
+        """Each site's mean training loss at its starting model (computed at the site)."""
+        layout = self.trainer.layout
+        out = []
+        for i, k in enumerate(chunk):
+            x, y = self.bank.site_arrays(int(k))
+            stats = evaluate_vector(self.module, layout, starts[i], x, y, self.dataset.num_classes)
+            out.append(stats.loss)
+        return out
 
     def _ditto_pass(
         self,
