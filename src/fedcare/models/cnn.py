@@ -19,6 +19,7 @@ class SmallCNN(nn.Module):
                 f"SmallCNN expects (channels, height, width) inputs, found {input_shape}"
             )
         channels, height, width_px = input_shape
+
         def block(c_in: int, c_out: int) -> list[nn.Module]:
             conv: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)]
             if norm:  # FedBN keeps batch-norm layers local to each site
