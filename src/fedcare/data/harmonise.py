@@ -1,23 +1,30 @@
 """Harmonise features across sites without pooling rows.
 
-Each site computes aggregates of its own training rows (counts, sums, sums of squares,
-category counts). The coordinator combines them into one global encoding: category
-vocabularies and normalisation statistics. Each site then encodes its own rows with that
-encoding. Only the aggregates ever leave a site; the result equals what the pooled table
-would give.
+Three pure steps, split where the deployed system splits them:
+
+1. ``site_aggregates`` runs at each hospital over its training rows and returns counts,
+   sums, sums of squares, min/max and category counts: no row leaves the site.
+2. ``combine`` runs at the coordinator and turns all sites' aggregates into one
+   ``GlobalEncoding``: sorted category vocabularies and global mean/std per column.
+3. ``encode`` runs at each hospital and turns its own rows into the shared feature matrix.
+
+Because sums and counts add up, the result equals what the pooled table would give.
+Aggregates and encodings convert to plain JSON-safe dicts to travel between the two.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from fedcare.data.schema import TabularSchema, ValidationIssue
+from fedcare.data.schema import FeatureSpec, TabularSchema, ValidationIssue, category_text
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"0", "0.0", "false", "no", "n", "f"}
@@ -28,8 +35,8 @@ class NumericAggregate:
     count: int = 0
     total: float = 0.0
     total_sq: float = 0.0
-    minimum: float = float("inf")
-    maximum: float = float("-inf")
+    minimum: float | None = None  # None when the site has no value in this column
+    maximum: float | None = None
     missing: int = 0
 
 
@@ -41,6 +48,21 @@ class SiteAggregates:
     rows: int
     numeric: dict[str, NumericAggregate] = field(default_factory=dict)
     categories: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SiteAggregates:
+        return cls(
+            site=str(raw["site"]),
+            rows=int(raw["rows"]),
+            numeric={k: NumericAggregate(**v) for k, v in raw.get("numeric", {}).items()},
+            categories={
+                k: {str(c): int(n) for c, n in v.items()}
+                for k, v in raw.get("categories", {}).items()
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -63,23 +85,39 @@ class GlobalEncoding:
                     names.append(f"{f.name}_missing")
         return names
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> GlobalEncoding:
+        return cls(
+            mean={k: float(v) for k, v in raw["mean"].items()},
+            std={k: float(v) for k, v in raw["std"].items()},
+            vocabularies={k: [str(c) for c in v] for k, v in raw["vocabularies"].items()},
+            indicators=[str(c) for c in raw["indicators"]],
+        )
+
 
 def category_strings(series: pd.Series) -> pd.Series:
-    """Categories compared as text, so 1, 1.0 and '1' from different files agree."""
-
-    def norm(v: object) -> str:
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        return str(v).strip()
-
-    return series.dropna().map(norm)
+    """Non-missing values as category text (see ``category_text``), index kept."""
+    return series.dropna().map(category_text)
 
 
 def binary_values(series: pd.Series) -> pd.Series:
     """0/1 floats from 0/1, true/false, yes/no (case-insensitive); NaN when unrecognised."""
-    text = category_strings(series).str.lower().reindex(series.index)
+    text = category_strings(series).map(str.lower).reindex(series.index)
     values = np.where(text.isin(_TRUE), 1.0, np.where(text.isin(_FALSE), 0.0, np.nan))
     return pd.Series(values, index=series.index, dtype=np.float64)
+
+
+def numeric_values(frame: pd.DataFrame, feature: FeatureSpec) -> npt.NDArray[np.float64]:
+    """A numeric or binary column as floats, NaN where missing (or absent: optional column)."""
+    if feature.name not in frame:
+        return np.full(len(frame), np.nan)
+    series = frame[feature.name]
+    if feature.type == "binary":
+        return binary_values(series).to_numpy(dtype=np.float64)
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def site_aggregates(site: str, frame: pd.DataFrame, schema: TabularSchema) -> SiteAggregates:
@@ -89,65 +127,72 @@ def site_aggregates(site: str, frame: pd.DataFrame, schema: TabularSchema) -> Si
         if f.name not in frame:
             continue
         if f.type == "categorical":
-            agg.categories[f.name] = dict(Counter(category_strings(frame[f.name])))
+            counts = Counter(category_strings(frame[f.name]))
+            agg.categories[f.name] = {k: int(v) for k, v in sorted(counts.items())}
             continue
-        values = (
-            pd.to_numeric(frame[f.name], errors="coerce")
-            if f.type == "numeric"
-            else binary_values(frame[f.name])
-        ).to_numpy(dtype=np.float64)
+        values = numeric_values(frame, f)
         present = values[~np.isnan(values)]
         agg.numeric[f.name] = NumericAggregate(
             count=int(present.size),
             total=float(present.sum()),
             total_sq=float((present**2).sum()),
-            minimum=float(present.min()) if present.size else float("inf"),
-            maximum=float(present.max()) if present.size else float("-inf"),
-            missing=int(np.isnan(values).sum()),
+            minimum=float(present.min()) if present.size else None,
+            maximum=float(present.max()) if present.size else None,
+            missing=int(values.size - present.size),
         )
     return agg
 
 
-def combine(
-    aggregates: Sequence[SiteAggregates], schema: TabularSchema, files: dict[str, str]
-) -> tuple[GlobalEncoding, list[ValidationIssue]]:
-    """Runs at the coordinator: global statistics plus cross-site issues."""
+def combine(aggregates: Sequence[SiteAggregates], schema: TabularSchema) -> GlobalEncoding:
+    """Runs at the coordinator: global vocabularies and normalisation statistics."""
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
     vocabularies: dict[str, list[str]] = {}
     indicators: list[str] = []
-    issues: list[ValidationIssue] = []
     for f in schema.features:
         if f.type == "categorical":
-            per_site = {a.site: set(a.categories.get(f.name, {})) for a in aggregates}
-            union = set().union(*per_site.values())
-            vocabularies[f.name] = sorted(union | set(f.categories or []))
-            if len(aggregates) > 1:
-                for site, values in per_site.items():
-                    others = set().union(*(v for s, v in per_site.items() if s != site))
-                    for value in sorted(values - others):
-                        issues.append(
-                            ValidationIssue(
-                                "warning",
-                                "category seen at this site only; the model cannot learn it from others",
-                                site,
-                                files.get(site, "?"),
-                                f.name,
-                                found=repr(value),
-                            )
-                        )
+            seen = {v for a in aggregates for v in a.categories.get(f.name, {})}
+            # Declared categories get a column even if no site has them yet, so the
+            # feature space does not change when a new site joins.
+            vocabularies[f.name] = sorted(seen | set(f.categories or []))
             continue
         parts = [a.numeric[f.name] for a in aggregates if f.name in a.numeric]
         count = sum(p.count for p in parts)
-        total = sum(p.total for p in parts)
-        total_sq = sum(p.total_sq for p in parts)
-        mu = total / count if count else 0.0
-        var = max(total_sq / count - mu * mu, 0.0) if count else 0.0
+        mu = sum(p.total for p in parts) / count if count else 0.0
+        var = max(sum(p.total_sq for p in parts) / count - mu * mu, 0.0) if count else 0.0
         mean[f.name] = mu
-        std[f.name] = float(np.sqrt(var)) if var > 0 else 1.0
+        # A constant column becomes 0 rather than NaN.
+        std[f.name] = math.sqrt(var) if var > 0 else 1.0
         if schema.missing_indicator and any(p.missing for p in parts):
             indicators.append(f.name)
-    return GlobalEncoding(mean, std, vocabularies, indicators), issues
+    return GlobalEncoding(mean, std, vocabularies, indicators)
+
+
+def site_only_categories(
+    aggregates: Sequence[SiteAggregates], schema: TabularSchema, files: Mapping[str, str]
+) -> list[ValidationIssue]:
+    """Categories seen at exactly one site: no other site can teach the model about them."""
+    issues: list[ValidationIssue] = []
+    if len(aggregates) < 2:
+        return issues
+    for f in schema.features:
+        if f.type != "categorical":
+            continue
+        per_site = {a.site: set(a.categories.get(f.name, {})) for a in aggregates}
+        for site, values in per_site.items():
+            others = set().union(*(v for s, v in per_site.items() if s != site))
+            for value in sorted(values - others):
+                issues.append(
+                    ValidationIssue(
+                        "warning",
+                        "category seen at this site only; no other site has it",
+                        site,
+                        files.get(site, "?"),
+                        f.name,
+                        found=repr(value),
+                    )
+                )
+    return issues
 
 
 def encode(
@@ -157,21 +202,23 @@ def encode(
     columns: list[npt.NDArray[np.float64]] = []
     for f in schema.features:
         if f.type == "categorical":
-            text = category_strings(frame[f.name]).reindex(frame.index)
+            # A missing (or absent optional) category is all zeros: no level asserted.
+            text = (
+                category_strings(frame[f.name]).reindex(frame.index)
+                if f.name in frame
+                else pd.Series(np.nan, index=frame.index, dtype=object)
+            )
             for value in encoding.vocabularies[f.name]:
                 columns.append(np.asarray(text == value, dtype=np.float64))
             continue
-        raw = (
-            pd.to_numeric(frame[f.name], errors="coerce")
-            if f.type == "numeric"
-            else binary_values(frame[f.name])
-        )
-        values = raw.to_numpy(dtype=np.float64)
+        values = numeric_values(frame, f)
         missing = np.isnan(values)
         # Missing values are imputed with the global mean, i.e. 0 after standardisation.
         columns.append(
             np.where(missing, 0.0, (values - encoding.mean[f.name]) / encoding.std[f.name])
         )
         if f.name in encoding.indicators:
-            columns.append(np.asarray(missing, dtype=np.float64))
+            columns.append(missing.astype(np.float64))
+    if not columns:
+        return np.zeros((len(frame), 0), dtype=np.float32)
     return np.stack(columns, axis=1).astype(np.float32)

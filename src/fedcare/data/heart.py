@@ -5,6 +5,10 @@ rows with any missing value (740 rows remain); train/test membership from
 ``flamby_split.csv``; one-hot ``cp`` and ``restecg`` with the first level dropped, levels
 taken over all sites; label = num > 0; z-score every feature with each site's own train
 mean and standard deviation. Per-site train/test: 199/104, 172/89, 30/16, 85/45.
+
+FLamby computes the standard deviation with ``torch.std`` (unbiased, n - 1) and divides by
+``std + 1e-9``; we use the same n - 1 and map a zero std to 1, which gives the same 0 for
+Switzerland's constant ``chol`` without the epsilon touching every other column.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fedcare.core.errors import DataValidationError
+from fedcare.core.errors import ConfigError, DataValidationError
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.files import data_folder
 
@@ -69,37 +73,73 @@ def _split_labels() -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text))
 
 
+def _site_split(split: pd.DataFrame, site: str, num_rows: int) -> np.ndarray:
+    """train/test/dropped for each line of the site's file, checked to cover every line once."""
+    rows = split[split["center"] == site]
+    if sorted(rows["row"].tolist()) != list(range(num_rows)):
+        raise DataValidationError(
+            "flamby_split.csv must list every row of the site's file exactly once",
+            site=site,
+            file="flamby_split.csv",
+            column="row",
+            expected=f"rows 0..{num_rows - 1}",
+            found=f"{len(rows)} entries",
+        )
+    unknown = sorted(set(rows["split"]) - {"train", "test", "dropped"})
+    if unknown:
+        raise DataValidationError(
+            "unknown split value",
+            site=site,
+            file="flamby_split.csv",
+            column="split",
+            expected="train, test or dropped",
+            found=str(unknown),
+        )
+    return rows.set_index("row")["split"].reindex(range(num_rows)).to_numpy()
+
+
+def _check_levels(site: str, frame: pd.DataFrame) -> None:
+    """A level outside the declared ones would silently encode as the dropped first level."""
+    for name, levels in ONE_HOT.items():
+        unknown = sorted(set(frame[name].dropna().tolist()) - set(levels))
+        if unknown:
+            raise DataValidationError(
+                "unexpected category",
+                site=site,
+                file=f"processed.{site}.data",
+                column=name,
+                expected=f"one of {list(levels)}",
+                found=str(unknown[:5]),
+            )
+
+
 def _encode(frame: pd.DataFrame) -> np.ndarray:
     columns = [frame[c].to_numpy(dtype=np.float64) for c in NUMERIC]
     for name, levels in ONE_HOT.items():
-        values = frame[name].to_numpy()
+        values = frame[name].to_numpy(dtype=np.float64)
         columns += [(values == level).astype(np.float64) for level in levels[1:]]
     return np.stack(columns, axis=1)
+
+
+def _site_zscore(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0, ddof=1)  # unbiased, as torch.std in FLamby
+    # A constant column (Switzerland records chol = 0 for everyone) becomes 0, not NaN.
+    std[~(std > 0)] = 1.0
+    return (x_train - mean) / std, (x_test - mean) / std
 
 
 def load_heart_disease(normalisation: Literal["site", "none"] = "site") -> FederatedDataset:
     """The four-hospital heart study with FLamby's split and preprocessing."""
     if normalisation not in ("site", "none"):
-        raise DataValidationError(
-            "unknown normalisation",
-            column="normalisation",
-            expected="'site' or 'none'",
-            found=repr(normalisation),
+        raise ConfigError(
+            f"heart-disease: unknown normalisation {normalisation!r}; expected 'site' or 'none'"
         )
     split = _split_labels()
     sites = []
     for site in SITES:
         frame = _read_site(site).drop(columns=list(DROPPED_COLUMNS))
-        labels = split[split["center"] == site].set_index("row")["split"]
-        if len(labels) != len(frame):
-            raise DataValidationError(
-                "flamby_split.csv does not cover every row",
-                site=site,
-                file="flamby_split.csv",
-                expected=f"{len(frame)} rows",
-                found=str(len(labels)),
-            )
-        frame["split"] = labels.reindex(frame["row"]).to_numpy()
+        frame["split"] = _site_split(split, site, len(frame))
         complete = ~frame[[c for c in RAW_COLUMNS if c not in DROPPED_COLUMNS]].isna().any(axis=1)
         # FLamby's "dropped" rows are exactly the rows with a missing value: check, don't trust.
         mismatch = complete != (frame["split"] != "dropped")
@@ -111,14 +151,11 @@ def load_heart_disease(normalisation: Literal["site", "none"] = "site") -> Feder
                 found=f"rows {frame.loc[mismatch, 'row'].tolist()[:5]}",
             )
         kept = frame[complete]
+        _check_levels(site, kept)
         train, test = kept[kept["split"] == "train"], kept[kept["split"] == "test"]
         x_train, x_test = _encode(train), _encode(test)
         if normalisation == "site":
-            mean = x_train.mean(axis=0)
-            std = x_train.std(axis=0)
-            # A constant column (Switzerland records chol = 0 for everyone) becomes 0, not NaN.
-            std[std == 0] = 1.0
-            x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+            x_train, x_test = _site_zscore(x_train, x_test)
         sites.append(
             SiteData(
                 name=site,

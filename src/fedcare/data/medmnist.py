@@ -54,6 +54,13 @@ def load_medmnist(
     seed: int = 0,
     include_val_in_train: bool = False,
 ) -> FederatedDataset:
+    """``name`` dealt to ``num_sites`` simulated sites, images (N, C, 28, 28) in [0, 1].
+
+    Train and test rows are partitioned by the same rule and seed stream, in separate
+    draws, so every site has its own test set for per-site evaluation.
+    """
+    if partition not in ("iid", "dirichlet"):
+        raise ConfigError(f"unknown partition '{partition}'; expected 'iid' or 'dirichlet'")
     arrays = load_arrays(name)
     x_train, y_train = (
         _images(arrays["train_images"]),
@@ -70,15 +77,13 @@ def load_medmnist(
     if partition == "iid":
         train_parts = iid_partition(len(y_train), num_sites, seeds.generator("partition", 0))
         test_parts = iid_partition(len(y_test), num_sites, seeds.generator("partition", 1))
-    elif partition == "dirichlet":
+    else:
         train_parts = dirichlet_label_partition(
             y_train, num_sites, alpha, seeds.generator("partition", 0)
         )
         test_parts = dirichlet_label_partition(
             y_test, num_sites, alpha, seeds.generator("partition", 1), min_per_site=1
         )
-    else:
-        raise ConfigError(f"unknown partition '{partition}'; expected 'iid' or 'dirichlet'")
     sites = [
         SiteData(f"site{i}", x_train[tr], y_train[tr], x_test[te], y_test[te])
         for i, (tr, te) in enumerate(zip(train_parts, test_parts, strict=True))

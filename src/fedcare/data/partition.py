@@ -32,8 +32,13 @@ def dirichlet_label_partition(
     """
     y = np.asarray(labels).reshape(-1)
     _check_sites(num_sites, len(y))
-    if alpha <= 0:
+    if not alpha > 0:
         raise ConfigError(f"dirichlet partition: alpha must be > 0, found {alpha}")
+    if min_per_site * num_sites > len(y):
+        raise ConfigError(
+            f"dirichlet partition: {len(y)} rows cannot give each of {num_sites} sites "
+            f"{min_per_site} rows (alpha={alpha}); use fewer sites or a smaller min_per_site"
+        )
     classes = np.unique(y)
     for _ in range(max_tries):
         parts: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(num_sites)]
@@ -53,6 +58,8 @@ def dirichlet_label_partition(
 
 
 def _check_sites(num_sites: int, num_rows: int) -> None:
+    if not isinstance(num_sites, int | np.integer) or isinstance(num_sites, bool):
+        raise ConfigError(f"num_sites must be an integer, found {num_sites!r}")
     if num_sites < 1:
         raise ConfigError(f"num_sites must be >= 1, found {num_sites}")
     if num_sites > num_rows:

@@ -12,13 +12,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedcare.core.errors import ConfigError, DataValidationError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def category_text(value: object) -> str:
+    """One spelling per category, so 1, 1.0 and '1' from YAML, CSV or Parquet all agree."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 class FeatureSpec(_Strict):
@@ -28,6 +42,14 @@ class FeatureSpec(_Strict):
     max: float | None = None
     categories: list[str] | None = None
     required: bool = True
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # YAML reads `categories: [1, 2, 3]` as ints; categories are compared as text.
+        if isinstance(value, list):
+            return [category_text(v) if isinstance(v, int | float) else v for v in value]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -66,6 +88,8 @@ class TabularSchema(_Strict):
     target: TargetSpec
     features: list[FeatureSpec] = Field(min_length=1)
     split_column: str | None = None  # values 'train'/'test'; otherwise a seeded split
+    test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)  # seeded split's share
+    seed: int | None = Field(default=None, ge=0)  # seed of the seeded stratified split
     missing_indicator: bool = False  # add a 0/1 column per numeric feature with gaps
 
     @model_validator(mode="after")
@@ -76,6 +100,8 @@ class TabularSchema(_Strict):
             raise ValueError(f"features declared twice: {dupes}")
         if self.target.column in names:
             raise ValueError(f"target column '{self.target.column}' is also declared as a feature")
+        if self.split_column is not None and self.test_fraction is not None:
+            raise ValueError("give either 'split_column' or 'test_fraction', not both")
         return self
 
     @classmethod
@@ -158,5 +184,13 @@ class ValidationReport:
 
     def raise_if_errors(self) -> None:
         if self.errors:
-            lines = "\n  - ".join(str(i) for i in self.errors)
-            raise DataValidationError(f"{len(self.errors)} data problem(s) found:\n  - {lines}")
+            raise TabularValidationError(self)
+
+
+class TabularValidationError(DataValidationError):
+    """Every error of every site in one exception; ``report`` keeps them as data."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        lines = "\n  - ".join(str(i) for i in report.errors)
+        super().__init__(f"{len(report.errors)} data problem(s) found:\n  - {lines}")
