@@ -32,7 +32,12 @@ from fedcare.report.results import (
     load_results,
     write_metrics_csv,
 )
-from fedcare.report.sections import explanations_section, personalisation_section
+from fedcare.report.sections import (
+    communication_section,
+    contributions_section,
+    explanations_section,
+    personalisation_section,
+)
 from fedcare.report.style import CSS
 
 REPORT_FILE = "report.html"
@@ -336,6 +341,8 @@ def render_report(results: StudyResults) -> str:
 {_figures(results)}
 {personalisation_section(results)}
 {explanations_section(results)}
+{contributions_section(results.extra)}
+{communication_section(results)}
 <h2>All metrics</h2>
 {_detail_tables(results)}
 <h2>Sites</h2>

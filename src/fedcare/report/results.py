@@ -64,6 +64,7 @@ class Curves:
 class Communication:
     upload_bytes: int
     download_bytes: int
+    site_upload_per_round: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -208,6 +209,15 @@ def _stats(node: _Node) -> dict[str, Stat]:
     return {metric: _stat(child) for metric, child in node.items()}
 
 
+def _communication(node: _Node) -> Communication:
+    per_site = node.opt("site_upload_bytes_per_round")
+    return Communication(
+        node.req("upload_bytes").integer(),
+        node.req("download_bytes").integer(),
+        {site: child.number() for site, child in per_site.items()} if per_site else {},
+    )
+
+
 def _curves(node: _Node) -> Curves:
     rounds = tuple(e.integer() for e in node.req("round").elements())
     series: dict[str, Curve] = {}
@@ -253,11 +263,7 @@ def _strategy(node: _Node, site_names: set[str]) -> Strategy:
         per_site=per_site,
         overall=_stats(node.req("overall")),
         curves=_curves(curves) if curves else None,
-        communication=Communication(
-            comm.req("upload_bytes").integer(), comm.req("download_bytes").integer()
-        )
-        if comm
-        else None,
+        communication=_communication(comm) if comm else None,
         wall_time_s=wall.number() if wall else None,
         extra={k: v for k, v in node.mapping().items() if k not in _STRATEGY_KEYS},
     )

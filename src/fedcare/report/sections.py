@@ -97,3 +97,73 @@ def explanations_section(results: StudyResults) -> str:
         + rows
         + "</tbody></table>"
     )
+
+
+def contributions_section(extra: dict[str, object]) -> str:
+    """Each site's contribution (Shapley, leave-one-out) from the top-level metrics section."""
+    block = extra.get("contributions")
+    if not isinstance(block, dict) or not isinstance(block.get("sites"), dict):
+        return ""
+    columns = [
+        ("shapley_exact", "Shapley (exact)"),
+        ("shapley_monte_carlo", "Shapley (Monte-Carlo)"),
+        ("shapley_stderr", "± stderr"),
+        ("leave_one_out", "leave-one-out"),
+    ]
+    sites: dict[str, Any] = block["sites"]
+    present = [c for c in columns if any(isinstance(v, dict) and c[0] in v for v in sites.values())]
+    head = "".join(f"<th class='num'>{_e(label)}</th>" for _, label in present)
+    rows = "".join(
+        f"<tr><td>{_e(site)}</td>"
+        + "".join(
+            f"<td class='num'>{_num(values.get(key), signed=key != 'shapley_stderr')}</td>"
+            for key, _ in present
+        )
+        + "</tr>"
+        for site, values in sites.items()
+        if isinstance(values, dict)
+    )
+    note = (
+        f"Utility of a coalition: {_e(block.get('utility', 'mean site test accuracy'))}. "
+        f"All sites: {_num(block.get('all_sites_utility'))}; no site (initial model): "
+        f"{_num(block.get('empty_utility'))}; coalitions trained: {_e(block.get('coalitions_evaluated', '—'))}."
+    )
+    return (
+        "<h2>Contribution of each site</h2>"
+        f"<p class='note'>{note}</p><table><thead><tr><th>Site</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def communication_section(results: StudyResults) -> str:
+    """Bytes on the wire: each federated strategy's upload per site and round."""
+    strategies = [
+        s
+        for s in results.strategies
+        if s.kind == "federated" and s.communication and s.communication.site_upload_per_round
+    ]
+    if not strategies:
+        return ""
+    head = "".join(f"<th class='num'>{_e(site.name)}</th>" for site in results.sites)
+    rows = []
+    for s in strategies:
+        comm = s.communication
+        if comm is None:
+            continue
+        cells = "".join(
+            f"<td class='num'>{_kib(comm.site_upload_per_round.get(site.name))}</td>"
+            for site in results.sites
+        )
+        rows.append(
+            f"<tr><td>{_e(s.label or s.name)}</td>{cells}<td class='num'>{_kib(comm.upload_bytes)}</td>"
+            f"<td class='num'>{_kib(comm.download_bytes)}</td></tr>"
+        )
+    return (
+        "<h2>Communication</h2><p class='note'>Upload per site and round (KiB, mean over rounds and "
+        "seeds) and the run's totals.</p><table><thead><tr><th>Strategy</th>"
+        f"{head}<th class='num'>upload total</th><th class='num'>download total</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _kib(value: float | int | None) -> str:
+    return "—" if value is None else f"{value / 1024:,.1f}"

@@ -58,6 +58,7 @@ class RoundRecord:
     seconds: float
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled_metrics: dict[str, float] = field(default_factory=dict)
+    site_upload_bytes: dict[str, int] = field(default_factory=dict)  # what each site sent
 
     def mean_site(self, metric: str) -> float:
         values = [m[metric] for m in self.site_metrics.values()]
@@ -215,16 +216,17 @@ class FederatedSimulation:
         sampled = sample_sites(len(self.names), self.participation, self.seeds, r)
         download = self.strategy.download_nbytes(state) * len(sampled)
         if self.strategy.schedule == "cyclic":
-            new_state, upload, loss = self._cyclic_round(state, site_states, sampled)
+            new_state, uploads, loss = self._cyclic_round(state, site_states, sampled)
         else:
-            new_state, upload, loss = self._parallel_round(state, site_states, sampled)
+            new_state, uploads, loss = self._parallel_round(state, site_states, sampled)
         record = RoundRecord(
             round=new_state.round,
             participants=[self.names[i] for i in sampled],
             train_loss=loss,
-            upload_bytes=upload,
+            upload_bytes=sum(uploads.values()),
             download_bytes=download,
             seconds=0.0,
+            site_upload_bytes=uploads,
         )
         return new_state, record
 
@@ -242,9 +244,9 @@ class FederatedSimulation:
 
     def _parallel_round(
         self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
-    ) -> tuple[ServerState, int, float]:
+    ) -> tuple[ServerState, dict[str, int], float]:
         accumulator = self.strategy.new_accumulator(state)
-        upload = 0
+        uploads: dict[str, int] = {}
         loss_weighted = 0.0
         for chunk in _chunks(sampled, self.site_chunk):
             names = [self.names[k] for k in chunk]
@@ -282,14 +284,14 @@ class FederatedSimulation:
                     update.delta = shared_only(update.delta, mask)
                     sent -= int(mask.sum()) * update.delta.itemsize
                 accumulator.add(update.delta, update.weight, update.extras)
-                upload += sent
+                uploads[name] = sent
                 loss_weighted += outcome.train_loss * outcome.num_samples
             if self.personal.kind == "ditto":
                 self._ditto_pass(state, site_states, chunk, names)
         aggregate = accumulator.result()
         new_state = self.strategy.server_update(state, aggregate, len(self.names))
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
-        return new_state, upload, loss_weighted / max(total, 1.0)
+        return new_state, uploads, loss_weighted / max(total, 1.0)
 
     def _start_losses(
         self, starts: npt.NDArray[np.float32], chunk: npt.NDArray[np.int64]
@@ -329,9 +331,9 @@ class FederatedSimulation:
 
     def _cyclic_round(
         self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
-    ) -> tuple[ServerState, int, float]:
+    ) -> tuple[ServerState, dict[str, int], float]:
         params = state.params
-        upload = 0
+        uploads: dict[str, int] = {}
         losses = []
         for k in sampled:
             name = self.names[k]
@@ -345,13 +347,13 @@ class FederatedSimulation:
                 self.spec,
             )
             params = result.params[0].copy()
-            upload += params.nbytes
+            uploads[name] = params.nbytes
             losses.append(float(result.train_loss[0]))
         weight = float(sum(int(self.bank.counts[k]) for k in sampled))
         new_state = self.strategy.server_update(
             state, chain_aggregate(state.params, params, len(sampled), weight), len(self.names)
         )
-        return new_state, upload, float(np.mean(losses)) if losses else float("nan")
+        return new_state, uploads, float(np.mean(losses)) if losses else float("nan")
 
 
 class IsolatedTraining:

@@ -70,10 +70,7 @@ def summarise_strategy(
         "per_site": per_site,
         "overall": overall,
         "curves": _curves(runs),
-        "communication": {
-            "upload_bytes": int(np.mean([r.result.upload_bytes for r in runs])),
-            "download_bytes": int(np.mean([r.result.download_bytes for r in runs])),
-        },
+        "communication": _communication(runs, site_names),
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
     if all(run.importance for run in runs):
@@ -160,4 +157,24 @@ def summarise_importance(
             ).tolist()
             for s in site_names
         },
+    }
+
+
+def _communication(runs: Sequence[SeedRun], site_names: Sequence[str]) -> dict[str, Any]:
+    """Bytes on the wire: totals, per round, and each site's mean upload per round."""
+    history = runs[0].result.history
+    per_site: dict[str, float] = {}
+    for site in site_names:
+        sent = [
+            rec.site_upload_bytes[site]
+            for run in runs
+            for rec in run.result.history
+            if site in rec.site_upload_bytes
+        ]
+        per_site[site] = float(np.mean(sent)) if sent else 0.0
+    return {
+        "upload_bytes": int(np.mean([r.result.upload_bytes for r in runs])),
+        "download_bytes": int(np.mean([r.result.download_bytes for r in runs])),
+        "upload_bytes_per_round": [int(rec.upload_bytes) for rec in history],
+        "site_upload_bytes_per_round": per_site,
     }
