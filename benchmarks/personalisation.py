@@ -42,6 +42,7 @@ METHODS: list[tuple[str, str, tuple[str, dict[str, Any]], dict[str, Any]]] = [
         {"weighting": "uniform"},
     ),
     ("ditto (mlp 16, lambda 0.1)", "ditto", MLP, {"ditto_lambda": 0.1, "weighting": "uniform"}),
+    ("mocha (logistic, lambda1 0.3)", "mocha", LOGISTIC, {"lambda1": 0.3, "lambda2": 0.01}),
 ]
 
 

@@ -95,3 +95,37 @@ def test_personalisation_parameters_are_checked():
         build_strategy("ditto", {"ditto_lambda": -1})
     with pytest.raises(ConfigError, match="only applies to ditto"):
         build_strategy("fedavg", {"ditto_lambda": 0.1})
+
+
+def test_mocha_learns_one_linear_model_per_site(toy_dataset):
+    model = build_model("logistic", toy_dataset.input_shape, 2)
+    sim = FederatedSimulation(
+        module=model,
+        dataset=toy_dataset,
+        strategy=build_strategy("mocha", {"lambda1": 0.3}),
+        spec=SPEC,
+        rounds=3,
+        seed=0,
+    )
+    result = sim.run()
+    models = np.stack(result.final_params)
+    assert models.shape[0] == 4
+    assert not np.allclose(models[0], models[1])
+    assert result.state is not None
+    assert result.state.arrays["mocha/models"].shape == (4 * models.shape[1],)
+
+
+def test_divergence_is_reported_not_silently_averaged(toy_dataset):
+    from fedcare.core.errors import TrainingDivergedError
+
+    model = build_model("mlp", toy_dataset.input_shape, 2, hidden=(8,))
+    sim = FederatedSimulation(
+        module=model,
+        dataset=toy_dataset,
+        strategy=build_strategy("fedavg"),
+        spec=TrainSpec(optimizer="sgd", lr=1e30, epochs=1, batch_size=8),
+        rounds=2,
+        seed=0,
+    )
+    with pytest.raises(TrainingDivergedError, match=r"lower local\.lr"):
+        sim.run()

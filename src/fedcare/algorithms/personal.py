@@ -6,6 +6,8 @@
   site's own values, are never uploaded, and are stored back at the site.
 - Ditto (Li et al., ICML 2021): every site also trains a personal model v_k on
   its loss + (lambda/2) ||v_k - w||^2 towards the current global model w.
+- MOCHA (Smith et al., NeurIPS 2017): personal linear models tied by a learned task
+  relationship (see :mod:`fedcare.algorithms.mocha`).
 - Fine-tuning: after federation, each site trains the final model a little on its own data.
 The personal state lives in the site's :data:`~fedcare.core.records.SiteState` (kept at
 the site, checkpointed with it).
@@ -23,7 +25,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, SiteState
 from fedcare.core.vectors import FloatVector
 
-PersonalKind = Literal["fedper", "fedbn", "ditto"]
+PersonalKind = Literal["fedper", "fedbn", "ditto", "mocha"]
 LOCAL_VALUES = "personal/local_values"
 PERSONAL_MODEL = "personal/model"
 BoolMask = npt.NDArray[np.bool_]
@@ -34,6 +36,8 @@ class Personalisation:
     kind: PersonalKind | None = None
     ditto_lambda: float = 0.1
     finetune_epochs: int = 0
+    mocha_lambda1: float = 0.1
+    mocha_lambda2: float = 0.01
 
     def __post_init__(self) -> None:
         if self.ditto_lambda < 0:
@@ -89,7 +93,7 @@ def personal_model(
     mask: BoolMask | None,
 ) -> FloatVector:
     """The model a site uses for its own patients under ``personal``."""
-    if personal.kind == "ditto":
+    if personal.kind in ("ditto", "mocha"):
         return ditto_start(global_params, site_state)
     if mask is not None:
         return site_start(global_params, site_state, mask)

@@ -38,8 +38,14 @@ _TABLE: dict[
     "fedper": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
     "fedbn": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
     "ditto": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
+    "mocha": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
 }
-_PERSONAL: dict[str, PersonalKind] = {"fedper": "fedper", "fedbn": "fedbn", "ditto": "ditto"}
+_PERSONAL: dict[str, PersonalKind] = {
+    "fedper": "fedper",
+    "fedbn": "fedbn",
+    "ditto": "ditto",
+    "mocha": "mocha",
+}
 
 _PARAMS = {
     "server_lr",
@@ -52,6 +58,8 @@ _PARAMS = {
     "q",
     "ditto_lambda",
     "finetune_epochs",
+    "lambda1",
+    "lambda2",
 }
 
 
@@ -78,6 +86,8 @@ def build_strategy(
         raise ConfigError(f"strategy '{name}': 'mu' only applies to fedprox")
     if "q" in params and key != "qfedavg":
         raise ConfigError(f"strategy '{name}': 'q' only applies to qfedavg")
+    if ("lambda1" in params or "lambda2" in params) and key != "mocha":
+        raise ConfigError(f"strategy '{name}': 'lambda1'/'lambda2' only apply to mocha")
     if "ditto_lambda" in params and key != "ditto":
         raise ConfigError(f"strategy '{name}': 'ditto_lambda' only applies to ditto")
     rule_factory, opt_name, default_lr, schedule = _TABLE[key]
@@ -107,6 +117,8 @@ def build_strategy(
             kind=_PERSONAL.get(key),
             ditto_lambda=float(params.get("ditto_lambda", 0.1)),
             finetune_epochs=int(params.get("finetune_epochs", 0)),
+            mocha_lambda1=float(params.get("lambda1", 0.1)),
+            mocha_lambda2=float(params.get("lambda2", 0.01)),
         )
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc

@@ -61,6 +61,10 @@ class LayoutMismatchError(FedcareError):
     """A parameter vector or state dict does not fit the model's layout."""
 
 
+class TrainingDivergedError(FedcareError):
+    """Local training produced non-finite parameters (learning rate or penalty too large)."""
+
+
 class UpdateRejectedError(FedcareError):
     """A site's update failed validation before it could touch the aggregate."""
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedcare.core.errors import TrainingDivergedError
 from fedcare.core.records import LocalObjective, TrainSpec
 from fedcare.core.vectors import ParamLayout
 from fedcare.ml import optim
@@ -273,4 +274,12 @@ class LocalTrainer:
             raise ValueError("one schedule and one objective per site are required")
         run = self._train_batched if self.mode == "batched" else self._train_sequential
         with torch.enable_grad():
-            return run(bank, sites, starts, schedules, objectives, spec, opt_states)
+            result = run(bank, sites, starts, schedules, objectives, spec, opt_states)
+        finite = np.isfinite(result.params).all(axis=1)
+        if not finite.all():
+            bad = [int(sites[int(i)]) for i in np.flatnonzero(~finite)]
+            raise TrainingDivergedError(
+                f"local training diverged (non-finite parameters) at site index(es) {bad[:10]}; "
+                f"lower local.lr (now {spec.lr}) or the algorithm's regularisation strength"
+            )
+        return result

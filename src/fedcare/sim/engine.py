@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fedcare.algorithms.mocha import site_objective, task_covariance, task_precision
 from fedcare.algorithms.personal import (
     PERSONAL_MODEL,
     ditto_objective,
@@ -44,6 +45,7 @@ from fedcare.runtime.sampling import Participation, sample_sites
 from fedcare.sim.evaluation import TestSets, pooled
 
 ProgressCallback = Callable[["RoundRecord"], None]
+MOCHA_MODELS = "mocha/models"
 
 
 @dataclass
@@ -247,6 +249,9 @@ class FederatedSimulation:
     ) -> tuple[ServerState, dict[str, int], float]:
         accumulator = self.strategy.new_accumulator(state)
         uploads: dict[str, int] = {}
+        mocha_models: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
+        if self.personal.kind == "mocha":
+            mocha_models = np.array(self._mocha_round_start(state)[0], dtype=np.float32)
         loss_weighted = 0.0
         for chunk in _chunks(sampled, self.site_chunk):
             names = [self.names[k] for k in chunk]
@@ -288,8 +293,13 @@ class FederatedSimulation:
                 loss_weighted += outcome.train_loss * outcome.num_samples
             if self.personal.kind == "ditto":
                 self._ditto_pass(state, site_states, chunk, names)
+            elif self.personal.kind == "mocha":
+                self._mocha_pass(state, site_states, chunk, names, mocha_models)
         aggregate = accumulator.result()
         new_state = self.strategy.server_update(state, aggregate, len(self.names))
+        if self.personal.kind == "mocha":
+            # The coordinator keeps every site's reported model to re-estimate the relationship.
+            new_state.arrays[MOCHA_MODELS] = mocha_models.reshape(-1)
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, uploads, loss_weighted / max(total, 1.0)
 
@@ -304,6 +314,47 @@ class FederatedSimulation:
             stats = evaluate_vector(self.module, layout, starts[i], x, y, self.dataset.num_classes)
             out.append(stats.loss)
         return out
+
+    def _mocha_round_start(
+        self, state: ServerState
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+        """The coordinator's copy of every site's model and the task precision for this round."""
+        stored = state.arrays.get(MOCHA_MODELS)
+        models = (np.tile(state.params, len(self.names)) if stored is None else stored).reshape(
+            len(self.names), -1
+        )
+        return models, task_precision(task_covariance(models.astype(np.float64)))
+
+    def _mocha_pass(
+        self,
+        state: ServerState,
+        site_states: dict[str, SiteState],
+        chunk: npt.NDArray[np.int64],
+        names: list[str],
+        updated: npt.NDArray[np.float32],
+    ) -> None:
+        """MOCHA: each site trains its own model under the relationship fixed at round start."""
+        models, precision = self._mocha_round_start(state)
+        objectives = [
+            site_objective(
+                precision, models, int(k), self.personal.mocha_lambda1, self.personal.mocha_lambda2
+            )
+            for k in chunk
+        ]
+        schedules = [
+            batch_schedule(
+                int(self.bank.counts[k]),
+                self.spec,
+                self.seeds.generator("misc", state.round, int(k)),
+            )
+            for k in chunk
+        ]
+        result = self.trainer.train(
+            self.bank, chunk.tolist(), models[chunk].copy(), schedules, objectives, self.spec
+        )
+        for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
+            updated[k] = result.params[i]
+            site_states[name] = {**site_states[name], PERSONAL_MODEL: result.params[i].copy()}
 
     def _ditto_pass(
         self,
