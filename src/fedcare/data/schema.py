@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from fedcare.core.errors import ConfigError, DataValidationError
+from fedcare.data.yaml_config import read_yaml
 
 
 class _Strict(BaseModel):
@@ -106,14 +106,7 @@ class TabularSchema(_Strict):
 
     @classmethod
     def load(cls, path: Path | str) -> TabularSchema:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: schema file not found")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.parse(raw, source=str(path))
+        return cls.parse(read_yaml(path, "schema file"), source=str(path))
 
     @classmethod
     def parse(cls, raw: Any, source: str = "schema") -> TabularSchema:

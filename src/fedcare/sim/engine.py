@@ -233,13 +233,16 @@ class FederatedSimulation:
         return new_state, record
 
     def _schedules(
-        self, sites: Sequence[int] | npt.NDArray[np.int64], round_index: int
+        self,
+        sites: Sequence[int] | npt.NDArray[np.int64],
+        round_index: int,
+        purpose: str = "batches",
     ) -> list[npt.NDArray[np.int64]]:
         return [
             batch_schedule(
                 int(self.bank.counts[k]),
                 self.spec,
-                self.seeds.generator("batches", round_index, int(k)),
+                self.seeds.generator(purpose, round_index, int(k)),
             )
             for k in sites
         ]
@@ -335,26 +338,12 @@ class FederatedSimulation:
     ) -> None:
         """MOCHA: each site trains its own model under the relationship fixed at round start."""
         models, precision = self._mocha_round_start(state)
-        objectives = [
-            site_objective(
-                precision, models, int(k), self.personal.mocha_lambda1, self.personal.mocha_lambda2
-            )
-            for k in chunk
-        ]
-        schedules = [
-            batch_schedule(
-                int(self.bank.counts[k]),
-                self.spec,
-                self.seeds.generator("misc", state.round, int(k)),
-            )
-            for k in chunk
-        ]
-        result = self.trainer.train(
-            self.bank, chunk.tolist(), models[chunk].copy(), schedules, objectives, self.spec
+        lam1, lam2 = self.personal.mocha_lambda1, self.personal.mocha_lambda2
+        objectives = [site_objective(precision, models, int(k), lam1, lam2) for k in chunk]
+        trained = self._personal_pass(
+            state, site_states, chunk, names, models[chunk].copy(), objectives
         )
-        for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
-            updated[k] = result.params[i]
-            site_states[name] = {**site_states[name], PERSONAL_MODEL: result.params[i].copy()}
+        updated[chunk] = trained
 
     def _ditto_pass(
         self,
@@ -366,19 +355,25 @@ class FederatedSimulation:
         """Ditto's second half: each site's personal model, pulled towards this round's global."""
         starts = np.stack([ditto_start(state.params, site_states[n]) for n in names])
         objective = ditto_objective(state.params, self.personal.ditto_lambda)
-        schedules = [
-            batch_schedule(
-                int(self.bank.counts[k]),
-                self.spec,
-                self.seeds.generator("misc", state.round, int(k)),
-            )
-            for k in chunk
-        ]
+        self._personal_pass(state, site_states, chunk, names, starts, [objective] * len(names))
+
+    def _personal_pass(
+        self,
+        state: ServerState,
+        site_states: dict[str, SiteState],
+        chunk: npt.NDArray[np.int64],
+        names: list[str],
+        starts: npt.NDArray[np.float32],
+        objectives: list[LocalObjective],
+    ) -> npt.NDArray[np.float32]:
+        """Train each site's personal model (kept at the site) on its own batch order."""
+        schedules = self._schedules(chunk, state.round, purpose="misc")
         result = self.trainer.train(
-            self.bank, chunk.tolist(), starts, schedules, [objective] * len(names), self.spec
+            self.bank, chunk.tolist(), starts, schedules, objectives, self.spec
         )
         for i, name in enumerate(names):
             site_states[name] = {**site_states[name], PERSONAL_MODEL: result.params[i].copy()}
+        return result.params
 
     def _cyclic_round(
         self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]

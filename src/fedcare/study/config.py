@@ -12,12 +12,12 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedcare.algorithms.registry import build_strategy
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import TrainSpec
+from fedcare.data.yaml_config import read_yaml
 
 
 class _Strict(BaseModel):
@@ -127,13 +127,7 @@ class StudyConfig(_Strict):
 
 def load_config(path: Path | str) -> StudyConfig:
     """Read and validate a study YAML file; every problem is a ConfigError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "config file")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
