@@ -1,0 +1,1 @@
+"""Deployment across hospitals: certificates, the run store and the gRPC transport."""
