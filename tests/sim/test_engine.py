@@ -106,3 +106,62 @@ def test_local_baseline_keeps_one_model_per_site_and_pooled_one_model(toy_datase
     ).run()
     assert len(local.final_params) == 4 and len(pooled.final_params) == 1
     assert set(local.final_eval) == set(pooled.final_eval) == set(toy_dataset.site_names)
+
+
+def test_median_resists_sign_flipping_sites_that_drag_fedavg():
+    from fedcare.algorithms.attacks import AttackSpec
+    from tests.conftest import make_sites
+
+    dataset = make_sites([60] * 10, num_features=4, seed=3)
+    attack = AttackSpec("sign_flip", fraction=0.3, strength=4.0)
+
+    def final_loss(strategy, params):
+        model = build_model("logistic", dataset.input_shape, 2)
+        sim = FederatedSimulation(
+            module=model,
+            dataset=dataset,
+            strategy=build_strategy(strategy, params),
+            spec=SPEC,
+            rounds=8,
+            seed=0,
+            attack=attack,
+        )
+        return sim.run().history[-1].pooled_metrics["loss"]
+
+    assert final_loss("fedavg", {"aggregator": "median"}) < final_loss("fedavg", {})
+
+
+def test_compressed_uploads_count_fewer_bytes_and_still_learn():
+    from tests.conftest import make_sites
+
+    dataset = make_sites([80] * 4, num_features=200, seed=5)
+
+    def run(params):
+        model = build_model("logistic", dataset.input_shape, 2)
+        sim = FederatedSimulation(
+            module=model,
+            dataset=dataset,
+            strategy=build_strategy("fedavg", params),
+            spec=SPEC,
+            rounds=6,
+            seed=0,
+        )
+        return sim.run()
+
+    dense = run({})
+    quant = run({"upload": [{"stage": "quantize", "bits": 8, "chunk_size": 1024}]})
+    topk = run({"upload": [{"stage": "topk", "fraction": 0.1}]})
+
+    def bytes_per_site(result):
+        return result.history[-1].site_upload_bytes
+
+    dense_bytes = bytes_per_site(dense)
+    size = sum(p.numel() for p in build_model("logistic", dataset.input_shape, 2).parameters())
+    assert all(b == 4 * size for b in dense_bytes.values())  # float32 values
+    assert all(dense_bytes[s] / b >= 3.0 for s, b in bytes_per_site(quant).items())
+    assert all(dense_bytes[s] / b >= 4.0 for s, b in bytes_per_site(topk).items())
+    first = dense.history[0].pooled_metrics["loss"]
+    for result in (quant, topk):
+        assert result.history[-1].pooled_metrics["loss"] < first
+    # Error feedback keeps what was not sent at the site, between rounds.
+    assert all("__topk_residual__" in state for state in topk.site_states.values())

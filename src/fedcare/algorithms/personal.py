@@ -71,13 +71,6 @@ def keep_local(site_state: SiteState, params: FloatVector, mask: BoolMask) -> Si
     return new_state
 
 
-def shared_only(delta: FloatVector, mask: BoolMask) -> FloatVector:
-    """The upload: local entries are zero (and are not counted as sent)."""
-    out = delta.copy()
-    out[mask] = 0.0
-    return out
-
-
 def ditto_start(global_params: FloatVector, site_state: SiteState) -> FloatVector:
     return site_state.get(PERSONAL_MODEL, global_params)
 

@@ -16,10 +16,12 @@ from fedcare.algorithms.fedprox import FedProxClient
 from fedcare.algorithms.fedsgd import FedSGDClient
 from fedcare.algorithms.personal import Personalisation, PersonalKind
 from fedcare.algorithms.qfedavg import QFedAvgClient
+from fedcare.algorithms.robust import build_robust_aggregator
 from fedcare.algorithms.scaffold import ScaffoldClient
 from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
 from fedcare.algorithms.strategy import Schedule, Strategy
 from fedcare.core.errors import ConfigError
+from fedcare.transforms.pipeline import UploadPipeline, parse_stages
 
 # name -> (client rule factory, server optimizer name, default server lr, schedule)
 _TABLE: dict[
@@ -60,6 +62,9 @@ _PARAMS = {
     "finetune_epochs",
     "lambda1",
     "lambda2",
+    "aggregator",
+    "aggregator_params",
+    "upload",
 }
 
 
@@ -122,9 +127,30 @@ def build_strategy(
         )
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc
+    aggregator = str(params.get("aggregator", "mean"))
+    aggregator_params = dict(params.get("aggregator_params", {}))
+    try:
+        build_robust_aggregator(aggregator, **aggregator_params)  # unknown rules fail here
+    except ValueError as exc:
+        raise ConfigError(f"strategy '{name}': {exc}") from exc
+    if aggregator != "mean" and key in ("qfedavg", "cyclic"):
+        raise ConfigError(f"strategy '{name}': robust aggregation does not apply to {key}")
+    raw_stages = params.get("upload", [])
+    if not isinstance(raw_stages, list):
+        raise ConfigError(
+            f"strategy '{name}': 'upload' must be a list of stages, found {raw_stages!r}"
+        )
+    stages = parse_stages(raw_stages, where=f"strategy '{name}' upload")
+    if stages and key == "cyclic":
+        raise ConfigError(
+            f"strategy '{name}': cyclic training passes models, not updates; upload stages do not apply"
+        )
     return Strategy(
         name=label or key,
         personal=personal,
+        aggregator=aggregator,
+        aggregator_params=aggregator_params,
+        upload=UploadPipeline(stages),
         client=rule_factory(params),
         server_optimizer=optimizer,
         weighting=weighting,

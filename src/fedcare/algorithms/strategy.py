@@ -15,6 +15,7 @@ from fedcare.algorithms.aggregate import Aggregate, StreamingMean, Weighting, ag
 from fedcare.algorithms.client_rule import ClientRule
 from fedcare.algorithms.personal import Personalisation
 from fedcare.algorithms.qfedavg import WEIGHT_KEY
+from fedcare.algorithms.robust import RobustAggregator, build_robust_aggregator
 from fedcare.algorithms.server_optim import ServerOptimizer
 from fedcare.core.records import (
     ClientUpdate,
@@ -25,6 +26,7 @@ from fedcare.core.records import (
     TrainSpec,
 )
 from fedcare.core.vectors import FloatVector
+from fedcare.transforms.pipeline import UploadPipeline
 
 Schedule = Literal["parallel", "cyclic"]
 
@@ -44,6 +46,15 @@ class Strategy:
     weighting: Weighting = "samples"
     schedule: Schedule = "parallel"
     personal: Personalisation = field(default_factory=Personalisation)
+    aggregator: str = "mean"  # or a robust rule from fedcare.algorithms.robust
+    aggregator_params: dict[str, float] = field(default_factory=dict)
+    upload: UploadPipeline = field(default_factory=UploadPipeline)  # clip / compress stages
+
+    def robust_rule(self) -> RobustAggregator | None:
+        """The robust aggregation rule, or None for the streaming weighted mean."""
+        if self.aggregator == "mean":
+            return None
+        return build_robust_aggregator(self.aggregator, **self.aggregator_params)
 
     def init_state(self, params: FloatVector) -> ServerState:
         arrays = self.server_optimizer.init(params.size)

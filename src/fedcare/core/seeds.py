@@ -22,6 +22,7 @@ _PURPOSES = (
     "partition",
     "eval",
     "misc",
+    "compress",
 )
 
 

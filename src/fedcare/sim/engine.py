@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fedcare.algorithms.attacks import AttackSpec, attack_update, choose_attackers, flip_labels
 from fedcare.algorithms.mocha import site_objective, task_covariance, task_precision
 from fedcare.algorithms.personal import (
     PERSONAL_MODEL,
@@ -27,7 +28,6 @@ from fedcare.algorithms.personal import (
     ditto_start,
     keep_local,
     personal_model,
-    shared_only,
     site_start,
 )
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
@@ -120,6 +120,7 @@ class FederatedSimulation:
         eval_every: int = 1,
         checkpoint_dir: Path | None = None,
         test_sets: TestSets | None = None,
+        attack: AttackSpec | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, found {rounds}")
@@ -139,6 +140,19 @@ class FederatedSimulation:
         )
         self.tests = test_sets or TestSets(dataset)
         self.names = dataset.site_names
+        self.attack = attack
+        self.attackers: set[str] = set()
+        if attack is not None:
+            self.attackers = choose_attackers(
+                self.names, attack.fraction, self.seeds.generator("attack")
+            )
+            if attack.kind == "label_flip":
+                for k, name in enumerate(self.names):
+                    if name in self.attackers:
+                        rows = self.bank.rows(k)
+                        flipped = flip_labels(self.bank.y[rows].numpy(), dataset.num_classes)
+                        self.bank.y[rows] = torch.from_numpy(flipped)
+        self.robust_rule = strategy.robust_rule()
         self.personal = strategy.personal
         kind = self.personal.mask_kind
         self.local_mask = local_tensor_mask(module, self.trainer.layout, kind) if kind else None
@@ -252,6 +266,7 @@ class FederatedSimulation:
     ) -> tuple[ServerState, dict[str, int], float]:
         accumulator = self.strategy.new_accumulator(state)
         uploads: dict[str, int] = {}
+        collected: list[tuple[npt.NDArray[np.float32], float]] = []
         mocha_models: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         if self.personal.kind == "mocha":
             mocha_models = np.array(self._mocha_round_start(state)[0], dtype=np.float32)
@@ -286,11 +301,17 @@ class FederatedSimulation:
                 site_states[name], update = self.strategy.client_update(
                     state, site_states[name], outcome, self.spec
                 )
-                sent = update.nbytes()
+                if self.attack is not None and name in self.attackers:
+                    rng = self.seeds.generator("attack", state.round + 1, int(k))
+                    update.delta = attack_update(update.delta, self.attack, rng)
+                site_states[name], update.delta, sent = self._upload(
+                    update.delta, site_states[name], state.round + 1, int(k)
+                )
+                sent += update.nbytes() - update.delta.nbytes  # extras travel uncompressed
                 if mask is not None:
                     site_states[name] = keep_local(site_states[name], outcome.params, mask)
-                    update.delta = shared_only(update.delta, mask)
-                    sent -= int(mask.sum()) * update.delta.itemsize
+                if self.robust_rule is not None:
+                    collected.append((update.delta, update.weight))
                 accumulator.add(update.delta, update.weight, update.extras)
                 uploads[name] = sent
                 loss_weighted += outcome.train_loss * outcome.num_samples
@@ -299,12 +320,41 @@ class FederatedSimulation:
             elif self.personal.kind == "mocha":
                 self._mocha_pass(state, site_states, chunk, names, mocha_models)
         aggregate = accumulator.result()
+        if self.robust_rule is not None:
+            # Robust rules need every update at once; extras keep their uniform mean.
+            stacked = np.stack([d for d, _ in collected])
+            weights = np.array([w for _, w in collected], dtype=np.float64)
+            aggregate.delta = self.robust_rule(stacked, weights)
         new_state = self.strategy.server_update(state, aggregate, len(self.names))
         if self.personal.kind == "mocha":
             # The coordinator keeps every site's reported model to re-estimate the relationship.
             new_state.arrays[MOCHA_MODELS] = mocha_models.reshape(-1)
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, uploads, loss_weighted / max(total, 1.0)
+
+    def _upload(
+        self, delta: npt.NDArray[np.float32], site_state: SiteState, round_index: int, site: int
+    ) -> tuple[SiteState, npt.NDArray[np.float32], int]:
+        """Send one update through the strategy's upload stages.
+
+        Returns the site's new state (top-k keeps its residual there), the update as the
+        coordinator decodes it, and the bytes it took on the wire. Entries a personalised
+        strategy keeps local are neither encoded nor counted; they arrive as zeros.
+        """
+        mask = self.local_mask
+        pipeline = self.strategy.upload
+        shared = delta if mask is None else delta[~mask]
+        if not pipeline.stages:
+            encoded_bytes, decoded = int(shared.nbytes), shared
+        else:
+            rng = self.seeds.generator("compress", round_index, site)
+            encoded, site_state = pipeline.encode(shared, site_state, rng)
+            encoded_bytes, decoded = encoded.nbytes, pipeline.decode(encoded)
+        if mask is None:
+            return site_state, decoded, encoded_bytes
+        full = np.zeros_like(delta)
+        full[~mask] = decoded
+        return site_state, full, encoded_bytes
 
     def _start_losses(
         self, starts: npt.NDArray[np.float32], chunk: npt.NDArray[np.int64]

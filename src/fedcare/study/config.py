@@ -88,6 +88,34 @@ class ParticipationConfig(_Strict):
     min_sites: int = Field(default=1, ge=1)
 
 
+class AttackConfig(_Strict):
+    """Simulated poisoned sites (robustness studies): which share attacks, and how."""
+
+    kind: Literal["sign_flip", "scale", "noise", "label_flip"]
+    fraction: float = Field(default=0.2, ge=0, lt=1)
+    strength: float = Field(default=1.0, gt=0)
+
+
+class ContributionConfig(_Strict):
+    """Each site's contribution to the federation (Shapley values, leave-one-out).
+
+    Every coalition of sites trains its own model with ``strategy`` for the study's rounds;
+    exact Shapley needs all 2^n coalitions (n <= 12), Monte-Carlo samples ``permutations``
+    orders of the sites and reuses every coalition already trained.
+    """
+
+    strategy: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+    method: Literal["exact", "monte_carlo", "both"] = "both"
+    permutations: int = Field(default=50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> ContributionConfig:
+        build_strategy(self.strategy, self.params)
+        return self
+
+
 class SimulatorConfig(_Strict):
     mode: Literal["auto", "batched", "sequential"] = "auto"
     site_chunk: int = Field(default=256, ge=1)
@@ -110,6 +138,8 @@ class StudyConfig(_Strict):
     strategies: list[StrategyConfig] = Field(default_factory=list)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     explain: bool = True  # permutation feature importance per site (tabular studies)
+    attack: AttackConfig | None = None  # applies to every federated strategy
+    contributions: ContributionConfig | None = None  # Shapley / leave-one-out per site
     output: str | None = None
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import save_file
 
 from fedcare import __version__
+from fedcare.algorithms.attacks import AttackSpec
 from fedcare.algorithms.registry import build_strategy
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
@@ -32,7 +33,8 @@ from fedcare.report.html import write_report
 from fedcare.runtime.sampling import Participation
 from fedcare.sim.engine import FederatedSimulation, IsolatedTraining, RoundRecord, RunResult
 from fedcare.sim.evaluation import TestSets
-from fedcare.study.config import StrategyConfig, StudyConfig
+from fedcare.study.config import ContributionConfig, StrategyConfig, StudyConfig
+from fedcare.study.contribution import CoalitionUtility, site_contributions
 from fedcare.study.summary import SeedRun, add_personalisation_gains, summarise_strategy
 
 RoundHook = Callable[[str, int, RoundRecord], None]
@@ -100,6 +102,8 @@ class StudyRunner:
             )
         add_personalisation_gains(entries)
         metrics = self._metrics(entries, time.perf_counter() - started)
+        if self.config.contributions is not None:
+            metrics["contributions"] = self._contributions(self.config.contributions)
         self._write(metrics)
         return StudyOutcome(self.out_dir, metrics)
 
@@ -148,6 +152,7 @@ class StudyRunner:
                 site_chunk=cfg.simulator.site_chunk,
                 eval_every=cfg.simulator.eval_every,
                 test_sets=self.tests,
+                attack=AttackSpec(**cfg.attack.model_dump()) if cfg.attack else None,
             ).run(hook)
         wall = time.perf_counter() - t0
         layout = layout_of(module)
@@ -158,6 +163,19 @@ class StudyRunner:
             wall_time_s=wall,
             importance=self._explain(module, layout, result, seed),
         )
+
+    def _contributions(self, config: ContributionConfig) -> dict[str, Any]:
+        """Shapley and leave-one-out values of each site (one federated run per coalition)."""
+        cfg = self.config
+        utility = CoalitionUtility(
+            dataset=self.dataset,
+            model=(cfg.model.name, dict(cfg.model.params)),
+            spec=cfg.local.to_spec(),
+            rounds=cfg.rounds,
+            config=config,
+            test_sets=self.tests,
+        )
+        return site_contributions(utility, list(self.dataset.site_names), config)
 
     def _explain(
         self, module: Any, layout: ParamLayout, result: RunResult, seed: int

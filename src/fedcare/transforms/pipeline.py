@@ -1,0 +1,221 @@
+"""The upload pipeline: stages that encode a site's update and decode it at the coordinator.
+
+Each stage encodes at the site and decodes at the coordinator, in reverse order
+(pfl-research's postprocessors). The per-update stages are:
+
+* ``clip``: scale the update to an L2 norm of at most ``max_norm`` (no bytes saved);
+* ``quantize``: stochastic 8- or 4-bit quantisation (``bits``), unbiased;
+* ``topk``: keep a ``fraction`` of the coordinates with error feedback (the residual of
+  what was not sent stays at the site, in its state, and joins the next round's update).
+
+Secure aggregation and homomorphic encryption (``secure_aggregation``, ``encrypt``) are
+named here so a configuration can be checked for combinations that cannot work, with a
+message that says why (:func:`check_combination`).
+
+In simulation the encoded objects pass by reference; ``nbytes`` is exactly what their
+wire format (``to_bytes``) would move, so the bytes a study reports are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fedcare.core.errors import ConfigError
+from fedcare.core.records import SiteState
+from fedcare.core.vectors import FloatVector
+from fedcare.transforms import quantize, sparsify
+from fedcare.transforms.sparsify import SparseVector, TopKCompressor
+
+StageKind = Literal["clip", "quantize", "topk"]
+STAGE_KINDS: tuple[str, ...] = ("clip", "quantize", "topk")
+SECURE_STAGES: tuple[str, ...] = ("secure_aggregation", "encrypt")
+COMPRESSION_STAGES: tuple[str, ...] = ("quantize", "topk")
+
+# Site-state key of top-k's error-feedback residual (never uploaded).
+TOPK_RESIDUAL = "__topk_residual__"
+
+_PARAMS: dict[str, dict[str, type]] = {
+    "clip": {"max_norm": float},
+    "quantize": {"bits": int, "chunk_size": int},
+    "topk": {"fraction": float, "error_feedback": bool},
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: StageKind
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.kind}({inner})"
+
+
+@dataclass(frozen=True)
+class DenseVector:
+    """An update sent as plain float32 values."""
+
+    values: FloatVector
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes)
+
+
+Encoded = DenseVector | quantize.QuantizedVector | SparseVector
+
+
+def parse_stages(raw: Sequence[Mapping[str, Any]], *, where: str = "upload") -> tuple[Stage, ...]:
+    """Stages from config dicts like ``{"stage": "quantize", "bits": 8}``; errors name the stage."""
+    stages: list[Stage] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or "stage" not in item:
+            raise ConfigError(
+                f"{where}[{i}]: each stage is a mapping with a 'stage' key, found {item!r}"
+            )
+        kind = str(item["stage"])
+        if kind in SECURE_STAGES:
+            raise ConfigError(
+                f"{where}[{i}]: '{kind}' is configured in the study's privacy section, not as "
+                f"an upload stage"
+            )
+        if kind not in _PARAMS:
+            raise ConfigError(
+                f"{where}[{i}]: unknown stage '{kind}'; known stages: {', '.join(STAGE_KINDS)}"
+            )
+        params = {k: v for k, v in item.items() if k != "stage"}
+        unknown = sorted(set(params) - set(_PARAMS[kind]))
+        if unknown:
+            raise ConfigError(
+                f"{where}[{i}] ({kind}): unknown parameter(s) {unknown}; allowed: {sorted(_PARAMS[kind])}"
+            )
+        stage = Stage(kind, params)  # type: ignore[arg-type]
+        _check_stage(stage, f"{where}[{i}]")
+        stages.append(stage)
+    compressors = [s.kind for s in stages if s.kind in COMPRESSION_STAGES]
+    if len(compressors) > 1:
+        raise ConfigError(
+            f"{where}: at most one compression stage per pipeline, found {compressors}; "
+            f"top-k values are already float32 and quantising them again gains little"
+        )
+    if compressors and stages[-1].kind != compressors[0]:
+        raise ConfigError(
+            f"{where}: the compression stage '{compressors[0]}' must come last; clipping after "
+            f"compression would change what was encoded"
+        )
+    return tuple(stages)
+
+
+def _check_stage(stage: Stage, where: str) -> None:
+    p = stage.params
+    if stage.kind == "clip":
+        if "max_norm" not in p or not float(p["max_norm"]) > 0:
+            raise ConfigError(f"{where} (clip): needs max_norm > 0, found {p.get('max_norm')!r}")
+    elif stage.kind == "quantize":
+        if int(p.get("bits", 8)) not in quantize.SUPPORTED_BITS:
+            raise ConfigError(
+                f"{where} (quantize): bits must be one of {quantize.SUPPORTED_BITS}, found {p.get('bits')!r}"
+            )
+        if int(p.get("chunk_size", quantize.DEFAULT_CHUNK_SIZE)) < 1:
+            raise ConfigError(f"{where} (quantize): chunk_size must be >= 1")
+    elif stage.kind == "topk":
+        fraction = p.get("fraction")
+        if fraction is None or not 0.0 < float(fraction) <= 1.0:
+            raise ConfigError(f"{where} (topk): needs 0 < fraction <= 1, found {fraction!r}")
+
+
+def check_combination(
+    stages: Sequence[Stage], *, aggregator: str = "mean", secure: str | None = None
+) -> None:
+    """Refuse combinations that cannot work, saying why.
+
+    ``secure`` is ``"secure_aggregation"``, ``"encrypt"`` or None.
+    """
+    if secure is None:
+        return
+    what = "secure aggregation masks" if secure == "secure_aggregation" else "encryption hides"
+    if aggregator != "mean":
+        raise ConfigError(
+            f"robust aggregation '{aggregator}' cannot run over {secure}: {what} each site's "
+            f"update so the coordinator only ever sees the sum, but a robust rule must look at "
+            f"every update on its own (to take medians, trim or compare distances). Use "
+            f"norm-bounding clip before {secure}, or drop one of the two."
+        )
+    for stage in stages:
+        if stage.kind == "topk":
+            raise ConfigError(
+                f"top-k sparsification cannot run under {secure}: sites keep different "
+                f"coordinates, and a masked or encrypted vector is dense, so nothing would be "
+                f"saved and the sparse indices would reveal what each site kept"
+            )
+        if stage.kind == "quantize":
+            raise ConfigError(
+                f"stochastic quantisation cannot run under {secure}: each site picks its own "
+                f"grid (per-chunk minimum and step), and codes on different grids cannot be "
+                f"summed without decoding them one by one. Secure aggregation quantises into "
+                f"its ring itself; set its bits there."
+            )
+
+
+@dataclass(frozen=True)
+class UploadPipeline:
+    """The per-update stages of one strategy, in order."""
+
+    stages: tuple[Stage, ...] = ()
+
+    @property
+    def compresses(self) -> bool:
+        return any(s.kind in COMPRESSION_STAGES for s in self.stages)
+
+    def encode(
+        self, vector: FloatVector, site_state: SiteState, rng: np.random.Generator
+    ) -> tuple[Encoded, SiteState]:
+        """(what the site sends, its new state) for one update."""
+        out: FloatVector = np.asarray(vector, dtype=np.float32)
+        state = site_state
+        for stage in self.stages:
+            p = stage.params
+            if stage.kind == "clip":
+                out = clip_l2(out, float(p["max_norm"]))
+            elif stage.kind == "quantize":
+                q = quantize.encode(
+                    out,
+                    rng,
+                    bits=int(p.get("bits", 8)),
+                    chunk_size=int(p.get("chunk_size", quantize.DEFAULT_CHUNK_SIZE)),
+                )
+                return q, state
+            else:
+                compressor = TopKCompressor(float(p["fraction"]))
+                use_feedback = bool(p.get("error_feedback", True))
+                residual = state.get(TOPK_RESIDUAL) if use_feedback else None
+                if residual is not None and residual.shape != out.shape:
+                    residual = None  # the shared part changed size (new layout): start afresh
+                sent, new_residual = compressor.encode(out, residual)
+                if use_feedback:
+                    state = {**state, TOPK_RESIDUAL: new_residual}
+                return sent, state
+        return DenseVector(out), state
+
+    @staticmethod
+    def decode(encoded: Encoded) -> FloatVector:
+        """The coordinator's view of the update."""
+        if isinstance(encoded, DenseVector):
+            return encoded.values
+        if isinstance(encoded, quantize.QuantizedVector):
+            return quantize.decode(encoded)
+        return sparsify.decode(encoded)
+
+
+def clip_l2(vector: FloatVector, max_norm: float) -> FloatVector:
+    """The vector scaled to an L2 norm of at most ``max_norm`` (unchanged when inside)."""
+    norm = float(np.sqrt(np.dot(vector.astype(np.float64), vector.astype(np.float64))))
+    if norm <= max_norm:
+        return vector
+    clipped: FloatVector = (vector * (max_norm / norm)).astype(np.float32)
+    return clipped
