@@ -1,0 +1,450 @@
+"""gRPC server and client for one long-lived stream per site, mutual TLS by default.
+
+The coordinator listens; each site connects *out* and keeps one bidirectional stream
+(hospital firewalls allow outbound only). Both ends move :class:`Envelope` values as
+frame sequences (see :mod:`fedcare.net.serde`). Who a site is comes from its verified
+certificate, through ``peer_check`` (CA, expiry, revocation, role), never from a field it
+sends. Plain text exists only for loopback tests, behind an explicit flag, with a warning.
+
+Memory: a reader reassembles at most one message at a time per stream, and all streams
+together reassemble at most ``TransportLimits.inflight_bytes`` of vectors at once
+(:class:`ByteBudget`); a site whose update must wait is held back by HTTP/2 flow control,
+so the coordinator holds a few chunks for it, not its whole update.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import random
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import grpc
+
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.net.proto import fedcare_pb2 as pb
+from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
+from fedcare.net.serde import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_VECTOR_BYTES,
+    FrameAssembler,
+    envelope_frames,
+    vector_nbytes,
+)
+from fedcare.runtime.envelope import Envelope
+
+INSECURE_IDENTITY_KEY = "fedcare-insecure-site"  # metadata, honoured only by an --insecure server
+INSECURE_WARNING = (
+    "WARNING: --insecure: plain-text gRPC without certificates. Anyone on this host can "
+    "read the traffic and claim to be any site. Use only for loopback tests."
+)
+
+PeerCheck = Callable[[bytes], str]
+"""Verify a peer's PEM certificate and return its identity; raise ProtocolError to refuse."""
+
+
+class TransportError(FedcareError):
+    """The connection failed or was refused; ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def refused(self) -> bool:
+        """The coordinator refused us (certificate): retrying will not help."""
+        return self.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM material one end presents (a TlsBundle from fedcare.net.tls fits this)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_vector_bytes: int = DEFAULT_MAX_VECTOR_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    inflight_bytes: int = 1 << 30  # vectors reassembled at once, over all streams
+    keepalive_s: float = 20.0
+    keepalive_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < 1024:
+            raise ConfigError(f"chunk_bytes must be >= 1024, found {self.chunk_bytes}")
+        if self.inflight_bytes < 1:
+            raise ConfigError(f"inflight_bytes must be >= 1, found {self.inflight_bytes}")
+        if self.keepalive_s <= 0 or self.keepalive_timeout_s <= 0:
+            raise ConfigError("keepalive_s and keepalive_timeout_s must be > 0")
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """gRPC's per-message limit: one chunk or one head, plus protobuf overhead."""
+        return max(self.chunk_bytes, self.max_header_bytes) + (64 << 10)
+
+    def grpc_options(self, server: bool) -> list[tuple[str, Any]]:
+        keepalive_ms = int(self.keepalive_s * 1000)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", self.max_frame_bytes),
+            ("grpc.max_receive_message_length", self.max_frame_bytes),
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        if server:
+            # Accept the sites' keep-alive pings instead of answering them with GOAWAY.
+            options.append(("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2))
+        return options
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"address must be HOST:PORT, found '{address}'")
+    return host, int(port)
+
+
+def require_loopback(address: str) -> None:
+    """``--insecure`` is refused for anything but loopback, and always warns."""
+    host, _ = split_address(address)
+    if not is_loopback(host):
+        raise ConfigError(
+            f"--insecure is only allowed on loopback (localhost, 127.0.0.1, ::1), "
+            f"found '{host}'; use the study certificates instead"
+        )
+    print(INSECURE_WARNING, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Backoff:
+    """Exponential back-off with jitter for reconnecting: 0.5 s, 1 s, 2 s ... capped."""
+
+    initial_s: float = 0.5
+    maximum_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        base = min(self.maximum_s, self.initial_s * self.multiplier**self.attempt)
+        self.attempt += 1
+        return base * (1.0 + self.jitter * (2.0 * self.rng.random() - 1.0))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes reserved at once; one request larger than the whole
+    budget is let through alone, so a model bigger than the budget still works."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + nbytes <= self.capacity)
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.in_use -= nbytes
+            self._cond.notify_all()
+
+
+_CLOSE = object()
+
+# The generated gRPC module is untyped; these are its two entry points, typed.
+_register = cast(Callable[[Any, grpc.Server], None], pb_grpc.add_FederationServicer_to_server)
+_stub = cast(Callable[[grpc.Channel], Any], pb_grpc.FederationStub)
+
+
+class Link:
+    """The coordinator's end of one site's stream: send envelopes, close it."""
+
+    def __init__(self, identity: str, context: grpc.ServicerContext) -> None:
+        self.identity = identity
+        self._context = context
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self.closed = threading.Event()
+
+    def send(self, env: Envelope) -> None:
+        if not self.closed.is_set():
+            self._outbox.put(env)
+
+    def close(self) -> None:
+        """End the stream after what was already queued has been sent."""
+        self._outbox.put(_CLOSE)
+
+    def _outgoing(self, chunk_bytes: int) -> Iterator[pb.Frame]:
+        while True:
+            item = self._outbox.get()
+            if item is _CLOSE:
+                return
+            yield from envelope_frames(item, chunk_bytes)
+
+
+class LinkHandler(Protocol):
+    """What the coordinator server does with its sites' streams (called from reader threads)."""
+
+    def connected(self, link: Link) -> None: ...
+
+    def received(self, link: Link, env: Envelope) -> None: ...
+
+    def disconnected(self, link: Link, reason: str) -> None: ...
+
+
+def _read_stream(
+    frames: Iterator[pb.Frame],
+    limits: TransportLimits,
+    budget: ByteBudget | None,
+    deliver: Callable[[Envelope], None],
+) -> None:
+    """Reassemble envelopes from ``frames``, holding budget while a vector is being built."""
+    assembler = FrameAssembler(limits.max_vector_bytes, limits.max_header_bytes)
+    held = 0
+    try:
+        for frame in frames:
+            if budget is not None and frame.WhichOneof("body") == "head":
+                held = vector_nbytes(frame.head, limits.max_vector_bytes)
+                budget.acquire(held)
+            env = assembler.feed(frame)
+            if env is not None:
+                deliver(env)
+                if budget is not None:
+                    budget.release(held)
+                held = 0
+        if assembler.busy:
+            raise ProtocolError("stream ended in the middle of a message")
+    finally:
+        if budget is not None and held:
+            budget.release(held)
+
+
+class _Servicer(pb_grpc.FederationServicer):
+    def __init__(
+        self,
+        handler: LinkHandler,
+        limits: TransportLimits,
+        peer_check: PeerCheck | None,
+        budget: ByteBudget,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.peer_check = peer_check
+        self.budget = budget
+
+    def _identify(self, context: grpc.ServicerContext) -> str:
+        if self.peer_check is None:  # --insecure loopback only
+            claimed = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)
+            if not claimed:
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"insecure server: no '{INSECURE_IDENTITY_KEY}' metadata",
+                )
+            return str(claimed)
+        certs = context.auth_context().get("x509_pem_cert")
+        if not certs:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate presented")
+        try:
+            return self.peer_check(certs[0])
+        except ProtocolError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate refused: {exc}")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def Connect(  # noqa: N802 - the gRPC method name
+        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        link = Link(self._identify(context), context)
+        self.handler.connected(link)
+
+        def read() -> None:
+            reason = "site closed the stream"
+            try:
+                _read_stream(
+                    request_iterator,
+                    self.limits,
+                    self.budget,
+                    lambda env: self.handler.received(link, env.from_peer(link.identity)),
+                )
+            except ProtocolError as exc:
+                reason = f"malformed stream: {exc}"
+            except grpc.RpcError as exc:
+                reason = f"connection lost: {exc.code().name if hasattr(exc, 'code') else exc}"
+            except Exception as exc:  # a bug in the handler must not kill the server
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            finally:
+                link.closed.set()
+                link.close()
+                self.handler.disconnected(link, reason)
+
+        threading.Thread(target=read, name=f"read-{link.identity}", daemon=True).start()
+        yield from link._outgoing(self.limits.chunk_bytes)
+
+
+class CoordinatorServer:
+    """The listening end. ``peer_check=None`` only together with ``insecure=True``."""
+
+    def __init__(
+        self,
+        address: str,
+        handler: LinkHandler,
+        *,
+        tls: TlsMaterial | None,
+        peer_check: PeerCheck | None,
+        limits: TransportLimits | None = None,
+        insecure: bool = False,
+        max_sites: int = 64,
+    ) -> None:
+        if insecure:
+            require_loopback(address)
+        elif tls is None or peer_check is None:
+            raise ConfigError(
+                "the coordinator needs its TLS bundle and a certificate check "
+                "(or --insecure for loopback tests)"
+            )
+        self.limits = limits or TransportLimits()
+        self.budget = ByteBudget(self.limits.inflight_bytes)
+        servicer = _Servicer(handler, self.limits, None if insecure else peer_check, self.budget)
+        # Each site holds two threads: the response generator and its reader.
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_sites + 4, thread_name_prefix="grpc"),
+            options=self.limits.grpc_options(server=True),
+            maximum_concurrent_rpcs=max_sites,
+        )
+        _register(servicer, self._server)
+        if insecure or tls is None:
+            self.port = int(self._server.add_insecure_port(address))
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key_pem, tls.cert_pem)],
+                root_certificates=tls.ca_pem,
+                require_client_auth=True,
+            )
+            self.port = int(self._server.add_secure_port(address, creds))
+        if self.port == 0:
+            raise ConfigError(f"could not listen on '{address}' (port in use or bad address)")
+
+    def start(self) -> int:
+        self._server.start()
+        return self.port
+
+    def stop(self, grace_s: float | None = 1.0) -> None:
+        self._server.stop(grace_s).wait()
+
+
+class SiteSession:
+    """A site's open stream: ``send`` envelopes, iterate to receive them."""
+
+    def __init__(
+        self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]], limits: TransportLimits
+    ) -> None:
+        self._channel = channel
+        self._limits = limits
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        stub = _stub(channel)
+        self._call = stub.Connect(self._outgoing(), metadata=tuple(metadata))
+
+    def _outgoing(self) -> Iterator[pb.Frame]:
+        while True:
+            item = self._outbox.get()
+            if item is _CLOSE:
+                return
+            yield from envelope_frames(item, self._limits.chunk_bytes)
+
+    def send(self, env: Envelope) -> None:
+        self._outbox.put(env)
+
+    def __iter__(self) -> Iterator[Envelope]:
+        """Envelopes from the coordinator until it closes the stream; TransportError on failure."""
+        try:
+            assembler = FrameAssembler(self._limits.max_vector_bytes, self._limits.max_header_bytes)
+            for frame in self._call:
+                env = assembler.feed(frame)
+                if env is not None:
+                    yield env.from_peer("coordinator")
+        except grpc.RpcError as exc:
+            raise _transport_error(exc) from None
+
+    def close(self) -> None:
+        self._outbox.put(_CLOSE)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self._channel.close()
+
+
+def _transport_error(exc: grpc.RpcError) -> TransportError:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    return TransportError(f"coordinator connection {name}: {details}", name)
+
+
+def open_session(
+    target: str,
+    *,
+    tls: TlsMaterial | None,
+    identity_if_insecure: str | None = None,
+    limits: TransportLimits | None = None,
+    server_name: str | None = None,
+    connect_timeout_s: float = 10.0,
+) -> SiteSession:
+    """Connect out to the coordinator; raise TransportError if it cannot be reached in time.
+
+    ``tls=None`` is the ``--insecure`` loopback mode: the identity is then only claimed
+    (metadata), which a secure coordinator ignores.
+    """
+    limits = limits or TransportLimits()
+    options = limits.grpc_options(server=False)
+    metadata: list[tuple[str, str]] = []
+    if tls is None:
+        require_loopback(target)
+        if not identity_if_insecure:
+            raise ConfigError("an --insecure site must still say which site it is")
+        channel = grpc.insecure_channel(target, options=options)
+        metadata.append((INSECURE_IDENTITY_KEY, identity_if_insecure))
+    else:
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+        )
+        channel = grpc.secure_channel(target, creds, options=options)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=connect_timeout_s)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise TransportError(
+            f"could not reach the coordinator at {target} within {connect_timeout_s:.0f} s "
+            "(not running, wrong address, or the TLS handshake failed: check the bundle's CA)",
+            "UNAVAILABLE",
+        ) from None
+    return SiteSession(channel, metadata, limits)

@@ -1,0 +1,325 @@
+"""The gRPC channel: mutual TLS, identity from the certificate, refusals, limits, back-off."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from fedcare.core.errors import ConfigError
+from fedcare.net.channel import (
+    INSECURE_IDENTITY_KEY,
+    Backoff,
+    ByteBudget,
+    CoordinatorServer,
+    Link,
+    TransportError,
+    TransportLimits,
+    open_session,
+)
+from fedcare.net.proto import fedcare_pb2 as pb
+from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
+from fedcare.net.tls import (
+    TlsBundle,
+    check_peer_certificate,
+    init_study_ca,
+    issue_bundle,
+    load_revoked,
+    revoke,
+)
+from fedcare.runtime.envelope import Envelope
+
+LIMITS = TransportLimits(chunk_bytes=64 << 10, keepalive_s=5)
+
+
+@dataclass
+class Study:
+    ca_dir: Path
+    bundles: dict[str, TlsBundle]
+
+    def peer_check(self, pem: bytes) -> str:
+        return check_peer_certificate(
+            pem, self.bundles["coordinator"].ca_pem, load_revoked(self.ca_dir), role="site"
+        )
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    root = tmp_path_factory.mktemp("pki")
+    ca = init_study_ca(root / "ca", "heart")
+    other = init_study_ca(root / "other-ca", "elsewhere")
+    bundles = {
+        name: TlsBundle.load(issue_bundle(ca, name, root / name, "site"))
+        for name in ("cleveland", "hungary", "basel")
+    }
+    bundles["coordinator"] = TlsBundle.load(
+        issue_bundle(ca, "coordinator", root / "coordinator", "coordinator")
+    )
+    bundles["coordinator2"] = TlsBundle.load(
+        issue_bundle(ca, "coordinator2", root / "coordinator2", "coordinator")
+    )
+    bundles["intruder"] = TlsBundle.load(issue_bundle(other, "cleveland", root / "intr", "site"))
+    revoke(ca, "basel")
+    return Study(ca, bundles)
+
+
+@dataclass
+class Echo:
+    """Records who sent what, answers each envelope with its sender's identity."""
+
+    got: list[Envelope] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
+    disconnected_event: threading.Event = field(default_factory=threading.Event)
+    hold_s: float = 0.0
+
+    def connected(self, link: Link) -> None:
+        self.joined.append(link.identity)
+
+    def received(self, link: Link, env: Envelope) -> None:
+        time.sleep(self.hold_s)
+        self.got.append(env)
+        link.send(
+            Envelope.create("echo", env.run_id, env.round, {"sender": env.sender}, env.vector)
+        )
+
+    def disconnected(self, link: Link, reason: str) -> None:
+        self.gone.append(reason)
+        self.disconnected_event.set()
+
+
+@pytest.fixture
+def server(study: Study) -> Iterator[tuple[CoordinatorServer, Echo, str]]:
+    echo = Echo()
+    srv = CoordinatorServer(
+        "127.0.0.1:0",
+        echo,
+        tls=study.bundles["coordinator"],
+        peer_check=study.peer_check,
+        limits=LIMITS,
+    )
+    port = srv.start()
+    yield srv, echo, f"127.0.0.1:{port}"
+    srv.stop(0)
+
+
+def exchange(session, env: Envelope) -> Envelope:
+    session.send(env)
+    reply = next(iter(session))
+    session.close()
+    return reply
+
+
+def test_mtls_round_trip_streams_a_vector_in_chunks_and_names_the_site_from_its_certificate(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    session = open_session(target, tls=study.bundles["cleveland"], limits=LIMITS)
+    vector = np.random.default_rng(0).normal(size=300_000).astype(np.float32)  # 1.2 MB, 19 chunks
+    reply = exchange(session, Envelope.create("update", "run-1", 2, {"n": 199}, vector))
+    assert echo.got[0].sender == "cleveland"
+    assert echo.got[0].header == {"n": 199}
+    assert reply.header == {"sender": "cleveland"}
+    assert reply.sender == "coordinator"
+    np.testing.assert_array_equal(reply.vector, vector)
+
+
+def test_identity_claimed_in_metadata_is_ignored_by_a_secure_coordinator(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    bundle = study.bundles["hungary"]
+    creds = grpc.ssl_channel_credentials(bundle.ca_pem, bundle.key_pem, bundle.cert_pem)
+    with grpc.secure_channel(target, creds) as channel:
+        stub = pb_grpc.FederationStub(channel)
+        env = Envelope.create("hello", "run-1", 0)
+        frames = iter([pb.Frame(head=pb.Head(kind=env.kind, run_id="run-1", nonce=env.nonce))])
+        replies = stub.Connect(frames, metadata=((INSECURE_IDENTITY_KEY, "cleveland"),))
+        next(replies)
+    assert [e.sender for e in echo.got] == ["hungary"]
+
+
+def refused(study: Study, target: str, bundle_name: str | None) -> TransportError:
+    """Connect with a bundle (or no client certificate) and return how the connection failed."""
+    if bundle_name is None:
+        # A client that trusts the study CA but presents no certificate of its own.
+        ca = study.bundles["coordinator"].ca_pem
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
+        replies = pb_grpc.FederationStub(channel).Connect(iter([]))
+        with pytest.raises(grpc.RpcError) as info:
+            next(replies)
+        channel.close()
+        code = info.value.code()  # type: ignore[attr-defined]
+        return TransportError("no client certificate", code.name)
+    with pytest.raises(TransportError) as caught:
+        hello(target, study.bundles[bundle_name])
+    return caught.value
+
+
+def hello(target: str, bundle: TlsBundle) -> Envelope:
+    session = open_session(target, tls=bundle, limits=LIMITS, connect_timeout_s=1.5)
+    return exchange(session, Envelope.create("hello", "run-1", 0))
+
+
+def test_revoked_certificate_is_refused_and_not_worth_retrying(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    error = refused(study, target, "basel")
+    assert error.code == "PERMISSION_DENIED"
+    assert "revoked" in str(error)
+    assert error.refused
+    assert echo.joined == []
+
+
+def test_coordinator_certificate_cannot_join_as_a_site(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    # Its certificate is for server authentication only: the TLS handshake already fails.
+    refused(study, target, "coordinator2")
+    assert echo.joined == []
+    with pytest.raises(Exception, match="expected 'site'"):
+        study.peer_check(study.bundles["coordinator2"].cert_pem)  # and the check would refuse it
+
+
+@pytest.mark.parametrize("bundle_name", ["intruder", None])
+def test_unknown_or_missing_certificate_fails_the_tls_handshake(
+    study: Study, server: tuple[CoordinatorServer, Echo, str], bundle_name: str | None
+) -> None:
+    _, echo, target = server
+    error = refused(study, target, bundle_name)
+    assert error.code == "UNAVAILABLE"
+    assert not error.refused  # indistinguishable from a coordinator that is down: retried
+    assert echo.joined == [] and echo.got == []
+
+
+def test_site_refuses_a_server_whose_certificate_is_not_a_coordinators(study: Study) -> None:
+    # A site bundle has no host names: a client verifying the host refuses it as a server.
+    echo = Echo()
+    srv = CoordinatorServer(
+        "127.0.0.1:0", echo, tls=study.bundles["hungary"], peer_check=study.peer_check
+    )
+    port = srv.start()
+    try:
+        with pytest.raises(TransportError):
+            hello(f"127.0.0.1:{port}", study.bundles["cleveland"])
+    finally:
+        srv.stop(0)
+    assert echo.got == []
+
+
+def test_malformed_stream_is_cut_and_reported(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    bundle = study.bundles["cleveland"]
+    creds = grpc.ssl_channel_credentials(bundle.ca_pem, bundle.key_pem, bundle.cert_pem)
+    with grpc.secure_channel(target, creds) as channel:
+        orphan = pb.Frame(chunk=pb.Chunk(offset=0, data=b"\0" * 8))
+        replies = pb_grpc.FederationStub(channel).Connect(iter([orphan]))
+        assert list(replies) == []
+    assert echo.disconnected_event.wait(5)
+    assert "malformed stream" in echo.gone[0] and "no message head" in echo.gone[0]
+
+
+def test_frames_above_the_message_limit_are_refused(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    _, echo, target = server
+    big = TransportLimits(chunk_bytes=4 << 20)  # this site sends 4 MiB chunks; server takes 64 KiB
+    session = open_session(target, tls=study.bundles["cleveland"], limits=big)
+    session.send(Envelope.create("update", "run-1", 0, vector=np.zeros(1 << 20, np.float32)))
+    with pytest.raises(TransportError, match=r"RESOURCE_EXHAUSTED|larger than max"):
+        next(iter(session))
+    assert echo.got == []
+
+
+def test_concurrent_updates_never_exceed_the_inflight_budget(study: Study) -> None:
+    echo = Echo(hold_s=0.05)
+    vector = np.ones(250_000, np.float32)  # 1 MB each
+    limits = TransportLimits(chunk_bytes=64 << 10, inflight_bytes=vector.nbytes)
+    srv = CoordinatorServer(
+        "127.0.0.1:0",
+        echo,
+        tls=study.bundles["coordinator"],
+        peer_check=study.peer_check,
+        limits=limits,
+    )
+    target = f"127.0.0.1:{srv.start()}"
+    try:
+        sessions = [
+            open_session(target, tls=study.bundles[n], limits=limits)
+            for n in ("cleveland", "hungary")
+        ]
+        for s in sessions:
+            for r in range(3):
+                s.send(Envelope.create("update", "run-1", r, vector=vector))
+        for s in sessions:
+            replies = iter(s)
+            for _ in range(3):
+                next(replies)
+            s.close()
+    finally:
+        srv.stop(0)
+    assert len(echo.got) == 6
+    assert srv.budget.peak == vector.nbytes  # one update reassembled at a time, never two
+
+
+def test_insecure_mode_is_loopback_only_and_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="only allowed on loopback"):
+        CoordinatorServer("0.0.0.0:0", Echo(), tls=None, peer_check=None, insecure=True)
+    with pytest.raises(ConfigError, match="only allowed on loopback"):
+        open_session("10.1.2.3:50051", tls=None, identity_if_insecure="cleveland")
+    with pytest.raises(ConfigError, match="needs its TLS bundle"):
+        CoordinatorServer("127.0.0.1:0", Echo(), tls=None, peer_check=None)
+
+    echo = Echo()
+    srv = CoordinatorServer("127.0.0.1:0", echo, tls=None, peer_check=None, insecure=True)
+    target = f"localhost:{srv.start()}"
+    try:
+        session = open_session(target, tls=None, identity_if_insecure="cleveland")
+        reply = exchange(session, Envelope.create("hello", "run-1", 0))
+    finally:
+        srv.stop(0)
+    assert reply.header == {"sender": "cleveland"}
+    assert capsys.readouterr().err.count("WARNING: --insecure") == 2
+
+
+def test_backoff_grows_exponentially_up_to_a_cap_and_resets() -> None:
+    backoff = Backoff(initial_s=0.5, maximum_s=4.0, jitter=0.0)
+    assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+    jittery = Backoff(initial_s=1.0, maximum_s=1.0, jitter=0.2)
+    assert all(0.8 <= jittery.next_delay() <= 1.2 for _ in range(100))
+
+
+def test_byte_budget_waits_for_room_but_lets_one_oversized_request_through() -> None:
+    budget = ByteBudget(10)
+    budget.acquire(25)  # bigger than the budget, nothing else in flight: allowed
+    entered = threading.Event()
+
+    def second() -> None:
+        budget.acquire(5)
+        entered.set()
+
+    worker = threading.Thread(target=second)
+    worker.start()
+    assert not entered.wait(0.1)
+    budget.release(25)
+    assert entered.wait(2)
+    worker.join()
+    assert budget.in_use == 5 and budget.peak == 25
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ConfigError, match="chunk_bytes"):
+        TransportLimits(chunk_bytes=10)
+    assert TransportLimits(chunk_bytes=1 << 20).max_frame_bytes > 1 << 20
