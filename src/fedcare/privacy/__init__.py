@@ -1,0 +1,1 @@
+"""Differential privacy: accounting, noise mechanisms, adaptive clipping, per-site budgets."""
