@@ -238,3 +238,66 @@ def test_bundles_make_a_mutual_tls_grpc_call_and_the_server_reads_the_site_from_
     finally:
         server.stop(None)
     assert seen == ["cleveland"]
+
+
+# -- `fedcare certs` as the coordinating centre types it ----------------------------------
+
+
+def test_certs_cli_init_issue_revoke_list(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.certs import app
+
+    runner = CliRunner()
+    ca = tmp_path / "ca"
+    result = runner.invoke(app, ["init", "heart", "--ca-dir", str(ca)])
+    assert result.exit_code == 0, result.output
+    assert "keep it off the network" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "issue",
+            "coord",
+            "--role",
+            "coordinator",
+            "--ca-dir",
+            str(ca),
+            "--out",
+            str(tmp_path / "c"),
+            "--host",
+            "coord.example.org",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "coord.example.org" in result.output
+    result = runner.invoke(app, ["issue", "va", "--ca-dir", str(ca), "--out", str(tmp_path / "va")])
+    assert result.exit_code == 0, result.output
+    assert TlsBundle.load(tmp_path / "va").role == "site"
+    assert TlsBundle.load(tmp_path / "c").role == "coordinator"
+
+    assert runner.invoke(app, ["revoke", "va", "--ca-dir", str(ca)]).exit_code == 0
+    listing = runner.invoke(app, ["list", "--ca-dir", str(ca)])
+    assert listing.exit_code == 0
+    rows = {line.split()[1]: line for line in listing.output.splitlines() if line.startswith("│")}
+    assert "revoked" in rows["va"]
+    assert "valid" in rows["coord"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["issue", "va"], "study CA certificate"),
+        (["issue", "../va"], "not allowed"),
+        (["revoke", "va"], "missing"),
+        (["list"], "no study CA here"),
+    ],
+)
+def test_certs_cli_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.certs import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output

@@ -294,3 +294,116 @@ def test_any_single_removal_or_swap_is_named(tmp_path_factory, n, data):
         del rows[i]
         rewrite(path, rows)
         assert verify(path, KEYS).indices("removed") == [i]
+
+
+# -- `fedcare audit` ----------------------------------------------------------------------
+
+
+def write_keys(tmp_path) -> list[str]:
+    from cryptography.hazmat.primitives import serialization
+
+    args = []
+    for name, key in (("coordinator", COORD), ("va", VA)):
+        path = tmp_path / f"{name}.pub"
+        path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        args += ["--key", f"{name}={path}"]
+    return args
+
+
+def test_audit_cli_verify_says_ok_or_names_the_tampered_entry(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.audit import app
+
+    runner = CliRunner()
+    log = write_study_log(tmp_path / "audit.log")
+    keys = write_keys(tmp_path)
+    ok = runner.invoke(app, ["verify", str(log.path), *keys, "--expect-head", log.head()])
+    assert ok.exit_code == 0, ok.output
+    assert "chain intact" in ok.output
+
+    rows = lines(log.path)
+    del rows[2]
+    rewrite(log.path, rows)
+    bad = runner.invoke(app, ["verify", str(log.path), *keys])
+    assert bad.exit_code == 1
+    assert "entry 2 was removed" in bad.output
+
+
+def test_audit_cli_compares_a_site_copy_with_the_log(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.audit import app
+
+    log = write_study_log(tmp_path / "audit.log", rounds=1)
+    copy = SiteAuditCopy(tmp_path / "va.log", "va")
+    for entry in log.entries_concerning("va"):
+        copy.add(entry, KEYS)
+    keys = write_keys(tmp_path)
+    args = ["verify", str(copy.path), "--copy", "va", "--against", str(log.path), *keys]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    rewrite(log.path, lines(log.path)[:-1])  # the coordinator cuts the released model
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "missing from the log" in result.output
+
+
+def test_audit_cli_show_filters_by_site(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.audit import app
+
+    log = write_study_log(tmp_path / "audit.log", rounds=1)
+    result = CliRunner().invoke(app, ["show", str(log.path), "--site", "basel", "--json"])
+    assert result.exit_code == 0
+    shown = [json.loads(row) for row in result.output.splitlines()]
+    assert [row["kind"] for row in shown] == ["model_released"]
+
+
+def test_audit_cli_without_keys_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.audit import app
+
+    log = write_study_log(tmp_path / "audit.log", rounds=1)
+    result = CliRunner().invoke(app, ["verify", str(log.path)])
+    assert result.exit_code == 2
+    assert "no public keys" in result.output
+
+
+def test_audit_cli_takes_every_partys_key_from_the_study_ca(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli.audit import app
+    from fedcare.net.tls import TlsBundle, init_study_ca, issue_bundle, revoke
+
+    ca = init_study_ca(tmp_path / "ca", "heart")
+    issue_bundle(ca, "coordinator", tmp_path / "coordinator", "coordinator")
+    issue_bundle(ca, "va", tmp_path / "va", "site")
+    coord, va = TlsBundle.load(tmp_path / "coordinator"), TlsBundle.load(tmp_path / "va")
+    log = AuditLog(tmp_path / "audit.log")
+    log.append("job_submitted", "coordinator", {"sites": ["va"]}, coord.signing_private_key())
+    log.append("plan_approved", "va", {"site": "va"}, va.signing_private_key())
+    revoke(ca, "va")  # what va signed before its revocation still verifies
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(log.path), "--ca-dir", str(ca)])
+    assert result.exit_code == 0, result.output
+    only_va = runner.invoke(app, ["verify", str(log.path), "--bundle", str(tmp_path / "va")])
+    assert only_va.exit_code == 1
+    assert "unknown author 'coordinator'" in only_va.output
+    from_cert = runner.invoke(
+        app,
+        [
+            "verify",
+            str(log.path),
+            "--bundle",
+            str(tmp_path / "va"),
+            "--key",
+            f"coordinator={tmp_path / 'coordinator' / 'cert.pem'}",
+        ],
+    )
+    assert from_cert.exit_code == 0, from_cert.output

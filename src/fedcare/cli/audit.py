@@ -1,0 +1,156 @@
+"""``fedcare audit``: check and read an audit log (the coordinator's, or a site's copy).
+
+    fedcare audit verify studies/heart/audit.log --ca-dir ca
+    fedcare audit verify site-audit.log --copy va --key coordinator=coordinator.pem \\
+        --against studies/heart/audit.log
+    fedcare audit show studies/heart/audit.log --site va --last 20
+
+``verify`` exits 0 when the log is intact, 1 when it found tampering (each problem named
+by entry index), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.table import Table
+
+from fedcare.cli.certs import console, user_errors
+from fedcare.core.errors import ConfigError
+
+app = typer.Typer(help="Verify and read hash-chained, signed audit logs.", no_args_is_help=True)
+
+
+def _public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 key from a signing.pub file or from a party's certificate."""
+    from fedcare.net.tls import signing_key_of
+
+    if not path.is_file():
+        raise ConfigError(f"key file '{path}' does not exist")
+    data = path.read_bytes()
+    if b"BEGIN CERTIFICATE" in data:
+        return signing_key_of(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise ConfigError(f"'{path}' is neither a PEM public key nor a certificate: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"'{path}' is not an Ed25519 public key")
+    return key
+
+
+def collect_keys(
+    ca_dir: Path | None, keys: list[str], bundles: list[Path]
+) -> dict[str, list[Ed25519PublicKey]]:
+    """Audit keys by author from a CA folder, NAME=FILE pairs and bundle folders."""
+    from fedcare.net.tls import TlsBundle, signing_keys
+
+    found: dict[str, list[Ed25519PublicKey]] = {}
+    if ca_dir is not None:
+        for name, values in signing_keys(ca_dir).items():
+            found.setdefault(name, []).extend(values)
+    for pair in keys:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise ConfigError(
+                f"--key expects NAME=FILE (a signing.pub or a certificate), found {pair!r}"
+            )
+        found.setdefault(name, []).append(_public_key(Path(file)))
+    for folder in bundles:
+        bundle = TlsBundle.load(folder)
+        found.setdefault(bundle.name, []).append(bundle.signing_public_key())
+    if not found:
+        raise ConfigError(
+            "no public keys to verify with: pass --ca-dir, --key NAME=FILE or --bundle"
+        )
+    return found
+
+
+@app.command("verify")
+def verify_cmd(
+    log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
+    ca_dir: Annotated[
+        Path | None, typer.Option("--ca-dir", help="Study CA folder: keys of every party.")
+    ] = None,
+    key: Annotated[
+        list[str] | None,
+        typer.Option("--key", help="NAME=FILE: a signing.pub or certificate (repeatable)."),
+    ] = None,
+    bundle: Annotated[
+        list[Path] | None, typer.Option("--bundle", help="A party's bundle folder (repeatable).")
+    ] = None,
+    copy: Annotated[
+        str | None,
+        typer.Option("--copy", help="LOG is the copy kept by this site (gaps are expected)."),
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option("--against", help="With --copy: the coordinator's log to compare it with."),
+    ] = None,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(help="Hash the last entry must have (detects entries cut from the end)."),
+    ] = None,
+) -> None:
+    """Check hashes, signatures and the chain; name every edited, removed, reordered or forged entry."""
+    from fedcare.runtime.audit import compare, verify
+
+    with user_errors():
+        if against is not None and copy is None:
+            raise ConfigError("--against compares a site's copy: also pass --copy SITE")
+        public = collect_keys(ca_dir, key or [], bundle or [])
+        report = verify(log, public, partial=copy is not None, expect_head=expect_head)
+        problems = list(report.problems)
+        if against is not None and copy is not None:
+            problems += compare(against, log, copy)
+    if not problems:
+        console.print(f"[green]ok[/] {report.summary()}", highlight=False)
+        return
+    console.print(
+        f"[bold red]tampered[/] {log}: {len(problems)} problem(s) in {report.entries} entries",
+        highlight=False,
+    )
+    for problem in problems:
+        console.print(f"  - {problem.message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command("show")
+def show_cmd(
+    log: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")],
+    site: Annotated[str | None, typer.Option(help="Only entries that concern this site.")] = None,
+    last: Annotated[int | None, typer.Option(min=1, help="Only the last N entries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON entry per line.")] = False,
+) -> None:
+    """List entries (index, time, kind, author, body); does not verify them, see 'verify'."""
+    from fedcare.runtime.audit import AuditLog
+
+    with user_errors():
+        if not log.is_file():
+            raise FileNotFoundError(f"{log}: no audit log here")
+        audit = AuditLog(log)
+        entries = audit.entries_concerning(site) if site else audit.entries()
+    if last is not None:
+        entries = entries[-last:]
+    if as_json:
+        for entry in entries:
+            typer.echo(entry.to_json())
+        return
+    table = Table(title=f"{log}" + (f" (concerning {site})" if site else ""))
+    for column in ("#", "time", "kind", "author", "body", "hash"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        table.add_row(
+            str(entry.index),
+            entry.time[:19].replace("T", " "),
+            entry.kind,
+            entry.author,
+            json.dumps(entry.body, sort_keys=True),
+            entry.hash[:12],
+        )
+    console.print(table)
