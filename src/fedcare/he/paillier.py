@@ -186,6 +186,8 @@ def encrypt_vector(
 
 def add_vectors(public_key: Any, vectors: Iterable[PaillierVector]) -> PaillierVector:
     """Sum encrypted vectors: the product of ciphertexts modulo n**2, entry by entry."""
+    from phe.util import mulmod  # gmpy2's when installed
+
     nsquare = int(public_key.nsquare)
     kid = key_id(public_key)
     total: list[int] | None = None
@@ -200,7 +202,7 @@ def add_vectors(public_key: Any, vectors: Iterable[PaillierVector]) -> PaillierV
                 f"{vec.frac_bits}, the others have {len(total)} at {frac_bits}"
             )
         else:
-            total = [a * b % nsquare for a, b in zip(total, vec.ciphertexts, strict=True)]
+            total = [mulmod(a, b, nsquare) for a, b in zip(total, vec.ciphertexts, strict=True)]
         summands += vec.summands
     if total is None:
         raise ProtocolError("no Paillier vector was added, so there is no sum to return")
