@@ -3,6 +3,11 @@
 Coordinator -> site: JobPlan, TrainRequest, UpdateVerdict, EvalRequest, RunFinished.
 Site -> coordinator: Hello, ApprovalStatus, UpdateMessage, EvalResult. Either way: ErrorReport.
 
+TrainRequest, EvalRequest and RunFinished tell the site ``contributed``: the last round whose
+aggregate holds its update. A site keeps its new algorithm state (SCAFFOLD's control
+variate, a personal model) pending until that says the update counted, so a dropped update
+or a coordinator resumed from an earlier checkpoint never leaves the two sides out of step.
+
 Several arrays travel as one flat vector plus ``segments`` (name, size) in the header, so
 every message still has at most one vector for the transport to stream. Parsing checks
 every header field and says which one is wrong; ``sender`` is copied from the envelope,
@@ -255,6 +260,7 @@ class TrainRequest:
     sampled: list[str]
     attempt: int = 0  # > 0 when a round is retried after too few sites answered
     deadline_s: float = 0.0  # seconds the site has, from when it receives the request
+    contributed: int = -1  # last round whose aggregate holds this site's update (-1: none)
     sender: str = ""
 
     def to_envelope(self) -> Envelope:
@@ -267,6 +273,7 @@ class TrainRequest:
             "sampled": self.sampled,
             "attempt": self.attempt,
             "deadline_s": self.deadline_s,
+            "contributed": self.contributed,
         }
         return Envelope.create(self.KIND, self.run_id, self.round, header, vector)
 
@@ -289,6 +296,7 @@ class TrainRequest:
             h.strings("sampled"),
             h.integer("attempt"),
             h.number("deadline_s"),
+            h.integer("contributed", minimum=-1),
             env.sender,
         )
 
@@ -405,10 +413,15 @@ class EvalRequest:
     params: FloatVector
     final: bool = False
     deadline_s: float = 0.0
+    contributed: int = -1
     sender: str = ""
 
     def to_envelope(self) -> Envelope:
-        header = {"final": self.final, "deadline_s": self.deadline_s}
+        header = {
+            "final": self.final,
+            "deadline_s": self.deadline_s,
+            "contributed": self.contributed,
+        }
         return Envelope.create(self.KIND, self.run_id, self.round, header, self.params)
 
     @classmethod
@@ -421,6 +434,7 @@ class EvalRequest:
             as_float32(env),
             h.flag("final"),
             h.number("deadline_s"),
+            h.integer("contributed", minimum=-1),
             env.sender,
         )
 
@@ -504,10 +518,16 @@ class RunFinished:
     status: str
     model_hash: str = ""  # sha256 of the final global model, as the audit log records it
     detail: str = ""
+    contributed: int = -1
     sender: str = ""
 
     def to_envelope(self) -> Envelope:
-        header = {"status": self.status, "model_hash": self.model_hash, "detail": self.detail}
+        header = {
+            "status": self.status,
+            "model_hash": self.model_hash,
+            "detail": self.detail,
+            "contributed": self.contributed,
+        }
         return Envelope.create(self.KIND, self.run_id, self.round, header)
 
     @classmethod
@@ -520,6 +540,7 @@ class RunFinished:
             h.text("status"),
             h.text("model_hash"),
             h.text("detail"),
+            h.integer("contributed", minimum=-1),
             env.sender,
         )
 

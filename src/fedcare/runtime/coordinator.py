@@ -1,0 +1,686 @@
+"""The coordinator's side of a deployed run, as a sans-IO state machine.
+
+The machine never touches a socket, a clock or a disk: a driver (the gRPC server, or a
+test) feeds it envelopes stamped with the sender's authenticated identity, connection
+changes and the time, and sends what it returns. It does the simulator's maths with the
+simulator's seeds: the same sites sampled per round, the same strategy halves, the same
+streaming aggregation, so with every site answering it reaches the simulator's model.
+
+Phases: WAITING (for sites) -> TRAINING -> [EVALUATING] -> WAITING ... -> FINISHED or FAILED.
+A round starts once every sampled site is ready (connected, data valid, plan approved) or,
+after ``start_grace_s``, with those that are. Stragglers past the deadline, sites that
+disconnect and rejected updates are left out of that round only; a site that reconnects
+says Hello, approves again and is sampled as usual from the next round on.
+
+Drivers: after each call, persist :meth:`drain_events` (and on ``round_finished`` the
+:meth:`checkpoint`) before sending the returned messages, so no site ever sees round r+1
+from a coordinator that could come back at round r.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedcare.algorithms.strategy import Strategy
+from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
+from fedcare.core.metrics import EvalStats
+from fedcare.core.records import LocalOutcome, ServerState
+from fedcare.core.seeds import SeedStream
+from fedcare.core.vectors import FloatVector
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import (
+    ApprovalStatus,
+    ErrorReport,
+    EvalRequest,
+    EvalResult,
+    Hello,
+    JobPlan,
+    RunFinished,
+    TrainRequest,
+    UpdateMessage,
+    UpdateVerdict,
+    parse_message,
+    vector_digest,
+)
+from fedcare.runtime.replay import ReplayGuard
+from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
+from fedcare.runtime.sampling import sample_sites
+from fedcare.runtime.validation import validate_update
+
+
+class Phase(Enum):
+    WAITING = "waiting"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class CoordinatorOptions:
+    round_timeout_s: float = 600.0  # a sampled site's time to answer a train request
+    eval_timeout_s: float = 300.0
+    start_grace_s: float = 60.0  # wait this long for absent sampled sites before starting
+    max_update_norm: float | None = None  # optional L2 bound on every update
+    max_attempts: int = 5  # tries of one round that ends with too few updates
+
+
+class Outgoing(NamedTuple):
+    recipient: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """Something the run store and the audit log record; ``detail`` is JSON-safe."""
+
+    kind: str
+    run_id: str
+    round: int
+    site: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    time: float = 0.0
+
+
+@dataclass
+class SiteStatus:
+    connected: bool = False
+    data_ok: bool = False
+    approved: bool = False
+    waiting_approval: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return self.connected and self.data_ok and self.approved
+
+    def why_not_ready(self) -> str:
+        if not self.connected:
+            return "not connected"
+        if not self.data_ok:
+            return "data did not pass the schema check" if self.problems else "no hello yet"
+        if self.waiting_approval:
+            return "waiting for its owner to approve the plan"
+        return "has not answered the job plan"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _expected_extras(strategy: Strategy, spec: Any) -> dict[str, int | None]:
+    """Which extras the client rule uploads: a dry run on a 2-parameter model.
+
+    Extras as long as the model (SCAFFOLD's control delta) map to None ("model-sized").
+    """
+    probe = strategy.init_state(np.zeros(2, dtype=np.float32))
+    outcome = LocalOutcome(probe.params + 1, num_samples=1, num_steps=1, train_loss=1.0)
+    outcome.start_loss = 1.0
+    _, update = strategy.client_update(probe, {}, outcome, spec)
+    return {k: (None if v.size == 2 else int(v.size)) for k, v in update.extras.items()}
+
+
+class CoordinatorMachine:
+    """One run of one plan at the coordinator."""
+
+    def __init__(
+        self,
+        run_id: str,
+        plan: RunPlan,
+        initial_params: FloatVector,
+        *,
+        options: CoordinatorOptions | None = None,
+        strategy: Strategy | None = None,
+        state: ServerState | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.plan = plan
+        self.plan_dict = plan.to_dict()
+        self.plan_hash = plan.hash
+        self.options = options or CoordinatorOptions()
+        self.strategy = strategy or plan.build_strategy()
+        self.spec = self.strategy.local_spec(plan.spec)
+        self.seeds = SeedStream(plan.seed)
+        self.robust_rule = self.strategy.robust_rule()
+        self.state = state or self.strategy.init_state(np.asarray(initial_params, np.float32))
+        self.size = int(self.state.params.size)
+        self.extras = {
+            k: self.size if n is None else n
+            for k, n in _expected_extras(self.strategy, self.spec).items()
+        }
+        self.min_updates = plan.participation.min_sites
+        self.sites: dict[str, SiteStatus] = {name: SiteStatus() for name in plan.sites}
+        self.contributed: dict[str, int] = dict.fromkeys(plan.sites, -1)
+        self.history: list[dict[str, Any]] = []
+        self.final_eval: dict[str, EvalStats] = {}
+        self.reference_evals: dict[str, dict[str, EvalStats]] = {}
+        self.phase = Phase.WAITING
+        self.attempt = 0
+        self.waiting_since: float | None = None
+        self.current: RoundProgress | None = None
+        self.evaluation: EvalProgress | None = None
+        self.failure = ""
+        self.guard = ReplayGuard(run_id)
+        self.guard.open_round(self.state.round)
+        self._events: list[RuntimeEvent] = []
+        self._now = 0.0
+
+    # -- public surface --------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.phase in (Phase.FINISHED, Phase.FAILED)
+
+    @property
+    def round(self) -> int:
+        """Rounds completed so far (the simulator's ``state.round``)."""
+        return self.state.round
+
+    @property
+    def final_params(self) -> FloatVector:
+        return self.state.params
+
+    def waiting_for_approval(self) -> list[str]:
+        return [n for n, s in self.sites.items() if s.connected and s.waiting_approval]
+
+    def ready_sites(self) -> list[str]:
+        return [n for n, s in self.sites.items() if s.ready]
+
+    def drain_events(self) -> list[RuntimeEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def checkpoint(self) -> tuple[ServerState, dict[str, Any]]:
+        """(server state, JSON-safe extra) for :func:`~fedcare.runtime.checkpoint.save_checkpoint`.
+
+        Taken on ``round_finished`` it holds everything a resumed run needs.
+        """
+        extra = {
+            "run_id": self.run_id,
+            "plan_hash": self.plan_hash,
+            "history": _json_safe(self.history),
+            "contributed": dict(self.contributed),
+        }
+        return self.state, extra
+
+    @classmethod
+    def restore(
+        cls,
+        plan: RunPlan,
+        state: ServerState,
+        extra: Mapping[str, Any],
+        *,
+        options: CoordinatorOptions | None = None,
+        strategy: Strategy | None = None,
+    ) -> CoordinatorMachine:
+        """Continue a run from a checkpoint; refuses one taken under another plan."""
+        if extra.get("plan_hash") != plan.hash:
+            raise ConfigError(
+                f"checkpoint of run '{extra.get('run_id')}' was taken under plan "
+                f"{extra.get('plan_hash')}, not {plan.hash}"
+            )
+        machine = cls(
+            str(extra["run_id"]),
+            plan,
+            state.params,
+            options=options,
+            strategy=strategy,
+            state=state,
+        )
+        machine.history = [dict(r) for r in extra.get("history", [])]
+        for site, r in dict(extra.get("contributed", {})).items():
+            if site in machine.contributed:
+                machine.contributed[site] = int(r)
+        if machine.round >= plan.rounds:
+            machine.phase = Phase.FINISHED  # checkpointed after the last round
+        return machine
+
+    # -- connections -----------------------------------------------------------------------
+
+    def site_connected(self, name: str, now: float) -> list[Outgoing]:
+        self._now = now
+        if name not in self.sites:
+            self._event("unknown_site", name, {"reason": "not in the job plan"})
+            return []
+        self.sites[name] = SiteStatus(connected=True)
+        self._event("site_connected", name)
+        return []  # the site speaks first (Hello)
+
+    def site_disconnected(self, name: str, now: float) -> list[Outgoing]:
+        self._now = now
+        status = self.sites.get(name)
+        if status is None:
+            return []
+        status.connected = status.approved = status.waiting_approval = False
+        self._event("site_disconnected", name)
+        if self.phase is Phase.TRAINING and self.current and name in self.current.pending:
+            self.current.dropped[name] = "disconnected during the round"
+            self._event("site_dropped", name, {"reason": "disconnected during the round"})
+            return self._maybe_finish_training()
+        if self.phase is Phase.EVALUATING and self.evaluation and name in self.evaluation.pending:
+            self.evaluation.missing[name] = "disconnected"
+            return self._maybe_finish_eval()
+        return []
+
+    # -- messages --------------------------------------------------------------------------
+
+    def handle(self, env: Envelope, now: float) -> list[Outgoing]:
+        """React to one message from a site (``env.sender`` set by the transport)."""
+        self._now = now
+        site = env.sender
+        if site not in self.sites:
+            self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
+            return []
+        try:
+            message = parse_message(env)
+        except ProtocolError as exc:
+            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
+            return [self._error(site, "malformed", str(exc))]
+        if isinstance(message, Hello):
+            return self._on_hello(env, message)
+        if isinstance(message, ApprovalStatus):
+            return self._on_approval(env, message)
+        if isinstance(message, UpdateMessage):
+            return self._on_update(env, message)
+        if isinstance(message, EvalResult):
+            return self._on_eval(env, message)
+        if isinstance(message, ErrorReport):
+            return self._on_error(env, message)
+        detail = f"a site may not send '{env.kind}'"
+        self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
+        return [self._error(site, "unexpected", detail)]
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Deadlines: start a round after the grace period, drop stragglers, end evaluation."""
+        self._now = now
+        if self.phase is Phase.WAITING:
+            return self._maybe_start_round()
+        if self.phase is Phase.TRAINING and self.current and now >= self.current.deadline:
+            for site in self.current.pending:
+                self.current.dropped[site] = "missed the round deadline"
+                self._event("site_dropped", site, {"reason": "missed the round deadline"})
+            return self._maybe_finish_training()
+        if self.phase is Phase.EVALUATING and self.evaluation and now >= self.evaluation.deadline:
+            for site in self.evaluation.pending:
+                self.evaluation.missing[site] = "missed the evaluation deadline"
+            return self._maybe_finish_eval()
+        return []
+
+    def _admit(self, env: Envelope, **kwargs: Any) -> bool:
+        return self._refusal(env, **kwargs) is None
+
+    def _refusal(self, env: Envelope, **kwargs: Any) -> str | None:
+        """None if the replay guard admits ``env``; else log and return why not."""
+        rejection = self.guard.check(env, **kwargs)
+        if rejection is None:
+            return None
+        self._event(
+            "message_rejected",
+            env.sender,
+            {"reason": rejection.reason, "kind": env.kind, "detail": rejection.detail},
+        )
+        return f"{rejection.reason}: {rejection.detail}"
+
+    def _on_hello(self, env: Envelope, hello: Hello) -> list[Outgoing]:
+        if not self._admit(env, round_bound=False, any_run=True):
+            return []
+        site = env.sender
+        status = self.sites[site]
+        status.connected = True
+        status.data, status.problems, status.data_ok = hello.data, hello.problems, hello.data_ok
+        if not hello.data_ok:
+            self._event("data_problem", site, {"problems": hello.problems})
+            return []
+        self._event("site_hello", site, {"data": hello.data})
+        if self.done:
+            return [self._finished_message(site)]
+        plan = JobPlan(self.run_id, self.round, self.plan_dict, self.plan_hash)
+        return [Outgoing(site, plan.to_envelope())]
+
+    def _on_approval(self, env: Envelope, status_msg: ApprovalStatus) -> list[Outgoing]:
+        if not self._admit(env, round_bound=False):
+            return []
+        site = env.sender
+        if status_msg.plan_hash != self.plan_hash:
+            detail = (
+                f"approval is for plan {status_msg.plan_hash}, this run's plan is {self.plan_hash}"
+            )
+            self._event("message_rejected", site, {"reason": "wrong_plan", "detail": detail})
+            return [self._error(site, "wrong_plan", detail)]
+        status = self.sites[site]
+        status.approved = status_msg.approved
+        status.waiting_approval = not status_msg.approved
+        kind = "site_approved" if status_msg.approved else "waiting_approval"
+        self._event(kind, site, {"plan_hash": self.plan_hash, "detail": status_msg.detail})
+        return self._maybe_start_round() if self.phase is Phase.WAITING else []
+
+    def _on_error(self, env: Envelope, report: ErrorReport) -> list[Outgoing]:
+        if not self._admit(env, round_bound=False):
+            return []
+        site = env.sender
+        self._event("site_error", site, {"code": report.code, "message": report.message})
+        reason = f"{report.code}: {report.message}"
+        if self.phase is Phase.TRAINING and self.current and site in self.current.pending:
+            self.current.dropped[site] = reason
+            self._event("site_dropped", site, {"reason": reason})
+            return self._maybe_finish_training()
+        if self.phase is Phase.EVALUATING and self.evaluation and site in self.evaluation.pending:
+            self.evaluation.missing[site] = reason
+            return self._maybe_finish_eval()
+        return []
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def _maybe_start_round(self) -> list[Outgoing]:
+        if self.phase is not Phase.WAITING:
+            return []
+        r = self.round
+        sampled = [
+            self.plan.sites[int(i)]
+            for i in sample_sites(len(self.plan.sites), self.plan.participation, self.seeds, r)
+        ]
+        ready = [s for s in sampled if self.sites[s].ready]
+        if self.waiting_since is None:
+            self.waiting_since = self._now
+        waited = self._now - self.waiting_since >= self.options.start_grace_s
+        if len(ready) < len(sampled) and not (waited and len(ready) >= self.min_updates):
+            return []
+        self.waiting_since = None
+        return self._start_round(sampled, ready)
+
+    def _start_round(self, sampled: list[str], ready: list[str]) -> list[Outgoing]:
+        r = self.round
+        self.guard.open_round(r)
+        progress = RoundProgress(
+            round=r,
+            attempt=self.attempt,
+            sampled=sampled,
+            requested=ready,
+            started=self._now,
+            deadline=self._now + self.options.round_timeout_s,
+            accumulator=self.strategy.new_accumulator(self.state),
+            download_bytes=self.strategy.download_nbytes(self.state) * len(ready),
+        )
+        for site in sampled:
+            if site not in ready:
+                progress.dropped[site] = self.sites[site].why_not_ready()
+        self.current = progress
+        self.phase = Phase.TRAINING
+        self._event(
+            "round_started",
+            detail={
+                "attempt": self.attempt,
+                "sampled": sampled,
+                "requested": ready,
+                "dropped": dict(progress.dropped),
+            },
+        )
+        # Only the broadcast arrays travel; server-optimizer moments stay here.
+        broadcast = {k: v for k, v in self.state.arrays.items() if not k.startswith("opt/")}
+        out = []
+        for site in ready:
+            request = TrainRequest(
+                run_id=self.run_id,
+                round=r,
+                plan_hash=self.plan_hash,
+                params=self.state.params,
+                arrays=broadcast,
+                seed=self.plan.seed,
+                site_index=self.plan.site_index(site),
+                sampled=sampled,
+                attempt=self.attempt,
+                deadline_s=self.options.round_timeout_s,
+                contributed=self.contributed[site],
+            )
+            out.append(Outgoing(site, request.to_envelope()))
+        return out
+
+    def _on_update(self, env: Envelope, msg: UpdateMessage) -> list[Outgoing]:
+        site = env.sender
+        refusal = self._refusal(env, once_per_site=("update", msg.attempt))
+        if refusal is not None:
+            return [self._verdict(site, msg, False, refusal)]
+        progress = self.current
+        if (
+            self.phase is not Phase.TRAINING
+            or progress is None
+            or msg.attempt != progress.attempt
+            or site not in progress.pending
+        ):
+            reason = "no update was expected from this site for this round and attempt"
+            self._event("message_rejected", site, {"reason": "unexpected", "detail": reason})
+            return [self._verdict(site, msg, False, reason)]
+        received = vector_digest(env.vector)
+        try:
+            if received != msg.update_hash:
+                raise UpdateRejectedError(
+                    f"update from site '{site}' for round {msg.round}: announced hash "
+                    f"{msg.update_hash[:16]}… but the vector hashes to {received[:16]}…"
+                )
+            norm = validate_update(msg, self.size, self.options.max_update_norm, extras=self.extras)
+        except UpdateRejectedError as exc:
+            progress.rejected[site] = str(exc)
+            self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
+            out = [self._verdict(site, msg, False, str(exc))]
+            return out + self._maybe_finish_training()
+        progress.accumulator.add(msg.delta, msg.weight, msg.extras)
+        if self.robust_rule is not None:
+            progress.collected.append((msg.delta, msg.weight))
+        loss = msg.metrics.get("train_loss", float("nan"))
+        progress.accepted[site] = Contribution(
+            msg.weight, msg.num_samples, env.nbytes, received, norm, loss
+        )
+        self._event(
+            "update_accepted",
+            site,
+            _json_safe(
+                {
+                    "update_hash": received,
+                    "nbytes": env.nbytes,
+                    "weight": msg.weight,
+                    "num_samples": msg.num_samples,
+                    "norm": norm,
+                    "train_loss": loss,
+                }
+            ),
+        )
+        return [self._verdict(site, msg, True, ""), *self._maybe_finish_training()]
+
+    def _maybe_finish_training(self) -> list[Outgoing]:
+        progress = self.current
+        if self.phase is not Phase.TRAINING or progress is None or progress.pending:
+            return []
+        if len(progress.accepted) < max(self.min_updates, 1):
+            return self._retry_round(progress)
+        aggregate = progress.accumulator.result()
+        if self.robust_rule is not None:
+            # Robust rules need every update at once; extras keep their uniform mean.
+            stacked = np.stack([d for d, _ in progress.collected])
+            weights = np.array([w for _, w in progress.collected], dtype=np.float64)
+            aggregate.delta = self.robust_rule(stacked, weights)
+        self.state = self.strategy.server_update(self.state, aggregate, len(self.plan.sites))
+        for site in progress.accepted:
+            self.contributed[site] = progress.round
+        self.attempt = 0
+        self._event(
+            "round_completed",
+            detail={
+                "round": progress.round,
+                "participants": self._in_site_order(progress.accepted),
+                "dropped": dict(progress.dropped),
+                "rejected": dict(progress.rejected),
+                "model_hash": vector_digest(self.state.params),
+            },
+        )
+        final = self.round >= self.plan.rounds
+        every = self.plan.eval_every
+        if final or (every and self.round % every == 0):
+            return self._start_eval(final)
+        return self._round_done(progress, {})
+
+    def _retry_round(self, progress: RoundProgress) -> list[Outgoing]:
+        self.current = None
+        self.attempt += 1
+        detail = {
+            "attempt": progress.attempt,
+            "accepted": len(progress.accepted),
+            "needed": self.min_updates,
+            "dropped": dict(progress.dropped),
+            "rejected": dict(progress.rejected),
+        }
+        self._event("round_failed", detail=detail)
+        if self.attempt >= self.options.max_attempts:
+            self.phase = Phase.FAILED
+            self.failure = (
+                f"round {progress.round} got fewer than {self.min_updates} valid updates "
+                f"in {self.attempt} attempts"
+            )
+            self._event("run_failed", detail={"reason": self.failure})
+            return self._finish_messages()
+        self.phase = Phase.WAITING
+        return self._maybe_start_round()
+
+    def _in_site_order(self, names: Mapping[str, Any] | list[str]) -> list[str]:
+        return [s for s in self.plan.sites if s in names]
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _start_eval(self, final: bool) -> list[Outgoing]:
+        self.guard.open_round(self.round)
+        ready = self.ready_sites()
+        self.evaluation = EvalProgress(
+            self.round, final, ready, self._now + self.options.eval_timeout_s
+        )
+        self.phase = Phase.EVALUATING
+        if not ready:
+            return self._maybe_finish_eval()
+        return [
+            Outgoing(
+                site,
+                EvalRequest(
+                    self.run_id,
+                    self.round,
+                    self.state.params,
+                    final=final,
+                    deadline_s=self.options.eval_timeout_s,
+                    contributed=self.contributed[site],
+                ).to_envelope(),
+            )
+            for site in ready
+        ]
+
+    def _on_eval(self, env: Envelope, msg: EvalResult) -> list[Outgoing]:
+        site = env.sender
+        if not self._admit(env, once_per_site="eval"):
+            return []
+        ev = self.evaluation
+        if self.phase is not Phase.EVALUATING or ev is None or site not in ev.pending:
+            self._event("message_rejected", site, {"reason": "unexpected", "kind": env.kind})
+            return []
+        if "global" not in msg.stats or (
+            ev.final and self.strategy.personal.active and "personal" not in msg.stats
+        ):
+            ev.missing[site] = f"evaluation lacks models: has {sorted(msg.stats)}"
+        else:
+            ev.results[site] = msg.stats
+        return self._maybe_finish_eval()
+
+    def _maybe_finish_eval(self) -> list[Outgoing]:
+        ev, progress = self.evaluation, self.current
+        if self.phase is not Phase.EVALUATING or ev is None or progress is None or ev.pending:
+            return []
+        names = self._in_site_order(ev.results)
+        for site, reason in ev.missing.items():
+            self._event("eval_missing", site, {"reason": reason})
+        global_stats = {s: ev.results[s]["global"] for s in names}
+        if ev.final:
+            if self.strategy.personal.active:
+                self.final_eval = {s: ev.results[s]["personal"] for s in names}
+                self.reference_evals = {"global": global_stats}
+            else:
+                self.final_eval = global_stats
+        self.evaluation = None
+        return self._round_done(progress, global_stats)
+
+    def _round_done(self, progress: RoundProgress, stats: dict[str, EvalStats]) -> list[Outgoing]:
+        pooled: dict[str, float] = {}
+        if stats:
+            values = list(stats.values())
+            total = values[0]
+            for s in values[1:]:
+                total = total + s
+            pooled = total.summary()
+        record = {
+            "round": self.round,
+            "participants": self._in_site_order(progress.accepted),
+            "train_loss": progress.train_loss(),
+            "upload_bytes": sum(c.nbytes for c in progress.accepted.values()),
+            "download_bytes": progress.download_bytes,
+            "seconds": self._now - progress.started,
+            "site_metrics": {s: v.summary() for s, v in stats.items()},
+            "pooled_metrics": pooled,
+            "site_upload_bytes": {
+                s: progress.accepted[s].nbytes for s in self._in_site_order(progress.accepted)
+            },
+        }
+        self.history.append(record)
+        self.current = None
+        self._event(
+            "round_finished",
+            detail=_json_safe(
+                {
+                    "record": record,
+                    "dropped": dict(progress.dropped),
+                    "rejected": dict(progress.rejected),
+                }
+            ),
+        )
+        if self.round >= self.plan.rounds:
+            self.phase = Phase.FINISHED
+            model_hash = vector_digest(self.state.params)
+            self._event("run_finished", detail={"model_hash": model_hash, "rounds": self.round})
+            return self._finish_messages()
+        self.phase = Phase.WAITING
+        return self._maybe_start_round()
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _finished_message(self, site: str) -> Outgoing:
+        status = "finished" if self.phase is Phase.FINISHED else "failed"
+        message = RunFinished(
+            self.run_id,
+            self.round,
+            status,
+            vector_digest(self.state.params),
+            self.failure,
+            contributed=self.contributed[site],
+        )
+        return Outgoing(site, message.to_envelope())
+
+    def _finish_messages(self) -> list[Outgoing]:
+        return [self._finished_message(s) for s, st in self.sites.items() if st.connected]
+
+    def _verdict(self, site: str, msg: UpdateMessage, accepted: bool, reason: str) -> Outgoing:
+        verdict = UpdateVerdict(self.run_id, msg.round, msg.attempt, accepted, reason)
+        return Outgoing(site, verdict.to_envelope())
+
+    def _error(self, site: str, code: str, message: str) -> Outgoing:
+        return Outgoing(site, ErrorReport(self.run_id, self.round, code, message).to_envelope())
+
+    def _event(self, kind: str, site: str = "", detail: dict[str, Any] | None = None) -> None:
+        self._events.append(
+            RuntimeEvent(kind, self.run_id, self.round, site, dict(detail or {}), self._now)
+        )

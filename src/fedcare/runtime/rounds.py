@@ -1,0 +1,229 @@
+"""What a deployed run does, and the bookkeeping of one round at the coordinator.
+
+:class:`RunPlan` is the job plan a data owner approves: model, strategy (with its upload
+stages), local hyper-parameters, rounds, seed, participation and the ordered site list.
+Both machines build the same :class:`~fedcare.algorithms.strategy.Strategy` from it, and a
+site's index in ``sites`` keys its seeds exactly as the simulator keys that site's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare import __version__
+from fedcare.algorithms.aggregate import StreamingMean
+from fedcare.algorithms.registry import build_strategy
+from fedcare.algorithms.strategy import Strategy
+from fedcare.core.errors import ConfigError
+from fedcare.core.metrics import EvalStats
+from fedcare.core.records import TrainSpec
+from fedcare.runtime.approvals import canonical, plan_hash
+from fedcare.runtime.sampling import Participation
+
+_SPEC_FIELDS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "eps",
+    "epochs",
+    "steps",
+    "batch_size",
+)
+
+
+def spec_to_dict(spec: TrainSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {k: getattr(spec, k) for k in _SPEC_FIELDS}
+    out["betas"] = list(spec.betas)
+    return out
+
+
+def spec_from_dict(raw: dict[str, Any]) -> TrainSpec:
+    unknown = sorted(set(raw) - {*_SPEC_FIELDS, "betas"})
+    if unknown:
+        raise ConfigError(f"job plan 'local': unknown field(s) {unknown}")
+    values = dict(raw)
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    for name in ("lr", "momentum", "weight_decay", "eps"):
+        if name in values:
+            values[name] = float(values[name])  # canonical JSON writes 1.0 as 1
+    try:
+        return TrainSpec(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"job plan 'local': {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One federated run of one strategy and seed, as the sites approve it."""
+
+    sites: tuple[str, ...]
+    strategy: str
+    spec: TrainSpec
+    rounds: int
+    seed: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    model: str = "logistic"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    participation: Participation = field(default_factory=Participation)
+    eval_every: int = 1
+    study: str = "study"
+    dataset: str = ""
+    code: str = __version__  # fedcare version (or a code hash) the sites will run
+
+    def __post_init__(self) -> None:
+        if not self.sites or len(set(self.sites)) != len(self.sites):
+            raise ConfigError(f"job plan: 'sites' must list distinct sites, found {self.sites}")
+        if self.rounds < 1:
+            raise ConfigError(f"job plan: 'rounds' must be >= 1, found {self.rounds}")
+        if self.seed < 0:
+            raise ConfigError(f"job plan: 'seed' must be >= 0, found {self.seed}")
+        if self.eval_every < 0:
+            raise ConfigError(f"job plan: 'eval_every' must be >= 0, found {self.eval_every}")
+        self.participation.count(len(self.sites))  # min_sites <= number of sites
+
+    def build_strategy(self) -> Strategy:
+        """The strategy both halves run; refuses what the deployed runtime cannot do."""
+        strategy = build_strategy(self.strategy, self.strategy_params)
+        if strategy.schedule == "cyclic":
+            raise ConfigError(
+                f"strategy '{self.strategy}' passes the model from site to site; the deployed "
+                "runtime trains sites in parallel (use it in simulation)"
+            )
+        if strategy.personal.kind == "mocha":
+            raise ConfigError(
+                "mocha needs every site's model at the coordinator each round; "
+                "it runs in simulation only"
+            )
+        return strategy
+
+    @property
+    def local_spec(self) -> TrainSpec:
+        return self.build_strategy().local_spec(self.spec)
+
+    def site_index(self, site: str) -> int:
+        if site not in self.sites:
+            raise ConfigError(f"site '{site}' is not part of this plan; sites: {list(self.sites)}")
+        return self.sites.index(site)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON data: what the site shows its owner and what ``plan_hash`` hashes."""
+        return dict(
+            canonical(
+                {
+                    "study": self.study,
+                    "dataset": self.dataset,
+                    "sites": list(self.sites),
+                    "model": {
+                        "name": self.model,
+                        "params": self.model_params,
+                        "input_shape": list(self.input_shape),
+                        "num_classes": self.num_classes,
+                    },
+                    "strategy": {"name": self.strategy, "params": self.strategy_params},
+                    "local": spec_to_dict(self.spec),
+                    "rounds": self.rounds,
+                    "seed": self.seed,
+                    "participation": {
+                        "fraction": self.participation.fraction,
+                        "min_sites": self.participation.min_sites,
+                    },
+                    "eval_every": self.eval_every,
+                    "code": self.code,
+                }
+            )
+        )
+
+    @property
+    def hash(self) -> str:
+        return plan_hash(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunPlan:
+        """Parse a plan received from the coordinator; every problem names the field."""
+        try:
+            model, strategy, part = raw["model"], raw["strategy"], raw["participation"]
+            plan = cls(
+                sites=tuple(str(s) for s in raw["sites"]),
+                strategy=str(strategy["name"]),
+                strategy_params=dict(strategy.get("params", {})),
+                spec=spec_from_dict(dict(raw["local"])),
+                rounds=int(raw["rounds"]),
+                seed=int(raw["seed"]),
+                input_shape=tuple(int(d) for d in model["input_shape"]),
+                num_classes=int(model["num_classes"]),
+                model=str(model["name"]),
+                model_params=dict(model.get("params", {})),
+                participation=Participation(float(part["fraction"]), int(part.get("min_sites", 1))),
+                eval_every=int(raw.get("eval_every", 1)),
+                study=str(raw.get("study", "study")),
+                dataset=str(raw.get("dataset", "")),
+                code=str(raw.get("code", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"job plan is malformed: {type(exc).__name__} {exc}") from exc
+        plan.build_strategy()
+        return plan
+
+
+@dataclass
+class Contribution:
+    """One accepted update, as the run store and audit log record it."""
+
+    weight: float
+    num_samples: int
+    nbytes: int
+    update_hash: str
+    norm: float
+    train_loss: float
+
+
+@dataclass
+class RoundProgress:
+    """The coordinator's view of the round in progress."""
+
+    round: int
+    attempt: int
+    sampled: list[str]
+    requested: list[str]
+    started: float
+    deadline: float
+    accumulator: StreamingMean
+    download_bytes: int
+    accepted: dict[str, Contribution] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    collected: list[tuple[npt.NDArray[np.float32], float]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[str]:
+        done = self.accepted.keys() | self.rejected.keys() | self.dropped.keys()
+        return [s for s in self.requested if s not in done]
+
+    def train_loss(self) -> float:
+        total = sum(c.num_samples for c in self.accepted.values())
+        loss = sum(c.train_loss * c.num_samples for c in self.accepted.values())
+        return loss / max(total, 1)
+
+
+@dataclass
+class EvalProgress:
+    """Evaluation of the model after a round, at every site that is ready."""
+
+    round: int
+    final: bool
+    requested: list[str]
+    deadline: float
+    results: dict[str, dict[str, EvalStats]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[str]:
+        return [s for s in self.requested if s not in self.results and s not in self.missing]

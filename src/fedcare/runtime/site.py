@@ -1,0 +1,493 @@
+"""A hospital's side of a deployed run, as a sans-IO state machine.
+
+The site agent (a driver) feeds the machine the coordinator's envelopes and sends back
+what it returns. The machine checks its data first, refuses any plan its owner has not
+approved (answering "waiting for approval HASH" until ``fedcare site approve HASH`` or an
+allow rule), trains with the approved plan's hyper-parameters only, and keeps the
+algorithm's per-site state (SCAFFOLD's control variate, personal heads and models, top-k
+residuals) at the site. Torch stays out: the local work (training and evaluation on this
+site's rows) is injected, built from the approved plan.
+
+A new state is *pending* until the coordinator reports (``contributed``) that the update it
+came with went into an aggregate; otherwise it is dropped and the site trains the retried or
+resumed round again from its committed state, exactly as the simulator would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.algorithms.personal import (
+    PERSONAL_MODEL,
+    ditto_objective,
+    ditto_start,
+    keep_local,
+    personal_model,
+    site_start,
+)
+from fedcare.algorithms.strategy import Strategy
+from fedcare.core.errors import FedcareError, ProtocolError
+from fedcare.core.metrics import EvalStats
+from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
+from fedcare.core.seeds import SeedStream
+from fedcare.core.vectors import FloatVector
+from fedcare.runtime.approvals import Decision, plan_hash
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import (
+    NO_RUN,
+    ApprovalStatus,
+    ErrorReport,
+    EvalRequest,
+    EvalResult,
+    Hello,
+    JobPlan,
+    RunFinished,
+    TrainRequest,
+    UpdateMessage,
+    UpdateVerdict,
+    parse_message,
+    vector_digest,
+)
+from fedcare.runtime.replay import ReplayGuard
+from fedcare.runtime.rounds import RunPlan
+
+BoolMask = npt.NDArray[np.bool_]
+
+
+class SitePhase(Enum):
+    STARTING = "starting"  # Hello not sent yet
+    WAITING_PLAN = "waiting_plan"
+    WAITING_APPROVAL = "waiting_approval"
+    READY = "ready"
+    FINISHED = "finished"
+    REFUSED = "refused"  # the local data failed its check: nothing runs
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """The site's data checked against the study schema, before anything runs."""
+
+    ok: bool
+    summary: dict[str, Any] = field(default_factory=dict)  # counts and shapes, no records
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One local training job, keyed like the simulator's: (seed, purpose, round, site)."""
+
+    round: int
+    site_index: int
+    seed: int
+    start: FloatVector
+    objective: LocalObjective
+    spec: TrainSpec
+    purpose: str = "batches"  # "misc" for personal passes and fine-tuning
+    start_loss: bool = False  # also report the loss at ``start`` on the training rows
+
+
+class LocalWork(Protocol):
+    """Training and evaluation on this site's own rows (see fedcare.net.site_training)."""
+
+    @property
+    def num_params(self) -> int: ...
+
+    def train(self, task: TrainTask) -> LocalOutcome: ...
+
+    def evaluate(self, params: FloatVector) -> EvalStats: ...
+
+    def local_mask(self, kind: str) -> BoolMask: ...
+
+
+WorkFactory = Callable[[RunPlan], LocalWork]
+
+
+class Approvals(Protocol):
+    """What the machine needs of :class:`fedcare.runtime.approvals.ApprovalStore`."""
+
+    def request(self, plan: dict[str, Any], from_: str = "") -> Decision: ...
+
+    def decide(self, hash: str, plan: dict[str, Any] | None = None) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class SiteEvent:
+    """For the site's terminal and its own audit copy."""
+
+    kind: str
+    run_id: str
+    round: int
+    detail: dict[str, Any] = field(default_factory=dict)
+    time: float = 0.0
+
+
+@dataclass
+class _Pending:
+    round: int
+    state: SiteState
+
+
+class SiteMachine:
+    """One site's protocol state; ``name`` is its certificate identity."""
+
+    def __init__(
+        self,
+        name: str,
+        approvals: Approvals,
+        data: DataCheck,
+        work: WorkFactory,
+        *,
+        coordinator: str | None = None,
+    ) -> None:
+        self.name = name
+        self.approvals = approvals
+        self.data = data
+        self.work_factory = work
+        self.coordinator = coordinator  # expected sender identity; None accepts any
+        self.phase = SitePhase.STARTING
+        self.run_id = NO_RUN
+        self.plan: RunPlan | None = None
+        self.plan_hash = ""
+        self.offered: tuple[dict[str, Any], str] | None = None  # plan waiting for approval
+        self.strategy: Strategy | None = None
+        self.work: LocalWork | None = None
+        self.mask: BoolMask | None = None
+        self.state: SiteState = {}
+        self.committed_round = -1  # last round whose update is in an aggregate
+        self.pending: _Pending | None = None
+        self.last_round = 0
+        self.guard = ReplayGuard(NO_RUN)
+        self._events: list[SiteEvent] = []
+        self._now = 0.0
+
+    # -- public surface --------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Envelope]:
+        """The greeting to send on every (re)connection."""
+        self._now = now
+        if not self.data.ok:
+            self.phase = SitePhase.REFUSED
+            self._event("data_invalid", {"problems": self.data.problems})
+        elif self.phase is not SitePhase.FINISHED:
+            self.phase = SitePhase.WAITING_PLAN
+        hello = Hello(
+            self.data.ok, self.data.summary, self.data.problems, self.run_id, self.last_round
+        )
+        return [hello.to_envelope()]
+
+    def drain_events(self) -> list[SiteEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def handle(self, env: Envelope, now: float) -> list[Envelope]:
+        """React to one coordinator message; returns the replies."""
+        self._now = now
+        if self.coordinator is not None and env.sender != self.coordinator:
+            return self._refuse(env, "unknown_sender", f"'{env.sender}' is not the coordinator")
+        try:
+            message = parse_message(env)
+        except ProtocolError as exc:
+            return self._refuse(env, "malformed", str(exc))
+        if isinstance(message, JobPlan):
+            return self._on_plan(env, message)
+        if isinstance(message, ErrorReport):
+            self._event("coordinator_error", {"code": message.code, "message": message.message})
+            return []
+        if self.phase is not SitePhase.READY and not isinstance(message, RunFinished):
+            return self._refuse(env, "not_ready", f"site is {self.phase.value}")
+        rejection = self.guard.check(env, round_bound=False)
+        if rejection is not None:
+            self._event(
+                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
+            )
+            return []
+        if isinstance(message, TrainRequest):
+            return self._on_train(message)
+        if isinstance(message, UpdateVerdict):
+            return self._on_verdict(message)
+        if isinstance(message, EvalRequest):
+            return self._on_eval(message)
+        if isinstance(message, RunFinished):
+            self._settle(message.contributed)
+            self.phase = SitePhase.FINISHED
+            self._event(
+                "run_finished", {"status": message.status, "model_hash": message.model_hash}
+            )
+            return []
+        return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
+
+    def tick(self, now: float) -> list[Envelope]:
+        """Re-ask the approval store while a plan waits (the owner approves from a terminal)."""
+        self._now = now
+        if self.phase is not SitePhase.WAITING_APPROVAL or self.offered is None:
+            return []
+        plan, hash_ = self.offered
+        decision = self.approvals.decide(hash_, plan)
+        return self._apply_decision(plan, hash_, decision) if decision.approved else []
+
+    def checkpoint(self) -> tuple[dict[str, FloatVector], dict[str, Any]]:
+        """(arrays, JSON-safe meta): the site's algorithm state, committed and pending."""
+        tensors = {f"committed/{k}": v for k, v in self.state.items()}
+        meta: dict[str, Any] = {
+            "run_id": self.run_id,
+            "plan_hash": self.plan_hash,
+            "committed_round": self.committed_round,
+            "last_round": self.last_round,
+            "pending_round": None,
+        }
+        if self.pending is not None:
+            tensors.update({f"pending/{k}": v for k, v in self.pending.state.items()})
+            meta["pending_round"] = self.pending.round
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, FloatVector], meta: dict[str, Any]) -> None:
+        """Load a checkpoint written by :meth:`checkpoint` (after a crash and restart)."""
+        self.run_id = str(meta.get("run_id", NO_RUN))
+        self.plan_hash = str(meta.get("plan_hash", ""))
+        self.committed_round = int(meta.get("committed_round", -1))
+        self.last_round = int(meta.get("last_round", 0))
+        self.state = {
+            k.removeprefix("committed/"): v
+            for k, v in tensors.items()
+            if k.startswith("committed/")
+        }
+        self.pending = None
+        if meta.get("pending_round") is not None:
+            pending = {
+                k.removeprefix("pending/"): v
+                for k, v in tensors.items()
+                if k.startswith("pending/")
+            }
+            self.pending = _Pending(int(meta["pending_round"]), pending)
+
+    # -- plan and approval -----------------------------------------------------------------
+
+    def _on_plan(self, env: Envelope, message: JobPlan) -> list[Envelope]:
+        if not self.data.ok:
+            problems = "; ".join(self.data.problems) or "data check failed"
+            return self._refuse(env, "data_invalid", problems)
+        rejection = self.guard.check(env, round_bound=False, any_run=True)
+        if rejection is not None:
+            self._event(
+                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
+            )
+            return []
+        try:
+            computed = plan_hash(message.plan)
+            if computed != message.plan_hash:
+                raise ProtocolError(
+                    f"job plan announced hash {message.plan_hash} but hashes to {computed}"
+                )
+            plan = RunPlan.from_dict(message.plan)
+            plan.site_index(self.name)
+        except FedcareError as exc:
+            return self._refuse(env, "plan_refused", str(exc))
+        if message.run_id != self.run_id:
+            self._new_run(message.run_id)
+        decision = self.approvals.request(message.plan, from_=env.sender)
+        if not decision.approved:
+            self.phase = SitePhase.WAITING_APPROVAL
+            self.offered = (message.plan, computed)
+            self.run_id = message.run_id
+            self._event("waiting_approval", {"plan_hash": computed, "detail": decision.reason})
+            status = ApprovalStatus(message.run_id, message.round, computed, False, decision.reason)
+            return [status.to_envelope()]
+        self.run_id = message.run_id
+        return self._apply_decision(message.plan, computed, decision)
+
+    def _apply_decision(
+        self, plan_dict: dict[str, Any], hash_: str, decision: Decision
+    ) -> list[Envelope]:
+        plan = RunPlan.from_dict(plan_dict)
+        try:
+            work = self.work_factory(plan)
+            if work.num_params <= 0:
+                raise ProtocolError("the plan's model has no parameters")
+        except FedcareError as exc:
+            return [ErrorReport(self.run_id, 0, "plan_incompatible", str(exc)).to_envelope()]
+        self.plan, self.plan_hash, self.work, self.offered = plan, hash_, work, None
+        self.strategy = plan.build_strategy()
+        kind = self.strategy.personal.mask_kind
+        self.mask = work.local_mask(kind) if kind else None
+        self.guard.run_id = self.run_id
+        self.phase = SitePhase.READY
+        self._event("approved", {"plan_hash": hash_, "detail": decision.reason})
+        status = ApprovalStatus(self.run_id, self.last_round, hash_, True, decision.reason)
+        return [status.to_envelope()]
+
+    def _new_run(self, run_id: str) -> None:
+        """A different run: algorithm state starts afresh."""
+        self.state, self.pending, self.committed_round, self.last_round = {}, None, -1, 0
+        self.run_id = run_id
+        self.guard = ReplayGuard(run_id)
+
+    def _settle(self, contributed: int) -> None:
+        """Commit the pending state if its update counted, else drop it."""
+        if self.pending is None:
+            return
+        if self.pending.round == contributed:
+            self.state, self.committed_round = self.pending.state, contributed
+            self._event("state_committed", {"round": contributed})
+        self.pending = None
+
+    # -- training and evaluation -----------------------------------------------------------
+
+    def _ready(self) -> tuple[RunPlan, Strategy, LocalWork]:
+        if self.plan is None or self.strategy is None or self.work is None:
+            raise ProtocolError(f"site '{self.name}' has no approved plan")
+        return self.plan, self.strategy, self.work
+
+    def _on_train(self, req: TrainRequest) -> list[Envelope]:
+        plan, strategy, work = self._ready()
+        index = plan.site_index(self.name)
+        problem = ""
+        if req.plan_hash != self.plan_hash:
+            problem = f"request names plan {req.plan_hash}, the approved plan is {self.plan_hash}"
+        elif req.seed != plan.seed or req.site_index != index:
+            problem = (
+                f"request has seed {req.seed} and site index {req.site_index}; the approved "
+                f"plan says seed {plan.seed} and index {index}"
+            )
+        elif not req.round < plan.rounds:
+            problem = f"round {req.round} is beyond the plan's {plan.rounds} rounds"
+        elif req.round <= self.committed_round:
+            problem = f"round {req.round} is late: round {self.committed_round} already counted"
+        elif req.params.size != work.num_params:
+            problem = f"model has {req.params.size} values, the plan's model {work.num_params}"
+        if problem:
+            return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
+        self._settle(req.contributed)
+        try:
+            update = self._train(req, plan, strategy, work, index)
+        except FedcareError as exc:
+            self._event("train_failed", {"round": req.round, "error": str(exc)})
+            return [ErrorReport(self.run_id, req.round, "train_failed", str(exc)).to_envelope()]
+        self.last_round = req.round
+        env = update.to_envelope()
+        self._event(
+            "update_sent",
+            {"round": req.round, "attempt": req.attempt, "update_hash": vector_digest(env.vector)},
+        )
+        return [env]
+
+    def _train(
+        self, req: TrainRequest, plan: RunPlan, strategy: Strategy, work: LocalWork, index: int
+    ) -> UpdateMessage:
+        """The simulator's per-site round, step for step (see FederatedSimulation._parallel_round)."""
+        spec = strategy.local_spec(plan.spec)
+        server = ServerState(round=req.round, params=req.params, arrays=dict(req.arrays))
+        state = self.state
+        start = req.params if self.mask is None else site_start(req.params, state, self.mask)
+        task = TrainTask(
+            round=req.round,
+            site_index=index,
+            seed=plan.seed,
+            start=start,
+            objective=strategy.objective(server, state),
+            spec=spec,
+            start_loss=strategy.needs_start_loss,
+        )
+        outcome = work.train(task)
+        state, update = strategy.client_update(server, state, outcome, spec)
+        state, update.delta = self._upload(
+            strategy, update.delta, state, plan.seed, req.round, index
+        )
+        if self.mask is not None:
+            state = keep_local(state, outcome.params, self.mask)
+        if strategy.personal.kind == "ditto":
+            personal = replace(
+                task,
+                start=ditto_start(req.params, state),
+                objective=ditto_objective(req.params, strategy.personal.ditto_lambda),
+                purpose="misc",
+                start_loss=False,
+            )
+            state = {**state, PERSONAL_MODEL: work.train(personal).params.copy()}
+        self.pending = _Pending(req.round, state)
+        return UpdateMessage.from_update(
+            self.run_id, req.round, req.attempt, update, outcome.num_samples
+        )
+
+    def _upload(
+        self,
+        strategy: Strategy,
+        delta: FloatVector,
+        state: SiteState,
+        seed: int,
+        round_index: int,
+        site: int,
+    ) -> tuple[SiteState, FloatVector]:
+        """The strategy's upload stages, as the simulator applies them.
+
+        Stages are encoded and decoded here and the decoded float32 update is sent: the
+        coordinator sees exactly what the simulator's coordinator sees, though compressed
+        stages do not yet shrink what the wire carries. Entries a personalised strategy
+        keeps local are sent as zeros.
+        """
+        mask, pipeline = self.mask, strategy.upload
+        shared = delta if mask is None else delta[~mask]
+        if pipeline.stages:
+            rng = SeedStream(seed).generator("compress", round_index + 1, site)
+            encoded, state = pipeline.encode(shared, state, rng)
+            shared = pipeline.decode(encoded)
+        if mask is None:
+            return state, np.ascontiguousarray(shared, dtype=np.float32)
+        full = np.zeros_like(delta)
+        full[~mask] = shared
+        return state, full
+
+    def _on_verdict(self, verdict: UpdateVerdict) -> list[Envelope]:
+        kind = "update_accepted" if verdict.accepted else "update_rejected"
+        self._event(kind, {"round": verdict.round, "reason": verdict.reason})
+        return []
+
+    def _on_eval(self, req: EvalRequest) -> list[Envelope]:
+        plan, strategy, work = self._ready()
+        if req.params.size != work.num_params:
+            problem = f"model has {req.params.size} values, the plan's model {work.num_params}"
+            return [ErrorReport(self.run_id, req.round, "eval_refused", problem).to_envelope()]
+        self._settle(req.contributed)
+        try:
+            stats = {"global": work.evaluate(req.params)}
+            if req.final and strategy.personal.active:
+                stats["personal"] = work.evaluate(self._personal_model(req, plan, strategy, work))
+        except FedcareError as exc:
+            return [ErrorReport(self.run_id, req.round, "eval_failed", str(exc)).to_envelope()]
+        return [EvalResult(self.run_id, req.round, stats).to_envelope()]
+
+    def _personal_model(
+        self, req: EvalRequest, plan: RunPlan, strategy: Strategy, work: LocalWork
+    ) -> FloatVector:
+        """This site's own final model, fine-tuned on its rows if the strategy asks."""
+        model = personal_model(req.params, self.state, strategy.personal, self.mask)
+        epochs = strategy.personal.finetune_epochs
+        if not epochs:
+            return model
+        spec = replace(strategy.local_spec(plan.spec), epochs=epochs, steps=None)
+        task = TrainTask(
+            round=plan.rounds,
+            site_index=plan.site_index(self.name),
+            seed=plan.seed,
+            start=model,
+            objective=LocalObjective(),
+            spec=spec,
+            purpose="misc",
+        )
+        return work.train(task).params
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _refuse(self, env: Envelope, code: str, message: str) -> list[Envelope]:
+        self._event("refused", {"code": code, "message": message, "kind": env.kind})
+        return [ErrorReport(self.run_id, env.round, code, message).to_envelope()]
+
+    def _event(self, kind: str, detail: dict[str, Any] | None = None) -> None:
+        self._events.append(
+            SiteEvent(kind, self.run_id, self.last_round, dict(detail or {}), self._now)
+        )
