@@ -122,10 +122,10 @@ def load_secret_context(
         raise ConfigError("secret CKKS context: the bytes hold no secret key (expected a key set)")
     found = _describe(context, what="secret CKKS context")
     expected = (params.slots, params.scale_bits, params.data_modulus_bits)
-    if found[:3] != expected:
+    if found != expected:
         raise ConfigError(
             f"secret CKKS context does not match the configured parameters (expected "
-            f"slots, scale bits, data bits = {expected}, found {found[:3]})"
+            f"slots, scale bits, data bits = {expected}, found {found})"
         )
     return CkksKeys(context=context, params=params, key_id=_key_id(_public_bytes(context)))
 
@@ -213,7 +213,9 @@ class CkksAccumulator:
     sizes of ciphertexts, at the right scale.
     """
 
-    def __init__(self, context: CkksPublicContext | CkksKeys, *, max_summands: int | None = None):
+    def __init__(
+        self, context: CkksPublicContext | CkksKeys, *, max_summands: int | None = None
+    ) -> None:
         self._ctx = context.context
         self._key_id = context.key_id
         self._slots = context.params.slots if isinstance(context, CkksKeys) else context.slots
