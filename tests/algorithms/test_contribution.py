@@ -55,13 +55,36 @@ def test_monte_carlo_converges_to_exact_and_reuses_coalitions():
     assert utility.calls > utility.evaluations
 
 
-def test_antithetic_pairs_and_truncation_are_checked():
-    with pytest.raises(ValueError, match="even number"):
-        monte_carlo_shapley(
-            SITES, glove_game, permutations=3, rng=np.random.default_rng(0), antithetic=True
-        )
+def test_stratified_antithetic_sampling_beats_plain_sampling():
+    worth = {"a": 0.3, "b": 0.1, "c": 0.05, "d": 0.02}
+
+    def concave(coalition: frozenset[str]) -> float:
+        # Diminishing returns: joining early is worth much more than joining late.
+        return math.sqrt(sum(worth[s] for s in coalition))
+
+    exact = exact_shapley(list(worth), concave)
+
+    def worst_error(**options: bool) -> float:
+        errors = []
+        for seed in range(20):
+            est = monte_carlo_shapley(
+                list(worth), concave, permutations=8, rng=np.random.default_rng(seed), **options
+            )
+            errors.append(max(abs(est[s].value - exact[s]) for s in worth))
+        return max(errors)
+
+    assert worst_error(stratified=True, antithetic=True) < worst_error() / 3
+
+
+def test_one_block_has_no_stderr_and_budgets_round_up_to_whole_blocks():
     est = monte_carlo_shapley(SITES, glove_game, permutations=1, rng=np.random.default_rng(0))
     assert math.isnan(est["a"].stderr)
+    calls = CachedUtility(glove_game)
+    monte_carlo_shapley(
+        SITES, calls, permutations=5, rng=np.random.default_rng(0), stratified=True, antithetic=True
+    )
+    # One block of 3 shifts x 2 directions = 6 orders of 3 sites, plus u(all) and u(empty).
+    assert calls.calls == 6 * 3 + 2
 
 
 def test_bad_players_and_utilities_are_refused():

@@ -25,7 +25,8 @@ def test_round_trip_is_within_one_step_of_its_chunk(x, bits, chunk, seed):
     # The wire format carries exactly nbytes and decodes to the same values.
     wire = q.to_bytes()
     assert len(wire) == q.nbytes
-    np.testing.assert_array_equal(decode(QuantizedVector.from_bytes(wire)), back)
+    again = QuantizedVector.from_bytes(wire, length=x.size, bits=bits, chunk_size=chunk)
+    np.testing.assert_array_equal(decode(again), back)
 
 
 def test_eight_bits_moves_about_a_quarter_of_the_bytes_and_four_bits_an_eighth():
@@ -50,4 +51,4 @@ def test_constant_chunks_are_exact_and_bad_input_is_refused():
     with pytest.raises(ValueError, match="bits"):
         encode(x, np.random.default_rng(0), bits=3)
     with pytest.raises(ValueError, match="bytes"):
-        QuantizedVector.from_bytes(encode(x, np.random.default_rng(0)).to_bytes()[:-1])
+        QuantizedVector.from_bytes(encode(x, np.random.default_rng(0)).to_bytes()[:-1], length=10)

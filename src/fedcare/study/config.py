@@ -107,7 +107,9 @@ class ContributionConfig(_Strict):
     strategy: str = "fedavg"
     params: dict[str, Any] = Field(default_factory=dict)
     method: Literal["exact", "monte_carlo", "both"] = "both"
-    permutations: int = Field(default=50, ge=1)
+    permutations: int = Field(default=48, ge=1)
+    stratified: bool = True  # every site at every position equally often
+    antithetic: bool = True  # each order paired with its reverse
     seed: int = 0
 
     @model_validator(mode="after")

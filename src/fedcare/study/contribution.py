@@ -102,6 +102,8 @@ def site_contributions(
             cached,
             permutations=config.permutations,
             rng=SeedStream(config.seed).generator("misc"),
+            stratified=config.stratified,
+            antithetic=config.antithetic,
         )
         for site, est in estimates.items():
             per_site[site]["shapley_monte_carlo"] = est.value
@@ -114,6 +116,8 @@ def site_contributions(
         "strategy": config.strategy,
         "method": config.method,
         "permutations": config.permutations,
+        "sampling": ("stratified " if config.stratified else "")
+        + ("antithetic" if config.antithetic else "plain"),
         "sites": per_site,
         "all_sites_utility": cached(frozenset(sites)),
         "empty_utility": cached(frozenset()),

@@ -12,14 +12,12 @@ make the rounding unbiased (stochastic rounding, as in QSGD, Alistarh et al. 201
 
 Codes are packed tightly: one byte per value at 8 bits, two values per byte at 4 bits
 (low nibble first). ``QuantizedVector.to_bytes`` is the wire format and ``nbytes`` its
-exact length.
+exact length; the length, bits and chunk size are known to both ends from the job plan.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,9 +40,6 @@ class QuantizedVector:
     length: int
     bits: int
     chunk_size: int
-
-    # length (uint64), chunk size (uint32), bits (uint8), little-endian.
-    HEADER: ClassVar[struct.Struct] = struct.Struct("<QIB")
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -74,13 +69,16 @@ class QuantizedVector:
     @property
     def nbytes(self) -> int:
         """Exact size on the wire: ``len(self.to_bytes())``."""
-        return self.HEADER.size + self.mins.nbytes + self.scales.nbytes + self.packed.nbytes
+        return self.mins.nbytes + self.scales.nbytes + self.packed.nbytes
 
     def to_bytes(self) -> bytes:
-        header = self.HEADER.pack(self.length, self.chunk_size, self.bits)
+        """Chunk minimums, chunk steps, packed codes (little-endian).
+
+        Length, bits and chunk size are not repeated: both ends know them from the job
+        plan (the stage's settings) and the model layout.
+        """
         return b"".join(
             (
-                header,
                 self.mins.astype("<f4").tobytes(),
                 self.scales.astype("<f4").tobytes(),
                 self.packed.tobytes(),
@@ -88,20 +86,21 @@ class QuantizedVector:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> QuantizedVector:
-        if len(data) < cls.HEADER.size:
-            raise ValueError(f"quantised vector needs a {cls.HEADER.size}-byte header")
-        length, chunk_size, bits = cls.HEADER.unpack_from(data)
-        if chunk_size < 1 or bits not in SUPPORTED_BITS:
-            raise ValueError(f"bad quantised vector header: chunk size {chunk_size}, bits {bits}")
+    def from_bytes(
+        cls, data: bytes, *, length: int, bits: int = 8, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> QuantizedVector:
+        if chunk_size < 1 or bits not in SUPPORTED_BITS or length < 0:
+            raise ValueError(
+                f"bad quantised vector settings: length {length}, chunk size {chunk_size}, bits {bits}"
+            )
         chunks = -(-length // chunk_size)
-        expected = cls.HEADER.size + 8 * chunks + _packed_size(length, bits)
+        expected = 8 * chunks + _packed_size(length, bits)
         if len(data) != expected:
             raise ValueError(
                 f"quantised vector of {length} values at {bits} bits is {expected} bytes, "
                 f"found {len(data)}"
             )
-        body = memoryview(data)[cls.HEADER.size :]
+        body = memoryview(data)
         return cls(
             packed=np.frombuffer(body[8 * chunks :], dtype=np.uint8).copy(),
             mins=np.frombuffer(body[: 4 * chunks], dtype="<f4").astype(np.float32),

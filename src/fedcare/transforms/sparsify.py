@@ -13,9 +13,7 @@ moves about 50x fewer bytes than the dense float32 vector.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +30,6 @@ class SparseVector:
     indices: npt.NDArray[np.uint32]
     values: npt.NDArray[np.float32]
     length: int
-
-    # length and number of kept values (uint64 each), little-endian.
-    HEADER: ClassVar[struct.Struct] = struct.Struct("<QQ")
 
     def __post_init__(self) -> None:
         if not 0 <= self.length <= _MAX_LENGTH:
@@ -58,23 +53,22 @@ class SparseVector:
     @property
     def nbytes(self) -> int:
         """Exact size on the wire: ``len(self.to_bytes())``."""
-        return self.HEADER.size + self.indices.nbytes + self.values.nbytes
+        return self.indices.nbytes + self.values.nbytes
 
     def to_bytes(self) -> bytes:
-        header = self.HEADER.pack(self.length, self.indices.size)
-        return header + self.indices.astype("<u4").tobytes() + self.values.astype("<f4").tobytes()
+        """uint32 indices then float32 values, little-endian.
+
+        The vector's length is not repeated: both ends know it from the model layout, and
+        the number kept follows from the byte count.
+        """
+        return self.indices.astype("<u4").tobytes() + self.values.astype("<f4").tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> SparseVector:
-        if len(data) < cls.HEADER.size:
-            raise ValueError(f"sparse vector needs a {cls.HEADER.size}-byte header")
-        length, count = cls.HEADER.unpack_from(data)
-        if len(data) != cls.HEADER.size + 8 * count:
-            raise ValueError(
-                f"sparse vector with {count} values is {cls.HEADER.size + 8 * count} bytes, "
-                f"found {len(data)}"
-            )
-        body = memoryview(data)[cls.HEADER.size :]
+    def from_bytes(cls, data: bytes, *, length: int) -> SparseVector:
+        if len(data) % 8:
+            raise ValueError(f"a sparse vector is 8 bytes per kept value, found {len(data)} bytes")
+        count = len(data) // 8
+        body = memoryview(data)
         return cls(
             indices=np.frombuffer(body[: 4 * count], dtype="<u4").astype(np.uint32),
             values=np.frombuffer(body[4 * count :], dtype="<f4").astype(np.float32),
