@@ -154,5 +154,16 @@ def datasets_describe(
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
 
 
+# Deployment across hospitals: certificates, audit log, coordinator and site agents.
+# Imported last: these modules take friendly_errors/console from this one.
+from fedcare.cli.audit import app as audit_app  # noqa: E402
+from fedcare.cli.certs import app as certs_app  # noqa: E402
+from fedcare.cli.deploy import coordinator_app, site_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")
+app.add_typer(audit_app, name="audit")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(site_app, name="site")
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -62,13 +62,17 @@ class TransportError(FedcareError):
         return self.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
-@dataclass(frozen=True)
-class TlsMaterial:
-    """The PEM material one end presents (a TlsBundle from fedcare.net.tls fits this)."""
+class TlsMaterial(Protocol):
+    """The PEM material one end presents (fedcare.net.tls.TlsBundle)."""
 
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
+    @property
+    def ca_pem(self) -> bytes: ...
+
+    @property
+    def cert_pem(self) -> bytes: ...
+
+    @property
+    def key_pem(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ def _read_stream(
             env = assembler.feed(frame)
             if env is not None:
                 deliver(env)
+                env = None  # drop the vector before giving its budget back
                 if budget is not None:
                     budget.release(held)
                 held = 0
@@ -297,7 +302,7 @@ class _Servicer(pb_grpc.FederationServicer):
             except ProtocolError as exc:
                 reason = f"malformed stream: {exc}"
             except grpc.RpcError as exc:
-                reason = f"connection lost: {exc.code().name if hasattr(exc, 'code') else exc}"
+                reason = f"connection lost: {exc}"
             except Exception as exc:  # a bug in the handler must not kill the server
                 reason = f"internal error: {type(exc).__name__}: {exc}"
             finally:

@@ -1,0 +1,433 @@
+"""``fedcare coordinator ...`` and ``fedcare site ...``: a study deployed across hospitals.
+
+Coordinating centre::
+
+    fedcare coordinator start --study study.yaml --bundle coordinator-bundle --ca study-ca
+    fedcare coordinator status --out studies/NAME
+    fedcare coordinator resume RUN --out studies/NAME --bundle coordinator-bundle --ca study-ca
+
+Each hospital::
+
+    fedcare site start --coordinator HOST:PORT --bundle site-bundle --data heart-disease:cleveland
+    fedcare site approve HASH
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedcare.cli.main import friendly_errors
+from fedcare.core.errors import ConfigError, FedcareError
+
+coordinator_app: typer.Typer = typer.Typer(
+    help="Run a study's coordinator (coordinating centre).", no_args_is_help=True
+)
+site_app: typer.Typer = typer.Typer(
+    help="Run a hospital's site agent and approve job plans.", no_args_is_help=True
+)
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+DEFAULT_ADDRESS = "0.0.0.0:50051"
+DEFAULT_SITE_DIR = Path(".fedcare-site")
+
+
+def _log(text: str) -> None:
+    stamp = dt.datetime.now().strftime("%H:%M:%S")
+    console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
+
+
+def _limits(chunk_mib: float, max_model_gib: float) -> Any:
+    from fedcare.net.channel import TransportLimits
+
+    return TransportLimits(
+        chunk_bytes=int(chunk_mib * (1 << 20)), max_vector_bytes=int(max_model_gib * (1 << 30))
+    )
+
+
+def _security(bundle: Path | None, ca: Path | None, insecure: bool) -> Any:
+    from fedcare.net.coordinator_server import Security
+    from fedcare.net.tls import REVOKED, TlsBundle
+
+    if insecure:
+        return Security(None)
+    if bundle is None:
+        raise ConfigError(
+            "--bundle is required (the coordinator's bundle), or --insecure on loopback"
+        )
+    revoked = ca / REVOKED if ca is not None else None
+    if revoked is not None and not revoked.is_file():
+        raise ConfigError(f"--ca '{ca}' has no {REVOKED}; pass the study CA folder")
+    loaded = TlsBundle.load(bundle)
+    if loaded.role != "coordinator":
+        raise ConfigError(
+            f"bundle '{bundle}' is a {loaded.role} bundle; the coordinator needs its own"
+        )
+    return Security(loaded, revoked)
+
+
+def plan_from_study(
+    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
+) -> Any:
+    """One deployed run = one strategy and one seed of a study config."""
+    from fedcare.data.registry import load_dataset
+    from fedcare.runtime.rounds import RunPlan
+    from fedcare.runtime.sampling import Participation
+
+    if not config.strategies:
+        raise ConfigError(f"study '{config.name}' lists no strategies to deploy")
+    chosen = config.strategies[0]
+    if strategy is not None:
+        matches = [s for s in config.strategies if strategy in (s.display_name, s.name)]
+        if not matches:
+            names = ", ".join(s.display_name for s in config.strategies)
+            raise ConfigError(f"study has no strategy '{strategy}'; it has: {names}")
+        chosen = matches[0]
+    dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    local = chosen.local or config.local
+    part = config.participation
+    return RunPlan(
+        sites=tuple(dataset.site_names),
+        strategy=chosen.name,
+        strategy_params=dict(chosen.params),
+        spec=local.to_spec(),
+        rounds=rounds or config.rounds,
+        seed=config.seeds[0] if seed is None else seed,
+        input_shape=tuple(dataset.input_shape),
+        num_classes=dataset.num_classes,
+        model=config.model.name,
+        model_params=dict(config.model.params),
+        participation=Participation(part.fraction, min_sites or part.min_sites),
+        eval_every=config.simulator.eval_every,
+        study=config.name,
+        dataset=dataset.name,
+    )
+
+
+def initial_model(plan: Any) -> Any:
+    """The simulator's initial model for this plan's seed (same draw, same layout)."""
+    from fedcare.core.seeds import SeedStream
+    from fedcare.models.registry import build_model
+    from fedcare.sim.engine import initial_params
+
+    module = build_model(plan.model, plan.input_shape, plan.num_classes, **plan.model_params)
+    return initial_params(module, SeedStream(plan.seed))
+
+
+def _serve(driver: Any, address: str, insecure: bool, limits: Any, port_file: Path | None) -> None:
+    from fedcare.net.coordinator_server import serve
+
+    def ready(port: int) -> None:
+        if port_file is not None:
+            port_file.write_text(str(port))
+
+    if limits.inflight_bytes == 1 << 30:  # default: one model reassembled at a time
+        from dataclasses import replace
+
+        limits = replace(limits, inflight_bytes=max(int(driver.machine.size) * 4, 64 << 20))
+    outcome = serve(driver, address, limits=limits, insecure=insecure, ready=ready)
+    if outcome.status != "finished":
+        raise FedcareError(f"run {outcome.run_id} {outcome.status}: {outcome.failure or 'stopped'}")
+    console.print(
+        f"Run [bold]{outcome.run_id}[/] finished after {outcome.rounds} rounds; results in "
+        f"{driver.folder / 'deploy' / outcome.run_id}"
+    )
+
+
+@coordinator_app.command("start")
+@friendly_errors
+def coordinator_start(
+    study: Annotated[Path, typer.Option(help="Study YAML (the same file the simulator runs).")],
+    bundle: Annotated[Path | None, typer.Option(help="The coordinator's bundle folder.")] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="Study CA folder (its revoked.json is honoured).")
+    ] = None,
+    address: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = DEFAULT_ADDRESS,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Study folder (default: the config's output or studies/NAME)."),
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Which of the study's strategies (default: the first).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed (default: the study's first).")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Override the number of rounds.")
+    ] = None,
+    min_sites: Annotated[
+        int | None, typer.Option(min=1, help="Fewest updates a round needs.")
+    ] = None,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds a site has to answer a round.")
+    ] = 600.0,
+    start_grace: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for absent sites before starting a round without them."),
+    ] = 60.0,
+    max_update_norm: Annotated[
+        float | None, typer.Option(help="Reject updates with a larger L2 norm.")
+    ] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
+    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
+    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
+    ] = False,
+    port_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here (with port 0).")
+    ] = None,
+) -> None:
+    """Start a deployed run of a study and serve it until it finishes."""
+    from fedcare.net.coordinator_server import new_run, save_initial
+    from fedcare.runtime.coordinator import CoordinatorOptions
+    from fedcare.study.config import load_config
+
+    cfg = load_config(study)
+    folder = out or Path(cfg.output or f"studies/{cfg.name}")
+    security = _security(bundle, ca, insecure)
+    limits = _limits(chunk_mib, max_model_gib)
+    plan = plan_from_study(cfg, strategy, seed, rounds, min_sites)
+    options = CoordinatorOptions(
+        round_timeout_s=round_timeout, start_grace_s=start_grace, max_update_norm=max_update_norm
+    )
+    run = run_id or f"{plan.strategy}-s{plan.seed}-{secrets.token_hex(3)}"
+    init = initial_model(plan)
+    driver = new_run(folder, run, plan, init, security, options, log=_log)
+    save_initial(folder, run, init)
+    _log(
+        f"run [bold]{run}[/]: {plan.strategy}, seed {plan.seed}, {plan.rounds} rounds, sites "
+        f"{', '.join(plan.sites)}; job plan hash [bold]{plan.hash}[/] (each data owner approves it "
+        f"with: fedcare site approve {plan.hash})"
+    )
+    _serve(driver, address, insecure, limits, port_file)
+
+
+@coordinator_app.command("resume")
+@friendly_errors
+def coordinator_resume(
+    run: Annotated[str, typer.Argument(help="Run id to continue.")],
+    out: Annotated[Path, typer.Option(help="The study folder of the run.")],
+    bundle: Annotated[Path | None, typer.Option(help="The coordinator's bundle folder.")] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="Study CA folder (its revoked.json is honoured).")
+    ] = None,
+    address: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = DEFAULT_ADDRESS,
+    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
+    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
+    ] = False,
+    port_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here (with port 0).")
+    ] = None,
+) -> None:
+    """Continue a run after the coordinator stopped or crashed (from its last checkpoint)."""
+    from fedcare.net.coordinator_server import resume_run
+
+    driver = resume_run(out, run, _security(bundle, ca, insecure), log=_log)
+    _serve(driver, address, insecure, _limits(chunk_mib, max_model_gib), port_file)
+
+
+@coordinator_app.command("status")
+@friendly_errors
+def coordinator_status(
+    out: Annotated[Path, typer.Option(help="The study folder.")],
+    run: Annotated[
+        str | None, typer.Argument(help="One run in detail (default: the latest).")
+    ] = None,
+) -> None:
+    """Runs, rounds, who contributed, metrics, and which sites wait for approval."""
+    from fedcare.net.store import RunStore
+
+    if not (out / "runs.db").is_file():
+        raise FileNotFoundError(f"{out / 'runs.db'}: no deployed runs in this folder")
+    with RunStore.in_folder(out) as store:
+        runs = store.runs()
+        table = Table(title=f"runs in {out}")
+        for col in ("run", "status", "plan hash", "rounds done"):
+            table.add_column(col)
+        for r in runs:
+            done = sum(1 for x in store.rounds(r.run_id) if x.status == "finished")
+            table.add_row(r.run_id, r.status, r.plan_hash[:16], str(done))
+        console.print(table)
+        if not runs:
+            return
+        chosen = store.run(run) if run else runs[-1]
+        rounds = Table(title=f"rounds of {chosen.run_id}")
+        for col in ("round", "status", "contributed", "dropped / rejected", "pooled accuracy"):
+            rounds.add_column(col)
+        for x in store.rounds(chosen.run_id):
+            left_out = [
+                f"{p.site} ({p.status}: {p.reason})"
+                for p in x.participants
+                if p.status in ("dropped", "rejected")
+            ]
+            acc = x.metrics.get("pooled_metrics", {}).get("accuracy")
+            rounds.add_row(
+                str(x.round + 1),
+                x.status,
+                ", ".join(x.by_status("contributed")),
+                "; ".join(left_out),
+                "-" if acc is None else f"{acc:.3f}",
+            )
+        console.print(rounds)
+        sites = Table(title="sites")
+        for col in ("site", "status", "detail"):
+            sites.add_column(col)
+        for s in store.sites(chosen.run_id):
+            sites.add_row(s.site, s.status, s.detail)
+        console.print(sites)
+        waiting = [s.site for s in store.sites(chosen.run_id) if s.status == "waiting for approval"]
+        if waiting:
+            console.print(
+                f"waiting for approval of plan {chosen.plan_hash}: {', '.join(waiting)}",
+                highlight=False,
+            )
+
+
+def _site_data(spec: str) -> Any:
+    """``DATASET:SITE`` for a dataset that ships with fedcare, checked before anything runs."""
+    from fedcare.core.errors import DataValidationError
+    from fedcare.data.registry import load_dataset
+    from fedcare.runtime.site import DataCheck
+
+    name, sep, site = spec.partition(":")
+    if not sep or not site:
+        raise ConfigError(
+            f"--data must be DATASET:SITE (e.g. heart-disease:cleveland), found '{spec}'"
+        )
+    try:
+        dataset = load_dataset(name)
+    except DataValidationError as exc:
+        return None, DataCheck(False, {}, [str(exc)])
+    by_name = {s.name: s for s in dataset.sites}
+    if site not in by_name:
+        raise ConfigError(f"dataset '{name}' has no site '{site}'; sites: {', '.join(by_name)}")
+    data = by_name[site]
+    problems = []
+    if data.num_train == 0:
+        problems.append(f"site '{site}': no training rows")
+    summary = {
+        "dataset": name,
+        "num_train": data.num_train,
+        "num_test": data.num_test,
+        "num_features": int(data.x_train.shape[1]) if data.x_train.ndim > 1 else 0,
+    }
+    return data, DataCheck(not problems, summary, problems)
+
+
+@site_app.command("start")
+@friendly_errors
+def site_start(
+    coordinator: Annotated[str, typer.Option(help="HOST:PORT of the coordinator.")],
+    data: Annotated[
+        str, typer.Option(help="This site's data: DATASET:SITE for a shipped dataset.")
+    ],
+    bundle: Annotated[Path | None, typer.Option(help="This site's bundle folder.")] = None,
+    state: Annotated[
+        Path, typer.Option(help="Site folder: approvals, algorithm state, audit copy.")
+    ] = DEFAULT_SITE_DIR,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Site name (only with --insecure; else from the certificate)."),
+    ] = None,
+    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
+    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
+    ] = False,
+) -> None:
+    """Connect this hospital to the coordinator and work on approved plans until the run ends."""
+    from fedcare.net.site_agent import SiteAgent
+    from fedcare.net.site_training import site_training
+    from fedcare.net.tls import TlsBundle
+    from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.site import SiteMachine, SitePhase
+
+    if insecure:
+        if not name:
+            raise ConfigError("--insecure needs --name (there is no certificate to name the site)")
+        loaded = None
+        site_name = name
+    else:
+        if bundle is None:
+            raise ConfigError(
+                "--bundle is required (this site's bundle), or --insecure on loopback"
+            )
+        loaded = TlsBundle.load(bundle)
+        site_name = loaded.name
+    rows, check = _site_data(data)
+    if check.ok:
+        _log(f"data check passed for '{site_name}': {check.summary}")
+    else:
+        _log(f"[bold red]data check FAILED[/] for '{site_name}':")
+        for problem in check.problems:
+            _log(f"  - {problem}")
+
+    def work(plan: Any) -> Any:
+        if rows is None:
+            raise ConfigError("no usable data at this site")
+        return site_training(rows)(plan)
+
+    approvals = ApprovalStore(state / "approvals.json")
+    machine = SiteMachine(site_name, approvals, check, work, coordinator="coordinator")
+    agent = SiteAgent(
+        machine,
+        coordinator,
+        bundle=loaded,
+        state_dir=state,
+        limits=_limits(chunk_mib, max_model_gib),
+        log=_log,
+    )
+    phase = agent.run(threading.Event())
+    if phase is SitePhase.REFUSED:
+        raise FedcareError(f"site '{site_name}' did not take part: its data failed the check")
+    console.print(f"site '{site_name}': run over ({phase.value})")
+
+
+@site_app.command("approve")
+@friendly_errors
+def site_approve(
+    plan_hash: Annotated[str, typer.Argument(metavar="HASH", help="The job plan hash to approve.")],
+    state: Annotated[
+        Path, typer.Option(help="Site folder (as given to 'site start').")
+    ] = DEFAULT_SITE_DIR,
+    by: Annotated[str, typer.Option(help="Who approves (recorded).")] = "data owner",
+) -> None:
+    """Approve a job plan for this site's data (a running site agent picks it up)."""
+    from fedcare.runtime.approvals import ApprovalStore
+
+    store = ApprovalStore(state / "approvals.json")
+    pending = store.pending().get(plan_hash, {}).get("plan", {})
+    store.approve(plan_hash, by=by)
+    what = f" ({pending['strategy']['name']})" if "strategy" in pending else ""
+    console.print(f"approved plan {plan_hash}{what} for the data in this site's folder {state}")
+
+
+@site_app.command("pending")
+@friendly_errors
+def site_pending(
+    state: Annotated[
+        Path, typer.Option(help="Site folder (as given to 'site start').")
+    ] = DEFAULT_SITE_DIR,
+) -> None:
+    """Job plans that wait for this site's approval."""
+    import json
+
+    from fedcare.runtime.approvals import ApprovalStore
+
+    pending = ApprovalStore(state / "approvals.json").pending()
+    if not pending:
+        console.print("no plan is waiting for approval")
+    for hash_, plan in pending.items():
+        console.print(f"[bold]{hash_}[/]")
+        console.print_json(json.dumps(plan, default=str))

@@ -1,0 +1,410 @@
+"""The coordinator process: drives a CoordinatorMachine over gRPC, persists what happens.
+
+One lock serialises every call into the sans-IO machine (site streams are read on their
+own threads; a timer thread calls ``tick`` for deadlines). After each call the driver, in
+this order: writes the machine's events to the run store and the signed audit log, writes
+an atomic checkpoint when a round finished, and only then sends the machine's messages, so
+no site sees round r+1 from a coordinator that could come back at round r. Updates are
+added to the streaming aggregate one at a time as they arrive (the channel's in-flight
+budget holds the others back), so memory does not grow with the number of sites.
+
+Folder of a deployed run (inside the study folder)::
+
+    runs.db                   runs, rounds, participants, metrics, events (SQLite, WAL)
+    audit.log                 hash-chained, Ed25519-signed entries
+    deploy/RUN/plan.json      the approved plan and coordinator options (for resume)
+    deploy/RUN/checkpoint.safetensors   after every round
+    deploy/RUN/result.json    history and final evaluation when the run ends
+    deploy/RUN/model.safetensors        the released model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from safetensors.numpy import save_file
+
+from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.vectors import FloatVector
+from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.store import RunStore
+from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
+from fedcare.runtime.audit import AuditLog
+from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fedcare.runtime.coordinator import (
+    CoordinatorMachine,
+    CoordinatorOptions,
+    Outgoing,
+    Phase,
+    RuntimeEvent,
+)
+from fedcare.runtime.rounds import RunPlan
+
+Log = Callable[[str], None]
+
+# Machine events that become signed audit entries (the rest go to the run store only).
+AUDITED = {
+    "round_started",
+    "site_approved",
+    "update_accepted",
+    "update_rejected",
+    "round_completed",
+    "run_finished",
+    "run_failed",
+}
+
+
+def run_dir(study_dir: Path, run_id: str) -> Path:
+    return Path(study_dir) / "deploy" / run_id
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, allow_nan=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Security:
+    """How the coordinator authenticates: its bundle and where revocations are listed."""
+
+    bundle: TlsBundle | None  # None: --insecure (loopback tests only)
+    revoked_file: Path | None = None  # the CA's revoked.json, re-read on every connection
+
+    def peer_check(self) -> Callable[[bytes], str] | None:
+        if self.bundle is None:
+            return None
+        ca_pem, revoked_file = self.bundle.ca_pem, self.revoked_file
+
+        def check(pem: bytes) -> str:
+            revoked = load_revoked(revoked_file) if revoked_file else set()
+            return check_peer_certificate(pem, ca_pem, revoked, role="site")
+
+        return check
+
+    @property
+    def author(self) -> str:
+        return self.bundle.name if self.bundle else "coordinator"
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        if self.bundle is None:  # insecure loopback test: an ephemeral key
+            return Ed25519PrivateKey.generate()
+        return self.bundle.signing_private_key()
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    rounds: int
+    final_params: FloatVector
+    history: list[dict[str, Any]] = field(default_factory=list)
+    failure: str = ""
+
+
+def save_plan(folder: Path, run_id: str, plan: RunPlan, options: CoordinatorOptions) -> None:
+    _write_json_atomic(
+        run_dir(folder, run_id) / "plan.json",
+        {"run_id": run_id, "plan": plan.to_dict(), "options": asdict(options)},
+    )
+
+
+def load_plan(folder: Path, run_id: str) -> tuple[RunPlan, CoordinatorOptions]:
+    path = run_dir(folder, run_id) / "plan.json"
+    if not path.is_file():
+        known = sorted(p.name for p in (Path(folder) / "deploy").glob("*")) or ["none"]
+        raise ConfigError(f"no run '{run_id}' in '{folder}' (no {path}); runs: {', '.join(known)}")
+    data = json.loads(path.read_text())
+    return RunPlan.from_dict(data["plan"]), CoordinatorOptions(**data["options"])
+
+
+class CoordinatorDriver:
+    """Owns the machine, the store, the audit log and the sites' links for one run."""
+
+    def __init__(
+        self,
+        folder: Path,
+        machine: CoordinatorMachine,
+        security: Security,
+        *,
+        store: RunStore | None = None,
+        log: Log = print,
+    ) -> None:
+        self.folder = Path(folder)
+        self.machine = machine
+        self.run_id = machine.run_id
+        self.security = security
+        self.store = store or RunStore.in_folder(self.folder)
+        self.audit = AuditLog(self.folder / "audit.log")
+        self.signing_key = security.signing_key()
+        self.log = log
+        self.links: dict[str, Link] = {}
+        self.lock = threading.RLock()
+        self.finished = threading.Event()
+
+    # -- LinkHandler (called from the channel's reader threads) ----------------------------
+
+    def connected(self, link: Link) -> None:
+        with self.lock:
+            old = self.links.get(link.identity)
+            if old is not None:  # a restarted site: the new stream replaces the old one
+                old.close()
+                self._apply(self.machine.site_disconnected(link.identity, time.monotonic()))
+            self.links[link.identity] = link
+            self.log(f"site '{link.identity}' connected")
+            self._apply(self.machine.site_connected(link.identity, time.monotonic()))
+
+    def received(self, link: Link, env: Any) -> None:
+        with self.lock:
+            if self.links.get(link.identity) is not link:
+                return  # a stale stream of a site that has reconnected
+            self._apply(self.machine.handle(env, time.monotonic()))
+
+    def disconnected(self, link: Link, reason: str) -> None:
+        with self.lock:
+            if self.links.get(link.identity) is not link:
+                return
+            del self.links[link.identity]
+            self.log(f"site '{link.identity}' disconnected: {reason}")
+            self.store.record_event(self.run_id, "stream_closed", link.identity, {"reason": reason})
+            self._apply(self.machine.site_disconnected(link.identity, time.monotonic()))
+
+    def tick(self) -> None:
+        with self.lock:
+            self._apply(self.machine.tick(time.monotonic()))
+
+    # -- persistence, then sending --------------------------------------------------------
+
+    def _apply(self, outgoing: list[Outgoing]) -> None:
+        for event in self.machine.drain_events():
+            self._persist(event)
+        for recipient, env in outgoing:
+            link = self.links.get(recipient)
+            if link is not None:
+                link.send(env)
+        if self.machine.done and not self.finished.is_set():
+            self._finish()
+
+    def _persist(self, ev: RuntimeEvent) -> None:
+        store, run = self.store, self.run_id
+        site = ev.site or None
+        detail = ev.detail
+        store.record_event(run, ev.kind, site, detail)
+        if ev.kind == "round_started":
+            store.start_round(run, ev.round, detail.get("sampled", []))
+            for s, reason in dict(detail.get("dropped", {})).items():
+                store.record_participant(run, ev.round, s, "dropped", str(reason))
+            for s in detail.get("requested", []):
+                store.record_participant(run, ev.round, s, "requested")
+            self.log(f"round {ev.round + 1}: training at {', '.join(detail.get('requested', []))}")
+        elif ev.kind == "update_accepted":
+            store.record_participant(
+                run, ev.round, ev.site, "contributed", "", detail.get("update_hash"),
+                int(detail.get("nbytes", 0)),
+            )  # fmt: skip
+        elif ev.kind == "update_rejected":
+            store.record_participant(
+                run, ev.round, ev.site, "rejected", str(detail.get("reason", "")),
+                detail.get("update_hash"),
+            )  # fmt: skip
+            self.log(f"update from '{ev.site}' rejected: {detail.get('reason')}")
+        elif ev.kind == "site_dropped" and self.machine.current is not None:
+            store.record_participant(
+                run, self.machine.current.round, ev.site, "dropped", str(detail.get("reason"))
+            )
+            self.log(f"site '{ev.site}' dropped from the round: {detail.get('reason')}")
+        elif ev.kind == "round_finished":
+            record = detail.get("record", {})
+            round_index = int(record.get("round", ev.round)) - 1
+            store.finish_round(run, round_index, record)
+            state, extra = self.machine.checkpoint()
+            save_checkpoint(run_dir(self.folder, run), state, {}, extra)
+            self.log(
+                f"round {round_index + 1} done: {len(record.get('participants', []))} site(s), "
+                f"pooled {json.dumps(record.get('pooled_metrics', {}))}"
+            )
+        elif ev.kind in {"waiting_approval", "site_approved", "data_problem"}:
+            status = {"waiting_approval": "waiting for approval", "site_approved": "approved"}
+            text = json.dumps(detail.get("problems") or detail.get("plan_hash", ""))
+            store.set_site_status(run, ev.site, status.get(ev.kind, "data problem"), text)
+            if ev.kind == "waiting_approval":
+                self.log(
+                    f"site '{ev.site}' is waiting for its data owner to run: "
+                    f"fedcare site approve {detail.get('plan_hash')}"
+                )
+            elif ev.kind == "data_problem":
+                self.log(f"site '{ev.site}' reports data problems: {detail.get('problems')}")
+        elif ev.kind in {"site_connected", "site_disconnected"}:
+            store.set_site_status(run, ev.site, ev.kind.removeprefix("site_"))
+        elif ev.kind == "message_rejected":
+            self.log(f"message from '{ev.site}' rejected: {detail}")
+        if ev.kind in AUDITED:
+            body = {"run_id": run, "round": ev.round, **detail}
+            if ev.site:
+                body["site"] = ev.site
+            self.audit.append(ev.kind, self.security.author, body, self.signing_key)
+
+    def _finish(self) -> None:
+        machine = self.machine
+        status = "finished" if machine.phase is Phase.FINISHED else "failed"
+        folder = run_dir(self.folder, self.run_id)
+        save_file(
+            {"params": np.ascontiguousarray(machine.final_params)}, folder / "model.safetensors"
+        )
+        _write_json_atomic(
+            folder / "result.json",
+            {
+                "run_id": self.run_id,
+                "status": status,
+                "rounds": machine.round,
+                "failure": machine.failure,
+                "plan_hash": machine.plan_hash,
+                "history": machine.checkpoint()[1]["history"],
+                "final_eval": {s: e.summary() for s, e in machine.final_eval.items()},
+            },
+        )
+        self.store.set_status(self.run_id, status)
+        self.log(f"run {self.run_id} {status} after {machine.round} round(s)")
+        self.finished.set()
+
+    def outcome(self) -> RunOutcome:
+        m = self.machine
+        status = {Phase.FINISHED: "finished", Phase.FAILED: "failed"}.get(m.phase, "stopped")
+        history = m.checkpoint()[1]["history"]
+        return RunOutcome(self.run_id, status, m.round, m.final_params, history, m.failure)
+
+
+def new_run(
+    folder: Path,
+    run_id: str,
+    plan: RunPlan,
+    initial_params: FloatVector,
+    security: Security,
+    options: CoordinatorOptions | None = None,
+    log: Log = print,
+) -> CoordinatorDriver:
+    """Register a new run (store, plan file, audit 'job_submitted') and its driver."""
+    options = options or CoordinatorOptions()
+    store = RunStore.in_folder(folder)
+    store.create_run(
+        run_id, plan.study, plan.hash, {"plan": plan.to_dict(), "options": asdict(options)}
+    )
+    save_plan(folder, run_id, plan, options)
+    machine = CoordinatorMachine(run_id, plan, initial_params, options=options)
+    driver = CoordinatorDriver(folder, machine, security, store=store, log=log)
+    driver.audit.append(
+        "job_submitted",
+        security.author,
+        {"run_id": run_id, "plan_hash": plan.hash, "sites": list(plan.sites)},
+        driver.signing_key,
+    )
+    store.set_status(run_id, "waiting")
+    return driver
+
+
+def resume_run(
+    folder: Path, run_id: str, security: Security, log: Log = print
+) -> CoordinatorDriver:
+    """Continue a run from its last checkpoint (or from the start if no round finished)."""
+    plan, options = load_plan(folder, run_id)
+    store = RunStore.in_folder(folder)
+    record = store.run(run_id)
+    if record.status in {"finished", "failed"}:
+        raise ConfigError(f"run '{run_id}' is already {record.status}; nothing to resume")
+    directory = run_dir(folder, run_id)
+    if (directory / "checkpoint.safetensors").exists():
+        ckpt = load_checkpoint(directory)
+        machine = CoordinatorMachine.restore(plan, ckpt.state, ckpt.extra, options=options)
+        log(f"resuming run {run_id} after round {machine.round}")
+    else:
+        init = np.load(directory / "initial.npy", allow_pickle=False)
+        machine = CoordinatorMachine(run_id, plan, init, options=options)
+        log(f"resuming run {run_id} from its start (no round had finished)")
+    store.record_event(run_id, "run_resumed", None, {"round": machine.round})
+    store.set_status(run_id, "waiting")
+    return CoordinatorDriver(folder, machine, security, store=store, log=log)
+
+
+def save_initial(folder: Path, run_id: str, params: FloatVector) -> None:
+    """Keep the initial model so a run killed before its first checkpoint can resume."""
+    path = run_dir(folder, run_id) / "initial.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(params, np.float32), allow_pickle=False)
+
+
+def serve(
+    driver: CoordinatorDriver,
+    address: str,
+    *,
+    limits: TransportLimits | None = None,
+    insecure: bool = False,
+    tick_s: float = 0.2,
+    ready: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> RunOutcome:
+    """Listen for sites until the run ends (or ``stop`` is set); return its outcome."""
+    bundle = driver.security.bundle
+    if not insecure and bundle is None:
+        raise ConfigError("the coordinator needs its bundle (--bundle), or --insecure on loopback")
+    size = int(driver.machine.size) * 4
+    limits = limits or TransportLimits(inflight_bytes=max(size, 64 << 20))
+    server = CoordinatorServer(
+        address,
+        driver,
+        tls=bundle,
+        peer_check=driver.security.peer_check(),
+        limits=limits,
+        insecure=insecure,
+        max_sites=max(8, 2 * len(driver.machine.plan.sites)),
+    )
+    port = server.start()
+    driver.log(f"coordinator for run {driver.run_id} listening on port {port}")
+    if ready is not None:
+        ready(port)
+    stop = stop or threading.Event()
+    try:
+        while not driver.finished.wait(tick_s) and not stop.is_set():
+            driver.tick()
+        # Let the last messages (RunFinished) reach the sites before closing the streams.
+        time.sleep(0.5 if driver.finished.is_set() else 0.0)
+        with driver.lock:
+            for link in list(driver.links.values()):
+                link.close()
+    finally:
+        server.stop(1.0)
+        driver.store.close()
+    return driver.outcome()
+
+
+def describe_waiting(machine: CoordinatorMachine) -> Mapping[str, str]:
+    """Why each site that is not ready is not (for the console and status)."""
+    return {n: s.why_not_ready() for n, s in machine.sites.items() if not s.ready}
+
+
+__all__ = [
+    "CoordinatorDriver",
+    "FedcareError",
+    "RunOutcome",
+    "Security",
+    "describe_waiting",
+    "load_plan",
+    "new_run",
+    "resume_run",
+    "run_dir",
+    "save_initial",
+    "serve",
+]

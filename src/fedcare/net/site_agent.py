@@ -1,0 +1,185 @@
+"""The site agent: runs next to a hospital's data and drives its SiteMachine over gRPC.
+
+It connects *out* to the coordinator (no inbound port at the hospital), says Hello with
+the result of checking its data against the study schema (problems are printed here and
+reported to the coordinator; nothing trains on data that failed), and then answers the
+coordinator's messages with the machine's replies. A lost connection is retried with
+exponential back-off; a refused certificate is not retried. The machine's per-site state
+(SCAFFOLD control variate, personal model) is written atomically after every message that
+changes it, so a site that crashes and restarts rejoins with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedcare.core.errors import ConfigError
+from fedcare.net.channel import Backoff, SiteSession, TransportError, TransportLimits, open_session
+from fedcare.net.tls import TlsBundle
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.site import SiteMachine, SitePhase
+
+Log = Callable[[str], None]
+STATE_FILE = "site-state.safetensors"
+
+
+def save_site_state(directory: Path, machine: SiteMachine) -> None:
+    """Atomic: a crash mid-write leaves the previous state file intact."""
+    tensors, meta = machine.checkpoint()
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
+    os.close(fd)
+    try:
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(arrays, tmp, metadata={"meta": json.dumps(meta)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / STATE_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_site_state(directory: Path, machine: SiteMachine) -> bool:
+    path = directory / STATE_FILE
+    if not path.exists():
+        return False
+    with open(path, "rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    meta = json.loads(header.get("__metadata__", {}).get("meta", "{}"))
+    machine.restore(dict(load_file(str(path))), meta)
+    return True
+
+
+class SiteAgent:
+    """Keeps one site connected until its run finishes (or ``stop`` is set)."""
+
+    def __init__(
+        self,
+        machine: SiteMachine,
+        target: str,
+        *,
+        bundle: TlsBundle | None,
+        state_dir: Path,
+        limits: TransportLimits | None = None,
+        log: Log = print,
+        backoff: Backoff | None = None,
+        tick_s: float = 0.5,
+        server_name: str | None = None,
+    ) -> None:
+        if bundle is not None and bundle.role != "site":
+            raise ConfigError(f"bundle of '{bundle.name}' is a {bundle.role} bundle, not a site's")
+        self.machine = machine
+        self.target = target
+        self.bundle = bundle
+        self.state_dir = Path(state_dir)
+        self.limits = limits or TransportLimits()
+        self.log = log
+        self.backoff = backoff or Backoff()
+        self.tick_s = tick_s
+        self.server_name = server_name
+        self.lock = threading.Lock()
+        self.session: SiteSession | None = None
+        if load_site_state(self.state_dir, machine):
+            log(f"restored this site's algorithm state from {self.state_dir / STATE_FILE}")
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.phase in (SitePhase.FINISHED, SitePhase.REFUSED)
+
+    def run(self, stop: threading.Event | None = None) -> SitePhase:
+        stop = stop or threading.Event()
+        ticker = threading.Thread(target=self._tick_loop, args=(stop,), daemon=True)
+        ticker.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self._connect_once(stop)
+                except TransportError as exc:
+                    if exc.refused:
+                        self.log(f"the coordinator refused this site: {exc}")
+                        raise
+                    delay = self.backoff.next_delay()
+                    self.log(f"{exc}; reconnecting in {delay:.1f} s")
+                    stop.wait(delay)
+                    continue
+                if self.machine.phase is SitePhase.FINISHED or (
+                    self.machine.phase is SitePhase.REFUSED
+                ):
+                    break
+                delay = self.backoff.next_delay()
+                self.log(f"coordinator closed the stream; reconnecting in {delay:.1f} s")
+                stop.wait(delay)
+        finally:
+            stop.set()
+            ticker.join(timeout=2)
+        return self.machine.phase
+
+    def _connect_once(self, stop: threading.Event) -> None:
+        session = open_session(
+            self.target,
+            tls=self.bundle,
+            identity_if_insecure=self.machine.name,
+            limits=self.limits,
+            server_name=self.server_name,
+        )
+        self.log(f"connected to the coordinator at {self.target}")
+        with self.lock:
+            self.session = session
+            self._send(self.machine.start(time.monotonic()))
+        try:
+            for env in session:
+                self.backoff.reset()  # the coordinator answered: the next outage starts short
+                with self.lock:
+                    self._send(self.machine.handle(env, time.monotonic()))
+                if self.finished or stop.is_set():
+                    break
+        finally:
+            with self.lock:
+                self.session = None
+            session.close()
+            if self.finished or stop.is_set():
+                session.cancel()
+
+    def _send(self, replies: list[Envelope]) -> None:
+        """Persist state and report events first, then send (a crash never loses state
+        for an update the coordinator already has)."""
+        events = self.machine.drain_events()
+        if events or replies:
+            save_site_state(self.state_dir, self.machine)
+        for ev in events:
+            self._report(ev.kind, ev.round, ev.detail)
+        if self.session is not None:
+            for env in replies:
+                self.session.send(env)
+
+    def _report(self, kind: str, round_: int, detail: dict[str, Any]) -> None:
+        if kind == "data_invalid":
+            self.log("DATA CHECK FAILED; nothing will run on this site's data:")
+            for problem in detail.get("problems", []):
+                self.log(f"  - {problem}")
+        elif kind == "waiting_approval":
+            self.log(
+                f"job plan {detail.get('plan_hash')} waits for approval; review it, then run: "
+                f"fedcare site approve {detail.get('plan_hash')}"
+            )
+        elif kind in {"approved", "run_finished", "coordinator_error", "message_rejected"}:
+            self.log(f"{kind.replace('_', ' ')}: {json.dumps(detail, default=str)}")
+        elif kind in {"trained", "update_sent"}:
+            self.log(f"round {round_ + 1}: {kind.replace('_', ' ')}")
+
+    def _tick_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.tick_s):
+            with self.lock:
+                if self.session is not None:
+                    self._send(self.machine.tick(time.monotonic()))
