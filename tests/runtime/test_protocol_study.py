@@ -63,7 +63,7 @@ class Loopback:
 
     def run(self, max_steps: int = 10_000, stop=None) -> None:
         for _ in range(max_steps):
-            if self.coordinator.done or not self.queue or (stop is not None and stop()):
+            if not self.queue or (stop is not None and stop()):
                 return
             self.step()
 
