@@ -1,0 +1,253 @@
+"""The heart study deployed: a coordinator and four site processes on loopback with mTLS.
+
+Real processes started through the ``fedcare`` CLI (plus one site that crashes on purpose),
+real certificates from the study CA, real kill -9. Each test says which failure it stages.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedcare.algorithms.registry import build_strategy
+from fedcare.cli.deploy import initial_model, plan_from_study
+from fedcare.data.registry import load_dataset
+from fedcare.models.registry import build_model
+from fedcare.net.store import RunStore
+from fedcare.net.tls import TlsBundle, init_study_ca, issue_bundle
+from fedcare.runtime.approvals import ApprovalStore
+from fedcare.runtime.audit import verify
+from fedcare.runtime.sampling import Participation
+from fedcare.sim.engine import FederatedSimulation
+from fedcare.study.config import load_config
+
+pytestmark = pytest.mark.slow
+
+SITES = ("cleveland", "hungarian", "switzerland", "va")
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = """\
+name: heart-deploy
+dataset: {name: heart-disease}
+model: {name: logistic}
+seeds: [0]
+rounds: ROUNDS
+local: {optimizer: sgd, lr: 0.02, epochs: 1, batch_size: 16}
+baselines: []
+strategies:
+  - name: fedavg
+"""
+
+
+@dataclass
+class Deployment:
+    """A study folder, its CA and bundles, and the processes started for one test."""
+
+    root: Path
+    rounds: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def study(self) -> Path:
+        return self.root / "study.yaml"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def log(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def plan(self):  # type: ignore[no-untyped-def]
+        return plan_from_study(load_config(self.study), None, None, None, None)
+
+    def approve_everywhere(self) -> None:
+        for site in SITES:
+            ApprovalStore(self.root / "sites" / site / "approvals.json").approve(
+                self.plan().hash, by=f"data owner of {site}"
+            )
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.log(name), "ab") as fh:
+            proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, cwd=self.root)
+        self.procs.append(proc)
+        return proc
+
+    def coordinator(self, *extra: str, port: int = 0, resume: str | None = None):  # type: ignore[no-untyped-def]
+        port_file = self.root / "port"
+        port_file.unlink(missing_ok=True)
+        command = ["resume", resume] if resume else ["start", "--study", str(self.study)]
+        common = [
+            "--out", str(self.out), "--bundle", "bundles/coordinator", "--ca", "ca",
+            "--address", f"127.0.0.1:{port}", "--port-file", str(port_file),
+        ]  # fmt: skip
+        args = [sys.executable, "-m", "fedcare.cli.main", "coordinator", *command, *common]
+        proc = self.spawn("coordinator", args + list(extra))
+        deadline = time.monotonic() + 90
+        while not port_file.exists() or not port_file.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(self.log("coordinator").read_text())
+            time.sleep(0.1)
+        return proc, int(port_file.read_text())
+
+    def site(self, name: str, port: int) -> subprocess.Popen[bytes]:
+        return self.spawn(
+            name,
+            [
+                sys.executable, "-m", "fedcare.cli.main", "site", "start",
+                "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{name}",
+                "--data", f"heart-disease:{name}", "--state", f"sites/{name}",
+            ],
+        )  # fmt: skip
+
+    def wait_log(self, name: str, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log(name).read_text():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"'{text}' not in {name}.log:\n{self.log(name).read_text()}")
+            time.sleep(0.1)
+
+    def final_model(self, run_id: str) -> np.ndarray:
+        return load_file(str(self.out / "deploy" / run_id / "model.safetensors"))["params"]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    rounds = getattr(request, "param", 6)
+    ca = init_study_ca(tmp_path / "ca", "heart-deploy")
+    issue_bundle(ca, "coordinator", tmp_path / "bundles" / "coordinator", "coordinator")
+    for site in SITES:
+        issue_bundle(ca, site, tmp_path / "bundles" / site, "site")
+    (tmp_path / "study.yaml").write_text(STUDY.replace("ROUNDS", str(rounds)))
+    dep = Deployment(tmp_path, rounds)
+    yield dep
+    for proc in dep.procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def simulated_model(dep: Deployment) -> np.ndarray:
+    """The same study in the simulator, uninterrupted: the model the deployment must reach."""
+    plan = dep.plan()
+    dataset = load_dataset("heart-disease")
+    sim = FederatedSimulation(
+        module=build_model("logistic", dataset.input_shape, dataset.num_classes),
+        dataset=dataset,
+        strategy=build_strategy(plan.strategy, plan.strategy_params),
+        spec=plan.spec,
+        rounds=plan.rounds,
+        seed=plan.seed,
+        participation=Participation(1.0, 1),
+    )
+    return sim.run().final_params[0]
+
+
+def cli(dep: Deployment, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedcare.cli.main", *args],
+        cwd=dep.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("deployment", [10], indirect=True)
+def test_heart_study_over_mtls_survives_kill_9_of_the_coordinator_and_matches_the_simulator(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.approve_everywhere()
+    coordinator, port = dep.coordinator(
+        "--run-id", "heart-run", "--start-grace", "300", "--round-timeout", "120"
+    )
+    for site in SITES:
+        dep.site(site, port)
+    dep.wait_log("coordinator", "round 3 done")
+    coordinator.send_signal(signal.SIGKILL)  # no clean-up, no last checkpoint
+    coordinator.wait()
+    assert "finished after" not in dep.log("coordinator").read_text()
+
+    resumed, _ = dep.coordinator(resume="heart-run", port=port)
+    assert resumed.wait(timeout=150) == 0, dep.log("coordinator").read_text()
+    assert "resuming run heart-run after round" in dep.log("coordinator").read_text()
+
+    deployed = dep.final_model("heart-run")
+    np.testing.assert_allclose(deployed, simulated_model(dep), rtol=0, atol=1e-6)
+    assert not np.allclose(deployed, initial_model(dep.plan()))
+
+    with RunStore.in_folder(dep.out) as store:
+        assert store.run("heart-run").status == "finished"
+        rounds = store.rounds("heart-run")
+        assert [r.round for r in rounds] == list(range(dep.rounds))
+        assert all(sorted(r.by_status("contributed")) == sorted(SITES) for r in rounds)
+        assert store.events("heart-run", "run_resumed")
+    status = cli(dep, "coordinator", "status", "--out", str(dep.out))
+    assert "heart-run" in status and "finished" in status
+    keys = {"coordinator": TlsBundle.load(dep.root / "bundles/coordinator").signing_public_key()}
+    report = verify(dep.out / "audit.log", keys)
+    assert report.ok, report.summary()
+    for site in SITES:
+        assert f"site '{site}': run over (finished)" in dep.log(site).read_text()
+
+
+def test_a_site_killed_mid_round_is_dropped_from_that_round_and_rejoins_after_restart(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.approve_everywhere()
+    coordinator, port = dep.coordinator(
+        "--run-id", "crash-run", "--start-grace", "20", "--round-timeout", "60"
+    )
+    for site in SITES[:3]:
+        dep.site(site, port)
+    crash_round = 2
+    crashing = dep.spawn(
+        "va",
+        [
+            sys.executable, str(ROOT / "tests/e2e/crashing_site.py"), f"127.0.0.1:{port}",
+            "bundles/va", "sites/va", "heart-disease:va", str(crash_round),
+        ],
+    )  # fmt: skip
+    assert crashing.wait(timeout=120) == 9
+    dep.site("va", port)  # the hospital restarts its agent
+    assert coordinator.wait(timeout=150) == 0, dep.log("coordinator").read_text()
+
+    with RunStore.in_folder(dep.out) as store:
+        rounds = {r.round: r for r in store.rounds("crash-run")}
+        dropped = rounds[crash_round]
+        assert sorted(dropped.by_status("contributed")) == sorted(SITES[:3])
+        assert "va" in dropped.by_status("dropped")
+        assert all(r.status == "finished" for r in rounds.values())
+        assert any("va" in r.by_status("contributed") for k, r in rounds.items() if k > crash_round)
+    assert "site 'va' dropped from the round" in dep.log("coordinator").read_text()
+
+
+@pytest.mark.parametrize("deployment", [3], indirect=True)
+def test_site_waits_for_its_data_owner_and_the_coordinator_says_so(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    coordinator, port = dep.coordinator("--run-id", "approve-run", "--start-grace", "300")
+    for site in SITES:
+        dep.site(site, port)
+    plan_hash = dep.plan().hash
+    dep.wait_log("coordinator", "site 'va' is waiting for its data owner")
+    dep.wait_log("va", f"fedcare site approve {plan_hash}")
+    status = cli(dep, "coordinator", "status", "--out", str(dep.out))
+    assert "waiting for approval" in status
+    assert "training at" not in dep.log("coordinator").read_text()  # nothing ran unapproved
+    for site in SITES:
+        cli(dep, "site", "approve", plan_hash, "--state", f"sites/{site}", "--by", "test")
+    assert coordinator.wait(timeout=120) == 0, dep.log("coordinator").read_text()
