@@ -1,0 +1,264 @@
+"""Sample-level DP-SGD (Abadi et al. 2016) on fedcare's flat parameter vectors.
+
+Each step: Poisson-sample the batch (every row independently with probability q), compute
+per-sample gradients with ``torch.func`` (``vmap(grad(loss))`` over the batch, one
+vectorised backward pass), clip each sample's gradient over *all* parameters to L2 norm C,
+sum, add N(0, (zC)^2), divide by the expected batch size q*n (not the realised one, which
+would leak), then take the optimiser step. The site's accountant records every step as it
+is taken, so no noised step goes uncounted.
+
+The trainer has :class:`fedcare.ml.trainer.LocalTrainer`'s interface: flat start vectors
+in, :class:`TrainResult` out. Schedules come from :func:`poisson_schedule` (same padded
+format as ``batch_schedule``), seeded from the run's stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedcare.core.errors import ConfigError, TrainingDivergedError
+from fedcare.core.records import LocalObjective, TrainSpec
+from fedcare.core.vectors import ParamLayout
+from fedcare.ml import optim
+from fedcare.ml.databank import DataBank
+from fedcare.ml.losses import per_sample_loss
+from fedcare.ml.schedule import PAD
+from fedcare.ml.torch_adapter import has_buffers, layout_of, module_to_vector
+from fedcare.ml.trainer import TrainResult
+from fedcare.privacy.accountant import PrivacyAccountant
+from fedcare.privacy.mechanisms import secure_rng
+
+# As Opacus: clip factor C / (norm + 1e-6), so a clipped norm stays strictly below C.
+_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """Noise multiplier z and per-sample clip norm C (``math.inf``: no clipping, not private)."""
+
+    noise_multiplier: float
+    clip_norm: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(
+                f"DP-SGD noise_multiplier must be finite and >= 0, found {self.noise_multiplier}"
+            )
+        if not (self.clip_norm > 0):
+            raise ConfigError(f"DP-SGD clip_norm must be > 0, found {self.clip_norm}")
+        if math.isinf(self.clip_norm) and self.noise_multiplier > 0:
+            raise ConfigError(
+                "DP-SGD with clip_norm = inf cannot be private; set a finite clip_norm"
+            )
+
+
+def sampling_rate(num_samples: int, spec: TrainSpec) -> float:
+    """q = batch_size / n: the expected batch is ``spec.batch_size`` rows (full batch: q = 1)."""
+    if num_samples <= 0:
+        raise ConfigError(f"DP-SGD needs a site with at least one row, found {num_samples}")
+    if spec.batch_size is None:
+        return 1.0
+    return min(1.0, spec.batch_size / num_samples)
+
+
+def poisson_schedule(
+    num_samples: int, spec: TrainSpec, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """Row indices per step, (steps, max batch), padded with -1: each row joins each step's
+    batch independently with probability q (Poisson sampling, which the accountant assumes).
+
+    ``spec.steps_for(n)`` steps, as ``batch_schedule`` takes; batches may be empty.
+    """
+    q = sampling_rate(num_samples, spec)
+    steps = spec.steps_for(num_samples)
+    chosen = rng.random((steps, num_samples)) < q
+    width = max(int(chosen.sum(axis=1).max(initial=0)), 1)
+    out = np.full((steps, width), PAD, dtype=np.int64)
+    for s in range(steps):
+        rows = np.flatnonzero(chosen[s])
+        out[s, : rows.size] = rows
+    return out
+
+
+class DPSGDTrainer:
+    """Trains copies of one architecture at several sites with sample-level DP-SGD."""
+
+    def __init__(self, module: nn.Module, num_classes: int, config: DPSGDConfig) -> None:
+        if has_buffers(module):
+            raise ConfigError(
+                f"{type(module).__name__} has buffers (batch-norm statistics), which mix "
+                "samples within a batch and break per-sample privacy; use a model without "
+                "batch norm (norm: false) for DP-SGD"
+            )
+        self.module = module
+        self.num_classes = num_classes
+        self.config = config
+        self.layout: ParamLayout = layout_of(module)
+        self._views = [
+            (spec.name, start, stop, spec.shape, spec.trainable)
+            for spec, start, stop in self.layout.offsets()
+        ]
+        self._trainable_names = [name for name, _, _, _, trainable in self._views if trainable]
+        self._grad_fn = vmap(
+            grad_and_value(self._sample_loss), in_dims=(None, None, 0, 0), randomness="different"
+        )
+
+    def initial_vector(self) -> npt.NDArray[np.float32]:
+        return module_to_vector(self.module, self.layout)
+
+    def _sample_loss(
+        self,
+        trainable: dict[str, torch.Tensor],
+        frozen: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = functional_call(self.module, {**trainable, **frozen}, (x.unsqueeze(0),))
+        return per_sample_loss(logits, y.unsqueeze(0), self.num_classes).sum()
+
+    def _split(self, flat: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        trainable: dict[str, torch.Tensor] = {}
+        frozen: dict[str, torch.Tensor] = {}
+        for name, start, stop, shape, is_trainable in self._views:
+            (trainable if is_trainable else frozen)[name] = flat[start:stop].view(shape)
+        return trainable, frozen
+
+    def per_sample_gradients(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per-sample gradients ``{name: (B, *shape)}`` of the trainable tensors, and the
+        per-sample losses (B,), in one vectorised pass."""
+        trainable, frozen = self._split(flat)
+        return self._grad_fn(trainable, frozen, x, y)
+
+    def clipped_gradient_sum(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sum over the batch of per-sample gradients clipped to C, as a flat (P,) vector
+        (zeros at frozen entries); also the per-sample norms before clipping and losses."""
+        out = torch.zeros(self.layout.size, dtype=flat.dtype)
+        if x.shape[0] == 0:
+            return out, torch.zeros(0), torch.zeros(0)
+        grads, losses = self.per_sample_gradients(flat, x, y)
+        squares = torch.stack(
+            [g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads.values()]
+        )
+        norms = squares.sum(dim=0).sqrt()
+        factor = (self.config.clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+        for name, start, stop, _, _ in self._views:
+            if name in grads:
+                g = grads[name]
+                out[start:stop] = (factor @ g.reshape(g.shape[0], -1)).reshape(-1)
+        return out, norms, losses
+
+    def train(
+        self,
+        bank: DataBank,
+        sites: Sequence[int],
+        starts: npt.NDArray[np.float32],
+        schedules: Sequence[npt.NDArray[np.int64]],
+        objectives: Sequence[LocalObjective],
+        spec: TrainSpec,
+        opt_states: Sequence[Any] | None = None,
+        *,
+        accountants: Sequence[PrivacyAccountant],
+        noise_rngs: Sequence[np.random.Generator] | None = None,
+    ) -> TrainResult:
+        """Train ``sites`` from ``starts`` (K, P) along Poisson ``schedules``.
+
+        ``accountants`` (one per site) record every step; ``noise_rngs`` (one per site, from
+        the run's seed stream for reproducible simulation) default to CSPRNG-seeded ones.
+        """
+        k = len(sites)
+        if starts.shape != (k, self.layout.size):
+            raise ValueError(
+                f"starts must have shape ({k}, {self.layout.size}), found {starts.shape}"
+            )
+        if not (len(schedules) == len(objectives) == len(accountants) == k):
+            raise ValueError("one schedule, objective and accountant per site are required")
+        if noise_rngs is not None and len(noise_rngs) != k:
+            raise ValueError("one noise generator per site is required")
+        out = np.empty((k, self.layout.size), dtype=np.float32)
+        steps = np.zeros(k, dtype=np.int64)
+        losses = np.zeros(k, dtype=np.float64)
+        states: list[Any] = []
+        self.module.train()
+        for i, site in enumerate(sites):
+            rng = noise_rngs[i] if noise_rngs is not None else secure_rng()
+            state = None if opt_states is None else opt_states[i]
+            out[i], steps[i], losses[i], new_state = self._train_site(
+                bank, int(site), starts[i], schedules[i], objectives[i], spec, state,
+                accountants[i], rng,
+            )  # fmt: skip
+            states.append(new_state)
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            bad = [int(sites[int(j)]) for j in np.flatnonzero(~finite)]
+            raise TrainingDivergedError(
+                f"DP-SGD diverged (non-finite parameters) at site index(es) {bad[:10]}; lower "
+                f"local.lr (now {spec.lr}) or the clip norm (now {self.config.clip_norm})"
+            )
+        return TrainResult(out, steps, losses, states)
+
+    def _train_site(
+        self,
+        bank: DataBank,
+        site: int,
+        start: npt.NDArray[np.float32],
+        schedule: npt.NDArray[np.int64],
+        objective: LocalObjective,
+        spec: TrainSpec,
+        opt_state: dict[str, torch.Tensor] | None,
+        accountant: PrivacyAccountant,
+        rng: np.random.Generator,
+    ) -> tuple[npt.NDArray[np.float32], int, float, dict[str, torch.Tensor]]:
+        x_site, y_site = bank.site_arrays(site)
+        n = int(bank.counts[site])
+        q = sampling_rate(n, spec)
+        expected_batch = q * n
+        z, clip = self.config.noise_multiplier, self.config.clip_norm
+        noise_std = z * clip if z > 0 else 0.0
+        trainable = torch.from_numpy(self.layout.mask())
+        anchor = torch.from_numpy(objective.anchor if objective.anchor is not None else start)
+        correction = (
+            torch.from_numpy(objective.correction) if objective.correction is not None else None
+        )
+        flat = torch.from_numpy(np.array(start, dtype=np.float32, copy=True))[None]
+        if opt_state is None:
+            state = optim.init_state(spec, flat)
+        else:
+            state = {key: v[None].clone() for key, v in opt_state.items()}
+        active = torch.ones(1, dtype=torch.bool)
+        loss_sum, loss_rows = 0.0, 0
+        with torch.enable_grad():
+            for batch in schedule:
+                rows = torch.from_numpy(batch[batch >= 0])
+                total, _, sample_losses = self.clipped_gradient_sum(
+                    flat[0], x_site[rows], y_site[rows]
+                )
+                if noise_std > 0:
+                    noise = torch.from_numpy(
+                        rng.standard_normal(self.layout.size, dtype=np.float32)
+                    )
+                    total = total + noise_std * noise * trainable
+                grad = total / expected_batch
+                if objective.prox_mu:
+                    grad = grad + objective.prox_mu * (flat[0] - anchor) * trainable
+                if correction is not None:
+                    grad = grad + correction * trainable
+                flat = optim.step(spec, flat, grad[None], state, active)
+                accountant.record(z, q)
+                loss_sum += float(sample_losses.sum())
+                loss_rows += int(rows.numel())
+        new_state = {key: v[0].clone() for key, v in state.items()}
+        mean_loss = loss_sum / max(loss_rows, 1)
+        return flat[0].detach().numpy(), len(schedule), mean_loss, new_state
