@@ -272,3 +272,12 @@ def test_a_new_run_starts_from_fresh_algorithm_state(store):
     next_run = as_coordinator(JobPlan("run-2", 0, p.to_dict(), p.hash))
     assert reply(site, next_run)[0].approved
     assert site.state == {} and site.run_id == "run-2"
+
+
+def test_a_site_still_waiting_for_approval_hears_that_the_run_ended(store):
+    site, _ = machine(store)
+    p = plan()
+    reply(site, job(p))
+    assert site.phase is SitePhase.WAITING_APPROVAL
+    reply(site, as_coordinator(RunFinished("run-1", 3, "finished", "ab" * 32)))
+    assert site.phase is SitePhase.FINISHED

@@ -11,6 +11,9 @@ site's rows) is injected, built from the approved plan.
 A new state is *pending* until the coordinator reports (``contributed``) that the update it
 came with went into an aggregate; otherwise it is dropped and the site trains the retried or
 resumed round again from its committed state, exactly as the simulator would.
+
+Drivers: persist :meth:`checkpoint` after each call that returns an update, before sending
+it, so a site that crashes and restarts still holds the state its counted update came from.
 """
 
 from __future__ import annotations
@@ -252,6 +255,7 @@ class SiteMachine:
         self.plan_hash = str(meta.get("plan_hash", ""))
         self.committed_round = int(meta.get("committed_round", -1))
         self.last_round = int(meta.get("last_round", 0))
+        self.guard = ReplayGuard(self.run_id)
         self.state = {
             k.removeprefix("committed/"): v
             for k, v in tensors.items()
@@ -294,11 +298,9 @@ class SiteMachine:
         if not decision.approved:
             self.phase = SitePhase.WAITING_APPROVAL
             self.offered = (message.plan, computed)
-            self.run_id = message.run_id
             self._event("waiting_approval", {"plan_hash": computed, "detail": decision.reason})
             status = ApprovalStatus(message.run_id, message.round, computed, False, decision.reason)
             return [status.to_envelope()]
-        self.run_id = message.run_id
         return self._apply_decision(message.plan, computed, decision)
 
     def _apply_decision(
@@ -315,7 +317,6 @@ class SiteMachine:
         self.strategy = plan.build_strategy()
         kind = self.strategy.personal.mask_kind
         self.mask = work.local_mask(kind) if kind else None
-        self.guard.run_id = self.run_id
         self.phase = SitePhase.READY
         self._event("approved", {"plan_hash": hash_, "detail": decision.reason})
         status = ApprovalStatus(self.run_id, self.last_round, hash_, True, decision.reason)
