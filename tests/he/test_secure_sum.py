@@ -56,6 +56,8 @@ def test_the_coordinator_only_ever_holds_the_public_context(sites):
     site = sites["hungary"]
     with pytest.raises(ConfigError, match="holds a secret key"):
         HeCoordinator(secret_context_bytes(site.keys))
+    with pytest.raises(ConfigError, match="must never hold the sites' keys"):
+        HeCoordinator(site.keys)
     coordinator = HeCoordinator(site.public_context())
     assert not coordinator.context.context.is_private()
 

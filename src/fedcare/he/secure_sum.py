@@ -25,7 +25,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.core.errors import ProtocolError, UpdateRejectedError
+from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
 from fedcare.core.vectors import FloatVector
 from fedcare.he.ckks import (
     CkksAccumulator,
@@ -123,17 +123,22 @@ class HeCoordinator:
 
     def __init__(
         self,
-        context: bytes | CkksPublicContext,
+        context: bytes | bytearray | memoryview | CkksPublicContext,
         *,
         expected_length: int | None = None,
         max_summands: int | None = None,
         n_threads: int | None = None,
     ) -> None:
-        if isinstance(context, bytes):
+        if isinstance(context, bytes | bytearray | memoryview):
             self.bytes_received = len(context)
-            context = load_public_context(context, n_threads=n_threads)
-        else:
+            context = load_public_context(bytes(context), n_threads=n_threads)
+        elif isinstance(context, CkksPublicContext):
             self.bytes_received = 0
+        else:
+            raise ConfigError(
+                f"the coordinator takes public context bytes or a CkksPublicContext, found "
+                f"{type(context).__name__}; it must never hold the sites' keys"
+            )
         self.context = context
         self._acc = CkksAccumulator(context, max_summands=max_summands)
         self._key_id = context.key_id
