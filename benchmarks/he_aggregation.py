@@ -153,7 +153,7 @@ def main() -> None:
         f"  payload {r.payload_bytes / 2**20:.1f} MiB per site = "
         f"{r.payload_bytes / float_bytes:.2f}x float32 ({float_bytes / 2**20:.1f} MiB); "
         f"aggregate {r.aggregate_bytes / 2**20:.1f} MiB; public context "
-        f"{r.context_bytes / 2**10:.0f} KiB (once)"
+        f"{r.context_bytes:,} bytes (once)"
     )
     print(f"  max |decrypted sum - float64 plain sum| = {r.max_error:.2e}")
     ckks_e2e = med(r.end_to_end)

@@ -81,13 +81,23 @@ def test_the_coordinator_context_has_no_secret_key_and_cannot_decrypt(keys, coor
     chunk = ts.ckks_vector_from(coordinator_context.context, encrypted.chunks[0])
     with pytest.raises(ValueError, match="secret"):
         chunk.decrypt()
+    with pytest.raises(ValueError, match="doesn't support encryption"):
+        ts.ckks_vector(coordinator_context.context, [1.0])
+    # Parameters and key id only: a few hundred bytes, no key material at all.
+    assert len(public_context_bytes(keys)) < 1000
 
 
 def test_a_coordinator_context_with_a_secret_key_is_refused(keys):
+    secret = secret_context_bytes(keys)
     with pytest.raises(ConfigError, match="holds a secret key"):
-        load_public_context(secret_context_bytes(keys))
-    with pytest.raises(ConfigError, match="not a TenSEAL context"):
+        load_public_context(secret)
+    relabelled = b"FCPC" + secret[4:]  # a secret key set inside a public frame
+    with pytest.raises(ConfigError, match="holds a secret key"):
+        load_public_context(relabelled)
+    with pytest.raises(ConfigError, match="not a fedcare CKKS context"):
         load_public_context(b"definitely not a context")
+    with pytest.raises(ConfigError, match="bytes are not a TenSEAL context"):
+        load_public_context(public_context_bytes(keys)[:40])
 
 
 def test_other_key_holders_load_the_secret_context_and_decrypt(keys, coordinator_context):
@@ -99,6 +109,10 @@ def test_other_key_holders_load_the_secret_context_and_decrypt(keys, coordinator
         load_secret_context(public_context_bytes(keys), keys.params)
     with pytest.raises(ConfigError, match="does not match the configured parameters"):
         load_secret_context(secret_context_bytes(keys), CkksParams(scale_bits=30))
+    secret = secret_context_bytes(keys)
+    mislabelled = secret[:5] + bytes(16) + secret[21:]
+    with pytest.raises(ConfigError, match="key id does not match the key"):
+        load_secret_context(mislabelled, keys.params)
 
 
 def test_a_vector_under_another_key_set_is_refused(keys, coordinator_context):

@@ -4,8 +4,16 @@ Roles. The key holders are the sites: one of them calls :func:`generate_keys` an
 :func:`secret_context_bytes` to the others over a channel the coordinator cannot read
 (single-key HE: every site holds the same secret key, so the guarantee is against the
 coordinator and outsiders, not against a site colluding with the coordinator). The
-coordinator receives only :func:`public_context_bytes`; :func:`load_public_context`
-refuses a context that carries a secret key. It can add ciphertexts but never decrypt.
+coordinator receives only :func:`public_context_bytes`: the parameters, no key at all;
+:func:`load_public_context` refuses a context that carries a secret key. With it the
+coordinator can add ciphertexts, but neither decrypt nor encrypt.
+
+Symmetric encryption. Every party that encrypts (a site) holds the secret key anyway, so
+public-key encryption would add nothing but cost: SEAL's symmetric encryption gives the
+same RLWE ciphertexts and security at about half the encryption time (measured: 4.8 vs
+9.5 ms per 4096-value ciphertext). Key sets are told apart by a key id, a domain-separated
+SHA-256 of the secret key; it reveals nothing about the key and travels with every
+context and ciphertext so that mixing key sets is an error, not silent garbage.
 
 Batching. A vector is cut into ``slots``-sized pieces and each piece becomes one
 TenSEAL ``CKKSVector`` (one ciphertext), so 1M parameters at N = 8192 take 245
@@ -22,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +42,12 @@ from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
 from fedcare.core.vectors import FloatVector
 from fedcare.he.encrypted_vector import KEY_ID_BYTES, EncryptedVector
 from fedcare.he.params import MAX_MODULUS_BITS_128, CkksParams, max_abs_for
+
+# Context frames: magic | version u8 | key id, then TenSEAL's own (protobuf) bytes.
+_CONTEXT_HEADER = struct.Struct(f">4sB{KEY_ID_BYTES}s")
+_PUBLIC_MAGIC = b"FCPC"
+_SECRET_MAGIC = b"FCSC"
+_CONTEXT_VERSION = 1
 
 
 def _tenseal() -> Any:
@@ -53,20 +68,21 @@ def _threads(n_threads: int | None) -> int:
     return n_threads
 
 
-def _public_bytes(context: Any) -> bytes:
-    # Public key only: the coordinator needs no relinearisation or Galois keys to add.
+def _serialize(context: Any, *, secret: bool) -> bytes:
+    # No relinearisation or Galois keys: nobody multiplies or rotates.
     return bytes(
         context.serialize(
-            save_public_key=True,
-            save_secret_key=False,
+            save_public_key=False,
+            save_secret_key=secret,
             save_galois_keys=False,
             save_relin_keys=False,
         )
     )
 
 
-def _key_id(public_bytes: bytes) -> bytes:
-    return hashlib.sha256(public_bytes).digest()[:KEY_ID_BYTES]
+def _key_id(context: Any) -> bytes:
+    secret = _serialize(context, secret=True)
+    return hashlib.sha256(b"fedcare/ckks-key-id/v1\0" + secret).digest()[:KEY_ID_BYTES]
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +96,7 @@ class CkksKeys:
 
 @dataclass(frozen=True, eq=False)
 class CkksPublicContext:
-    """The coordinator's context: parameters and public key only, so it can add but not decrypt."""
+    """The coordinator's context: parameters only, so it can add but not decrypt or encrypt."""
 
     context: Any
     key_id: bytes
@@ -97,51 +113,78 @@ def generate_keys(params: CkksParams | None = None, *, n_threads: int | None = N
         ts.SCHEME_TYPE.CKKS,
         poly_modulus_degree=params.poly_modulus_degree,
         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
         n_threads=_threads(n_threads),
     )
     context.global_scale = 2.0**params.scale_bits
-    return CkksKeys(context=context, params=params, key_id=_key_id(_public_bytes(context)))
+    return CkksKeys(context=context, params=params, key_id=_key_id(context))
 
 
 def public_context_bytes(keys: CkksKeys) -> bytes:
-    """What the coordinator gets: parameters and the public key, no secret key."""
-    return _public_bytes(keys.context)
+    """What the coordinator gets: the key id and the parameters, no key."""
+    return _frame(_PUBLIC_MAGIC, keys.key_id, _serialize(keys.context, secret=False))
 
 
 def secret_context_bytes(keys: CkksKeys) -> bytes:
     """The full key set, for the other key holders only (send over an end-to-end channel)."""
-    return bytes(keys.context.serialize(save_secret_key=True, save_relin_keys=False))
+    return _frame(_SECRET_MAGIC, keys.key_id, _serialize(keys.context, secret=True))
+
+
+def _frame(magic: bytes, key_id: bytes, body: bytes) -> bytes:
+    return _CONTEXT_HEADER.pack(magic, _CONTEXT_VERSION, key_id) + body
+
+
+def _unframe(data: bytes, *, what: str) -> tuple[bytes, bytes, bytes]:
+    """(magic, key id, TenSEAL bytes) of a context frame."""
+    if len(data) <= _CONTEXT_HEADER.size:
+        raise ConfigError(f"{what}: {len(data)} bytes is too short for a CKKS context")
+    magic, version, key_id = _CONTEXT_HEADER.unpack_from(data)
+    if magic not in (_PUBLIC_MAGIC, _SECRET_MAGIC) or version != _CONTEXT_VERSION:
+        raise ConfigError(
+            f"{what}: not a fedcare CKKS context of version {_CONTEXT_VERSION} (found magic "
+            f"{bytes(magic)!r}, version {version}); send public_context_bytes(...)"
+        )
+    return bytes(magic), bytes(key_id), bytes(data[_CONTEXT_HEADER.size :])
 
 
 def load_secret_context(
     data: bytes, params: CkksParams, *, n_threads: int | None = None
 ) -> CkksKeys:
     """Load a key holder's context and check it matches the parameters this site expects."""
-    context = _load_context(data, n_threads, what="secret CKKS context")
-    if not context.is_private():
-        raise ConfigError("secret CKKS context: the bytes hold no secret key (expected a key set)")
-    found = _describe(context, what="secret CKKS context")
+    what = "secret CKKS context"
+    magic, key_id, body = _unframe(data, what=what)
+    context = _load_context(body, n_threads, what=what)
+    if magic != _SECRET_MAGIC or not context.is_private():
+        raise ConfigError(f"{what}: the bytes hold no secret key (expected a key set)")
+    found = _describe(context, what=what)
     expected = (params.slots, params.scale_bits, params.data_modulus_bits)
     if found != expected:
         raise ConfigError(
-            f"secret CKKS context does not match the configured parameters (expected "
-            f"slots, scale bits, data bits = {expected}, found {found})"
+            f"{what} does not match the configured parameters (expected slots, scale "
+            f"bits, data bits = {expected}, found {found})"
         )
-    return CkksKeys(context=context, params=params, key_id=_key_id(_public_bytes(context)))
+    if _key_id(context) != key_id:
+        raise ConfigError(f"{what}: key id does not match the key; the bytes are corrupt")
+    return CkksKeys(context=context, params=params, key_id=key_id)
 
 
 def load_public_context(data: bytes, *, n_threads: int | None = None) -> CkksPublicContext:
     """Load the coordinator's context; refuses one that could decrypt."""
-    context = _load_context(data, n_threads, what="coordinator CKKS context")
+    what = "coordinator CKKS context"
+    magic, key_id, body = _unframe(data, what=what)
+    refusal = (
+        f"{what} holds a secret key: the coordinator must only get "
+        f"public_context_bytes(...), never the key holders' secret context"
+    )
+    if magic == _SECRET_MAGIC:
+        raise ConfigError(refusal)
+    context = _load_context(body, n_threads, what=what)
     if context.is_private():
-        raise ConfigError(
-            "coordinator CKKS context holds a secret key: the coordinator must only get "
-            "public_context_bytes(...), never the key holders' secret context"
-        )
-    slots, scale_bits, data_bits = _describe(context, what="coordinator CKKS context")
+        raise ConfigError(refusal)
+    slots, scale_bits, data_bits = _describe(context, what=what)
     return CkksPublicContext(
         context=context,
-        key_id=_key_id(_public_bytes(context)),
+        key_id=key_id,
         slots=slots,
         scale_bits=scale_bits,
         data_modulus_bits=data_bits,

@@ -1,8 +1,9 @@
 """CKKS parameters for summation only, and the security rule they must meet.
 
 Summing ciphertexts needs no multiplication, so no rescaling and no modulus chain: one
-data prime carries the values and a second, the special prime, exists only because SEAL
-generates key-switching keys with every asymmetric context. A ciphertext holds two
+data prime carries the values and a second, the special prime, exists only because
+TenSEAL generates relinearisation keys with every context and SEAL needs a special prime
+for them (they are never used or sent). A ciphertext holds two
 polynomials of ``poly_modulus_degree`` coefficients modulo the data prime (8 bytes each)
 and packs ``poly_modulus_degree / 2`` values, so it costs 8x the float32 bytes whatever
 the degree; a larger degree only means fewer, larger ciphertexts.
