@@ -67,7 +67,7 @@ class HeSite:
         self.bytes_received = 0
 
     def public_context(self) -> bytes:
-        """The coordinator's context (public key only); counted as bytes sent."""
+        """The coordinator's context (parameters and key id, no key); counted as bytes sent."""
         data = public_context_bytes(self.keys)
         self.bytes_sent += len(data)
         return data
