@@ -73,6 +73,35 @@ def test_every_clipped_per_sample_gradient_has_norm_at_most_c(name):
     assert float(total.norm()) <= clip * x.shape[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "classes", "params"),
+    [("mlp", 2, {"hidden": (8, 6)}), ("mlp", 4, {"hidden": (7,)}), ("logistic", 3, {})],
+)
+def test_dense_fast_path_gives_the_same_clipped_sum_and_norms_as_vmap(name, classes, params):
+    torch.manual_seed(8)
+    model = build_model(name, (2, 3), classes, **params)  # 2-D inputs are flattened
+    x = torch.randn(11, 2, 3)
+    y = torch.randint(0, classes, (11,))
+    config = DPSGDConfig(noise_multiplier=1.0, clip_norm=0.3)
+    dense = DPSGDTrainer(model, classes, config)
+    assert dense.method == "dense"
+    vmapped = DPSGDTrainer(model, classes, config, method="vmap")
+    flat = torch.from_numpy(dense.initial_vector())
+    sum_d, norms_d, loss_d = dense.clipped_gradient_sum(flat, x, y)
+    sum_v, norms_v, loss_v = vmapped.clipped_gradient_sum(flat, x, y)
+    assert (norms_v > 0.3).any()  # some samples are clipped
+    torch.testing.assert_close(norms_d, norms_v, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss_d, loss_v, rtol=1e-6, atol=1e-7)
+    assert float((sum_d - sum_v).norm() / sum_v.norm()) < 1e-5
+
+
+def test_models_outside_the_dense_family_use_vmap():
+    cnn = build_model("cnn", (1, 8, 8), 2, width=2)
+    assert DPSGDTrainer(cnn, 2, DPSGDConfig(1.0, 1.0)).method == "vmap"
+    with pytest.raises(ConfigError, match="dense model"):
+        DPSGDTrainer(cnn, 2, DPSGDConfig(1.0, 1.0), method="dense")
+
+
 def bank_for(sizes, num_features=5, seed=0):
     dataset = make_sites(sizes, num_features=num_features, seed=seed)
     return dataset, DataBank.from_arrays(

@@ -7,6 +7,13 @@ sum, add N(0, (zC)^2), divide by the expected batch size q*n (not the realised o
 would leak), then take the optimiser step. The site's accountant records every step as it
 is taken, so no noised step goes uncounted.
 
+Fedcare's dense models (MLP, logistic regression: only ``nn.Linear`` layers on 2-D inputs)
+take a faster, exact path: a Linear layer's per-sample weight gradient is the outer
+product of the gradient at its output and its input, so per-sample norms are products of
+two vector norms and the clipped sum is one matrix product (the "ghost clipping" identity
+of Goodfellow 2015 and Li et al. 2022); per-sample gradients are never materialised.
+Tests check both paths give the same clipped sums.
+
 The trainer has :class:`fedcare.ml.trainer.LocalTrainer`'s interface: flat start vectors
 in, :class:`TrainResult` out. Schedules come from :func:`poisson_schedule` (same padded
 format as ``batch_schedule``), seeded from the run's stream.
@@ -17,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +41,11 @@ from fedcare.ml.losses import per_sample_loss
 from fedcare.ml.schedule import PAD
 from fedcare.ml.torch_adapter import has_buffers, layout_of, module_to_vector
 from fedcare.ml.trainer import TrainResult
+from fedcare.models.stacked import StackedForward
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.mechanisms import secure_rng
+
+Method = Literal["auto", "vmap", "dense"]
 
 # As Opacus: clip factor C / (norm + 1e-6), so a clipped norm stays strictly below C.
 _NORM_EPS = 1e-6
@@ -92,7 +102,9 @@ def poisson_schedule(
 class DPSGDTrainer:
     """Trains copies of one architecture at several sites with sample-level DP-SGD."""
 
-    def __init__(self, module: nn.Module, num_classes: int, config: DPSGDConfig) -> None:
+    def __init__(
+        self, module: nn.Module, num_classes: int, config: DPSGDConfig, method: Method = "auto"
+    ) -> None:
         if has_buffers(module):
             raise ConfigError(
                 f"{type(module).__name__} has buffers (batch-norm statistics), which mix "
@@ -108,6 +120,15 @@ class DPSGDTrainer:
             for spec, start, stop in self.layout.offsets()
         ]
         self._trainable_names = [name for name, _, _, _, trainable in self._views if trainable]
+        self._linears = _dense_linears(module)
+        if method == "dense" and self._linears is None:
+            raise ConfigError(
+                f"{type(module).__name__} is not a fedcare dense model (only trainable "
+                "nn.Linear layers); use method 'vmap' or 'auto'"
+            )
+        self.method: Method = (
+            ("dense" if self._linears is not None else "vmap") if method == "auto" else method
+        )
         self._grad_fn = vmap(
             grad_and_value(self._sample_loss), in_dims=(None, None, 0, 0), randomness="different"
         )
@@ -148,6 +169,10 @@ class DPSGDTrainer:
         out = torch.zeros(self.layout.size, dtype=flat.dtype)
         if x.shape[0] == 0:
             return out, torch.zeros(0), torch.zeros(0)
+        if self.method == "dense" and self._linears is not None:
+            dense = self._dense_clipped_sum(flat, x, y, self._linears, out)
+            if dense is not None:
+                return dense
         grads, losses = self.per_sample_gradients(flat, x, y)
         squares = torch.stack(
             [g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads.values()]
@@ -159,6 +184,61 @@ class DPSGDTrainer:
                 g = grads[name]
                 out[start:stop] = (factor @ g.reshape(g.shape[0], -1)).reshape(-1)
         return out, norms, losses
+
+    def _dense_clipped_sum(
+        self,
+        flat: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        linears: dict[str, nn.Linear],
+        out: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Clipped sum for Linear-only models from layer inputs a and output gradients g:
+        per-sample grad(W) = g a^T, so its norm is |g| |a| and the clipped sum is
+        (factor * g)^T a. Returns None (use vmap) if a layer sees a non-2-D input or runs
+        twice in one forward pass."""
+        leaf = flat.detach().requires_grad_(True)
+        params = {name: leaf[start:stop].view(shape) for name, start, stop, shape, _ in self._views}
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        shapes_ok = True
+
+        def record(name: str) -> Any:
+            def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                nonlocal shapes_ok
+                shapes_ok = shapes_ok and inputs[0].dim() == 2 and name not in seen
+                seen[name] = (inputs[0].detach(), output)
+
+            return hook
+
+        handles = [m.register_forward_hook(record(n)) for n, m in linears.items()]
+        try:
+            logits = functional_call(self.module, params, (x,))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not shapes_ok or len(seen) != len(linears):
+            return None
+        losses = per_sample_loss(logits, y, self.num_classes)
+        names = list(seen)
+        gouts = torch.autograd.grad(losses.sum(), [seen[n][1] for n in names])
+        squares = torch.zeros(x.shape[0], dtype=flat.dtype)
+        for name, g in zip(names, gouts, strict=True):
+            a = seen[name][0]
+            g_sq = g.square().sum(dim=1)
+            squares += g_sq * a.square().sum(dim=1)
+            if linears[name].bias is not None:
+                squares += g_sq
+        norms = squares.sqrt()
+        factor = (self.config.clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)
+        offsets = {name: (start, stop) for name, start, stop, _, _ in self._views}
+        for name, g in zip(names, gouts, strict=True):
+            scaled = g * factor[:, None]
+            start, stop = offsets[f"{name}.weight"]
+            out[start:stop] = (scaled.T @ seen[name][0]).reshape(-1)
+            if linears[name].bias is not None:
+                start, stop = offsets[f"{name}.bias"]
+                out[start:stop] = scaled.sum(dim=0)
+        return out, norms.detach(), losses.detach()
 
     def train(
         self,
@@ -262,3 +342,16 @@ class DPSGDTrainer:
         new_state = {key: v[0].clone() for key, v in state.items()}
         mean_loss = loss_sum / max(loss_rows, 1)
         return flat[0].detach().numpy(), len(schedule), mean_loss, new_state
+
+
+def _dense_linears(module: nn.Module) -> dict[str, nn.Linear] | None:
+    """The Linear layers of a fedcare dense model (StackedForward, every parameter in a
+    trainable nn.Linear), or None if the fast path does not apply."""
+    if not isinstance(module, StackedForward):
+        return None
+    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
+    params = dict(module.named_parameters())
+    if set(params) != owned or not all(p.requires_grad for p in params.values()):
+        return None
+    return linears
