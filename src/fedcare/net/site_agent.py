@@ -33,6 +33,12 @@ Log = Callable[[str], None]
 STATE_FILE = "site-state.safetensors"
 
 
+def state_key(machine: SiteMachine) -> str:
+    """Changes whenever the machine's state does (it replaces arrays, never edits them)."""
+    tensors, meta = machine.checkpoint()
+    return json.dumps([meta, sorted((k, id(v)) for k, v in tensors.items())], default=str)
+
+
 def save_site_state(directory: Path, machine: SiteMachine) -> None:
     """Atomic: a crash mid-write leaves the previous state file intact."""
     tensors, meta = machine.checkpoint()
@@ -90,6 +96,7 @@ class SiteAgent:
         self.server_name = server_name
         self.lock = threading.Lock()
         self.session: SiteSession | None = None
+        self._saved = ""
         if load_site_state(self.state_dir, machine):
             log(f"restored this site's algorithm state from {self.state_dir / STATE_FILE}")
 
@@ -155,8 +162,10 @@ class SiteAgent:
         """Persist state and report events first, then send (a crash never loses state
         for an update the coordinator already has)."""
         events = self.machine.drain_events()
-        if events or replies:
+        key = state_key(self.machine)
+        if key != self._saved:  # an fsync per message would dominate small models' rounds
             save_site_state(self.state_dir, self.machine)
+            self._saved = key
         for ev in events:
             self._report(ev.kind, ev.round, ev.detail)
         if self.session is not None:
