@@ -21,7 +21,9 @@ from fedcare.algorithms.scaffold import ScaffoldClient
 from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
 from fedcare.algorithms.strategy import Schedule, Strategy
 from fedcare.core.errors import ConfigError
-from fedcare.transforms.pipeline import UploadPipeline, parse_stages
+from fedcare.privacy.spec import DPSpec, parse_dp
+from fedcare.transforms.pipeline import Stage, UploadPipeline, check_combination, parse_stages
+from fedcare.transforms.secure import SecureSpec, parse_secure
 
 # name -> (client rule factory, server optimizer name, default server lr, schedule)
 _TABLE: dict[
@@ -65,7 +67,52 @@ _PARAMS = {
     "aggregator",
     "aggregator_params",
     "upload",
+    "dp",
+    "secure",
 }
+
+
+# Strategies whose uploads carry more than one averaged delta (control variates, q-FedAvg's
+# own weights, MOCHA's models, cyclic's model hand-over): DP and secure summation cover the
+# delta only, so these are refused rather than half-protected.
+_NOT_PRIVATE = {
+    "scaffold": "its control variates travel beside the update, unclipped and in the clear",
+    "qfedavg": "each site sends its own loss-based weight, which DP-FedAvg does not bound",
+    "mocha": "the coordinator needs every site's model to learn the task relationship",
+    "cyclic": "sites hand the model to each other instead of sending updates to sum",
+}
+
+
+def _check_privacy(
+    name: str,
+    key: str,
+    dp: DPSpec | None,
+    secure: SecureSpec | None,
+    aggregator: str,
+    stages: tuple[Stage, ...],
+) -> None:
+    """Refuse privacy settings that cannot work together, saying why."""
+    check_combination(stages, aggregator=aggregator, secure=secure.kind if secure else None)
+    if (dp or secure) and key in _NOT_PRIVATE:
+        what = "differential privacy" if dp else secure.label if secure else ""
+        raise ConfigError(f"strategy '{name}': {what} does not apply to {key}: {_NOT_PRIVATE[key]}")
+    if dp is None:
+        return
+    if dp.mode == "distributed" and secure is None:
+        raise ConfigError(
+            f"strategy '{name}': distributed DP adds only a share of the noise at each site, "
+            f"so the coordinator must see only the sum; add secure: secure_aggregation (or encrypt)"
+        )
+    if dp.mode == "central" and secure is not None:
+        raise ConfigError(
+            f"strategy '{name}': central DP clips each update at the coordinator, which "
+            f"{secure.label} prevents; use dp mode 'distributed' with secure summation"
+        )
+    if aggregator != "mean":
+        raise ConfigError(
+            f"strategy '{name}': DP-FedAvg's noise is calibrated to a clipped sum; robust rule "
+            f"'{aggregator}' changes the sensitivity, so the epsilon would be wrong"
+        )
 
 
 def strategy_names() -> list[str]:
@@ -145,8 +192,17 @@ def build_strategy(
         raise ConfigError(
             f"strategy '{name}': cyclic training passes models, not updates; upload stages do not apply"
         )
+    dp = parse_dp(params["dp"], where=f"strategy '{name}' dp") if params.get("dp") else None
+    secure = (
+        parse_secure(params["secure"], where=f"strategy '{name}' secure")
+        if params.get("secure")
+        else None
+    )
+    _check_privacy(name, key, dp, secure, aggregator, stages)
     return Strategy(
         name=label or key,
+        dp=dp,
+        secure=secure,
         personal=personal,
         aggregator=aggregator,
         aggregator_params=aggregator_params,

@@ -26,7 +26,9 @@ from fedcare.core.records import (
     TrainSpec,
 )
 from fedcare.core.vectors import FloatVector
+from fedcare.privacy.spec import DPSpec
 from fedcare.transforms.pipeline import UploadPipeline
+from fedcare.transforms.secure import SecureSpec
 
 Schedule = Literal["parallel", "cyclic"]
 
@@ -49,6 +51,8 @@ class Strategy:
     aggregator: str = "mean"  # or a robust rule from fedcare.algorithms.robust
     aggregator_params: dict[str, float] = field(default_factory=dict)
     upload: UploadPipeline = field(default_factory=UploadPipeline)  # clip / compress stages
+    dp: DPSpec | None = None  # client-level differential privacy
+    secure: SecureSpec | None = None  # secure aggregation or encryption of the uploads
 
     def robust_rule(self) -> RobustAggregator | None:
         """The robust aggregation rule, or None for the streaming weighted mean."""

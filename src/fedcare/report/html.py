@@ -20,6 +20,7 @@ from pathlib import Path
 from fedcare.report.plots import (
     learning_curves_png,
     ordered,
+    privacy_utility_png,
     site_accuracy_png,
     strategy_colours,
     worst_vs_mean_png,
@@ -37,6 +38,7 @@ from fedcare.report.sections import (
     contributions_section,
     explanations_section,
     personalisation_section,
+    privacy_section,
 )
 from fedcare.report.style import CSS
 
@@ -264,6 +266,17 @@ def _figure(png: bytes, alt: str, caption: str) -> str:
     )
 
 
+def _privacy_figure(results: StudyResults) -> str:
+    png = privacy_utility_png(results)
+    if png is None:
+        return ""
+    return _figure(
+        png,
+        "Mean site accuracy against epsilon for the differentially private strategies",
+        "Accuracy against the privacy spent; dashed lines are federated runs without DP.",
+    )
+
+
 def _figures(results: StudyResults) -> str:
     parts = [
         _figure(
@@ -343,6 +356,8 @@ def render_report(results: StudyResults) -> str:
 {explanations_section(results)}
 {contributions_section(results.extra)}
 {communication_section(results)}
+{privacy_section(results)}
+{_privacy_figure(results)}
 <h2>All metrics</h2>
 {_detail_tables(results)}
 <h2>Sites</h2>

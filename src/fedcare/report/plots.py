@@ -179,3 +179,51 @@ def worst_vs_mean_png(results: StudyResults) -> bytes | None:
     _style(ax, ylabel="worst-site accuracy", xlabel="mean site accuracy")
     ax.set_title("Fairness across sites", loc="left", fontsize=10, fontweight="bold")
     return _png(fig)
+
+
+def privacy_utility_png(results: StudyResults) -> bytes | None:
+    """Accuracy against epsilon for the DP strategies; non-private federated runs as lines."""
+    private = [
+        s
+        for s in results.strategies
+        if isinstance(s.extra.get("privacy"), dict) and "mean_site_accuracy" in s.overall
+    ]
+    if not private:
+        return None
+    points = []
+    for s in private:
+        block = s.extra["privacy"]
+        eps = block.get("epsilon", {}) if isinstance(block, dict) else {}
+        mean_eps = eps.get("mean") if isinstance(eps, dict) else None
+        if isinstance(mean_eps, int | float) and math.isfinite(mean_eps):
+            points.append((float(mean_eps), s))
+    if not points:
+        return None
+    points.sort(key=lambda p: p[0])
+    fig, (ax,) = _new_figure(6.4, 4.2)
+    xs = [p[0] for p in points]
+    ys = [_mean_std(p[1].overall["mean_site_accuracy"]) for p in points]
+    ax.errorbar(
+        xs, [y for y, _ in ys], yerr=[e for _, e in ys], fmt="o-", color="#1f5f8b", capsize=2
+    )
+    for x, (y, _), (_, s) in zip(xs, ys, points, strict=True):
+        ax.annotate(
+            _text(s.label), (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7.5
+        )
+    reference = [
+        s
+        for s in results.strategies
+        if s.kind == "federated" and "privacy" not in s.extra and "mean_site_accuracy" in s.overall
+    ]
+    colours = strategy_colours(results)
+    for s in reference[:4]:
+        y, _ = _mean_std(s.overall["mean_site_accuracy"])
+        ax.axhline(
+            y, linestyle="--", linewidth=1, color=colours[s.name], label=_text(s.label) + " (no DP)"
+        )
+    if reference:
+        ax.legend(loc="lower right", frameon=False, fontsize=8)
+    ax.set_xscale("log")
+    _style(ax, ylabel="mean site accuracy", xlabel="epsilon spent (log scale)")
+    ax.set_title("Privacy against accuracy", loc="left", fontsize=10, fontweight="bold")
+    return _png(fig)

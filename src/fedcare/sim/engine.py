@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from fedcare.algorithms.aggregate import Aggregate, aggregation_weight
 from fedcare.algorithms.attacks import AttackSpec, attack_update, choose_attackers, flip_labels
 from fedcare.algorithms.mocha import site_objective, task_covariance, task_precision
 from fedcare.algorithms.personal import (
@@ -31,6 +32,7 @@ from fedcare.algorithms.personal import (
     site_start,
 )
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
+from fedcare.core.errors import ProtocolError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
@@ -43,6 +45,8 @@ from fedcare.ml.trainer import LocalTrainer, Mode
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.sampling import Participation, sample_sites
 from fedcare.sim.evaluation import TestSets, pooled
+from fedcare.sim.private_round import PrivateRounds
+from fedcare.sim.secure_sum import build_summer
 
 ProgressCallback = Callable[["RoundRecord"], None]
 MOCHA_MODELS = "mocha/models"
@@ -61,6 +65,7 @@ class RoundRecord:
     site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     pooled_metrics: dict[str, float] = field(default_factory=dict)
     site_upload_bytes: dict[str, int] = field(default_factory=dict)  # what each site sent
+    epsilon: float | None = None  # privacy spent so far (client-level DP), at the run's delta
 
     def mean_site(self, metric: str) -> float:
         values = [m[metric] for m in self.site_metrics.values()]
@@ -153,6 +158,23 @@ class FederatedSimulation:
                         flipped = flip_labels(self.bank.y[rows].numpy(), dataset.num_classes)
                         self.bank.y[rows] = torch.from_numpy(flipped)
         self.robust_rule = strategy.robust_rule()
+        self.private = (
+            PrivateRounds(
+                strategy.dp,
+                num_sites=len(self.names),
+                sampling_rate=self.participation.fraction,
+                rounds=rounds,
+                seeds=self.seeds,
+            )
+            if strategy.dp is not None
+            else None
+        )
+        self.summer = build_summer(strategy.secure, seed) if strategy.secure is not None else None
+        # Secure summation carries weights normalised by the largest possible one (public),
+        # so every entry stays inside the ring's range.
+        self.max_weight = max(
+            aggregation_weight(int(c), strategy.weighting) for c in self.bank.counts
+        )
         self.personal = strategy.personal
         kind = self.personal.mask_kind
         self.local_mask = local_tensor_mask(module, self.trainer.layout, kind) if kind else None
@@ -166,6 +188,8 @@ class FederatedSimulation:
             ckpt = load_checkpoint(self.checkpoint_dir)
             state, history = ckpt.state, [RoundRecord(**r) for r in ckpt.extra.get("history", [])]
             site_states.update(ckpt.site_states)
+            if self.private is not None and "privacy" in ckpt.extra:
+                self.private.restore(ckpt.extra["privacy"])
         while state.round < self.rounds:
             started = time.perf_counter()
             state, record = self._round(state, site_states)
@@ -178,7 +202,9 @@ class FederatedSimulation:
             record.seconds = time.perf_counter() - started
             history.append(record)
             if self.checkpoint_dir is not None:
-                extra = {"history": [r.__dict__ for r in history]}
+                extra: dict[str, Any] = {"history": [r.__dict__ for r in history]}
+                if self.private is not None:
+                    extra["privacy"] = self.private.to_dict()
                 save_checkpoint(self.checkpoint_dir, state, site_states, extra)
             if progress is not None:
                 progress(record)
@@ -243,6 +269,7 @@ class FederatedSimulation:
             download_bytes=download,
             seconds=0.0,
             site_upload_bytes=uploads,
+            epsilon=None if self.private is None else self.private.epsilon(),
         )
         return new_state, record
 
@@ -267,6 +294,9 @@ class FederatedSimulation:
         accumulator = self.strategy.new_accumulator(state)
         uploads: dict[str, int] = {}
         collected: list[tuple[npt.NDArray[np.float32], float]] = []
+        hidden: dict[int, npt.NDArray[np.float32]] = {}  # inputs to the secure sum
+        if self.private is not None:
+            self.private.start_round(state.round + 1, state.params.size)
         mocha_models: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         if self.personal.kind == "mocha":
             mocha_models = np.array(self._mocha_round_start(state)[0], dtype=np.float32)
@@ -304,22 +334,37 @@ class FederatedSimulation:
                 if self.attack is not None and name in self.attackers:
                     rng = self.seeds.generator("attack", state.round + 1, int(k))
                     update.delta = attack_update(update.delta, self.attack, rng)
+                if self.private is not None:
+                    if mask is not None:  # clip and noise what is shared, nothing else
+                        update.delta = np.where(mask, np.float32(0), update.delta)
+                    update.delta = self.private.at_site(
+                        name, int(k), state.round + 1, update.delta, len(sampled)
+                    )
                 site_states[name], update.delta, sent = self._upload(
                     update.delta, site_states[name], state.round + 1, int(k)
                 )
                 sent += update.nbytes() - update.delta.nbytes  # extras travel uncompressed
                 if mask is not None:
                     site_states[name] = keep_local(site_states[name], outcome.params, mask)
-                if self.robust_rule is not None:
-                    collected.append((update.delta, update.weight))
-                accumulator.add(update.delta, update.weight, update.extras)
                 uploads[name] = sent
+                if self.summer is not None:
+                    hidden[int(k)] = self._secure_input(update.delta, update.weight)
+                elif self.private is not None:
+                    self.private.add(update.delta)
+                else:
+                    if self.robust_rule is not None:
+                        collected.append((update.delta, update.weight))
+                    accumulator.add(update.delta, update.weight, update.extras)
                 loss_weighted += outcome.train_loss * outcome.num_samples
             if self.personal.kind == "ditto":
                 self._ditto_pass(state, site_states, chunk, names)
             elif self.personal.kind == "mocha":
                 self._mocha_pass(state, site_states, chunk, names, mocha_models)
-        aggregate = accumulator.result()
+        if self.summer is not None or self.private is not None:
+            delta = self._hidden_mean(state.round + 1, hidden, uploads, len(sampled))
+            aggregate = Aggregate(delta, {}, float(len(sampled)), len(sampled))
+        else:
+            aggregate = accumulator.result()
         if self.robust_rule is not None:
             # Robust rules need every update at once; extras keep their uniform mean.
             stacked = np.stack([d for d, _ in collected])
@@ -331,6 +376,40 @@ class FederatedSimulation:
             new_state.arrays[MOCHA_MODELS] = mocha_models.reshape(-1)
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, uploads, loss_weighted / max(total, 1.0)
+
+    def _secure_input(
+        self, delta: npt.NDArray[np.float32], weight: float
+    ) -> npt.NDArray[np.float32]:
+        """What a site feeds the secure sum: its (DP) update, or [w * delta, w] to average."""
+        if self.private is not None:
+            return delta  # DP-FedAvg sums clipped, noised updates unweighted
+        w = np.float32(weight / self.max_weight)
+        return np.concatenate([delta * w, [w]]).astype(np.float32)
+
+    def _hidden_mean(
+        self,
+        round_index: int,
+        hidden: dict[int, npt.NDArray[np.float32]],
+        uploads: dict[str, int],
+        cohort: int,
+    ) -> npt.NDArray[np.float32]:
+        """The round's mean update when the coordinator sees only a sum (secure and/or DP)."""
+        if self.summer is None:
+            if self.private is None:
+                raise RuntimeError("_hidden_mean needs secure summation or DP")
+            return self.private.release(round_index)
+        result = self.summer.sum(hidden, round_index)
+        for k, nbytes in result.upload_bytes.items():
+            uploads[self.names[k]] = nbytes  # the masked or encrypted upload replaces the plain one
+        if self.private is not None:
+            return self.private.release(
+                round_index, result.total, cohort=cohort, received=len(result.included)
+            )
+        total_weight = float(result.total[-1])
+        if not total_weight > 0:
+            raise ProtocolError(f"secure sum of round {round_index} carries no weight")
+        mean: npt.NDArray[np.float32] = (result.total[:-1] / total_weight).astype(np.float32)
+        return mean
 
     def _upload(
         self, delta: npt.NDArray[np.float32], site_state: SiteState, round_index: int, site: int

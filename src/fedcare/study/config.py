@@ -118,6 +118,57 @@ class ContributionConfig(_Strict):
         return self
 
 
+class SweepStrategyConfig(_Strict):
+    """The strategy an epsilon sweep varies (checked once per epsilon, not on its own)."""
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    local: LocalConfig | None = None
+
+
+class EpsilonSweepConfig(_Strict):
+    """A privacy-utility study: the same DP strategy at several epsilons.
+
+    Each epsilon becomes one strategy labelled ``"<label> ε=<epsilon>"``; the report plots
+    accuracy against epsilon, with the study's non-private strategies as reference lines.
+    """
+
+    strategy: SweepStrategyConfig
+    epsilons: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _dp_strategy(self) -> EpsilonSweepConfig:
+        dp = self.strategy.params.get("dp")
+        if not isinstance(dp, dict):
+            raise ValueError(
+                "epsilon_sweep.strategy needs params.dp (mode, delta, clip_norm); the sweep "
+                "sets its epsilon"
+            )
+        if any(not e > 0 for e in self.epsilons):
+            raise ValueError(f"epsilon_sweep.epsilons must all be > 0, found {self.epsilons}")
+        for strategy in self.expand():
+            build_strategy(strategy.name, strategy.params)  # every variant must be valid
+        return self
+
+    def expand(self) -> list[StrategyConfig]:
+        base = self.strategy
+        display = base.label or base.name
+        out = []
+        for eps in self.epsilons:
+            dp = {k: v for k, v in base.params["dp"].items() if k != "noise_multiplier"}
+            params = {**base.params, "dp": {**dp, "epsilon": eps}}
+            out.append(
+                StrategyConfig(
+                    name=base.name,
+                    label=f"{display} ε={eps:g}",
+                    params=params,
+                    local=base.local,
+                )
+            )
+        return out
+
+
 class SimulatorConfig(_Strict):
     mode: Literal["auto", "batched", "sequential"] = "auto"
     site_chunk: int = Field(default=256, ge=1)
@@ -142,17 +193,24 @@ class StudyConfig(_Strict):
     explain: bool = True  # permutation feature importance per site (tabular studies)
     attack: AttackConfig | None = None  # applies to every federated strategy
     contributions: ContributionConfig | None = None  # Shapley / leave-one-out per site
+    epsilon_sweep: EpsilonSweepConfig | None = None  # accuracy against epsilon
     output: str | None = None
+
+    @property
+    def all_strategies(self) -> list[StrategyConfig]:
+        """The listed strategies, then the epsilon sweep's variants."""
+        sweep = self.epsilon_sweep.expand() if self.epsilon_sweep else []
+        return list(self.strategies) + sweep
 
     @model_validator(mode="after")
     def _unique_labels(self) -> StudyConfig:
-        names = [s.display_name for s in self.strategies] + list(self.baselines)
+        names = [s.display_name for s in self.all_strategies] + list(self.baselines)
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(
                 f"strategy names must be unique; give repeated ones a 'label': {dupes}"
             )
-        if not self.strategies and not self.baselines:
+        if not self.all_strategies and not self.baselines:
             raise ValueError("the study lists no strategies and no baselines: nothing to run")
         return self
 

@@ -78,7 +78,8 @@ class StudyRunner:
         labels = {"local": "Local only", "pooled": "Pooled (centralised)"}
         out = [_Job(b, b, labels[b], None) for b in self.config.baselines]
         out += [
-            _Job(s.display_name, "federated", s.display_name, s) for s in self.config.strategies
+            _Job(s.display_name, "federated", s.display_name, s)
+            for s in self.config.all_strategies
         ]
         return out
 
@@ -248,6 +249,11 @@ class StudyRunner:
                     {"server.beta1": opt.beta1, "server.beta2": opt.beta2, "server.tau": opt.tau}
                 )
             hp["weighting"] = strategy.weighting
+            if strategy.dp is not None:
+                hp["privacy.dp"] = strategy.dp.label
+                hp["privacy.delta"] = strategy.dp.delta
+            if strategy.secure is not None:
+                hp["privacy.secure"] = strategy.secure.label
             hp.update(
                 {
                     f"params.{k}": v

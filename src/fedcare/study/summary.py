@@ -73,6 +73,16 @@ def summarise_strategy(
         "communication": _communication(runs, site_names),
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
+    epsilons = [[rec.epsilon for rec in run.result.history] for run in runs]
+    if epsilons and all(e is not None for run_eps in epsilons for e in run_eps):
+        final = [float(run_eps[-1]) for run_eps in epsilons if run_eps and run_eps[-1] is not None]
+        entry["privacy"] = {
+            "epsilon": stat(final),
+            "epsilon_per_round": [
+                float(np.mean([float(run_eps[i] or 0.0) for run_eps in epsilons]))
+                for i in range(min(len(e) for e in epsilons))
+            ],
+        }
     if all(run.importance for run in runs):
         entry["explanations"] = summarise_importance(runs, feature_names or [], site_names)
     if all("global" in run.result.reference_evals for run in runs):

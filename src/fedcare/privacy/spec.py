@@ -1,0 +1,149 @@
+"""What a study asks for in privacy: client-level DP settings, checked once at configuration.
+
+``mode`` says who adds the noise:
+
+* ``central``: the coordinator clips each site's update and noises the sum (trusted
+  coordinator; the usual DP-FedAvg of McMahan et al. 2018);
+* ``local``: every site clips and noises its own update before it leaves the site (no
+  trust in the coordinator; much more noise for the same epsilon);
+* ``distributed``: every site adds its share of the noise, N(0, (zC)^2 / n), and secure
+  aggregation or encryption hides each share, so only the sum, carrying the full noise,
+  is ever seen.
+
+Give ``epsilon`` (the noise multiplier is calibrated for the run's rounds and site sampling
+rate) or ``noise_multiplier`` directly (epsilon is then reported, not targeted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fedcare.core.errors import ConfigError
+from fedcare.privacy.accountant import ACCOUNTANT_KINDS, AccountantKind
+
+DPMode = Literal["central", "local", "distributed"]
+DP_MODES: tuple[str, ...] = ("central", "local", "distributed")
+_KEYS = {
+    "mode",
+    "epsilon",
+    "noise_multiplier",
+    "delta",
+    "clip_norm",
+    "adaptive_clip",
+    "accountant",
+}
+_ADAPTIVE_KEYS = {"target_quantile", "learning_rate", "count_noise_std"}
+
+
+@dataclass(frozen=True)
+class AdaptiveClipSpec:
+    """Andrew et al. 2021: move C towards the ``target_quantile`` of update norms.
+
+    ``count_noise_std`` None means the paper's suggestion, expected sites / 20.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise_std: float | None = None
+
+
+@dataclass(frozen=True)
+class DPSpec:
+    mode: DPMode = "central"
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    clip_norm: float = 1.0  # the fixed C, or adaptive clipping's starting C
+    adaptive_clip: AdaptiveClipSpec | None = None
+    accountant: AccountantKind = "rdp"
+
+    @property
+    def label(self) -> str:
+        target = (
+            f"ε={self.epsilon:g}" if self.epsilon is not None else f"z={self.noise_multiplier:g}"
+        )
+        clip = "adaptive C" if self.adaptive_clip else f"C={self.clip_norm:g}"
+        return f"{self.mode} DP {target}, δ={self.delta:g}, {clip}"
+
+
+def _positive(value: Any, field: str, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: '{field}' must be a number, found {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{where}: '{field}' must be finite and > 0, found {value!r}")
+    return number
+
+
+def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
+    """A DPSpec from a config mapping; every problem names the key and what was expected."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of DP settings, found {raw!r}")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
+    mode = raw.get("mode", "central")
+    if mode not in DP_MODES:
+        raise ConfigError(f"{where}: 'mode' must be one of {DP_MODES}, found {mode!r}")
+    has_eps, has_z = raw.get("epsilon") is not None, raw.get("noise_multiplier") is not None
+    if has_eps == has_z:
+        raise ConfigError(
+            f"{where}: give exactly one of 'epsilon' (noise is calibrated to reach it) or "
+            f"'noise_multiplier' (epsilon is reported), found "
+            f"{'both' if has_eps else 'neither'}"
+        )
+    delta = _positive(raw.get("delta", 1e-5), "delta", where)
+    if delta >= 1:
+        raise ConfigError(f"{where}: 'delta' must be < 1, found {delta}")
+    accountant = raw.get("accountant", "rdp")
+    if accountant not in ACCOUNTANT_KINDS:
+        raise ConfigError(
+            f"{where}: 'accountant' must be one of {ACCOUNTANT_KINDS}, found {accountant!r}"
+        )
+    adaptive = None
+    if raw.get("adaptive_clip") is not None:
+        block = raw["adaptive_clip"]
+        if block is True:
+            block = {}
+        if not isinstance(block, Mapping):
+            raise ConfigError(f"{where}.adaptive_clip: expected a mapping or true, found {block!r}")
+        extra = sorted(set(block) - _ADAPTIVE_KEYS)
+        if extra:
+            raise ConfigError(
+                f"{where}.adaptive_clip: unknown key(s) {extra}; allowed: {sorted(_ADAPTIVE_KEYS)}"
+            )
+        quantile = float(block.get("target_quantile", 0.5))
+        if not 0 < quantile < 1:
+            raise ConfigError(
+                f"{where}.adaptive_clip: 'target_quantile' must be in (0, 1), found {quantile}"
+            )
+        sigma_b = block.get("count_noise_std")
+        adaptive = AdaptiveClipSpec(
+            target_quantile=quantile,
+            learning_rate=_positive(
+                block.get("learning_rate", 0.2), "learning_rate", f"{where}.adaptive_clip"
+            ),
+            count_noise_std=None
+            if sigma_b is None
+            else _positive(sigma_b, "count_noise_std", f"{where}.adaptive_clip"),
+        )
+        if mode != "central":
+            raise ConfigError(
+                f"{where}: adaptive clipping needs the coordinator to see who was clipped; "
+                f"it works with mode 'central' only, found '{mode}'"
+            )
+    return DPSpec(
+        mode=mode,
+        epsilon=_positive(raw["epsilon"], "epsilon", where) if has_eps else None,
+        noise_multiplier=_positive(raw["noise_multiplier"], "noise_multiplier", where)
+        if has_z
+        else None,
+        delta=delta,
+        clip_norm=_positive(raw.get("clip_norm", 1.0), "clip_norm", where),
+        adaptive_clip=adaptive,
+        accountant=accountant,
+    )
