@@ -60,7 +60,8 @@ def main() -> None:
     print(f"sum of exact values {sum(exact.values()):+.4f} (= all - none)")
     print(f"\nMonte-Carlo: max |estimate - exact| over sites, {args.trials} random seeds each")
     for sampler, options in SAMPLERS.items():
-        print(f"  {sampler} sampling (fedcare's default: stratified + antithetic)")
+        default = " (fedcare's default)" if options else ""
+        print(f"  {sampler} sampling{default}")
         for budget in BUDGETS:
             errors = []
             for trial in range(args.trials):
