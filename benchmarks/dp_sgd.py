@@ -183,7 +183,7 @@ def main() -> None:
             ),
         }
         dp_trainer = DPSGDTrainer(module, classes, DPSGDConfig(noise_multiplier=Z, clip_norm=C))
-        if dp_trainer.method == "dense":
+        if dp_trainer.method == "layerwise":
             contenders["fedcare DP-SGD, vmap path"] = fedcare_dp(
                 copy.deepcopy(module), bank, classes, spec, schedule, method="vmap"
             )

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, TrainSpec
@@ -74,32 +75,40 @@ def test_every_clipped_per_sample_gradient_has_norm_at_most_c(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "classes", "params"),
-    [("mlp", 2, {"hidden": (8, 6)}), ("mlp", 4, {"hidden": (7,)}), ("logistic", 3, {})],
+    ("name", "shape", "classes", "params"),
+    [
+        ("mlp", (2, 3), 2, {"hidden": (8, 6)}),  # 2-D inputs are flattened
+        ("mlp", (5,), 4, {"hidden": (7,)}),
+        ("logistic", (2, 3), 3, {}),
+        ("cnn", (1, 12, 12), 2, {"width": 3}),
+        ("cnn", (3, 8, 8), 3, {"width": 2}),
+    ],
 )
-def test_dense_fast_path_gives_the_same_clipped_sum_and_norms_as_vmap(name, classes, params):
+def test_layerwise_fast_path_gives_the_same_clipped_sum_and_norms_as_vmap(
+    name, shape, classes, params
+):
     torch.manual_seed(8)
-    model = build_model(name, (2, 3), classes, **params)  # 2-D inputs are flattened
-    x = torch.randn(11, 2, 3)
+    model = build_model(name, shape, classes, **params)
+    x = torch.randn(11, *shape)
     y = torch.randint(0, classes, (11,))
     config = DPSGDConfig(noise_multiplier=1.0, clip_norm=0.3)
-    dense = DPSGDTrainer(model, classes, config)
-    assert dense.method == "dense"
+    fast = DPSGDTrainer(model, classes, config)
+    assert fast.method == "layerwise"
     vmapped = DPSGDTrainer(model, classes, config, method="vmap")
-    flat = torch.from_numpy(dense.initial_vector())
-    sum_d, norms_d, loss_d = dense.clipped_gradient_sum(flat, x, y)
+    flat = torch.from_numpy(fast.initial_vector())
+    sum_f, norms_f, loss_f = fast.clipped_gradient_sum(flat, x, y)
     sum_v, norms_v, loss_v = vmapped.clipped_gradient_sum(flat, x, y)
     assert (norms_v > 0.3).any()  # some samples are clipped
-    torch.testing.assert_close(norms_d, norms_v, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(loss_d, loss_v, rtol=1e-6, atol=1e-7)
-    assert float((sum_d - sum_v).norm() / sum_v.norm()) < 1e-5
+    torch.testing.assert_close(norms_f, norms_v, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss_f, loss_v, rtol=1e-6, atol=1e-7)
+    assert float((sum_f - sum_v).norm() / sum_v.norm()) < 1e-5
 
 
-def test_models_outside_the_dense_family_use_vmap():
-    cnn = build_model("cnn", (1, 8, 8), 2, width=2)
-    assert DPSGDTrainer(cnn, 2, DPSGDConfig(1.0, 1.0)).method == "vmap"
-    with pytest.raises(ConfigError, match="dense model"):
-        DPSGDTrainer(cnn, 2, DPSGDConfig(1.0, 1.0), method="dense")
+def test_user_models_use_vmap():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    assert DPSGDTrainer(model, 2, DPSGDConfig(1.0, 1.0)).method == "vmap"
+    with pytest.raises(ConfigError, match="fedcare's models"):
+        DPSGDTrainer(model, 2, DPSGDConfig(1.0, 1.0), method="layerwise")
 
 
 def bank_for(sizes, num_features=5, seed=0):
@@ -272,3 +281,18 @@ def test_models_with_batch_norm_and_bad_configs_are_refused():
         DPSGDConfig(noise_multiplier=1.0, clip_norm=math.inf)
     with pytest.raises(ConfigError, match="noise_multiplier"):
         DPSGDConfig(noise_multiplier=-0.5, clip_norm=1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")  # Opacus's hooks
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_per_sample_gradients_equal_opacus(name):
+    opacus = pytest.importorskip("opacus")
+    model, classes, x, y = model_and_batch(name, rows=6)
+    trainer = DPSGDTrainer(model, classes, DPSGDConfig(noise_multiplier=1.0, clip_norm=1.0))
+    grads, _ = trainer.per_sample_gradients(torch.from_numpy(trainer.initial_vector()), x, y)
+    ours = torch.cat([g.reshape(6, -1) for g in grads.values()], dim=1)
+    wrapped = opacus.GradSampleModule(model, loss_reduction="sum")
+    per_sample_loss(wrapped(x), y, classes).sum().backward()
+    theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in wrapped.parameters()], dim=1)
+    wrapped._close()
+    assert float(((ours - theirs).norm(dim=1) / theirs.norm(dim=1)).max()) < 1e-5

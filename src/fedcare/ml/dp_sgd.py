@@ -7,12 +7,12 @@ sum, add N(0, (zC)^2), divide by the expected batch size q*n (not the realised o
 would leak), then take the optimiser step. The site's accountant records every step as it
 is taken, so no noised step goes uncounted.
 
-Fedcare's dense models (MLP, logistic regression: only ``nn.Linear`` layers on 2-D inputs)
-take a faster, exact path: a Linear layer's per-sample weight gradient is the outer
-product of the gradient at its output and its input, so per-sample norms are products of
-two vector norms and the clipped sum is one matrix product (the "ghost clipping" identity
-of Goodfellow 2015 and Li et al. 2022); per-sample gradients are never materialised.
-Tests check both paths give the same clipped sums.
+fedcare's own models (MLP, logistic regression, CNN) take a faster, exact "layerwise"
+path instead of vmap: from each layer's input a and the gradient g at its output, a
+Linear layer's per-sample weight gradient is g a^T, so its norm is |g| |a| and the
+clipped sum is one matrix product (the ghost-clipping identity of Goodfellow 2015 and Li
+et al. 2022: the large dense layers never materialise per-sample gradients); a Conv2d's
+per-sample gradient is g unfold(a)^T, as Opacus computes it. Tests check both paths agree.
 
 The trainer has :class:`fedcare.ml.trainer.LocalTrainer`'s interface: flat start vectors
 in, :class:`TrainResult` out. Schedules come from :func:`poisson_schedule` (same padded
@@ -24,11 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
@@ -41,11 +42,13 @@ from fedcare.ml.losses import per_sample_loss
 from fedcare.ml.schedule import PAD
 from fedcare.ml.torch_adapter import has_buffers, layout_of, module_to_vector
 from fedcare.ml.trainer import TrainResult
-from fedcare.models.stacked import StackedForward
+from fedcare.models.cnn import SmallCNN
+from fedcare.models.logistic import LogisticRegression
+from fedcare.models.mlp import MLP
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.mechanisms import secure_rng
 
-Method = Literal["auto", "vmap", "dense"]
+Method = Literal["auto", "vmap", "layerwise"]
 
 # As Opacus: clip factor C / (norm + 1e-6), so a clipped norm stays strictly below C.
 _NORM_EPS = 1e-6
@@ -119,15 +122,14 @@ class DPSGDTrainer:
             (spec.name, start, stop, spec.shape, spec.trainable)
             for spec, start, stop in self.layout.offsets()
         ]
-        self._trainable_names = [name for name, _, _, _, trainable in self._views if trainable]
-        self._linears = _dense_linears(module)
-        if method == "dense" and self._linears is None:
+        self._layers = _fast_layers(module)
+        if method == "layerwise" and self._layers is None:
             raise ConfigError(
-                f"{type(module).__name__} is not a fedcare dense model (only trainable "
-                "nn.Linear layers); use method 'vmap' or 'auto'"
+                f"{type(module).__name__} is not one of fedcare's models with only trainable "
+                "Linear/Conv2d layers; use method 'vmap' or 'auto'"
             )
         self.method: Method = (
-            ("dense" if self._linears is not None else "vmap") if method == "auto" else method
+            ("layerwise" if self._layers is not None else "vmap") if method == "auto" else method
         )
         self._grad_fn = vmap(
             grad_and_value(self._sample_loss), in_dims=(None, None, 0, 0), randomness="different"
@@ -169,10 +171,10 @@ class DPSGDTrainer:
         out = torch.zeros(self.layout.size, dtype=flat.dtype)
         if x.shape[0] == 0:
             return out, torch.zeros(0), torch.zeros(0)
-        if self.method == "dense" and self._linears is not None:
-            dense = self._dense_clipped_sum(flat, x, y, self._linears, out)
-            if dense is not None:
-                return dense
+        if self.method == "layerwise" and self._layers is not None:
+            fast = self._layerwise_clipped_sum(flat, x, y, self._layers, out)
+            if fast is not None:
+                return fast
         grads, losses = self.per_sample_gradients(flat, x, y)
         squares = torch.stack(
             [g.reshape(g.shape[0], -1).square().sum(dim=1) for g in grads.values()]
@@ -185,59 +187,83 @@ class DPSGDTrainer:
                 out[start:stop] = (factor @ g.reshape(g.shape[0], -1)).reshape(-1)
         return out, norms, losses
 
-    def _dense_clipped_sum(
+    def _layerwise_clipped_sum(
         self,
         flat: torch.Tensor,
         x: torch.Tensor,
         y: torch.Tensor,
-        linears: dict[str, nn.Linear],
+        layers: dict[str, nn.Linear | nn.Conv2d],
         out: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Clipped sum for Linear-only models from layer inputs a and output gradients g:
-        per-sample grad(W) = g a^T, so its norm is |g| |a| and the clipped sum is
-        (factor * g)^T a. Returns None (use vmap) if a layer sees a non-2-D input or runs
-        twice in one forward pass."""
+        """Clipped sum from each layer's input a and output gradient g, without vmap.
+
+        Linear: per-sample grad(W) = g a^T, so its norm is |g| |a| and the clipped sum is
+        (factor * g)^T a; the big dense layers never materialise per-sample gradients.
+        Conv2d: per-sample grad(W) = g unfold(a)^T (small: conv kernels).
+        Returns None (use vmap) if a layer sees an unexpected input or runs twice.
+        """
         leaf = flat.detach().requires_grad_(True)
         params = {name: leaf[start:stop].view(shape) for name, start, stop, shape, _ in self._views}
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        shapes_ok = True
+        inputs_ok = True
 
-        def record(name: str) -> Any:
+        def record(name: str, expected_dim: int) -> Any:
             def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                nonlocal shapes_ok
-                shapes_ok = shapes_ok and inputs[0].dim() == 2 and name not in seen
+                nonlocal inputs_ok
+                inputs_ok = inputs_ok and inputs[0].dim() == expected_dim and name not in seen
                 seen[name] = (inputs[0].detach(), output)
 
             return hook
 
-        handles = [m.register_forward_hook(record(n)) for n, m in linears.items()]
+        handles = [
+            m.register_forward_hook(record(n, 2 if isinstance(m, nn.Linear) else 4))
+            for n, m in layers.items()
+        ]
         try:
             logits = functional_call(self.module, params, (x,))
         finally:
             for handle in handles:
                 handle.remove()
-        if not shapes_ok or len(seen) != len(linears):
+        if not inputs_ok or len(seen) != len(layers):
             return None
         losses = per_sample_loss(logits, y, self.num_classes)
         names = list(seen)
         gouts = torch.autograd.grad(losses.sum(), [seen[n][1] for n in names])
-        squares = torch.zeros(x.shape[0], dtype=flat.dtype)
+        batch = x.shape[0]
+        squares = torch.zeros(batch, dtype=flat.dtype)
+        per_sample: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # conv: (B, O, I*k*k), g
         for name, g in zip(names, gouts, strict=True):
-            a = seen[name][0]
-            g_sq = g.square().sum(dim=1)
-            squares += g_sq * a.square().sum(dim=1)
-            if linears[name].bias is not None:
+            layer, a = layers[name], seen[name][0]
+            if isinstance(layer, nn.Linear):
+                g_sq = g.square().sum(dim=1)
+                squares += g_sq * a.square().sum(dim=1)
+            else:
+                g = g.reshape(batch, g.shape[1], -1)
+                padding = cast(tuple[int, ...], layer.padding)  # _fast_layers: never a string
+                unfolded = F.unfold(a, layer.kernel_size, layer.dilation, padding, layer.stride)
+                w_grad = torch.bmm(g, unfolded.transpose(1, 2))
+                per_sample[name] = (w_grad, g)
+                squares += w_grad.reshape(batch, -1).square().sum(dim=1)
+                g_sq = g.sum(dim=2).square().sum(dim=1)
+            if layer.bias is not None:
                 squares += g_sq
         norms = squares.sqrt()
         factor = (self.config.clip_norm / (norms + _NORM_EPS)).clamp(max=1.0)
         offsets = {name: (start, stop) for name, start, stop, _, _ in self._views}
         for name, g in zip(names, gouts, strict=True):
-            scaled = g * factor[:, None]
+            layer = layers[name]
             start, stop = offsets[f"{name}.weight"]
-            out[start:stop] = (scaled.T @ seen[name][0]).reshape(-1)
-            if linears[name].bias is not None:
+            if isinstance(layer, nn.Linear):
+                scaled = g * factor[:, None]
+                out[start:stop] = (scaled.T @ seen[name][0]).reshape(-1)
+                bias_sum = scaled.sum(dim=0)
+            else:
+                w_grad, g3 = per_sample[name]
+                out[start:stop] = (factor @ w_grad.reshape(batch, -1)).reshape(-1)
+                bias_sum = factor @ g3.sum(dim=2)
+            if layer.bias is not None:
                 start, stop = offsets[f"{name}.bias"]
-                out[start:stop] = scaled.sum(dim=0)
+                out[start:stop] = bias_sum
         return out, norms.detach(), losses.detach()
 
     def train(
@@ -307,7 +333,8 @@ class DPSGDTrainer:
         expected_batch = q * n
         z, clip = self.config.noise_multiplier, self.config.clip_norm
         noise_std = z * clip if z > 0 else 0.0
-        trainable = torch.from_numpy(self.layout.mask())
+        mask = self.layout.mask()
+        trainable = None if mask.all() else torch.from_numpy(mask)  # None: skip the multiply
         anchor = torch.from_numpy(objective.anchor if objective.anchor is not None else start)
         correction = (
             torch.from_numpy(objective.correction) if objective.correction is not None else None
@@ -329,12 +356,16 @@ class DPSGDTrainer:
                     noise = torch.from_numpy(
                         rng.standard_normal(self.layout.size, dtype=np.float32)
                     )
-                    total = total + noise_std * noise * trainable
+                    noise = noise_std * noise
+                    total = total + (noise if trainable is None else noise * trainable)
                 grad = total / expected_batch
+                extra = None
                 if objective.prox_mu:
-                    grad = grad + objective.prox_mu * (flat[0] - anchor) * trainable
+                    extra = objective.prox_mu * (flat[0] - anchor)
                 if correction is not None:
-                    grad = grad + correction * trainable
+                    extra = correction if extra is None else extra + correction
+                if extra is not None:
+                    grad = grad + (extra if trainable is None else extra * trainable)
                 flat = optim.step(spec, flat, grad[None], state, active)
                 accountant.record(z, q)
                 loss_sum += float(sample_losses.sum())
@@ -344,14 +375,22 @@ class DPSGDTrainer:
         return flat[0].detach().numpy(), len(schedule), mean_loss, new_state
 
 
-def _dense_linears(module: nn.Module) -> dict[str, nn.Linear] | None:
-    """The Linear layers of a fedcare dense model (StackedForward, every parameter in a
-    trainable nn.Linear), or None if the fast path does not apply."""
-    if not isinstance(module, StackedForward):
+def _fast_layers(module: nn.Module) -> dict[str, nn.Linear | nn.Conv2d] | None:
+    """The Linear and Conv2d layers of one of fedcare's own models, if every parameter is
+    a trainable weight or bias of such a layer (user models always take the vmap path:
+    their forward might use a weight outside its layer, which hooks cannot see)."""
+    if type(module) not in (MLP, LogisticRegression, SmallCNN):
         return None
-    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
-    owned = {f"{n}.{p}" for n, m in linears.items() for p, _ in m.named_parameters()}
+    layers: dict[str, nn.Linear | nn.Conv2d] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            layers[name] = m
+        elif isinstance(m, nn.Conv2d):
+            if m.groups != 1 or isinstance(m.padding, str) or m.padding_mode != "zeros":
+                return None
+            layers[name] = m
+    owned = {f"{n}.{p}" for n, m in layers.items() for p, _ in m.named_parameters()}
     params = dict(module.named_parameters())
     if set(params) != owned or not all(p.requires_grad for p in params.values()):
         return None
-    return linears
+    return layers
