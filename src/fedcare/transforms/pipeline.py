@@ -28,6 +28,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import SiteState
 from fedcare.core.vectors import FloatVector
 from fedcare.transforms import quantize, sparsify
+from fedcare.transforms.clipping import l2_clip
 from fedcare.transforms.sparsify import SparseVector, TopKCompressor
 
 StageKind = Literal["clip", "quantize", "topk"]
@@ -181,7 +182,7 @@ class UploadPipeline:
         for stage in self.stages:
             p = stage.params
             if stage.kind == "clip":
-                out = clip_l2(out, float(p["max_norm"]))
+                out = l2_clip(out, float(p["max_norm"])).vector
             elif stage.kind == "quantize":
                 q = quantize.encode(
                     out,
@@ -210,12 +211,3 @@ class UploadPipeline:
         if isinstance(encoded, quantize.QuantizedVector):
             return quantize.decode(encoded)
         return sparsify.decode(encoded)
-
-
-def clip_l2(vector: FloatVector, max_norm: float) -> FloatVector:
-    """The vector scaled to an L2 norm of at most ``max_norm`` (unchanged when inside)."""
-    norm = float(np.sqrt(np.dot(vector.astype(np.float64), vector.astype(np.float64))))
-    if norm <= max_norm:
-        return vector
-    clipped: FloatVector = (vector * (max_norm / norm)).astype(np.float32)
-    return clipped
