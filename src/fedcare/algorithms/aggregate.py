@@ -53,6 +53,9 @@ class Aggregate:
     count: int
 
 
+_BLOCK = 1 << 20  # values per block when adding one update (8 MB of float64 scratch)
+
+
 @dataclass
 class StreamingMean:
     """Running weighted sum of deltas and uniform sums of extras, in float64.
@@ -77,7 +80,10 @@ class StreamingMean:
             raise ValueError(f"delta has shape {delta.shape}, expected ({self.size},)")
         if weight < 0 or not np.isfinite(weight):
             raise ValueError(f"aggregation weight must be finite and >= 0, found {weight}")
-        self._sum += weight * delta.astype(np.float64)
+        # Block by block, so a large model never needs a full-size float64 temporary.
+        for start in range(0, self.size, _BLOCK):
+            part = slice(start, start + _BLOCK)
+            self._sum[part] += weight * delta[part].astype(np.float64)
         self.total_weight += float(weight)
         self.count += 1
         for name, value in (extras or {}).items():
