@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
 
-from fedcare.cli.certs import console, user_errors
+from fedcare.cli.certs import console
+from fedcare.cli.errors import user_errors
 from fedcare.core.errors import ConfigError
 
 app = typer.Typer(help="Verify and read hash-chained, signed audit logs.", no_args_is_help=True)

@@ -9,10 +9,8 @@ fedcare certs list
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import sys
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -21,14 +19,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcare.core.errors import FedcareError
+from fedcare.cli.errors import user_errors
 
 app = typer.Typer(
     help="The study certificate authority: create it, issue site and coordinator bundles, revoke.",
     no_args_is_help=True,
 )
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
 
 
 class RoleChoice(StrEnum):
@@ -37,16 +34,6 @@ class RoleChoice(StrEnum):
 
 
 CaDir = Annotated[Path, typer.Option("--ca-dir", help="Folder of the study CA.")]
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Expected failures become one red line and exit code 2 (as in ``fedcare.cli.main``)."""
-    try:
-        yield
-    except (FedcareError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 @app.command("init")

@@ -15,18 +15,17 @@ Each hospital::
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import secrets
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedcare.cli.errors import friendly_errors
 from fedcare.core.errors import ConfigError, FedcareError
 
 coordinator_app: typer.Typer = typer.Typer(
@@ -37,23 +36,6 @@ site_app: typer.Typer = typer.Typer(
 )
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """Expected failures become one red line and exit code 2 (as in ``fedcare.cli.main``,
-    which imports this module, so it cannot be imported from here)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (FedcareError, FileNotFoundError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 DEFAULT_ADDRESS = "0.0.0.0:50051"

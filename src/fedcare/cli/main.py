@@ -6,18 +6,16 @@ one clear line; tracebacks are for bugs only.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedcare.core.errors import FedcareError
+from fedcare.cli.errors import friendly_errors
 
 app = typer.Typer(
     name="fedcare",
@@ -33,22 +31,6 @@ app.add_typer(datasets_app, name="datasets")
 
 # Logs and CI have no terminal width; give tables room instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """Turn expected errors into one red line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (FedcareError, FileNotFoundError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _run_config(config: Any, out: Path) -> None:
