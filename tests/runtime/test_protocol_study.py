@@ -100,10 +100,20 @@ def start_params(dataset, plan: RunPlan) -> np.ndarray:
     return initial_params(module, SeedStream(plan.seed))
 
 
-def deploy(dataset, plan: RunPlan, tmp_path: Path, options=None, approve=True) -> Loopback:
-    """A coordinator and one site machine per hospital, each with its own approval store."""
+def deploy(
+    dataset, plan: RunPlan, tmp_path: Path, options=None, approve=True, noise_seed="plan"
+) -> Loopback:
+    """A coordinator and one site machine per hospital, each with its own approval store.
+
+    ``noise_seed="plan"`` keys the coordinator's DP noise by the plan's seed, as the
+    simulator does (a real coordinator keeps a secret one; None draws it).
+    """
     coordinator = CoordinatorMachine(
-        "run-1", plan, start_params(dataset, plan), options=options or CoordinatorOptions()
+        "run-1",
+        plan,
+        start_params(dataset, plan),
+        options=options or CoordinatorOptions(),
+        noise_seed=plan.seed if noise_seed == "plan" else noise_seed,
     )
     sites = {}
     for site in dataset.sites:
@@ -202,3 +212,22 @@ def test_personalised_fedper_keeps_heads_at_the_sites_and_matches_the_simulator(
             sim.final_eval[site].summary(), nan_ok=True
         )
     assert heads_differ
+
+
+def test_deployed_central_dp_releases_the_simulators_model_and_epsilon(heart, tmp_path):
+    plan = heart_plan(heart, "fedavg", {"dp": {"noise_multiplier": 1.0, "clip_norm": 0.5}})
+    net = deploy(heart, plan, tmp_path)
+    for name in heart.site_names:
+        net.connect(name)
+    net.run()
+    assert net.coordinator.phase.value == "finished"
+    sim = simulate(heart, plan)
+    np.testing.assert_allclose(net.coordinator.final_params, sim.state.params, atol=1e-6)
+    deployed_eps = [r["epsilon"] for r in net.coordinator.history]
+    assert deployed_eps == pytest.approx([r.epsilon for r in sim.history], rel=1e-12)
+    assert deployed_eps[0] < deployed_eps[-1]  # spent round by round
+    completed = [e for e in net.coordinator.drain_events() if e.kind == "round_completed"]
+    assert [e.detail["epsilon"] for e in completed] == deployed_eps
+    # The noise really moved the model: without it the deployed run is plain FedAvg.
+    plain = simulate(heart, heart_plan(heart, "fedavg", {"weighting": "uniform"}))
+    assert np.abs(net.coordinator.final_params - plain.state.params).max() > 1e-3

@@ -12,6 +12,14 @@ after ``start_grace_s``, with those that are. Stragglers past the deadline, site
 disconnect and rejected updates are left out of that round only; a site that reconnects
 says Hello, approves again and is sampled as usual from the next round on.
 
+Client-level DP (``dp`` in the strategy params, central mode): each decoded update is
+clipped here and the round releases the noised mean over the expected number of sites,
+through the simulator's own :class:`~fedcare.privacy.client_level.PrivateRounds`. Epsilon
+after each round goes into the round's events and history, the accountant into the
+checkpoint. The noise is keyed by ``noise_seed``, a secret of the coordinator's drawn from
+the OS CSPRNG unless given (the plan's seed is known to every site, which could subtract
+noise drawn from it; tests pass the plan's seed to reproduce the simulator's release).
+
 Drivers: after each call, persist :meth:`drain_events` (and on ``round_finished`` the
 :meth:`checkpoint`) before sending the returned messages, so no site ever sees round r+1
 from a coordinator that could come back at round r.
@@ -20,6 +28,7 @@ from a coordinator that could come back at round r.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -27,12 +36,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedcare.algorithms.aggregate import Aggregate
 from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalOutcome, ServerState
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
+from fedcare.privacy.client_level import PrivateRounds
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     ApprovalStatus,
@@ -145,6 +156,7 @@ class CoordinatorMachine:
         options: CoordinatorOptions | None = None,
         strategy: Strategy | None = None,
         state: ServerState | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.plan = plan
@@ -155,6 +167,8 @@ class CoordinatorMachine:
         self.spec = self.strategy.local_spec(plan.spec)
         self.seeds = SeedStream(plan.seed)
         self.robust_rule = self.strategy.robust_rule()
+        self.noise_seed = secrets.randbits(63) if noise_seed is None else int(noise_seed)
+        self.private = self._private_rounds()
         self.state = state or self.strategy.init_state(np.asarray(initial_params, np.float32))
         self.size = int(self.state.params.size)
         self.extras = {
@@ -177,6 +191,27 @@ class CoordinatorMachine:
         self.guard.open_round(self.state.round)
         self._events: list[RuntimeEvent] = []
         self._now = 0.0
+
+    def _private_rounds(self) -> PrivateRounds | None:
+        dp = self.strategy.dp
+        if dp is None:
+            return None
+        if dp.mode != "central" or self.strategy.secure is not None:
+            raise ConfigError(
+                f"run '{self.run_id}': the deployed coordinator runs central DP without "
+                f"secure summation only, found dp mode '{dp.mode}'"
+            )
+        return PrivateRounds(
+            dp,
+            num_sites=len(self.plan.sites),
+            sampling_rate=self.plan.participation.fraction,
+            rounds=self.plan.rounds,
+            seeds=SeedStream(self.noise_seed),
+        )
+
+    def epsilon(self) -> float | None:
+        """Client-level epsilon spent so far at the plan's delta (None without DP)."""
+        return None if self.private is None else self.private.epsilon()
 
     # -- public surface --------------------------------------------------------------------
 
@@ -214,6 +249,8 @@ class CoordinatorMachine:
             "history": _json_safe(self.history),
             "contributed": dict(self.contributed),
         }
+        if self.private is not None:
+            extra["privacy"] = {**self.private.to_dict(), "noise_seed": self.noise_seed}
         return self.state, extra
 
     @classmethod
@@ -232,6 +269,16 @@ class CoordinatorMachine:
                 f"checkpoint of run '{extra.get('run_id')}' was taken under plan "
                 f"{extra.get('plan_hash')}, not {plan.hash}"
             )
+        privacy = extra.get("privacy")
+        if (privacy is None) != (plan.dp is None):
+            raise ConfigError(
+                f"checkpoint of run '{extra.get('run_id')}' "
+                + (
+                    "has no privacy accountant but the plan uses DP"
+                    if privacy is None
+                    else "has a privacy accountant but the plan has no DP"
+                )
+            )
         machine = cls(
             str(extra["run_id"]),
             plan,
@@ -239,7 +286,10 @@ class CoordinatorMachine:
             options=options,
             strategy=strategy,
             state=state,
+            noise_seed=None if privacy is None else int(privacy["noise_seed"]),
         )
+        if machine.private is not None and privacy is not None:
+            machine.private.restore(privacy)
         machine.history = [dict(r) for r in extra.get("history", [])]
         for site, r in dict(extra.get("contributed", {})).items():
             if site in machine.contributed:
@@ -419,6 +469,8 @@ class CoordinatorMachine:
                 progress.dropped[site] = self.sites[site].why_not_ready()
         self.current = progress
         self.phase = Phase.TRAINING
+        if self.private is not None:
+            self.private.start_round(r + 1, self.size)  # noise keyed like the simulator's
         self._event(
             "round_started",
             detail={
@@ -476,7 +528,10 @@ class CoordinatorMachine:
             self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
             out = [self._verdict(site, msg, False, str(exc))]
             return out + self._maybe_finish_training()
-        progress.accumulator.add(msg.delta, msg.weight, msg.extras)
+        if self.private is not None:
+            self.private.add(msg.delta)  # clipped here, at the trusted coordinator
+        else:
+            progress.accumulator.add(msg.delta, msg.weight, msg.extras)
         if self.robust_rule is not None:
             progress.collected.append((msg.delta, msg.weight))
         loss = msg.metrics.get("train_loss", float("nan"))
@@ -505,7 +560,13 @@ class CoordinatorMachine:
             return []
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        aggregate = progress.accumulator.result()
+        if self.private is not None:
+            # DP-FedAvg: the noised sum over the expected number of sites, as the simulator.
+            delta = self.private.release(progress.round + 1)
+            cohort = len(progress.sampled)
+            aggregate = Aggregate(delta, {}, float(cohort), cohort)
+        else:
+            aggregate = progress.accumulator.result()
         if self.robust_rule is not None:
             # Robust rules need every update at once; extras keep their uniform mean.
             stacked = np.stack([d for d, _ in progress.collected])
@@ -523,6 +584,7 @@ class CoordinatorMachine:
                 "dropped": dict(progress.dropped),
                 "rejected": dict(progress.rejected),
                 "model_hash": vector_digest(self.state.params),
+                **self._privacy_detail(),
             },
         )
         final = self.round >= self.plan.rounds
@@ -530,6 +592,17 @@ class CoordinatorMachine:
         if final or (every and self.round % every == 0):
             return self._start_eval(final)
         return self._round_done(progress, {})
+
+    def _privacy_detail(self) -> dict[str, Any]:
+        """Epsilon so far, at the plan's delta, for the round's events and history."""
+        if self.private is None:
+            return {}
+        return {
+            "epsilon": self.private.epsilon(),
+            "delta": self.private.spec.delta,
+            "noise_multiplier": self.private.noise_multiplier,
+            "clip_norm": self.private.clip_norm,
+        }
 
     def _retry_round(self, progress: RoundProgress) -> list[Outgoing]:
         self.current = None
@@ -636,6 +709,8 @@ class CoordinatorMachine:
                 s: progress.accepted[s].nbytes for s in self._in_site_order(progress.accepted)
             },
         }
+        if self.private is not None:
+            record["epsilon"] = self.private.epsilon()
         self.history.append(record)
         self.current = None
         self._event(

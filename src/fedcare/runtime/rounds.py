@@ -4,6 +4,8 @@
 stages), local hyper-parameters, rounds, seed, participation and the ordered site list.
 Both machines build the same :class:`~fedcare.algorithms.strategy.Strategy` from it, and a
 site's index in ``sites`` keys its seeds exactly as the simulator keys that site's.
+Strategy ``params`` (client-level ``dp`` included) are part of the plan, so its hash
+covers the privacy settings a data owner approves and budgets for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import TrainSpec
+from fedcare.privacy.client_level import planned_spend
+from fedcare.privacy.spec import DPSpec
 from fedcare.runtime.approvals import canonical, plan_hash
 from fedcare.runtime.sampling import Participation
 
@@ -102,7 +106,29 @@ class RunPlan:
                 "mocha needs every site's model at the coordinator each round; "
                 "it runs in simulation only"
             )
+        if strategy.secure is not None:
+            raise ConfigError(
+                f"strategy '{self.strategy}': {strategy.secure.label} is not run by the deployed "
+                "runtime yet (the coordinator would see every update in the clear); use it in "
+                "simulation, or deploy without 'secure'"
+            )
+        if strategy.dp is not None and strategy.dp.mode != "central":
+            raise ConfigError(
+                f"strategy '{self.strategy}': dp mode '{strategy.dp.mode}' is not supported in "
+                "deployment yet (distributed DP needs secure aggregation, local DP noise drawn "
+                "at each site); use mode 'central' or run it in simulation"
+            )
         return strategy
+
+    @property
+    def dp(self) -> DPSpec | None:
+        """The plan's client-level DP settings (None: no differential privacy)."""
+        return self.build_strategy().dp
+
+    def planned_spend(self) -> tuple[float, float] | None:
+        """(epsilon, delta) the whole run spends of each site's budget; None without DP."""
+        dp = self.dp
+        return None if dp is None else planned_spend(dp, self.participation.fraction, self.rounds)
 
     @property
     def local_spec(self) -> TrainSpec:

@@ -42,10 +42,10 @@ from fedcare.ml.evaluate import evaluate_vector
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import local_tensor_mask
 from fedcare.ml.trainer import LocalTrainer, Mode
+from fedcare.privacy.client_level import PrivateRounds
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.sampling import Participation, sample_sites
 from fedcare.sim.evaluation import TestSets, pooled
-from fedcare.sim.private_round import PrivateRounds
 from fedcare.sim.secure_sum import build_summer
 
 ProgressCallback = Callable[["RoundRecord"], None]
