@@ -101,7 +101,13 @@ def start_params(dataset, plan: RunPlan) -> np.ndarray:
 
 
 def deploy(
-    dataset, plan: RunPlan, tmp_path: Path, options=None, approve=True, noise_seed="plan"
+    dataset,
+    plan: RunPlan,
+    tmp_path: Path,
+    options=None,
+    approve=True,
+    noise_seed="plan",
+    run_id="run-1",
 ) -> Loopback:
     """A coordinator and one site machine per hospital, each with its own approval store.
 
@@ -109,7 +115,7 @@ def deploy(
     simulator does (a real coordinator keeps a secret one; None draws it).
     """
     coordinator = CoordinatorMachine(
-        "run-1",
+        run_id,
         plan,
         start_params(dataset, plan),
         options=options or CoordinatorOptions(),

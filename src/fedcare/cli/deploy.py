@@ -8,7 +8,8 @@ Coordinating centre::
 
 Each hospital::
 
-    fedcare site start --coordinator HOST:PORT --bundle site-bundle --data heart-disease:cleveland
+    fedcare site start --coordinator HOST:PORT --bundle site-bundle --data heart-disease:cleveland \
+        --budget-epsilon 10 --budget-delta 1e-4     # this dataset's privacy budget (kept)
     fedcare site approve HASH
 """
 
@@ -341,6 +342,16 @@ def site_start(
         str | None,
         typer.Option(help="Site name (only with --insecure; else from the certificate)."),
     ] = None,
+    budget_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Privacy budget (epsilon) of this dataset, recorded in the site's ledger the "
+            "first time; plans that would exceed what is left are refused."
+        ),
+    ] = None,
+    budget_delta: Annotated[
+        float | None, typer.Option(help="Privacy budget (delta), with --budget-epsilon.")
+    ] = None,
     chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
     max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
     insecure: Annotated[
@@ -348,7 +359,7 @@ def site_start(
     ] = False,
 ) -> None:
     """Connect this hospital to the coordinator and work on approved plans until the run ends."""
-    from fedcare.net.site_agent import SiteAgent
+    from fedcare.net.site_agent import SiteAgent, open_budget
     from fedcare.net.site_training import site_training
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
@@ -379,8 +390,17 @@ def site_start(
             raise ConfigError("no usable data at this site")
         return site_training(rows)(plan)
 
+    budget = open_budget(state, site_name, data, budget_epsilon, budget_delta)
+    if budget is not None:
+        total, (eps_left, delta_left) = budget.ledger.budget, budget.remaining()
+        _log(
+            f"privacy budget of '{data}': epsilon {total.epsilon:g}, delta {total.delta:g}; "
+            f"left: epsilon {eps_left:.4g}, delta {delta_left:.3g} (ledger in {state})"
+        )
     approvals = ApprovalStore(state / "approvals.json")
-    machine = SiteMachine(site_name, approvals, check, work, coordinator="coordinator")
+    machine = SiteMachine(
+        site_name, approvals, check, work, coordinator="coordinator", budget=budget
+    )
     agent = SiteAgent(
         machine,
         coordinator,

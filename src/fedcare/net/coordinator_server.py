@@ -61,6 +61,7 @@ AUDITED = {
     "round_completed",
     "run_finished",
     "run_failed",
+    "plan_refused",
 }
 
 
@@ -248,6 +249,14 @@ class CoordinatorDriver:
                 )
             elif ev.kind == "data_problem":
                 self.log(f"site '{ev.site}' reports data problems: {detail.get('problems')}")
+        elif ev.kind == "plan_refused":
+            store.set_site_status(run, ev.site, "refused", str(detail.get("reason", "")))
+            self.log(f"site '{ev.site}' refused the plan: {detail.get('reason')}")
+        elif ev.kind == "round_completed" and "epsilon" in detail:
+            self.log(
+                f"round {ev.round}: privacy spent so far epsilon {detail['epsilon']:.4g} "
+                f"at delta {detail['delta']:g}"
+            )
         elif ev.kind in {"site_connected", "site_disconnected"}:
             store.set_site_status(run, ev.site, ev.kind.removeprefix("site_"))
         elif ev.kind == "message_rejected":

@@ -6,7 +6,8 @@ reported to the coordinator; nothing trains on data that failed), and then answe
 coordinator's messages with the machine's replies. A lost connection is retried with
 exponential back-off; a refused certificate is not retried. The machine's per-site state
 (SCAFFOLD control variate, personal model) is written atomically after every message that
-changes it, so a site that crashes and restarts rejoins with it.
+changes it, so a site that crashes and restarts rejoins with it. A site with a privacy
+budget keeps it in a ledger file in the same folder (:func:`open_budget`), per dataset.
 """
 
 from __future__ import annotations
@@ -26,11 +27,47 @@ from safetensors.numpy import load_file, save_file
 from fedcare.core.errors import ConfigError
 from fedcare.net.channel import Backoff, SiteSession, TransportError, TransportLimits, open_session
 from fedcare.net.tls import TlsBundle
+from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
+from fedcare.privacy.client_level import SiteBudget
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.site import SiteMachine, SitePhase
 
 Log = Callable[[str], None]
 STATE_FILE = "site-state.safetensors"
+LEDGER_FILE = "privacy-ledger.sqlite"
+
+
+def open_budget(
+    directory: Path,
+    site: str,
+    dataset: str,
+    epsilon: float | None = None,
+    delta: float | None = None,
+) -> SiteBudget | None:
+    """The site's privacy budget for ``dataset``, from its ledger in ``directory``.
+
+    The first time, pass ``epsilon`` and ``delta`` (recorded in the ledger); later starts
+    need neither: a recorded budget is always enforced. A different budget than the one
+    recorded is an error (raising a budget is a deliberate act, not a flag). None when no
+    budget was ever set for the dataset.
+    """
+    if (epsilon is None) != (delta is None):
+        given = "--budget-epsilon" if delta is None else "--budget-delta"
+        raise ConfigError(
+            f"a privacy budget needs both --budget-epsilon and --budget-delta; found only {given}"
+        )
+    path = Path(directory) / LEDGER_FILE
+    budget = None if epsilon is None or delta is None else PrivacyBudget(epsilon, delta)
+    if budget is None and not path.exists():
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    try:
+        ledger = BudgetLedger(path, site=site, dataset=dataset, budget=budget)
+    except ConfigError:
+        if budget is None:  # the ledger holds other datasets' budgets only
+            return None
+        raise
+    return SiteBudget(ledger)
 
 
 def state_key(machine: SiteMachine) -> str:
@@ -184,6 +221,27 @@ class SiteAgent:
             )
         elif kind in {"approved", "run_finished", "coordinator_error", "message_rejected"}:
             self.log(f"{kind.replace('_', ' ')}: {json.dumps(detail, default=str)}")
+        elif kind == "budget_refused":
+            self.log(
+                f"PLAN REFUSED: job plan {detail.get('plan_hash')} does not fit this site's "
+                f"privacy budget: {detail.get('detail')}"
+            )
+        elif kind == "budget_exhausted":
+            self.log(
+                f"round {int(detail['round']) + 1} NOT TRAINED: it would exceed this site's privacy budget: "
+                f"{detail.get('detail')}"
+            )
+        elif kind == "budget_admitted":
+            self.log(
+                f"privacy budget: plan {str(detail.get('plan_hash'))[:16]}… will spend epsilon "
+                f"{detail.get('planned_epsilon'):.4g} of the {detail.get('remaining_epsilon'):.4g} "
+                "left"
+            )
+        elif kind == "budget_charged":
+            self.log(
+                f"round {int(detail['round']) + 1}: privacy ledger charged, this job's epsilon "
+                f"is now {detail['epsilon']:.4g}"
+            )
         elif kind in {"trained", "update_sent"}:
             self.log(f"round {round_ + 1}: {kind.replace('_', ' ')}")
 

@@ -18,20 +18,23 @@ secret seed of its own (the plan's seed is known to every site, which could then
 the noise).
 
 :func:`noise_multiplier_for` and :func:`planned_spend` let a site compute, from the plan
-alone, the noise the coordinator will add and the epsilon the whole run will cost.
+alone, the noise the coordinator will add and the epsilon the whole run will cost;
+:class:`SiteBudget` holds a site's ledger to them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, PrivacyBudgetExceededError
 from fedcare.core.seeds import SeedStream
 from fedcare.privacy.accountant import PrivacyAccountant, calibrate_noise_multiplier
 from fedcare.privacy.adaptive_clip import AdaptiveClipConfig, AdaptiveClipNorm
+from fedcare.privacy.budget import BudgetLedger, JobRef
 from fedcare.privacy.mechanisms import (
     CentralDPFedAvg,
     DistributedDPFedAvg,
@@ -237,3 +240,69 @@ class PrivateRounds:
         if data.get("adaptive") is not None and self.adaptive is not None:
             self.adaptive = AdaptiveClipNorm.from_dict(data["adaptive"])
         self._central = self._build_central()
+
+
+@dataclass(frozen=True)
+class JobPrivacy:
+    """What one DP job costs a site, computed from the approved plan alone.
+
+    A site never takes the coordinator's word for its spend: it recomputes the noise
+    multiplier (calibrated exactly as the coordinator calibrates it) and the epsilon after
+    each round from the plan's DP settings, rounds and sampling rate.
+    """
+
+    spec: DPSpec
+    noise_multiplier: float
+    sampling_rate: float
+    rounds: int
+
+    @classmethod
+    def of(cls, spec: DPSpec, sampling_rate: float, rounds: int) -> JobPrivacy:
+        z = noise_multiplier_for(spec, sampling_rate, rounds)
+        return cls(spec, z, sampling_rate, rounds)
+
+    def epsilon_after(self, releases: int) -> float:
+        return spend_after(self.spec, self.noise_multiplier, self.sampling_rate, releases)
+
+    @property
+    def planned_epsilon(self) -> float:
+        return self.epsilon_after(self.rounds)
+
+
+class SiteBudget:
+    """A site's guard over its persistent :class:`BudgetLedger` (one dataset).
+
+    :meth:`admit` refuses a job whose whole plan would not fit what is left (a job
+    without DP spends an unbounded epsilon, so a site with a budget refuses it too);
+    :meth:`charge_round` records the job's running epsilon *before* the site trains a
+    round, and raises instead of recording if the step would exceed the budget.
+    """
+
+    def __init__(self, ledger: BudgetLedger) -> None:
+        self.ledger = ledger
+
+    def admit(self, job: JobRef, cost: JobPrivacy | None) -> None:
+        if cost is None:
+            budget = self.ledger.budget
+            raise PrivacyBudgetExceededError(
+                f"site '{self.ledger.site}', dataset '{self.ledger.dataset}': job "
+                f"'{job.job_id}' has no differential privacy, so its epsilon is unbounded; "
+                f"this site enforces a budget of epsilon={budget.epsilon:g}, "
+                f"delta={budget.delta:g} (add dp to the strategy)"
+            )
+        self.ledger.check_can_start(job, cost.planned_epsilon, cost.spec.delta)
+
+    def charge_round(self, job: JobRef, cost: JobPrivacy, round_index: int) -> float:
+        """Charge the spend after round ``round_index`` (0-based); returns that epsilon.
+
+        A round trained again (a retried round, a resumed coordinator) is already paid for.
+        """
+        epsilon = cost.epsilon_after(round_index + 1)
+        recorded = self.ledger.job_spend().get(job.job_id)
+        if recorded is not None and recorded[0] >= epsilon:
+            return recorded[0]
+        self.ledger.charge(job, epsilon, cost.spec.delta)
+        return epsilon
+
+    def remaining(self) -> tuple[float, float]:
+        return self.ledger.remaining()

@@ -46,6 +46,7 @@ from fedcare.core.vectors import FloatVector
 from fedcare.privacy.client_level import PrivateRounds
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
+    BUDGET_EXCEEDED,
     ApprovalStatus,
     ErrorReport,
     EvalRequest,
@@ -105,6 +106,7 @@ class SiteStatus:
     data_ok: bool = False
     approved: bool = False
     waiting_approval: bool = False
+    refused: str = ""  # why the site refused the plan (its privacy budget), if it did
     data: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -117,6 +119,8 @@ class SiteStatus:
             return "not connected"
         if not self.data_ok:
             return "data did not pass the schema check" if self.problems else "no hello yet"
+        if self.refused:
+            return f"refused the plan: {self.refused}"
         if self.waiting_approval:
             return "waiting for its owner to approve the plan"
         return "has not answered the job plan"
@@ -423,6 +427,14 @@ class CoordinatorMachine:
         site = env.sender
         self._event("site_error", site, {"code": report.code, "message": report.message})
         reason = f"{report.code}: {report.message}"
+        if report.code == BUDGET_EXCEEDED:
+            # Its privacy budget cannot pay for (more of) this run: not asked again until
+            # it reconnects and re-checks the plan.
+            status = self.sites[site]
+            status.approved, status.waiting_approval, status.refused = False, False, report.message
+            self._event("plan_refused", site, {"plan_hash": self.plan_hash, "reason": reason})
+            if self.phase is Phase.WAITING:
+                return self._maybe_start_round()
         if self.phase is Phase.TRAINING and self.current and site in self.current.pending:
             self.current.dropped[site] = reason
             self._event("site_dropped", site, {"reason": reason})
@@ -443,10 +455,13 @@ class CoordinatorMachine:
             for i in sample_sites(len(self.plan.sites), self.plan.participation, self.seeds, r)
         ]
         ready = [s for s in sampled if self.sites[s].ready]
+        # A site that refused the plan (its privacy budget) is not waited for.
+        awaited = [s for s in sampled if not self.sites[s].refused]
         if self.waiting_since is None:
             self.waiting_since = self._now
         waited = self._now - self.waiting_since >= self.options.start_grace_s
-        if len(ready) < len(sampled) and not (waited and len(ready) >= self.min_updates):
+        enough = len(ready) >= max(self.min_updates, 1)
+        if not (enough and (len(ready) >= len(awaited) or waited)):
             return []
         self.waiting_since = None
         return self._start_round(sampled, ready)

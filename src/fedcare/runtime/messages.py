@@ -33,6 +33,9 @@ from fedcare.runtime.envelope import Envelope, as_float32
 NO_RUN = "none"
 """Run id of a Hello from a site that has not been given a run yet."""
 
+BUDGET_EXCEEDED = "budget_exceeded"
+"""ErrorReport code: the site's privacy budget refuses the plan, or a further round of it."""
+
 Segments = list[tuple[str, int]]
 
 

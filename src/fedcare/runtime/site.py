@@ -12,6 +12,12 @@ A new state is *pending* until the coordinator reports (``contributed``) that th
 came with went into an aggregate; otherwise it is dropped and the site trains the retried or
 resumed round again from its committed state, exactly as the simulator would.
 
+A site with a privacy budget (a :class:`~fedcare.privacy.client_level.SiteBudget` over its
+persistent ledger) refuses a plan whose whole run would not fit what is left, before its
+owner is even asked, and charges the ledger with the job's running epsilon before it trains
+each round; a round that would overrun the budget is refused, not trained. Both refusals
+reach the coordinator as ``budget_exceeded`` error reports.
+
 Drivers: persist :meth:`checkpoint` after each call that returns an update, before sending
 it, so a site that crashes and restarts still holds the state its counted update came from.
 """
@@ -40,9 +46,12 @@ from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
+from fedcare.privacy.budget import JobRef
+from fedcare.privacy.client_level import JobPrivacy, SiteBudget
 from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
+    BUDGET_EXCEEDED,
     NO_RUN,
     ApprovalStatus,
     ErrorReport,
@@ -147,12 +156,16 @@ class SiteMachine:
         work: WorkFactory,
         *,
         coordinator: str | None = None,
+        budget: SiteBudget | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
         self.data = data
         self.work_factory = work
         self.coordinator = coordinator  # expected sender identity; None accepts any
+        self.budget = budget
+        self.job_cost: JobPrivacy | None = None  # the approved plan's DP spend, if any
+        self._costs: dict[str, JobPrivacy | None] = {}
         self.phase = SitePhase.STARTING
         self.run_id = NO_RUN
         self.plan: RunPlan | None = None
@@ -294,6 +307,9 @@ class SiteMachine:
             return self._refuse(env, "plan_refused", str(exc))
         if message.run_id != self.run_id:
             self._new_run(message.run_id)
+        refusal = self._over_budget(plan, computed, message.round)
+        if refusal is not None:
+            return refusal
         decision = self.approvals.request(message.plan, from_=env.sender)
         if not decision.approved:
             self.phase = SitePhase.WAITING_APPROVAL
@@ -301,12 +317,15 @@ class SiteMachine:
             self._event("waiting_approval", {"plan_hash": computed, "detail": decision.reason})
             status = ApprovalStatus(message.run_id, message.round, computed, False, decision.reason)
             return [status.to_envelope()]
-        return self._apply_decision(message.plan, computed, decision)
+        return self._apply_decision(message.plan, computed, decision, recheck=False)
 
     def _apply_decision(
-        self, plan_dict: dict[str, Any], hash_: str, decision: Decision
+        self, plan_dict: dict[str, Any], hash_: str, decision: Decision, *, recheck: bool = True
     ) -> list[Envelope]:
         plan = RunPlan.from_dict(plan_dict)
+        refusal = self._over_budget(plan, hash_, self.last_round) if recheck else None
+        if refusal is not None:  # another job may have spent the budget while it waited
+            return refusal
         try:
             work = self.work_factory(plan)
             if work.num_params <= 0:
@@ -314,6 +333,7 @@ class SiteMachine:
         except FedcareError as exc:
             return [ErrorReport(self.run_id, 0, "plan_incompatible", str(exc)).to_envelope()]
         self.plan, self.plan_hash, self.work, self.offered = plan, hash_, work, None
+        self.job_cost = self._costs.get(hash_)
         self.strategy = plan.build_strategy()
         kind = self.strategy.personal.mask_kind
         self.mask = work.local_mask(kind) if kind else None
@@ -321,6 +341,52 @@ class SiteMachine:
         self._event("approved", {"plan_hash": hash_, "detail": decision.reason})
         status = ApprovalStatus(self.run_id, self.last_round, hash_, True, decision.reason)
         return [status.to_envelope()]
+
+    def _cost(self, plan: RunPlan, hash_: str) -> JobPrivacy | None:
+        if hash_ not in self._costs:  # calibrating a target epsilon takes a moment
+            dp = plan.dp
+            self._costs[hash_] = (
+                None if dp is None else JobPrivacy.of(dp, plan.participation.fraction, plan.rounds)
+            )
+        return self._costs[hash_]
+
+    def _over_budget(self, plan: RunPlan, hash_: str, round_: int) -> list[Envelope] | None:
+        """None if the whole plan fits this site's budget, else the refusal to send."""
+        if self.budget is None:
+            return None
+        try:
+            cost = self._cost(plan, hash_)
+            self.budget.admit(JobRef(self.run_id, hash_), cost)
+        except FedcareError as exc:  # over budget, a broken ledger, an unreachable epsilon
+            self.phase, self.offered = SitePhase.WAITING_PLAN, None
+            self._event("budget_refused", {"plan_hash": hash_, "detail": str(exc)})
+            return [ErrorReport(self.run_id, round_, BUDGET_EXCEEDED, str(exc)).to_envelope()]
+        remaining = self.budget.remaining()
+        self._event(
+            "budget_admitted",
+            {
+                "plan_hash": hash_,
+                "planned_epsilon": cost.planned_epsilon if cost else None,
+                "remaining_epsilon": remaining[0],
+            },
+        )
+        return None
+
+    def _charge(self, round_: int) -> list[Envelope] | None:
+        """Charge the ledger for this round before training; the refusal if it cannot."""
+        if self.budget is None:
+            return None
+        try:
+            if self.job_cost is None:  # admit() refuses a plan without DP; never train one
+                raise ProtocolError(f"site '{self.name}' has a budget but no DP cost for the job")
+            epsilon = self.budget.charge_round(
+                JobRef(self.run_id, self.plan_hash), self.job_cost, round_
+            )
+        except FedcareError as exc:
+            self._event("budget_exhausted", {"round": round_, "detail": str(exc)})
+            return [ErrorReport(self.run_id, round_, BUDGET_EXCEEDED, str(exc)).to_envelope()]
+        self._event("budget_charged", {"round": round_, "epsilon": epsilon})
+        return None
 
     def _new_run(self, run_id: str) -> None:
         """A different run: algorithm state starts afresh."""
@@ -364,6 +430,9 @@ class SiteMachine:
         if problem:
             return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
         self._settle(req.contributed)
+        refusal = self._charge(req.round)
+        if refusal is not None:
+            return refusal
         try:
             update = self._train(req, plan, strategy, work, index)
         except FedcareError as exc:
