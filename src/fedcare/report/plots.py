@@ -224,6 +224,7 @@ def privacy_utility_png(results: StudyResults) -> bytes | None:
     if reference:
         ax.legend(loc="lower right", frameon=False, fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.12)  # room for the labels under the points
     _style(ax, ylabel="mean site accuracy", xlabel="epsilon spent (log scale)")
     ax.set_title("Privacy against accuracy", loc="left", fontsize=10, fontweight="bold")
     return _png(fig)
