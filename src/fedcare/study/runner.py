@@ -78,8 +78,7 @@ class StudyRunner:
         labels = {"local": "Local only", "pooled": "Pooled (centralised)"}
         out = [_Job(b, b, labels[b], None) for b in self.config.baselines]
         out += [
-            _Job(s.display_name, "federated", s.display_name, s)
-            for s in self.config.all_strategies
+            _Job(s.display_name, "federated", s.display_name, s) for s in self.config.all_strategies
         ]
         return out
 
