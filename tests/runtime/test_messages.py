@@ -173,3 +173,26 @@ def test_pack_then_unpack_returns_every_segment(sizes):
     back = unpack_segments(vector, segments, "test")
     for name, array in arrays.items():
         np.testing.assert_array_equal(back[name], array)
+
+
+def test_a_compressed_update_travels_as_bytes_and_parses_back():
+    from fedcare.runtime.messages import UpdateMessage, WireDelta
+
+    wire = WireDelta(b"\x01\x02\x03\x04\x05\x06\x07\x08", {"stage": "topk", "fraction": 0.1}, 10)
+    extras = {"control": np.arange(3, dtype=np.float32)}
+    message = UpdateMessage("run", 2, 0, np.zeros(10, np.float32), extras, 5.0, 5, wire=wire)
+    env = message.to_envelope()
+    assert env.vector.dtype == np.uint8 and env.nbytes == 8 + 3 * 4
+    parsed = UpdateMessage.from_envelope(env.from_peer("site-a"))
+    assert parsed.wire == wire
+    np.testing.assert_array_equal(parsed.extras["control"], extras["control"])
+    broken = Envelope(
+        env.kind,
+        env.run_id,
+        env.round,
+        env.nonce,
+        {**env.header, "wire": {"stage": "x"}},
+        env.vector,
+    )
+    with pytest.raises(ProtocolError, match="wire"):
+        UpdateMessage.from_envelope(broken)

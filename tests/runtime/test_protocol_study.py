@@ -156,8 +156,9 @@ def simulate(dataset, plan: RunPlan):
         ("fedavg", {"aggregator": "median"}),  # robust rule over every update at once
         ("ditto", {}),  # personal models trained and kept at the sites
         ("fedavg", {"upload": [{"stage": "clip", "max_norm": 0.05}, {"stage": "quantize"}]}),
+        ("scaffold", {"upload": [{"stage": "topk", "fraction": 0.2}]}),  # residual at the site
     ],
-    ids=["fedavg", "fedadam", "scaffold", "qfedavg", "median", "ditto", "clip-quantize"],
+    ids=["fedavg", "fedadam", "scaffold", "qfedavg", "median", "ditto", "clip-quantize", "topk"],
 )
 def test_deployed_protocol_reaches_the_simulators_model(heart, tmp_path, strategy, params):
     plan = heart_plan(heart, strategy, params)
@@ -179,6 +180,8 @@ def test_deployed_protocol_reaches_the_simulators_model(heart, tmp_path, strateg
             )
         assert d["train_loss"] == pytest.approx(s.train_loss, rel=1e-5)
         assert d["download_bytes"] == s.download_bytes
+        # Compressed updates cross the wire encoded: the bytes match the simulator's count.
+        assert d["site_upload_bytes"] == s.site_upload_bytes
     for site, stats in sim.final_eval.items():  # personal models for ditto
         assert net.coordinator.final_eval[site].summary() == pytest.approx(
             stats.summary(), nan_ok=True

@@ -79,3 +79,18 @@ def test_strategies_take_upload_stages_from_their_params():
     assert strategy.upload.compresses
     with pytest.raises(ConfigError, match="cyclic"):
         build_strategy("cyclic", {"upload": [{"stage": "quantize"}]})
+
+
+def test_wire_bytes_decode_to_what_the_site_decoded():
+    from fedcare.transforms.pipeline import compression_stage, from_wire, to_wire
+
+    x = np.random.default_rng(3).normal(size=3000).astype(np.float32)
+    for raw in ([{"stage": "quantize", "bits": 4}], [{"stage": "topk", "fraction": 0.01}]):
+        p = pipeline(*raw)
+        encoded, _ = p.encode(x, {}, np.random.default_rng(0))
+        wire = to_wire(encoded)
+        assert len(wire) == encoded.nbytes
+        stage = compression_stage(p.stages)
+        np.testing.assert_array_equal(from_wire(wire, stage, x.size), p.decode(encoded))
+        with pytest.raises(ValueError, match="bytes"):
+            from_wire(wire[:-8], stage, x.size)

@@ -64,6 +64,7 @@ from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
 from fedcare.runtime.sampling import sample_sites
 from fedcare.runtime.validation import validate_update
+from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
 
 class Phase(Enum):
@@ -537,6 +538,8 @@ class CoordinatorMachine:
                     f"update from site '{site}' for round {msg.round}: announced hash "
                     f"{msg.update_hash[:16]}… but the vector hashes to {received[:16]}…"
                 )
+            if msg.wire is not None:
+                msg = msg.decoded(self._decode_wire(site, msg))
             norm = validate_update(msg, self.size, self.options.max_update_norm, extras=self.extras)
         except UpdateRejectedError as exc:
             progress.rejected[site] = str(exc)
@@ -762,6 +765,27 @@ class CoordinatorMachine:
 
     def _finish_messages(self) -> list[Outgoing]:
         return [self._finished_message(s) for s, st in self.sites.items() if st.connected]
+
+    def _decode_wire(self, site: str, msg: UpdateMessage) -> FloatVector:
+        """Decode a compressed delta, after checking it was encoded as the plan says."""
+        wire = msg.wire
+        if wire is None:
+            return msg.delta
+        stage = compression_stage(self.strategy.upload.stages)
+        where = f"update from site '{site}' for round {msg.round}"
+        if stage is None or wire.stage != stage_dict(stage):
+            agreed = "no compression" if stage is None else stage_dict(stage)
+            raise UpdateRejectedError(
+                f"{where}: encoded with {wire.stage}, but the plan agreed {agreed}"
+            )
+        if wire.length != self.size:
+            raise UpdateRejectedError(
+                f"{where}: encodes {wire.length} values, the model has {self.size}"
+            )
+        try:
+            return from_wire(wire.data, stage, wire.length)
+        except ValueError as exc:
+            raise UpdateRejectedError(f"{where}: malformed {stage.kind} payload: {exc}") from exc
 
     def _verdict(self, site: str, msg: UpdateMessage, accepted: bool, reason: str) -> Outgoing:
         verdict = UpdateVerdict(self.run_id, msg.round, msg.attempt, accepted, reason)

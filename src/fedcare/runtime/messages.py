@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -304,9 +304,27 @@ class TrainRequest:
         )
 
 
+@dataclass(frozen=True)
+class WireDelta:
+    """A delta as a compression stage encoded it: what actually crosses the network.
+
+    ``stage`` is the stage as JSON (``{"stage": "quantize", "bits": 8}``) and ``length`` the
+    number of values it decodes to; the coordinator checks both against the plan before
+    decoding, so a site cannot make it allocate or decode anything the plan did not agree.
+    """
+
+    data: bytes
+    stage: dict[str, Any]
+    length: int
+
+
 @dataclass(frozen=True, eq=False)
 class UpdateMessage:
-    """Site -> coordinator: the site's update for a round (delta, weight, algorithm extras)."""
+    """Site -> coordinator: the site's update for a round (delta, weight, algorithm extras).
+
+    With a compression stage, ``wire`` holds the encoded delta and the vector on the wire
+    is bytes (uint8); the coordinator decodes it into ``delta`` (see :meth:`decoded`).
+    """
 
     KIND: ClassVar[str] = "update"
     run_id: str
@@ -319,6 +337,7 @@ class UpdateMessage:
     metrics: dict[str, float] = field(default_factory=dict)
     update_hash: str = ""  # sha256 of the vector as sent; the coordinator recomputes it
     sender: str = ""
+    wire: WireDelta | None = None
 
     @classmethod
     def from_update(
@@ -339,26 +358,46 @@ class UpdateMessage:
         return ClientUpdate(self.delta, self.weight, dict(self.extras), dict(self.metrics))
 
     def to_envelope(self) -> Envelope:
-        vector, segments = pack_segments({"delta": self.delta, **self.extras})
-        header = {
+        header: dict[str, Any] = {
             "attempt": self.attempt,
-            "segments": segments,
             "weight": self.weight,
             "num_samples": self.num_samples,
             "metrics": self.metrics,
-            "update_hash": vector_digest(vector),
         }
+        if self.wire is None:
+            vector, segments = pack_segments({"delta": self.delta, **self.extras})
+        else:
+            # Encoded delta bytes, then the extras as little-endian float32 bytes.
+            extras, segments = pack_segments(dict(self.extras)) if self.extras else (None, [])
+            tail = b"" if extras is None else extras.astype("<f4").tobytes()
+            vector = np.frombuffer(self.wire.data + tail, dtype=np.uint8)
+            header["wire"] = {
+                "stage": self.wire.stage,
+                "length": self.wire.length,
+                "delta_bytes": len(self.wire.data),
+            }
+        header["segments"] = segments
+        header["update_hash"] = vector_digest(vector)
         return Envelope.create(self.KIND, self.run_id, self.round, header, vector)
+
+    def decoded(self, delta: FloatVector) -> Self:
+        """The same message with its wire delta decoded (by the coordinator, per the plan)."""
+        return replace(self, delta=delta)
 
     @classmethod
     def from_envelope(cls, env: Envelope) -> Self:
         """Parse the message; checking the numbers themselves is :mod:`.validation`'s job."""
         _expect_kind(env, cls.KIND)
         h = _Header(env)
-        parts = unpack_segments(as_float32(env), h.segments(), f"update from '{env.sender}'")
-        if "delta" not in parts:
-            raise ProtocolError(f"update from '{env.sender}': no 'delta' segment in the vector")
-        delta = parts.pop("delta")
+        wire = None
+        if "wire" in env.header:
+            wire, parts = _wire_parts(env, h)
+            delta: FloatVector = np.zeros(0, dtype=np.float32)  # decoded by the coordinator
+        else:
+            parts = unpack_segments(as_float32(env), h.segments(), f"update from '{env.sender}'")
+            if "delta" not in parts:
+                raise ProtocolError(f"update from '{env.sender}': no 'delta' segment in the vector")
+            delta = parts.pop("delta")
         return cls(
             env.run_id,
             env.round,
@@ -370,7 +409,37 @@ class UpdateMessage:
             h.numbers("metrics"),
             h.text("update_hash"),
             env.sender,
+            wire,
         )
+
+
+def _wire_parts(env: Envelope, h: _Header) -> tuple[WireDelta, dict[str, FloatVector]]:
+    """Split a compressed update's bytes into the encoded delta and the float32 extras."""
+    what = f"update from '{env.sender}'"
+    spec = h.mapping("wire")
+    vector = env.vector
+    if vector is None or vector.dtype != np.uint8:
+        found = "no vector" if vector is None else f"dtype {vector.dtype}"
+        raise ProtocolError(f"{what}: a compressed update travels as uint8 bytes, found {found}")
+    stage, length, delta_bytes = spec.get("stage"), spec.get("length"), spec.get("delta_bytes")
+    if (
+        not isinstance(stage, dict)
+        or not isinstance(length, int)
+        or not isinstance(delta_bytes, int)
+    ):
+        raise ProtocolError(
+            f"{what}: header field 'wire' needs a 'stage' mapping and integer 'length' and "
+            f"'delta_bytes', found {spec!r}"
+        )
+    if not 0 <= delta_bytes <= vector.size or (vector.size - delta_bytes) % 4:
+        raise ProtocolError(
+            f"{what}: 'delta_bytes' {delta_bytes} does not split the {vector.size}-byte vector "
+            f"into a delta and float32 extras"
+        )
+    raw = vector.tobytes()
+    extras = np.frombuffer(raw[delta_bytes:], dtype="<f4").astype(np.float32)
+    parts = unpack_segments(extras, h.segments(), what)
+    return WireDelta(raw[:delta_bytes], stage, length), parts
 
 
 @dataclass(frozen=True, eq=False)

@@ -63,11 +63,13 @@ from fedcare.runtime.messages import (
     TrainRequest,
     UpdateMessage,
     UpdateVerdict,
+    WireDelta,
     parse_message,
     vector_digest,
 )
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import RunPlan
+from fedcare.transforms.pipeline import compression_stage, stage_dict, to_wire
 
 BoolMask = npt.NDArray[np.bool_]
 
@@ -465,7 +467,7 @@ class SiteMachine:
         )
         outcome = work.train(task)
         state, update = strategy.client_update(server, state, outcome, spec)
-        state, update.delta = self._upload(
+        state, update.delta, wire = self._upload(
             strategy, update.delta, state, plan.seed, req.round, index
         )
         if self.mask is not None:
@@ -480,9 +482,10 @@ class SiteMachine:
             )
             state = {**state, PERSONAL_MODEL: work.train(personal).params.copy()}
         self.pending = _Pending(req.round, state)
-        return UpdateMessage.from_update(
+        message = UpdateMessage.from_update(
             self.run_id, req.round, req.attempt, update, outcome.num_samples
         )
+        return message if wire is None else replace(message, wire=wire)
 
     def _upload(
         self,
@@ -492,25 +495,29 @@ class SiteMachine:
         seed: int,
         round_index: int,
         site: int,
-    ) -> tuple[SiteState, FloatVector]:
+    ) -> tuple[SiteState, FloatVector, WireDelta | None]:
         """The strategy's upload stages, as the simulator applies them.
 
-        Stages are encoded and decoded here and the decoded float32 update is sent: the
-        coordinator sees exactly what the simulator's coordinator sees, though compressed
-        stages do not yet shrink what the wire carries. Entries a personalised strategy
-        keeps local are sent as zeros.
+        Returns the new site state, the update as the coordinator will decode it, and,
+        with a compression stage, the encoded bytes that go on the wire instead of the
+        float32 vector. Entries a personalised strategy keeps local are sent as zeros
+        (dense: the coordinator does not know the mask, so those uploads stay uncompressed).
         """
         mask, pipeline = self.mask, strategy.upload
         shared = delta if mask is None else delta[~mask]
+        wire = None
         if pipeline.stages:
             rng = SeedStream(seed).generator("compress", round_index + 1, site)
             encoded, state = pipeline.encode(shared, state, rng)
             shared = pipeline.decode(encoded)
+            stage = compression_stage(pipeline.stages)
+            if stage is not None and mask is None:
+                wire = WireDelta(to_wire(encoded), stage_dict(stage), int(shared.size))
         if mask is None:
-            return state, np.ascontiguousarray(shared, dtype=np.float32)
+            return state, np.ascontiguousarray(shared, dtype=np.float32), wire
         full = np.zeros_like(delta)
         full[~mask] = shared
-        return state, full
+        return state, full, None
 
     def _on_verdict(self, verdict: UpdateVerdict) -> list[Envelope]:
         kind = "update_accepted" if verdict.accepted else "update_rejected"

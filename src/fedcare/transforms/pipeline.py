@@ -211,3 +211,42 @@ class UploadPipeline:
         if isinstance(encoded, quantize.QuantizedVector):
             return quantize.decode(encoded)
         return sparsify.decode(encoded)
+
+
+def compression_stage(stages: Sequence[Stage]) -> Stage | None:
+    """The pipeline's compression stage (it is always the last one), if any."""
+    return stages[-1] if stages and stages[-1].kind in COMPRESSION_STAGES else None
+
+
+def stage_dict(stage: Stage) -> dict[str, Any]:
+    """A stage as the JSON a message header carries (the form :func:`parse_stages` reads)."""
+    return {"stage": stage.kind, **dict(stage.params)}
+
+
+def to_wire(encoded: Encoded) -> bytes:
+    """The bytes a compressed update takes on the wire (``len == encoded.nbytes``)."""
+    if isinstance(encoded, DenseVector):
+        return encoded.values.astype("<f4").tobytes()
+    return encoded.to_bytes()
+
+
+def from_wire(data: bytes, stage: Stage, length: int) -> FloatVector:
+    """Decode ``length`` values sent through ``stage`` (the coordinator knows both from the plan)."""
+    p = stage.params
+    if stage.kind == "quantize":
+        q = quantize.QuantizedVector.from_bytes(
+            data,
+            length=length,
+            bits=int(p.get("bits", 8)),
+            chunk_size=int(p.get("chunk_size", quantize.DEFAULT_CHUNK_SIZE)),
+        )
+        return quantize.decode(q)
+    if stage.kind == "topk":
+        expected = 8 * TopKCompressor(float(p["fraction"])).k_for(length)
+        if len(data) != expected:
+            raise ValueError(
+                f"top-k of {length} values keeps {expected // 8} of them ({expected} bytes), "
+                f"found {len(data)} bytes"
+            )
+        return sparsify.decode(SparseVector.from_bytes(data, length=length))
+    raise ValueError(f"stage '{stage.kind}' does not compress; nothing to decode")
