@@ -41,8 +41,11 @@ Segments = list[tuple[str, int]]
 
 def vector_digest(vector: npt.NDArray[Any] | None) -> str:
     """sha256 of a payload's bytes: the update hash the audit log records."""
-    data = b"" if vector is None else np.ascontiguousarray(vector).tobytes()
-    return hashlib.sha256(data).hexdigest()
+    if vector is None:
+        return hashlib.sha256(b"").hexdigest()
+    # Hash the array's own memory (no copy: a 2 GB update must not be duplicated to hash it).
+    flat = np.ascontiguousarray(vector).reshape(-1)
+    return hashlib.sha256(flat.view(np.uint8).data).hexdigest()
 
 
 def pack_segments(
