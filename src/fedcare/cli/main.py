@@ -19,7 +19,7 @@ from fedcare.cli.errors import friendly_errors
 
 app = typer.Typer(
     name="fedcare",
-    help="Federated learning across hospitals: studies in simulation, reports, datasets.",
+    help="Federated learning across hospitals: studies in simulation, reports, datasets, and deployment (certs, coordinator, site agents, audit).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
