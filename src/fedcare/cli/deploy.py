@@ -40,6 +40,14 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 DEFAULT_ADDRESS = "0.0.0.0:50051"
+
+# Options the coordinator's start and resume share.
+ChunkMiB = Annotated[float, typer.Option(help="Streaming chunk size in MiB.")]
+MaxModelGiB = Annotated[float, typer.Option(help="Largest vector accepted, GiB.")]
+Insecure = Annotated[
+    bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
+]
+PortFile = Annotated[Path | None, typer.Option(help="Write the bound port here (with port 0).")]
 DEFAULT_SITE_DIR = Path(".fedcare-site")
 
 
@@ -179,14 +187,10 @@ def coordinator_start(
         float | None, typer.Option(help="Reject updates with a larger L2 norm.")
     ] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
-    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
-    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
-    ] = False,
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the bound port here (with port 0).")
-    ] = None,
+    chunk_mib: ChunkMiB = 4.0,
+    max_model_gib: MaxModelGiB = 8.0,
+    insecure: Insecure = False,
+    port_file: PortFile = None,
 ) -> None:
     """Start a deployed run of a study and serve it until it finishes."""
     from fedcare.net.coordinator_server import new_run, save_initial
@@ -223,14 +227,10 @@ def coordinator_resume(
         Path | None, typer.Option(help="Study CA folder (its revoked.json is honoured).")
     ] = None,
     address: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = DEFAULT_ADDRESS,
-    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
-    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
-    ] = False,
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the bound port here (with port 0).")
-    ] = None,
+    chunk_mib: ChunkMiB = 4.0,
+    max_model_gib: MaxModelGiB = 8.0,
+    insecure: Insecure = False,
+    port_file: PortFile = None,
 ) -> None:
     """Continue a run after the coordinator stopped or crashed (from its last checkpoint)."""
     from fedcare.net.coordinator_server import resume_run
@@ -352,11 +352,9 @@ def site_start(
     budget_delta: Annotated[
         float | None, typer.Option(help="Privacy budget (delta), with --budget-epsilon.")
     ] = None,
-    chunk_mib: Annotated[float, typer.Option(help="Streaming chunk size in MiB.")] = 4.0,
-    max_model_gib: Annotated[float, typer.Option(help="Largest vector accepted, GiB.")] = 8.0,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
-    ] = False,
+    chunk_mib: ChunkMiB = 4.0,
+    max_model_gib: MaxModelGiB = 8.0,
+    insecure: Insecure = False,
 ) -> None:
     """Connect this hospital to the coordinator and work on approved plans until the run ends."""
     from fedcare.net.site_agent import SiteAgent, open_budget
