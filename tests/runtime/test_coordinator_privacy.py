@@ -77,19 +77,22 @@ def test_a_checkpoint_without_the_accountant_is_refused_for_a_dp_plan(toy, tmp_p
 @pytest.mark.parametrize(
     ("params", "reason"),
     [
+        ({"secure": "encrypt"}, "not run by the deployed runtime"),
         (
             {
-                "dp": {"mode": "distributed", "noise_multiplier": 1.0},
-                "secure": "secure_aggregation",
+                "dp": {
+                    "mode": "local",
+                    "clip_norm": 0.5,
+                    "noise_multiplier": 1.0,
+                    "adaptive_clip": {"target_quantile": 0.5},
+                }
             },
-            "not run by the deployed runtime",
+            "adaptive clipping needs the coordinator",
         ),
-        ({"dp": {"mode": "local", "noise_multiplier": 1.0}}, "dp mode 'local' is not supported"),
-        ({"secure": "encrypt"}, "not run by the deployed runtime"),
     ],
-    ids=["distributed", "local", "encrypt"],
+    ids=["encrypt", "adaptive-local"],
 )
-def test_privacy_the_runtime_cannot_give_yet_is_refused_not_ignored(toy, params, reason):
+def test_privacy_the_runtime_cannot_give_is_refused_not_ignored(toy, params, reason):
     plan = heart_plan(toy, "fedavg", params, rounds=1)
     with pytest.raises(ConfigError, match=reason):
         CoordinatorMachine("run-1", plan, start_params(toy, plan))

@@ -163,6 +163,16 @@ class PrivateRounds:
         return update
 
     # -- at the coordinator ----------------------------------------------------------------
+    def record_local_release(self, name: str) -> None:
+        """Local DP in deployment: site ``name`` noised its own update; account for it here.
+
+        The simulator's :meth:`at_site` records the same release while it noises.
+        """
+        accountant = self.site_accountants.setdefault(
+            name, PrivacyAccountant(self.spec.delta, self.spec.accountant)
+        )
+        accountant.record(self.noise_multiplier, 1.0)
+
     def start_round(self, round_index: int, size: int) -> None:
         self._sum = np.zeros(size, dtype=np.float64)
         self._participants = 0

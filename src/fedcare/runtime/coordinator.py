@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
@@ -63,7 +63,22 @@ from fedcare.runtime.messages import (
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
 from fedcare.runtime.sampling import sample_sites
+from fedcare.runtime.secure_round import (
+    SecureRound,
+    SecureSumCollector,
+    mean_of_sum,
+    secagg_config,
+)
+from fedcare.runtime.secure_wire import (
+    SECAGG,
+    parse_client,
+    server_envelope,
+    session_of,
+    step_of,
+)
 from fedcare.runtime.validation import validate_update
+from fedcare.secagg.messages import ServerMessage
+from fedcare.secagg.server import ServerState as SecAggState
 from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
 
@@ -82,6 +97,7 @@ class CoordinatorOptions:
     start_grace_s: float = 60.0  # wait this long for absent sampled sites before starting
     max_update_norm: float | None = None  # optional L2 bound on every update
     max_attempts: int = 5  # tries of one round that ends with too few updates
+    secure_stage_timeout_s: float = 120.0  # each secure-aggregation stage after training
 
 
 class Outgoing(NamedTuple):
@@ -135,6 +151,17 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _secure_meta(env: Envelope) -> dict[str, Any]:
+    """What a site states beside its keys: its weight, sample count and training loss."""
+    meta: dict[str, Any] = {}
+    for name in ("weight", "num_samples", "train_loss"):
+        value = env.header.get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ProtocolError(f"secagg keys from '{env.sender}': '{name}' must be a number")
+        meta[name] = value
+    return meta
 
 
 def _expected_extras(strategy: Strategy, spec: Any) -> dict[str, int | None]:
@@ -192,20 +219,17 @@ class CoordinatorMachine:
         self.current: RoundProgress | None = None
         self.evaluation: EvalProgress | None = None
         self.failure = ""
+        self.secure_sum: SecureSumCollector | None = None  # this round's, under SecAgg
         self.guard = ReplayGuard(run_id)
         self.guard.open_round(self.state.round)
         self._events: list[RuntimeEvent] = []
         self._now = 0.0
 
     def _private_rounds(self) -> PrivateRounds | None:
+        # Which modes combine with secure summation was checked when the strategy was built.
         dp = self.strategy.dp
         if dp is None:
             return None
-        if dp.mode != "central" or self.strategy.secure is not None:
-            raise ConfigError(
-                f"run '{self.run_id}': the deployed coordinator runs central DP without "
-                f"secure summation only, found dp mode '{dp.mode}'"
-            )
         return PrivateRounds(
             dp,
             num_sites=len(self.plan.sites),
@@ -321,6 +345,8 @@ class CoordinatorMachine:
             return []
         status.connected = status.approved = status.waiting_approval = False
         self._event("site_disconnected", name)
+        if self.secure_sum is not None and self.phase is Phase.TRAINING:
+            return self._secure_drop(name, "disconnected during the round")
         if self.phase is Phase.TRAINING and self.current and name in self.current.pending:
             self.current.dropped[name] = "disconnected during the round"
             self._event("site_dropped", name, {"reason": "disconnected during the round"})
@@ -340,10 +366,12 @@ class CoordinatorMachine:
             self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
             return []
         try:
-            message = parse_message(env)
+            message = None if env.kind == SECAGG else parse_message(env)
         except ProtocolError as exc:
             self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
             return [self._error(site, "malformed", str(exc))]
+        if env.kind == SECAGG:
+            return self._on_secagg(env)
         if isinstance(message, Hello):
             return self._on_hello(env, message)
         if isinstance(message, ApprovalStatus):
@@ -363,6 +391,8 @@ class CoordinatorMachine:
         self._now = now
         if self.phase is Phase.WAITING:
             return self._maybe_start_round()
+        if self.phase is Phase.TRAINING and self.secure_sum is not None:
+            return self._secure_step(lambda c: c.expire(now))
         if self.phase is Phase.TRAINING and self.current and now >= self.current.deadline:
             for site in self.current.pending:
                 self.current.dropped[site] = "missed the round deadline"
@@ -436,6 +466,8 @@ class CoordinatorMachine:
             self._event("plan_refused", site, {"plan_hash": self.plan_hash, "reason": reason})
             if self.phase is Phase.WAITING:
                 return self._maybe_start_round()
+        if self.secure_sum is not None and self.phase is Phase.TRAINING:
+            return self._secure_drop(site, reason)
         if self.phase is Phase.TRAINING and self.current and site in self.current.pending:
             self.current.dropped[site] = reason
             self._event("site_dropped", site, {"reason": reason})
@@ -461,7 +493,8 @@ class CoordinatorMachine:
         if self.waiting_since is None:
             self.waiting_since = self._now
         waited = self._now - self.waiting_since >= self.options.start_grace_s
-        enough = len(ready) >= max(self.min_updates, 1)
+        # A secure sum needs two inputs at least, or the "sum" is one site's update.
+        enough = len(ready) >= max(self.min_updates, 2 if self.strategy.secure else 1)
         if not (enough and (len(ready) >= len(awaited) or waited)):
             return []
         self.waiting_since = None
@@ -498,6 +531,7 @@ class CoordinatorMachine:
         )
         # Only the broadcast arrays travel; server-optimizer moments stay here.
         broadcast = {k: v for k, v in self.state.arrays.items() if not k.startswith("opt/")}
+        secure = self._open_secure_sum(progress) if self.strategy.secure is not None else None
         out = []
         for site in ready:
             request = TrainRequest(
@@ -512,6 +546,7 @@ class CoordinatorMachine:
                 attempt=self.attempt,
                 deadline_s=self.options.round_timeout_s,
                 contributed=self.contributed[site],
+                secure=secure,
             )
             out.append(Outgoing(site, request.to_envelope()))
         return out
@@ -527,8 +562,11 @@ class CoordinatorMachine:
             or progress is None
             or msg.attempt != progress.attempt
             or site not in progress.pending
+            or self.secure_sum is not None
         ):
             reason = "no update was expected from this site for this round and attempt"
+            if self.secure_sum is not None:
+                reason = "this plan aggregates securely: a plain update is refused"
             self._event("message_rejected", site, {"reason": "unexpected", "detail": reason})
             return [self._verdict(site, msg, False, reason)]
         received = vector_digest(env.vector)
@@ -572,6 +610,159 @@ class CoordinatorMachine:
         )
         return [self._verdict(site, msg, True, ""), *self._maybe_finish_training()]
 
+    # -- secure aggregation ----------------------------------------------------------------
+
+    def _open_secure_sum(self, progress: RoundProgress) -> SecureRound:
+        """Start the round's SecAgg session over the sites asked to train."""
+        spec = self.strategy.secure
+        if spec is None or spec.kind != "secure_aggregation":
+            raise ConfigError(f"run '{self.run_id}': no secure aggregation in this plan")
+        members = [self.plan.site_index(s) for s in progress.requested]
+        session = SecureRound.new(
+            self.run_id, progress.round, progress.attempt, members, self._weight_scale()
+        )
+        length = self.size if self.private is not None else self.size + 1
+        self.secure_sum = SecureSumCollector(
+            secagg_config(spec, members, length, session.session),
+            self.options.secure_stage_timeout_s,
+            progress.deadline,
+        )
+        self._event(
+            "secure_sum_opened",
+            detail={
+                "members": progress.requested,
+                "threshold": self.secure_sum.config.threshold,
+                "protocol": spec.label,
+            },
+        )
+        return session
+
+    def _weight_scale(self) -> float:
+        """A public bound on every site's aggregation weight (the simulator's max weight).
+
+        From the training-set sizes the sites reported in their Hello; 1 when weighting
+        is uniform or under DP (updates are summed unweighted).
+        """
+        if self.private is not None or self.strategy.weighting == "uniform":
+            return 1.0
+        sizes = [int(st.data.get("num_train", 0) or 0) for st in self.sites.values()]
+        return float(max([*sizes, 1]))
+
+    def _on_secagg(self, env: Envelope) -> list[Outgoing]:
+        site = env.sender
+        collector, progress = self.secure_sum, self.current
+        try:
+            env.validate()
+            session, attempt = session_of(env)
+        except ProtocolError as exc:
+            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
+            return [self._error(site, "malformed", str(exc))]
+        refusal = self._refusal(env, once_per_site=("secagg", attempt, step_of(env)))
+        if refusal is not None:
+            return [self._error(site, "rejected", refusal)]
+        if (
+            self.phase is not Phase.TRAINING
+            or collector is None
+            or progress is None
+            or attempt != progress.attempt
+            or session != collector.config.session_id
+        ):
+            detail = "no secure aggregation of this session is open"
+            self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
+            return [self._error(site, "unexpected", detail)]
+        member = self.plan.site_index(site)
+        try:
+            message = parse_client(env, member)
+            if step_of(env) == "advertise_keys":
+                progress.secure_meta[site] = _secure_meta(env)
+            if step_of(env) == "masked_input":
+                progress.secure_meta.setdefault(site, {})["nbytes"] = env.nbytes
+                progress.secure_meta[site]["update_hash"] = vector_digest(env.vector)
+            return self._secure_step(lambda c: c.receive(member, message, self._now))
+        except ProtocolError as exc:  # this site's message is bad; the others go on
+            progress.rejected[site] = str(exc)
+            self._event("update_rejected", site, {"reason": str(exc)})
+            answer = self._error(site, "secagg_rejected", str(exc))
+            return [answer, *self._secure_drop(site, str(exc))]
+
+    def _secure_drop(self, site: str, reason: str) -> list[Outgoing]:
+        if site not in self.sites:
+            return []
+        member = self.plan.site_index(site)
+        collector = self.secure_sum
+        if collector is None or member not in collector.waiting:
+            return []
+        self._event("site_dropped", site, {"reason": reason})
+        return self._secure_step(lambda c: c.drop(member, reason, self._now))
+
+    def _secure_step(
+        self, step: Callable[[SecureSumCollector], list[ServerMessage]]
+    ) -> list[Outgoing]:
+        """Run one step of the round's secure sum; forward its messages, finish when done."""
+        collector, progress = self.secure_sum, self.current
+        if collector is None or progress is None:
+            return []
+        try:
+            replies = step(collector)
+        except ProtocolError as exc:
+            if collector.server.state is not SecAggState.ABORTED:
+                raise  # a bad message: the caller rejects it, the session goes on
+            self._event("secure_sum_aborted", detail={"reason": str(exc)})
+            for member, why in collector.lost.items():
+                progress.dropped.setdefault(self.plan.sites[member], why)
+            return self._retry_round(progress)
+        out = [
+            Outgoing(
+                self.plan.sites[m.recipient],
+                server_envelope(m, self.run_id, progress.round, progress.attempt),
+            )
+            for m in replies
+        ]
+        return out + (self._finish_secure(progress, collector) if collector.done else [])
+
+    def _finish_secure(
+        self, progress: RoundProgress, collector: SecureSumCollector
+    ) -> list[Outgoing]:
+        """The sum is unmasked: the survivors are the round's contributors."""
+        result = collector.result
+        for site in progress.requested:
+            member = self.plan.site_index(site)
+            meta = progress.secure_meta.get(site, {})
+            if member in result.included:
+                progress.accepted[site] = Contribution(
+                    float(meta.get("weight", 1.0)),
+                    int(meta.get("num_samples", 0)),
+                    int(meta.get("nbytes", 0)),
+                    str(meta.get("update_hash", "")),
+                    float("nan"),  # the coordinator never sees the update itself
+                    float(meta.get("train_loss", float("nan"))),
+                )
+                self._event(
+                    "update_accepted",
+                    site,
+                    _json_safe({k: meta.get(k) for k in ("update_hash", "nbytes", "num_samples")}),
+                )
+            elif site not in progress.rejected and site not in progress.dropped:
+                progress.dropped[site] = collector.lost.get(member, "left the secure sum")
+        self._event(
+            "secure_sum_completed",
+            detail={
+                "included": self._in_site_order(progress.accepted),
+                "lost": len(collector.lost),
+            },
+        )
+        if len(progress.accepted) < max(self.min_updates, 1):
+            return self._retry_round(progress)
+        cohort = len(progress.sampled)
+        if self.private is not None:
+            self._account_local(progress)
+            delta = self.private.release(
+                progress.round + 1, result.total, cohort=cohort, received=len(result.included)
+            )
+        else:
+            delta = mean_of_sum(result.total, progress.round + 1)
+        return self._complete_round(progress, Aggregate(delta, {}, float(cohort), cohort))
+
     def _maybe_finish_training(self) -> list[Outgoing]:
         progress = self.current
         if self.phase is not Phase.TRAINING or progress is None or progress.pending:
@@ -580,6 +771,7 @@ class CoordinatorMachine:
             return self._retry_round(progress)
         if self.private is not None:
             # DP-FedAvg: the noised sum over the expected number of sites, as the simulator.
+            self._account_local(progress)
             delta = self.private.release(progress.round + 1)
             cohort = len(progress.sampled)
             aggregate = Aggregate(delta, {}, float(cohort), cohort)
@@ -590,6 +782,16 @@ class CoordinatorMachine:
             stacked = np.stack([d for d, _ in progress.collected])
             weights = np.array([w for _, w in progress.collected], dtype=np.float64)
             aggregate.delta = self.robust_rule(stacked, weights)
+        return self._complete_round(progress, aggregate)
+
+    def _account_local(self, progress: RoundProgress) -> None:
+        """Local DP: each contributing site noised its own update; its accountant records it."""
+        if self.private is not None and self.private.spec.mode == "local":
+            for site in progress.accepted:
+                self.private.record_local_release(site)
+
+    def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
+        self.secure_sum = None
         self.state = self.strategy.server_update(self.state, aggregate, len(self.plan.sites))
         for site in progress.accepted:
             self.contributed[site] = progress.round
@@ -624,6 +826,7 @@ class CoordinatorMachine:
 
     def _retry_round(self, progress: RoundProgress) -> list[Outgoing]:
         self.current = None
+        self.secure_sum = None
         self.attempt += 1
         detail = {
             "attempt": progress.attempt,

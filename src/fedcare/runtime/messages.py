@@ -16,6 +16,8 @@ where the transport set it from the peer's certificate, never from a header fiel
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,7 @@ from fedcare.core.metrics import AUC_BINS, EvalStats
 from fedcare.core.records import ClientUpdate
 from fedcare.core.vectors import FloatVector
 from fedcare.runtime.envelope import Envelope, as_float32
+from fedcare.runtime.secure_round import SecureRound
 
 NO_RUN = "none"
 """Run id of a Hello from a site that has not been given a run yet."""
@@ -267,6 +270,7 @@ class TrainRequest:
     attempt: int = 0  # > 0 when a round is retried after too few sites answered
     deadline_s: float = 0.0  # seconds the site has, from when it receives the request
     contributed: int = -1  # last round whose aggregate holds this site's update (-1: none)
+    secure: SecureRound | None = None  # the round's secure-sum session, under SecAgg
     sender: str = ""
 
     def to_envelope(self) -> Envelope:
@@ -281,6 +285,12 @@ class TrainRequest:
             "deadline_s": self.deadline_s,
             "contributed": self.contributed,
         }
+        if self.secure is not None:
+            header["secure"] = {
+                "session": base64.b64encode(self.secure.session).decode("ascii"),
+                "members": list(self.secure.members),
+                "weight_scale": self.secure.weight_scale,
+            }
         return Envelope.create(self.KIND, self.run_id, self.round, header, vector)
 
     @classmethod
@@ -288,6 +298,7 @@ class TrainRequest:
         _expect_kind(env, cls.KIND)
         h = _Header(env)
         parts = unpack_segments(as_float32(env), h.segments(), "train request")
+        secure = _secure_round(env) if "secure" in env.header else None
         if "params" not in parts:
             raise ProtocolError("train request: no 'params' segment in the vector")
         params = parts.pop("params")
@@ -303,8 +314,25 @@ class TrainRequest:
             h.integer("attempt"),
             h.number("deadline_s"),
             h.integer("contributed", minimum=-1),
+            secure,
             env.sender,
         )
+
+
+def _secure_round(env: Envelope) -> SecureRound:
+    raw = env.header["secure"]
+    try:
+        session = base64.b64decode(raw["session"], validate=True)
+        members = tuple(int(m) for m in raw["members"])
+        scale = float(raw["weight_scale"])
+        if len(session) < 16 or not members or not scale > 0 or min(members) < 0:
+            raise ValueError("empty or out of range")
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ProtocolError(
+            "train request: field 'secure' must hold a base64 'session' of >= 16 bytes, "
+            f"'members' (site indices) and a positive 'weight_scale' ({exc})"
+        ) from exc
+    return SecureRound(session, members, scale)
 
 
 @dataclass(frozen=True)

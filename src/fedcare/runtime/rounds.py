@@ -106,17 +106,21 @@ class RunPlan:
                 "mocha needs every site's model at the coordinator each round; "
                 "it runs in simulation only"
             )
-        if strategy.secure is not None:
+        if strategy.secure is not None and strategy.secure.kind != "secure_aggregation":
             raise ConfigError(
                 f"strategy '{self.strategy}': {strategy.secure.label} is not run by the deployed "
-                "runtime yet (the coordinator would see every update in the clear); use it in "
-                "simulation, or deploy without 'secure'"
+                "runtime; deploy with 'secure: secure_aggregation' (the coordinator learns only "
+                "the sum there too) or use encryption in simulation"
             )
-        if strategy.dp is not None and strategy.dp.mode != "central":
+        if strategy.secure is not None and strategy.personal.mask_kind:
             raise ConfigError(
-                f"strategy '{self.strategy}': dp mode '{strategy.dp.mode}' is not supported in "
-                "deployment yet (distributed DP needs secure aggregation, local DP noise drawn "
-                "at each site); use mode 'central' or run it in simulation"
+                f"strategy '{self.strategy}': layers kept at the sites and secure aggregation do "
+                "not combine in deployment; drop 'secure' or the personal layers"
+            )
+        if strategy.dp is not None and strategy.dp.adaptive_clip and strategy.dp.mode != "central":
+            raise ConfigError(
+                f"strategy '{self.strategy}': adaptive clipping needs the coordinator to see "
+                f"clipped counts; with dp mode '{strategy.dp.mode}' use a fixed clip_norm"
             )
         return strategy
 
@@ -227,6 +231,7 @@ class RoundProgress:
     rejected: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     collected: list[tuple[npt.NDArray[np.float32], float]] = field(default_factory=list)
+    secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # under SecAgg
 
     @property
     def pending(self) -> list[str]:

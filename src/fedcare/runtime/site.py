@@ -46,8 +46,10 @@ from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
+from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.budget import JobRef
 from fedcare.privacy.client_level import JobPrivacy, SiteBudget
+from fedcare.privacy.mechanisms import DistributedNoiseShare, LocalDPGaussian
 from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
@@ -69,6 +71,9 @@ from fedcare.runtime.messages import (
 )
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import RunPlan
+from fedcare.runtime.secure_round import secagg_config, secure_input
+from fedcare.runtime.secure_wire import SECAGG, client_envelope, parse_server, session_of, step_of
+from fedcare.secagg.client import SecAggClient
 from fedcare.transforms.pipeline import compression_stage, stage_dict, to_wire
 
 BoolMask = npt.NDArray[np.bool_]
@@ -147,6 +152,15 @@ class _Pending:
     state: SiteState
 
 
+@dataclass
+class _SecureTurn:
+    """This site's SecAgg client for one round and attempt."""
+
+    round: int
+    attempt: int
+    client: SecAggClient
+
+
 class SiteMachine:
     """One site's protocol state; ``name`` is its certificate identity."""
 
@@ -180,6 +194,7 @@ class SiteMachine:
         self.committed_round = -1  # last round whose update is in an aggregate
         self.pending: _Pending | None = None
         self.last_round = 0
+        self.secagg: _SecureTurn | None = None  # this site's part in the round's secure sum
         self.guard = ReplayGuard(NO_RUN)
         self._events: list[SiteEvent] = []
         self._now = 0.0
@@ -208,6 +223,8 @@ class SiteMachine:
         self._now = now
         if self.coordinator is not None and env.sender != self.coordinator:
             return self._refuse(env, "unknown_sender", f"'{env.sender}' is not the coordinator")
+        if env.kind == SECAGG:
+            return self._on_secagg(env)
         try:
             message = parse_message(env)
         except ProtocolError as exc:
@@ -429,6 +446,14 @@ class SiteMachine:
             problem = f"round {req.round} is late: round {self.committed_round} already counted"
         elif req.params.size != work.num_params:
             problem = f"model has {req.params.size} values, the plan's model {work.num_params}"
+        elif (strategy.secure is None) != (req.secure is None):
+            problem = (
+                "the request opens no secure sum but the approved plan aggregates securely"
+                if req.secure is None
+                else "the request opens a secure sum the approved plan does not have"
+            )
+        elif req.secure is not None and index not in req.secure.members:
+            problem = f"site #{index} is not a member of the round's secure sum"
         if problem:
             return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
         self._settle(req.contributed)
@@ -441,6 +466,8 @@ class SiteMachine:
             self._event("train_failed", {"round": req.round, "error": str(exc)})
             return [ErrorReport(self.run_id, req.round, "train_failed", str(exc)).to_envelope()]
         self.last_round = req.round
+        if strategy.secure is not None:
+            return self._join_secure_sum(req, update, index)
         env = update.to_envelope()
         self._event(
             "update_sent",
@@ -467,6 +494,8 @@ class SiteMachine:
         )
         outcome = work.train(task)
         state, update = strategy.client_update(server, state, outcome, spec)
+        if plan.dp is not None and plan.dp.mode != "central":
+            update.delta = self._privatise(plan, update.delta, len(req.sampled))
         state, update.delta, wire = self._upload(
             strategy, update.delta, state, plan.seed, req.round, index
         )
@@ -486,6 +515,95 @@ class SiteMachine:
             self.run_id, req.round, req.attempt, update, outcome.num_samples
         )
         return message if wire is None else replace(message, wire=wire)
+
+    def _privatise(self, plan: RunPlan, delta: FloatVector, cohort: int) -> FloatVector:
+        """Local or distributed DP: clip and noise here, with noise the coordinator cannot know.
+
+        The noise comes from the OS CSPRNG (the plan's seed is known to the coordinator).
+        Local DP adds the full noise; distributed DP this site's share of it, which the
+        secure sum adds up to the target noise.
+        """
+        dp = plan.dp
+        if dp is None:
+            return delta
+        if self.mask is not None:  # clip and noise what is shared, nothing else
+            delta = np.where(self.mask, np.float32(0), delta)
+        z = self._cost(plan, self.plan_hash)
+        multiplier = z.noise_multiplier if z is not None else 0.0
+        if dp.mode == "local":
+            accountant = PrivacyAccountant(dp.delta, dp.accountant)
+            return LocalDPGaussian(
+                clip_norm=dp.clip_norm, noise_multiplier=multiplier, accountant=accountant
+            ).privatise(delta)
+        share = DistributedNoiseShare(clip_norm=dp.clip_norm, noise_multiplier=multiplier)
+        return share.privatise(delta, cohort)
+
+    def _join_secure_sum(
+        self, req: TrainRequest, update: UpdateMessage, index: int
+    ) -> list[Envelope]:
+        """Start this site's SecAgg client on its update; its keys go out with its counts."""
+        plan, strategy, _ = self._ready()
+        secure = req.secure
+        if secure is None or strategy.secure is None:
+            raise ProtocolError("no secure sum was opened for this round")
+        private = plan.dp is not None
+        if not private and update.weight > secure.weight_scale * (1 + 1e-9):
+            problem = (
+                f"weight {update.weight:g} exceeds the round's public weight scale "
+                f"{secure.weight_scale:g}; it would be clipped inside the secure sum"
+            )
+            return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
+        vector = secure_input(update.delta, update.weight, secure.weight_scale, private=private)
+        try:
+            config = secagg_config(strategy.secure, secure.members, vector.size, secure.session)
+            client = SecAggClient(config, index, vector)
+            messages = client.start()
+        except FedcareError as exc:
+            return [ErrorReport(self.run_id, req.round, "secagg_failed", str(exc)).to_envelope()]
+        self.secagg = _SecureTurn(req.round, req.attempt, client)
+        self._event("secure_sum_joined", {"round": req.round, "members": len(secure.members)})
+        return [
+            client_envelope(
+                m,
+                self.run_id,
+                req.round,
+                req.attempt,
+                weight=update.weight,
+                num_samples=update.num_samples,
+                train_loss=float(update.metrics.get("train_loss", float("nan"))),
+            )
+            for m in messages
+        ]
+
+    def _on_secagg(self, env: Envelope) -> list[Envelope]:
+        """A stage of the round's secure sum; a message that fails a check is refused."""
+        turn, plan = self.secagg, self.plan
+        if self.phase is not SitePhase.READY or turn is None or plan is None:
+            return self._refuse(env, "unexpected", "this site is in no secure sum")
+        rejection = self.guard.check(env, round_bound=False)
+        if rejection is not None:
+            self._event(
+                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
+            )
+            return []
+        try:
+            env.validate()
+            session, attempt = session_of(env)
+            if (session, attempt, env.round) != (
+                turn.client.config.session_id,
+                turn.attempt,
+                turn.round,
+            ):
+                raise ProtocolError("secagg message of another round, attempt or session")
+            message = parse_server(env, plan.site_index(self.name))
+            replies = turn.client.handle(message)
+        except FedcareError as exc:
+            return self._refuse(env, "secagg_refused", str(exc))
+        if step_of(env) == "forwarded_shares":
+            self._event(
+                "update_sent", {"round": turn.round, "attempt": turn.attempt, "masked": True}
+            )
+        return [client_envelope(m, self.run_id, turn.round, turn.attempt) for m in replies]
 
     def _upload(
         self,

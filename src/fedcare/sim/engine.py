@@ -32,7 +32,6 @@ from fedcare.algorithms.personal import (
     site_start,
 )
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
-from fedcare.core.errors import ProtocolError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
@@ -45,6 +44,7 @@ from fedcare.ml.trainer import LocalTrainer, Mode
 from fedcare.privacy.client_level import PrivateRounds
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.sampling import Participation, sample_sites
+from fedcare.runtime.secure_round import mean_of_sum, secure_input
 from fedcare.sim.evaluation import TestSets, pooled
 from fedcare.sim.secure_sum import build_summer
 
@@ -348,7 +348,12 @@ class FederatedSimulation:
                     site_states[name] = keep_local(site_states[name], outcome.params, mask)
                 uploads[name] = sent
                 if self.summer is not None:
-                    hidden[int(k)] = self._secure_input(update.delta, update.weight)
+                    hidden[int(k)] = secure_input(
+                        update.delta,
+                        update.weight,
+                        self.max_weight,
+                        private=self.private is not None,
+                    )
                 elif self.private is not None:
                     self.private.add(update.delta)
                 else:
@@ -377,15 +382,6 @@ class FederatedSimulation:
         total = float(sum(int(self.bank.counts[k]) for k in sampled))
         return new_state, uploads, loss_weighted / max(total, 1.0)
 
-    def _secure_input(
-        self, delta: npt.NDArray[np.float32], weight: float
-    ) -> npt.NDArray[np.float32]:
-        """What a site feeds the secure sum: its (DP) update, or [w * delta, w] to average."""
-        if self.private is not None:
-            return delta  # DP-FedAvg sums clipped, noised updates unweighted
-        w = np.float32(weight / self.max_weight)
-        return np.concatenate([delta * w, [w]]).astype(np.float32)
-
     def _hidden_mean(
         self,
         round_index: int,
@@ -405,11 +401,7 @@ class FederatedSimulation:
             return self.private.release(
                 round_index, result.total, cohort=cohort, received=len(result.included)
             )
-        total_weight = float(result.total[-1])
-        if not total_weight > 0:
-            raise ProtocolError(f"secure sum of round {round_index} carries no weight")
-        mean: npt.NDArray[np.float32] = (result.total[:-1] / total_weight).astype(np.float32)
-        return mean
+        return mean_of_sum(result.total, round_index)
 
     def _upload(
         self, delta: npt.NDArray[np.float32], site_state: SiteState, round_index: int, site: int

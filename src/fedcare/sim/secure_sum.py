@@ -16,9 +16,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.core.errors import ConfigError
-from fedcare.secagg.config import SecAggConfig
-from fedcare.secagg.ring import FixedPointRing
+from fedcare.runtime.secure_round import secagg_config
 from fedcare.secagg.simulate import simulate
 from fedcare.transforms.secure import SecureSpec
 
@@ -49,26 +47,11 @@ class SecAggSummer:
         self, vectors: Mapping[int, npt.NDArray[np.float32]], round_index: int
     ) -> SecureSumResult:
         ids = tuple(sorted(vectors))
-        if len(ids) < 2:
-            raise ConfigError(
-                f"secure aggregation needs at least 2 sites in a round, found {len(ids)}; "
-                "raise the participation fraction or min_sites"
-            )
         length = next(iter(vectors.values())).size
-        degree = self.spec.degree if self.spec.degree and self.spec.degree < len(ids) - 1 else None
-        holders = (degree if degree else len(ids) - 1) + 1
-        threshold = max(holders // 2 + 1, int(np.ceil(self.spec.threshold * holders)))
         session = hashlib.sha256(
             f"fedcare/sim/secagg/{self.run_seed}/{round_index}".encode()
         ).digest()
-        config = SecAggConfig(
-            session_id=session,
-            client_ids=ids,
-            vector_length=length,
-            threshold=min(threshold, holders),
-            ring=FixedPointRing(clip=self.spec.value_range, max_clients=len(ids)),
-            degree=degree,
-        )
+        config = secagg_config(self.spec, ids, length, session)
         outcome = simulate(config, dict(vectors))
         masked_bytes = 4 * length  # one uint32 ring element per value
         return SecureSumResult(
