@@ -6,10 +6,19 @@ frame sequences (see :mod:`fedcare.net.serde`). Who a site is comes from its ver
 certificate, through ``peer_check`` (CA, expiry, revocation, role), never from a field it
 sends. Plain text exists only for loopback tests, behind an explicit flag, with a warning.
 
+Frames travel as raw bytes through a generic gRPC method handler (identity
+serializers): chunk frames are hand-encoded from a view of the vector and parsed back
+to a view of the received bytes (:mod:`fedcare.net.serde`), so the only copies per chunk
+are gRPC's own and the one into the destination.
+
 Memory: a reader reassembles at most one message at a time per stream, and all streams
 together reassemble at most ``TransportLimits.inflight_bytes`` of vectors at once
 (:class:`ByteBudget`); a site whose update must wait is held back by HTTP/2 flow control,
-so the coordinator holds a few chunks for it, not its whole update.
+so the coordinator holds a few chunks for it, not its whole update. A handler that
+defines ``begin(link, head)`` may instead take a vector chunk by chunk as it arrives
+(:class:`~fedcare.net.serde.ChunkSink`): nothing is reassembled, and because the sink
+runs on the stream's reader thread, a slow sink stops the reader, the HTTP/2 window
+fills and the site's sender waits: a few chunks are buffered per site, never more.
 """
 
 from __future__ import annotations
@@ -22,21 +31,20 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import grpc
 
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
-from fedcare.net.proto import fedcare_pb2 as pb
-from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
 from fedcare.net.serde import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_VECTOR_BYTES,
+    ChunkSink,
+    EncodedEnvelope,
     FrameAssembler,
-    envelope_frames,
-    vector_nbytes,
+    VectorHead,
 )
 from fedcare.runtime.envelope import Envelope
 
@@ -209,9 +217,23 @@ class ByteBudget:
 
 _CLOSE = object()
 
-# The generated gRPC module is untyped; these are its two entry points, typed.
-_register = cast(Callable[[Any, grpc.Server], None], pb_grpc.add_FederationServicer_to_server)
-_stub = cast(Callable[[grpc.Channel], Any], pb_grpc.FederationStub)
+# The one RPC, served and called with identity (bytes) serializers: frames are
+# encoded and parsed by fedcare.net.serde, never as protobuf message objects.
+SERVICE = "fedcare.v1.Federation"
+CONNECT = f"/{SERVICE}/Connect"
+
+Outgoing = Envelope | EncodedEnvelope
+"""What a stream sends: an envelope, or one already encoded (to send the same to many)."""
+
+
+def _frames(outbox: queue.Queue[Any], chunk_bytes: int) -> Iterator[bytes]:
+    """Wire frames of whatever is put in ``outbox``, until ``_CLOSE``."""
+    while True:
+        item = outbox.get()
+        if item is _CLOSE:
+            return
+        encoded = item if isinstance(item, EncodedEnvelope) else EncodedEnvelope(item, chunk_bytes)
+        yield from encoded.frames()
 
 
 class Link:
@@ -223,7 +245,7 @@ class Link:
         self._outbox: queue.Queue[Any] = queue.Queue()
         self.closed = threading.Event()
 
-    def send(self, env: Envelope) -> None:
+    def send(self, env: Outgoing) -> None:
         if not self.closed.is_set():
             self._outbox.put(env)
 
@@ -231,12 +253,8 @@ class Link:
         """End the stream after what was already queued has been sent."""
         self._outbox.put(_CLOSE)
 
-    def _outgoing(self, chunk_bytes: int) -> Iterator[pb.Frame]:
-        while True:
-            item = self._outbox.get()
-            if item is _CLOSE:
-                return
-            yield from envelope_frames(item, chunk_bytes)
+    def _outgoing(self, chunk_bytes: int) -> Iterator[bytes]:
+        return _frames(self._outbox, chunk_bytes)
 
 
 class LinkHandler(Protocol):
@@ -249,35 +267,57 @@ class LinkHandler(Protocol):
     def disconnected(self, link: Link, reason: str) -> None: ...
 
 
+class ChunkingHandler(LinkHandler, Protocol):
+    """A handler that may take vectors chunk by chunk (opt-in: ``begin`` is looked up).
+
+    ``begin`` sees each message that carries a vector before its first chunk, stamped
+    with the sender. It returns a sink to receive the vector piece by piece (``received``
+    is then not called for that message; the sink's ``close`` is its completion), or
+    None to have the message reassembled and delivered to ``received`` as usual.
+    """
+
+    def begin(self, link: Link, head: VectorHead) -> ChunkSink | None: ...
+
+
 def _read_stream(
-    frames: Iterator[pb.Frame],
+    messages: Iterator[bytes],
     limits: TransportLimits,
     budget: ByteBudget | None,
     deliver: Callable[[Envelope], None],
+    begin: Callable[[VectorHead], ChunkSink | None] | None = None,
 ) -> None:
-    """Reassemble envelopes from ``frames``, holding budget while a vector is being built."""
-    assembler = FrameAssembler(limits.max_vector_bytes, limits.max_header_bytes)
+    """Reassemble envelopes from wire frames, holding budget while a vector is being built."""
     held = 0
+
+    def start(head: VectorHead) -> ChunkSink | None:
+        nonlocal held
+        sink = begin(head) if begin is not None else None
+        if sink is None and budget is not None:
+            budget.acquire(head.nbytes)
+            held = head.nbytes
+        return sink
+
+    assembler = FrameAssembler(limits.max_vector_bytes, limits.max_header_bytes, begin=start)
     try:
-        for frame in frames:
-            if budget is not None and frame.WhichOneof("body") == "head":
-                held = vector_nbytes(frame.head, limits.max_vector_bytes)
-                budget.acquire(held)
-            env = assembler.feed(frame)
+        for message in messages:
+            env = assembler.feed_bytes(message)
             if env is not None:
                 deliver(env)
                 env = None  # drop the vector before giving its budget back
-                if budget is not None:
+                if budget is not None and held:
                     budget.release(held)
                 held = 0
         if assembler.busy:
             raise ProtocolError("stream ended in the middle of a message")
+    except BaseException as exc:
+        assembler.abort(f"stream failed: {exc}")
+        raise
     finally:
         if budget is not None and held:
             budget.release(held)
 
 
-class _Servicer(pb_grpc.FederationServicer):
+class _Servicer:
     def __init__(
         self,
         handler: LinkHandler,
@@ -308,11 +348,18 @@ class _Servicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"certificate refused: {exc}")
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
-    def Connect(  # noqa: N802 - the gRPC method name
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+    def connect(
+        self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         link = Link(self._identify(context), context)
         self.handler.connected(link)
+        chunking = getattr(self.handler, "begin", None)
+
+        def begin(head: VectorHead) -> ChunkSink | None:
+            if chunking is None:
+                return None
+            stamped = replace(head, envelope=head.envelope.from_peer(link.identity))
+            return cast(ChunkSink | None, chunking(link, stamped))
 
         def read() -> None:
             reason = "site closed the stream"
@@ -322,6 +369,7 @@ class _Servicer(pb_grpc.FederationServicer):
                     self.limits,
                     self.budget,
                     lambda env: self.handler.received(link, env.from_peer(link.identity)),
+                    begin,
                 )
             except ProtocolError as exc:
                 reason = f"malformed stream: {exc}"
@@ -336,6 +384,10 @@ class _Servicer(pb_grpc.FederationServicer):
 
         threading.Thread(target=read, name=f"read-{link.identity}", daemon=True).start()
         yield from link._outgoing(self.limits.chunk_bytes)
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        connect = grpc.stream_stream_rpc_method_handler(self.connect)  # bytes in, bytes out
+        return grpc.method_handlers_generic_handler(SERVICE, {"Connect": connect})
 
 
 class CoordinatorServer:
@@ -369,7 +421,7 @@ class CoordinatorServer:
             options=self.limits.grpc_options(server=True),
             maximum_concurrent_rpcs=max_sites,
         )
-        _register(servicer, self._server)
+        self._server.add_generic_rpc_handlers((servicer.generic_handler(),))
         if insecure or tls is None:
             self.port = int(self._server.add_insecure_port(address))
         else:
@@ -399,25 +451,18 @@ class SiteSession:
         self._channel = channel
         self._limits = limits
         self._outbox: queue.Queue[Any] = queue.Queue()
-        stub = _stub(channel)
-        self._call = stub.Connect(self._outgoing(), metadata=tuple(metadata))
+        connect = channel.stream_stream(CONNECT)  # no serializers: frames are bytes
+        self._call = connect(_frames(self._outbox, limits.chunk_bytes), metadata=tuple(metadata))
 
-    def _outgoing(self) -> Iterator[pb.Frame]:
-        while True:
-            item = self._outbox.get()
-            if item is _CLOSE:
-                return
-            yield from envelope_frames(item, self._limits.chunk_bytes)
-
-    def send(self, env: Envelope) -> None:
+    def send(self, env: Outgoing) -> None:
         self._outbox.put(env)
 
     def __iter__(self) -> Iterator[Envelope]:
         """Envelopes from the coordinator until it closes the stream; TransportError on failure."""
+        assembler = FrameAssembler(self._limits.max_vector_bytes, self._limits.max_header_bytes)
         try:
-            assembler = FrameAssembler(self._limits.max_vector_bytes, self._limits.max_header_bytes)
-            for frame in self._call:
-                env = assembler.feed(frame)
+            for message in self._call:
+                env = assembler.feed_bytes(message)
                 if env is not None:
                     yield env.from_peer("coordinator")
         except grpc.RpcError as exc:
