@@ -1,0 +1,73 @@
+"""Secure aggregation with distributed DP, deployed: four site processes over mTLS.
+
+Every site clips its update, adds its share of the Gaussian noise and masks it; the
+coordinator learns only the noised sum. One hospital's agent is killed (os._exit, like
+kill -9) in the middle of a round's secure sum, after it shared its key shares and before
+it sent its masked input: the others reveal what is needed to remove its masks and the
+round completes with three sites.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from fedcare.net.store import RunStore
+from fedcare.net.tls import TlsBundle
+from fedcare.runtime.audit import verify
+from tests.e2e import test_deploy
+from tests.e2e.test_deploy import ROOT, SITES, Deployment
+
+pytestmark = pytest.mark.slow
+deployment = test_deploy.deployment  # the study folder, CA and bundles fixture
+
+SECURE_DP = (
+    "  - name: fedavg\n"
+    "    params:\n"
+    "      secure: secure_aggregation\n"
+    "      dp: {mode: distributed, noise_multiplier: 1.0, clip_norm: 0.5}\n"
+)
+
+
+@pytest.mark.parametrize("deployment", [3], indirect=True)
+def test_secagg_with_distributed_dp_finishes_when_a_site_dies_mid_sum(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.study.write_text(dep.study.read_text().replace("  - name: fedavg\n", SECURE_DP))
+    dep.approve_everywhere()
+    coordinator, port = dep.coordinator(
+        "--run-id", "secure-run", "--start-grace", "120", "--round-timeout", "60"
+    )
+    for site in SITES[:3]:
+        dep.site(site, port)
+    crash_round = 1
+    crashing = dep.spawn(
+        "va",
+        [
+            sys.executable, str(ROOT / "tests/e2e/crashing_site.py"), f"127.0.0.1:{port}",
+            "bundles/va", "sites/va", "heart-disease:va", str(crash_round), "forwarded_shares",
+        ],
+    )  # fmt: skip
+    assert crashing.wait(timeout=120) == 9
+    assert "crashing on forwarded_shares of round 2" in dep.log("va").read_text()
+    dep.site("va", port)  # the hospital restarts its agent; it rejoins the next round
+    assert coordinator.wait(timeout=180) == 0, dep.log("coordinator").read_text()
+
+    with RunStore.in_folder(dep.out) as store:
+        rounds = {r.round: r for r in store.rounds("secure-run")}
+        assert all(r.status == "finished" for r in rounds.values())
+        assert sorted(rounds[0].by_status("contributed")) == sorted(SITES)
+        assert sorted(rounds[crash_round].by_status("contributed")) == sorted(SITES[:3])
+        assert "va" in rounds[crash_round].by_status("dropped")
+        assert sorted(rounds[crash_round + 1].by_status("contributed")) == sorted(SITES)
+    result = json.loads((dep.out / "deploy" / "secure-run" / "result.json").read_text())
+    epsilons = [r["epsilon"] for r in result["history"]]
+    assert len(epsilons) == 3 and 0 < epsilons[0] < epsilons[1] < epsilons[2]
+    keys = {"coordinator": TlsBundle.load(dep.root / "bundles/coordinator").signing_public_key()}
+    report = verify(dep.out / "audit.log", keys)
+    assert report.ok, report.summary()
+    # Each site's masked input is audited under its hash; the coordinator never saw more.
+    assert (dep.out / "audit.log").read_text().count("update_accepted") == 4 + 3 + 4
