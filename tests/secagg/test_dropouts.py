@@ -6,8 +6,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from fedcare.core.errors import ProtocolError
-from fedcare.secagg import SecAggConfig, Stage, simulate
+from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.secagg import SecAggConfig, SecAggServer, Stage, simulate
 from tests.secagg.harness import make_config, quantised_sum, random_vectors, seeded_rng
 
 STAGES = list(Stage)
@@ -104,3 +104,15 @@ def test_expensive_case_sites_dropping_after_sharing_keys_on_a_secagg_plus_graph
     result = simulate(config, vectors, drops, rng=seeded_rng(1)).result
     assert result.included == set(range(20)) - {3, 11}
     assert np.array_equal(result.ring_total, quantised_sum(config, vectors, result.included))
+
+
+def test_the_server_sum_is_the_same_on_any_number_of_threads():
+    config = make_config(12, 3, degree=4, length=3000)
+    vectors = random_vectors(config, 2)
+    drops = {Stage.MASKED_INPUT: {0, 9}, Stage.UNMASKING: {2}}  # 2's input is in the sum
+    expected = quantised_sum(config, vectors, set(range(12)) - {0, 9})
+    for workers in (1, 3):
+        result = simulate(config, vectors, drops, seeded_rng(2), server_workers=workers).result
+        assert np.array_equal(result.ring_total, expected)
+    with pytest.raises(ConfigError, match="at least 1 worker"):
+        SecAggServer(config, workers=0)

@@ -63,3 +63,36 @@ def test_round_trip_for_random_secrets_thresholds_and_subsets(secret, holders, d
     shares = list(shamir.split(secret, threshold, points, seeded_rng(6)).values())
     subset = data.draw(st.permutations(shares))[: data.draw(st.integers(threshold, holders))]
     assert shamir.combine(subset, threshold) == secret
+
+
+def test_many_secrets_at_once_equal_one_at_a_time():
+    rng = seeded_rng(7)
+    secrets = {owner: rng(32) for owner in range(6)}
+    shares = {
+        owner: list(shamir.split(s, 4, range(1 + owner, 8 + owner), rng).values())[owner % 3 :]
+        for owner, s in secrets.items()
+    }
+    assert shamir.combine_many(shares, 4) == secrets
+    assert {o: shamir.combine(s, 4) for o, s in shares.items()} == secrets
+
+
+def test_one_bad_owner_among_many_fails_loudly():
+    rng = seeded_rng(8)
+    shares = {o: list(shamir.split(rng(32), 3, [1, 2, 3], rng).values()) for o in range(3)}
+    shares[1][0] = shamir.Share(1, shares[1][0].y ^ 4)
+    with pytest.raises(ProtocolError, match="integrity check"):
+        shamir.combine_many(shares, 3)
+
+
+@settings(max_examples=10, deadline=None)
+@given(threshold=st.integers(14, 40), data=st.data())
+def test_large_holder_sets_with_large_points_recover_too(threshold, data):
+    # Classic SecAgg's large sets take the Lagrange-weights route instead of exact fractions.
+    points = data.draw(
+        st.lists(st.integers(1, 2**32), min_size=threshold, max_size=threshold, unique=True)
+    )
+    shares = list(shamir.split(SECRET, threshold, points, seeded_rng(9)).values())
+    assert shamir.combine_many({"a": shares, "b": shares[::-1]}, threshold) == {
+        "a": SECRET,
+        "b": SECRET,
+    }

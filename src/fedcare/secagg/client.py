@@ -28,7 +28,7 @@ from fedcare.secagg.crypto import (
     system_random,
 )
 from fedcare.secagg.field import ELEMENT_BYTES, RandomBytes, decode_element, encode_element
-from fedcare.secagg.masks import add_mask, pair_seed, pair_sign
+from fedcare.secagg.masks import add_masks, pair_seed, pair_sign
 from fedcare.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -193,13 +193,13 @@ class SecAggClient:
                 f"client {self.client_id}: only {len(received)} neighbours shared keys; "
                 f"its secrets could not be recovered"
             )
-        masked = self._input.copy()
-        add_mask(masked, self._self_mask_seed, 1)
-        for peer in sorted(received):
-            seed = pair_seed(
-                self._s_keys, self.client_id, self._peers[peer].s_pk, peer, self.config.session_id
-            )
-            add_mask(masked, seed, pair_sign(self.client_id, peer))
+        session, me = self.config.session_id, self.client_id
+        masks = [(self._self_mask_seed, 1)] + [
+            (pair_seed(self._s_keys, me, self._peers[p].s_pk, p, session), pair_sign(me, p))
+            for p in sorted(received)
+        ]
+        masked = self._input  # masked in place: the plain input is never needed again
+        add_masks(masked, masks)
         self._held.update(received)
         return [MaskedInput(self.config.session_id, self.client_id, masked)]
 

@@ -5,8 +5,7 @@
 - ChaCha20-Poly1305 encrypts shares sent between sites through the server. Keys are
   directional (u->v differs from v->u) and the associated data names the session, stage,
   sender and recipient, so a replayed or redirected ciphertext fails authentication.
-- The PRG is the AES-256-CTR keystream read as little-endian uint32 ring elements: OpenSSL
-  produces it at several GB/s, with no Python loop over elements.
+- The mask PRG (AES-128-CTR read as uint32 ring words) lives in :mod:`fedcare.secagg.prg`.
 """
 
 from __future__ import annotations
@@ -15,23 +14,31 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedcare.core.errors import ProtocolError
 from fedcare.secagg.field import RandomBytes
+from fedcare.secagg.prg import RingVector, expand_mask
+
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "KeyPair",
+    "RingVector",
+    "associated_data",
+    "derive_key",
+    "expand_mask",
+    "open_sealed",
+    "seal",
+    "system_random",
+]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-RingVector = npt.NDArray[np.uint32]
-
-_ZERO_COUNTER = bytes(16)
 
 
 def system_random(size: int) -> bytes:
@@ -45,12 +52,14 @@ class KeyPair:
 
     private: bytes = field(repr=False)
     public: bytes
-    _key: X25519PrivateKey = field(init=False, repr=False, compare=False)
+    # Loading a private key costs a scalar multiplication: from_private passes its own.
+    _key: X25519PrivateKey | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.private) != KEY_BYTES:
             raise ProtocolError(f"X25519 private key must be {KEY_BYTES} bytes")
-        object.__setattr__(self, "_key", X25519PrivateKey.from_private_bytes(self.private))
+        if self._key is None:
+            object.__setattr__(self, "_key", X25519PrivateKey.from_private_bytes(self.private))
 
     @classmethod
     def generate(cls, rng: RandomBytes = system_random) -> KeyPair:
@@ -60,14 +69,20 @@ class KeyPair:
     def from_private(cls, private: bytes) -> KeyPair:
         if len(private) != KEY_BYTES:
             raise ProtocolError(f"X25519 private key must be {KEY_BYTES} bytes")
-        public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
-        return cls(private, public)
+        key = X25519PrivateKey.from_private_bytes(private)
+        return cls(private, key.public_key().public_bytes_raw(), key)
+
+    @property
+    def _private_key(self) -> X25519PrivateKey:
+        if self._key is None:  # set in __post_init__; this keeps mypy honest
+            raise ProtocolError("X25519 key pair was not initialised")
+        return self._key
 
     def agree(self, peer_public: bytes) -> bytes:
         """The raw X25519 shared secret with ``peer_public``; low-order points are refused."""
         try:
             peer = X25519PublicKey.from_public_bytes(peer_public)
-            return self._key.exchange(peer)
+            return self._private_key.exchange(peer)
         except ValueError as exc:
             raise ProtocolError(f"key agreement failed: {exc}") from exc
 
@@ -98,27 +113,3 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes
         raise ProtocolError(
             "encrypted share failed authentication (tampered, replayed or redirected)"
         ) from exc
-
-
-_ZEROS = memoryview(bytes(1 << 22))  # 4 MiB of plaintext zeros, read-only, shared
-
-
-def expand_mask(seed: bytes, length: int) -> RingVector:
-    """``length`` pseudo-random uint32 ring elements from a 32-byte seed (AES-256-CTR).
-
-    Each seed is used for one stream only (fresh per session), so a fixed counter is safe.
-    """
-    if len(seed) != KEY_BYTES:
-        raise ValueError(f"mask seed must be {KEY_BYTES} bytes, found {len(seed)}")
-    nbytes = 4 * length
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
-    # The keystream is AES-CTR over zeros. Encrypt from one shared zero buffer into an
-    # uninitialised array: allocating and zero-filling fresh buffers per mask cost 5x the
-    # AES itself. update_into wants block_size - 1 spare bytes in its output.
-    out = np.empty(length + 4, dtype="<u4")
-    view = out.view(np.uint8).data  # a writable byte view of the array
-    for start in range(0, nbytes, len(_ZEROS)):
-        stop = min(start + len(_ZEROS), nbytes)
-        encryptor.update_into(_ZEROS[: stop - start], view[start : stop + 15])
-    mask: RingVector = out[:length]
-    return mask

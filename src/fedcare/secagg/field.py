@@ -8,6 +8,7 @@ integer arithmetic with no chunking.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -41,10 +42,7 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
 
     Cached because the server reconstructs many secrets from the same set of responders.
     """
-    if len(set(xs)) != len(xs):
-        raise ProtocolError(f"interpolation points must be distinct, found {sorted(xs)}")
-    if any(not 0 < x < PRIME for x in xs):
-        raise ProtocolError("interpolation points must be non-zero field elements")
+    _check_points(xs)
     weights = []
     for i, xi in enumerate(xs):
         num, den = 1, 1
@@ -54,6 +52,57 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
                 den = den * (xj - xi) % PRIME
         weights.append(num * pow(den, -1, PRIME) % PRIME)
     return tuple(weights)
+
+
+def _check_points(xs: Sequence[int]) -> None:
+    if len(set(xs)) != len(xs):
+        raise ProtocolError(f"interpolation points must be distinct, found {sorted(xs)}")
+    if any(not 0 < x < PRIME for x in xs):
+        raise ProtocolError("interpolation points must be non-zero field elements")
+
+
+_EXACT_BITS = 2048  # above this, exact common denominators cost more than field weights
+
+
+def interpolate_at_zero(point_sets: Sequence[Sequence[tuple[int, int]]]) -> list[int]:
+    """``f(0)`` for each list of points ``(x, f(x))`` of a polynomial of degree < its length.
+
+    Many secrets, few modular inversions. With ``e_i = x_i * prod_{j != i} (x_j - x_i)``,
+    ``f(0) = N * sum_i(y_i / e_i)`` for ``N = prod_j x_j``; for SecAgg+'s small holder sets
+    the ``e_i`` are small exact integers, so ``f(0) = N * sum_i(y_i * E / e_i) / E`` with
+    ``E = prod_i e_i`` needs no field inversion of its own, and all the ``E`` are inverted
+    together (Montgomery's trick). Large sets (classic SecAgg, where every owner has the
+    same responders) use cached Lagrange weights instead.
+    """
+    fractions: list[tuple[int, int]] = []  # f(0) = numerator / denominator in the field
+    for points in point_sets:
+        xs = tuple(x for x, _ in points)
+        _check_points(xs)
+        if len(xs) ** 2 * max(xs).bit_length() > _EXACT_BITS:
+            weights = lagrange_at_zero(xs)
+            fractions.append(
+                (sum(w * y for w, (_, y) in zip(weights, points, strict=True)) % PRIME, 1)
+            )
+            continue
+        e = [xi * math.prod(xj - xi for xj in xs if xj != xi) for xi in xs]
+        big_e = math.prod(e)
+        s = sum(y * (big_e // ei) for (_, y), ei in zip(points, e, strict=True))
+        fractions.append((math.prod(xs) * s % PRIME, big_e % PRIME))  # E != 0 mod p
+    inverses = _batch_inverse([den for _, den in fractions])
+    return [num * inv % PRIME for (num, _), inv in zip(fractions, inverses, strict=True)]
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses of non-zero field elements with one modular inversion in all."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        out[k] = inverse * prefix[k] % PRIME
+        inverse = inverse * values[k] % PRIME
+    return out
 
 
 def encode_element(value: int) -> bytes:

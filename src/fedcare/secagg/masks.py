@@ -2,14 +2,28 @@
 
 Client u adds ``+PRG(s_uv)`` for each partner v with u < v and ``-PRG(s_uv)`` for u > v,
 so every pair cancels in the sum; the server recomputes the same seeds for pairs whose
-other end dropped out.
+other end dropped out. All arithmetic is in Z_{2**32}: uint32 additions that wrap.
+
+Masks are added in place from one reused keystream buffer, so adding k masks to a vector
+costs k AES-CTR passes and k additions, and no temporaries. :class:`MaskSum` spreads the
+masks over threads for the server, which expands one per survivor and one per pair of a
+dropped client; OpenSSL releases the GIL while it encrypts.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from fedcare.secagg.crypto import KeyPair, RingVector, derive_key, expand_mask
+from fedcare.secagg.crypto import KeyPair, derive_key
+from fedcare.secagg.prg import SEED_BYTES, Keystream, RingVector
+
+Mask = tuple[bytes, int]  # (seed, sign): the term sign * PRG(seed)
+
+_MIN_WORDS_PER_THREAD = 1 << 15  # below this, threads cost more than they save
 
 
 def pair_seed(
@@ -20,15 +34,65 @@ def pair_seed(
     return derive_key(own.agree(peer_s_pk), session_id, b"mask", low, high)
 
 
-def add_mask(acc: RingVector, seed: bytes, sign: int) -> None:
-    """``acc += sign * PRG(seed)`` in Z_{2**32}, in place (uint32 arithmetic wraps)."""
-    mask = expand_mask(seed, acc.shape[0])
-    if sign > 0:
-        np.add(acc, mask, out=acc)
-    else:
-        np.subtract(acc, mask, out=acc)
-
-
 def pair_sign(client: int, peer: int) -> int:
     """The sign of the pair mask in ``client``'s masked input."""
     return 1 if client < peer else -1
+
+
+def _check(mask: Mask) -> None:
+    seed, sign = mask
+    if len(seed) != SEED_BYTES or sign not in (1, -1):
+        raise ValueError(f"a mask is a {SEED_BYTES}-byte seed and a sign of +1 or -1")
+
+
+def add_masks(acc: RingVector, masks: Iterable[Mask], stream: Keystream | None = None) -> None:
+    """``acc += sum(sign * PRG(seed))`` in Z_{2**32}, in place, on this thread."""
+    length = acc.shape[0]
+    stream = stream if stream is not None else Keystream(length)
+    for seed, sign in masks:
+        _check((seed, sign))
+        op = np.add if sign > 0 else np.subtract
+        for start, words in stream.chunks(seed, length):
+            part = acc[start : start + words.shape[0]]
+            op(part, words, out=part)
+
+
+def add_mask(acc: RingVector, seed: bytes, sign: int) -> None:
+    """``acc += sign * PRG(seed)`` in Z_{2**32}, in place."""
+    add_masks(acc, [(seed, sign)])
+
+
+def default_workers(length: int) -> int:
+    """Threads worth using to expand masks of ``length`` words on this machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8, length // _MIN_WORDS_PER_THREAD))
+
+
+def mask_sum(length: int, masks: Sequence[Mask], workers: int = 1) -> RingVector:
+    """``sum(sign * PRG(seed))`` over ``masks`` as a fresh vector, on ``workers`` threads.
+
+    Each thread sums its share of the masks into a partial vector of its own (no shared
+    writes); the partials are added at the end. Addition in Z_{2**32} is exact and
+    commutative, so the result does not depend on the number of threads.
+    """
+    for mask in masks:
+        _check(mask)
+    groups = [masks[i :: max(1, workers)] for i in range(max(1, min(workers, len(masks))))]
+
+    def partial(group: Sequence[Mask]) -> RingVector:
+        acc = np.zeros(length, dtype=np.uint32)
+        add_masks(acc, group)
+        return acc
+
+    if len(groups) == 1:
+        return partial(groups[0])
+    with ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="secagg-masks") as pool:
+        pending = pool.map(partial, groups[1:])  # submitted now
+        total = partial(groups[0])  # this thread takes a share too
+        others = list(pending)
+    for acc in others:
+        np.add(total, acc, out=total)
+    return total

@@ -20,6 +20,7 @@ from fedcare.secagg.crypto import RingVector
 
 RING_BITS = 32
 _SIGNED_LIMIT = 2 ** (RING_BITS - 1) - 1
+_FLOAT32_BELOW_2_31 = 2**31 - 128  # the largest float32 below 2**31
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,29 @@ class FixedPointRing:
             )
         if not np.isfinite(x).all():
             raise UpdateRejectedError("secagg input contains NaN or infinite values")
-        clipped = np.clip(x.astype(np.float64), -self.clip, self.clip)
-        return np.rint(clipped * self.factor).astype(np.int32).view(np.uint32)
+        # Scale, round, then clip to L = round(clip * scale): multiplying by a positive
+        # constant and rounding are both monotone, so this gives exactly the integers of
+        # rint(clip(x, -clip, clip) * scale), without a clipped float64 copy. float32 is
+        # exact too when the scale is a power of two (overflow gives inf, which the clip
+        # handles; underflow only touches values that round to 0).
+        exact32 = x.dtype.itemsize <= 4 and math.frexp(self.factor)[0] == 0.5
+        bound = _FLOAT32_BELOW_2_31 if exact32 else _SIGNED_LIMIT
+        if self._limit > bound:  # only for one client at the very top of the range
+            exact32, bound = False, _SIGNED_LIMIT
+        work = np.float32 if exact32 else np.float64
+        with np.errstate(over="ignore"):  # huge finite inputs become inf, then clipped
+            y = np.multiply(x, work(self.factor), dtype=work)
+        np.rint(y, out=y)
+        np.clip(y, -bound, bound, out=y)  # so the int32 cast cannot overflow
+        out = y.astype(np.int32)
+        np.clip(out, -self._limit, self._limit, out=out)
+        encoded: RingVector = out.view(np.uint32)
+        return encoded
+
+    @property
+    def _limit(self) -> int:
+        """The largest encoded magnitude, round(clip * scale)."""
+        return round(self.clip * self.factor)
 
     def decode_sum(self, total: RingVector, count: int) -> npt.NDArray[np.float32]:
         """The float sum of ``count`` encoded vectors from their ring sum."""
@@ -86,5 +108,9 @@ class FixedPointRing:
             raise ConfigError(
                 f"decoding a sum of {count} clients, ring is sized for {self.max_clients}"
             )
-        signed = np.asarray(total, dtype=np.uint32).view(np.int32).astype(np.float64)
-        return (signed / self.factor).astype(np.float32)
+        signed = np.asarray(total, dtype=np.uint32).view(np.int32)
+        if math.frexp(self.factor)[0] == 0.5:
+            # int32 -> float32 rounds once and dividing by a power of two is exact: the same
+            # floats as the float64 route, without its two full-size temporaries.
+            return np.multiply(signed, np.float32(1.0 / self.factor), dtype=np.float32)
+        return (signed.astype(np.float64) / self.factor).astype(np.float32)

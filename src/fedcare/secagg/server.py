@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.core.errors import ProtocolError
+from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.secagg import shamir
 from fedcare.secagg.config import SecAggConfig
 from fedcare.secagg.crypto import KEY_BYTES, NONCE_BYTES, KeyPair, RingVector
-from fedcare.secagg.masks import add_mask, pair_seed, pair_sign
+from fedcare.secagg.masks import Mask, default_workers, mask_sum, pair_seed, pair_sign
 from fedcare.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -59,10 +59,17 @@ class AggregateResult:
 
 
 class SecAggServer:
-    """The coordinator's part in one secure aggregation."""
+    """The coordinator's part in one secure aggregation.
 
-    def __init__(self, config: SecAggConfig) -> None:
+    ``workers`` is how many threads expand masks when unmasking (default: the cores this
+    process may use, fewer for short vectors); the sum does not depend on it.
+    """
+
+    def __init__(self, config: SecAggConfig, workers: int | None = None) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"secagg server needs at least 1 worker thread, found {workers}")
         self.config = config
+        self.workers = workers if workers is not None else default_workers(config.vector_length)
         self.state = ServerState.COLLECT_KEYS
         self.completed: dict[Stage, frozenset[int]] = {}
         self._expected = frozenset(config.client_ids)
@@ -225,16 +232,21 @@ class SecAggServer:
             for r in response.secret_key_shares:
                 s_shares.setdefault(r.owner, []).append(r.share)
         t, session = self.config.threshold, self.config.session_id
-        total = self._sum.copy()
-        for u in sorted(survivors):
-            add_mask(total, shamir.combine(b_shares.get(u, []), t), -1)
+        # Every seed first (all checks pass or nothing is expanded), then one pass that
+        # expands and sums all masks on the worker threads: survivors' self masks and the
+        # pair masks survivors shared with dropped clients, each with the sign it had.
+        self_seeds = shamir.combine_many({u: b_shares.get(u, []) for u in survivors}, t)
+        secret_keys = shamir.combine_many({d: s_shares.get(d, []) for d in dropped}, t)
+        masks: list[Mask] = [(self_seeds[u], 1) for u in sorted(survivors)]
         for d in sorted(dropped):
-            s_keys = KeyPair.from_private(shamir.combine(s_shares.get(d, []), t))
+            s_keys = KeyPair.from_private(secret_keys[d])
             if s_keys.public != self._keys[d].s_pk:
                 raise ProtocolError(f"recovered secret key of client {d} does not match its key")
             for u in sorted(self.config.graph.neighbours(d) & survivors):
                 seed = pair_seed(s_keys, d, self._keys[u].s_pk, u, session)
-                add_mask(total, seed, -pair_sign(u, d))
+                masks.append((seed, pair_sign(u, d)))
+        total = self._sum.copy()
+        np.subtract(total, mask_sum(self.config.vector_length, masks, self.workers), out=total)
         self._result = AggregateResult(
             self.config.ring.decode_sum(total, len(survivors)), total, survivors
         )

@@ -12,14 +12,16 @@ polynomial, needs a spare share that SecAgg cannot count on after dropouts.)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fedcare.core.errors import ProtocolError
-from fedcare.secagg.field import PRIME, RandomBytes, evaluate, lagrange_at_zero, random_element
+from fedcare.secagg.field import PRIME, RandomBytes, evaluate, interpolate_at_zero, random_element
 
 SECRET_BYTES = 32
 _TAG_BYTES = 16
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -56,20 +58,35 @@ def combine(shares: Sequence[Share], threshold: int) -> bytes:
     Raises ProtocolError when there are too few shares, when points repeat, or when the
     result fails its integrity tag (too few shares for the real polynomial, or a bad share).
     """
+    return combine_many({0: shares}, threshold)[0]
+
+
+def combine_many(shares: Mapping[K, Sequence[Share]], threshold: int) -> dict[K, bytes]:
+    """:func:`combine` for many secrets at once: ``{owner: shares}`` to ``{owner: secret}``.
+
+    All interpolations share one modular inversion
+    (:func:`~fedcare.secagg.field.interpolate_at_zero`); the first failing owner raises.
+    """
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1, found {threshold}")
-    by_x: dict[int, Share] = {}
-    for share in shares:
-        if share.x in by_x and by_x[share.x].y != share.y:
-            raise ProtocolError(f"two different shares claim point {share.x}")
-        by_x[share.x] = share
-    if len(by_x) < threshold:
-        raise ProtocolError(
-            f"cannot reconstruct: {len(by_x)} distinct shares, threshold is {threshold}"
-        )
-    chosen = [by_x[x] for x in sorted(by_x)[:threshold]]
-    weights = lagrange_at_zero(tuple(s.x for s in chosen))
-    value = sum(w * s.y for w, s in zip(weights, chosen, strict=True)) % PRIME
+    chosen: dict[K, list[Share]] = {}
+    for owner, given in shares.items():
+        by_x: dict[int, Share] = {}
+        for share in given:
+            if share.x in by_x and by_x[share.x].y != share.y:
+                raise ProtocolError(f"two different shares claim point {share.x}")
+            by_x[share.x] = share
+        if len(by_x) < threshold:
+            raise ProtocolError(
+                f"cannot reconstruct: {len(by_x)} distinct shares, threshold is {threshold}"
+            )
+        chosen[owner] = [by_x[x] for x in sorted(by_x)[:threshold]]
+    values = interpolate_at_zero([[(s.x, s.y) for s in c] for c in chosen.values()])
+    return {owner: _untag(value) for owner, value in zip(chosen, values, strict=True)}
+
+
+def _untag(value: int) -> bytes:
+    """The secret inside an interpolated element, after checking its integrity tag."""
     if value >= 1 << (8 * (SECRET_BYTES + _TAG_BYTES)):
         raise ProtocolError("reconstructed value fails its integrity check (bad or too few shares)")
     raw = value.to_bytes(SECRET_BYTES + _TAG_BYTES, "big")

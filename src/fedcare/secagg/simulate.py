@@ -29,6 +29,7 @@ class StageTiming:
     clients_total: float
     clients_max: float
     server: float
+    per_client: dict[int, float] = field(default_factory=dict)  # seconds of each live client
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,8 +53,12 @@ def simulate(
     vectors: Mapping[int, npt.ArrayLike],
     dropouts: Mapping[Stage, Set[int]] | None = None,
     rng: RandomBytes = system_random,
+    server_workers: int | None = None,
 ) -> SimulationOutcome:
-    """Aggregate ``vectors`` securely; raises ProtocolError if too many clients drop."""
+    """Aggregate ``vectors`` securely; raises ProtocolError if too many clients drop.
+
+    ``server_workers``: threads the server expands masks on (see :class:`SecAggServer`).
+    """
     if set(vectors) != set(config.client_ids):
         raise ConfigError("simulate needs exactly one vector per configured client")
     drops = dropouts or {}
@@ -63,13 +68,13 @@ def simulate(
         start = time.perf_counter()
         clients[c] = SecAggClient(config, c, vectors[c], rng)
         setup[c] = time.perf_counter() - start
-    server = SecAggServer(config)
+    server = SecAggServer(config, server_workers)
     timings: dict[Stage, StageTiming] = {}
     alive = set(config.client_ids)
     inbox: dict[int, list[ServerMessage]] = {c: [] for c in alive}
     for stage in Stage:
         alive -= set(drops.get(stage, ()))
-        client_times: list[float] = []
+        client_times: dict[int, float] = {}
         outgoing: list[ClientMessage] = []
         for c in sorted(alive):
             start = time.perf_counter()
@@ -78,7 +83,7 @@ def simulate(
             else:
                 for message in inbox[c]:
                     outgoing += clients[c].handle(message)
-            client_times.append(time.perf_counter() - start + setup.pop(c, 0.0))
+            client_times[c] = time.perf_counter() - start + setup.pop(c, 0.0)
         start = time.perf_counter()
         replies: list[ServerMessage] = []
         for out in outgoing:
@@ -90,7 +95,8 @@ def simulate(
         for reply in replies:
             if reply.recipient in inbox:  # messages to dropped clients are lost
                 inbox[reply.recipient].append(reply)
-        timings[stage] = StageTiming(sum(client_times), max(client_times, default=0.0), server_time)
+        spent = client_times.values()
+        timings[stage] = StageTiming(sum(spent), max(spent, default=0.0), server_time, client_times)
     return SimulationOutcome(server.result, timings)
 
 
