@@ -77,7 +77,6 @@ def test_a_checkpoint_without_the_accountant_is_refused_for_a_dp_plan(toy, tmp_p
 @pytest.mark.parametrize(
     ("params", "reason"),
     [
-        ({"secure": "encrypt"}, "not run by the deployed runtime"),
         (
             {
                 "dp": {
@@ -90,7 +89,7 @@ def test_a_checkpoint_without_the_accountant_is_refused_for_a_dp_plan(toy, tmp_p
             "adaptive clipping needs the coordinator",
         ),
     ],
-    ids=["encrypt", "adaptive-local"],
+    ids=["adaptive-local"],
 )
 def test_privacy_the_runtime_cannot_give_is_refused_not_ignored(toy, params, reason):
     plan = heart_plan(toy, "fedavg", params, rounds=1)

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from fedcare.core.records import ClientUpdate
+from fedcare.he.ckks import generate_keys
 from fedcare.runtime.coordinator import Phase
+from fedcare.runtime.encrypted_round import HE
+from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import UpdateMessage
-from fedcare.runtime.secure_wire import SECAGG
-from tests.runtime.test_protocol_study import deploy, heart, heart_plan, simulate
+from fedcare.runtime.secure_wire import SECAGG, session_of
+from tests.runtime.test_protocol_study import ROUNDS, deploy, heart, heart_plan, simulate
 
 __all__ = ["heart"]  # the module-scoped dataset fixture
 
@@ -172,3 +175,89 @@ def test_local_dp_is_noised_at_each_site_and_accounted_per_site(heart, tmp_path)
     again = connected(heart, plan, tmp_path / "again")
     again.run()
     assert np.abs(again.coordinator.final_params - coordinator.final_params).max() > 1e-3
+
+
+# -- CKKS: the hospitals share a key set; the coordinator adds blind ----------------------
+
+
+@pytest.fixture(scope="module")
+def he_keys():
+    return generate_keys()
+
+
+def with_keys(net, keys, skip=()):
+    for name, site in net.sites.items():
+        if name not in skip:
+            site.he_keys = keys
+    return net
+
+
+def test_ckks_deployed_reaches_the_simulators_encrypted_model(heart, tmp_path, he_keys):
+    plan = heart_plan(heart, "fedavg", {"secure": "encrypt"})
+    net = with_keys(deploy(heart, plan, tmp_path), he_keys)
+    seen = []
+    original = net.coordinator.handle
+    net.coordinator.handle = lambda env, now: seen.append(env) or original(env, now)
+    for name in heart.site_names:
+        net.connect(name)
+    net.run()
+    assert net.coordinator.phase is Phase.FINISHED
+    sim = simulate(heart, plan)  # CKKS too, under its own keys: equal up to CKKS precision
+    np.testing.assert_allclose(net.coordinator.final_params, sim.state.params, atol=1e-4)
+    inputs = [e for e in seen if e.kind == HE and e.header["step"] == "encrypted_update"]
+    assert len(inputs) == ROUNDS * len(heart.site_names)
+    assert all(e.vector.dtype == np.uint8 for e in inputs)  # ciphertexts only
+    # Plain floats reach the coordinator only as the decrypted sum, once per round.
+    sums = [e for e in seen if e.kind == HE and e.header["step"] == "decrypted_sum"]
+    assert len(sums) == ROUNDS and all(e.header["summands"] == 4 for e in sums)
+
+
+def test_a_site_without_the_key_set_refuses_an_encrypted_plan(heart, tmp_path, he_keys):
+    plan = heart_plan(heart, "fedavg", {"secure": "encrypt"}, rounds=1)
+    keyless = heart.site_names[3]
+    net = with_keys(deploy(heart, plan, tmp_path), he_keys, skip=(keyless,))
+    for name in heart.site_names:
+        net.connect(name)
+    net.run()
+    errors = [e for e in net.coordinator.drain_events() if e.kind == "site_error"]
+    assert any(e.site == keyless and "--he-keys" in e.detail["message"] for e in errors)
+
+
+def test_the_next_contributor_decrypts_when_the_first_one_drops(heart, tmp_path, he_keys):
+    plan = heart_plan(heart, "fedavg", {"secure": "encrypt"}, rounds=1)
+    net = with_keys(deploy(heart, plan, tmp_path), he_keys)
+    for name in heart.site_names:
+        net.connect(name)
+    first = heart.site_names[0]
+    for _ in range(10_000):  # until the coordinator asks the first site to decrypt
+        direction, name, env = net.queue[0]
+        if (direction, name, env.kind) == ("site", first, HE):
+            break
+        net.step()
+    net.disconnect(first)
+    net.run()
+    assert net.coordinator.phase is Phase.FINISHED
+    # The sum was already made with all four inputs; another site opened it.
+    assert net.coordinator.history[0]["participants"] == list(heart.site_names)
+
+
+def test_a_site_refuses_to_decrypt_a_single_update(heart, tmp_path, he_keys):
+    plan = heart_plan(heart, "fedavg", {"secure": "encrypt"}, rounds=1)
+    net = with_keys(deploy(heart, plan, tmp_path), he_keys)
+    for name in heart.site_names:
+        net.connect(name)
+    victim, helper = heart.site_names[0], heart.site_names[1]
+    for _ in range(10_000):  # capture the victim's ciphertext on its way
+        direction, name, env = net.queue[0]
+        if (direction, name, env.kind) == ("coordinator", victim, HE):
+            break
+        net.step()
+    net.run(stop=lambda: net.sites[helper].secure_turn is not None)
+    session, attempt = session_of(env)
+    assert net.sites[helper].secure_turn == (env.round, attempt, session)
+    # A curious coordinator asks a site to "decrypt the aggregate", sending one update.
+    header = {"step": "decrypt", "session": env.header["session"], "attempt": attempt}
+    ask = Envelope.create(HE, env.run_id, env.round, header, env.vector)
+    replies = net.sites[helper].handle(ask.from_peer("coordinator"), net.now)
+    assert replies[0].kind == "error_report"
+    assert "refuses to decrypt an aggregate of 1 update" in replies[0].header["message"]

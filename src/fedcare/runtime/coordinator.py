@@ -44,6 +44,7 @@ from fedcare.core.records import LocalOutcome, ServerState
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
 from fedcare.privacy.client_level import PrivateRounds
+from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     BUDGET_EXCEEDED,
@@ -64,21 +65,15 @@ from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
 from fedcare.runtime.sampling import sample_sites
 from fedcare.runtime.secure_round import (
+    Addressed,
     SecureRound,
+    SecureSum,
     SecureSumCollector,
     mean_of_sum,
     secagg_config,
 )
-from fedcare.runtime.secure_wire import (
-    SECAGG,
-    parse_client,
-    server_envelope,
-    session_of,
-    step_of,
-)
+from fedcare.runtime.secure_wire import SECAGG, session_of, step_of
 from fedcare.runtime.validation import validate_update
-from fedcare.secagg.messages import ServerMessage
-from fedcare.secagg.server import ServerState as SecAggState
 from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
 
@@ -153,6 +148,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+INPUT_STEPS = ("masked_input", "encrypted_update")  # the messages that carry a site's input
+
+
 def _secure_meta(env: Envelope) -> dict[str, Any]:
     """What a site states beside its keys: its weight, sample count and training loss."""
     meta: dict[str, Any] = {}
@@ -219,7 +217,7 @@ class CoordinatorMachine:
         self.current: RoundProgress | None = None
         self.evaluation: EvalProgress | None = None
         self.failure = ""
-        self.secure_sum: SecureSumCollector | None = None  # this round's, under SecAgg
+        self.secure_sum: SecureSum | None = None  # this round's, under SecAgg or CKKS
         self.guard = ReplayGuard(run_id)
         self.guard.open_round(self.state.round)
         self._events: list[RuntimeEvent] = []
@@ -366,12 +364,12 @@ class CoordinatorMachine:
             self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
             return []
         try:
-            message = None if env.kind == SECAGG else parse_message(env)
+            message = None if env.kind in (SECAGG, HE) else parse_message(env)
         except ProtocolError as exc:
             self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
             return [self._error(site, "malformed", str(exc))]
-        if env.kind == SECAGG:
-            return self._on_secagg(env)
+        if env.kind in (SECAGG, HE):
+            return self._on_secure(env)
         if isinstance(message, Hello):
             return self._on_hello(env, message)
         if isinstance(message, ApprovalStatus):
@@ -532,6 +530,7 @@ class CoordinatorMachine:
         # Only the broadcast arrays travel; server-optimizer moments stay here.
         broadcast = {k: v for k, v in self.state.arrays.items() if not k.startswith("opt/")}
         secure = self._open_secure_sum(progress) if self.strategy.secure is not None else None
+        progress.secure_session = secure.session if secure is not None else b""
         out = []
         for site in ready:
             request = TrainRequest(
@@ -615,26 +614,25 @@ class CoordinatorMachine:
     def _open_secure_sum(self, progress: RoundProgress) -> SecureRound:
         """Start the round's SecAgg session over the sites asked to train."""
         spec = self.strategy.secure
-        if spec is None or spec.kind != "secure_aggregation":
-            raise ConfigError(f"run '{self.run_id}': no secure aggregation in this plan")
+        if spec is None:
+            raise ConfigError(f"run '{self.run_id}': no secure summation in this plan")
         members = [self.plan.site_index(s) for s in progress.requested]
         session = SecureRound.new(
             self.run_id, progress.round, progress.attempt, members, self._weight_scale()
         )
         length = self.size if self.private is not None else self.size + 1
-        self.secure_sum = SecureSumCollector(
-            secagg_config(spec, members, length, session.session),
-            self.options.secure_stage_timeout_s,
-            progress.deadline,
-        )
-        self._event(
-            "secure_sum_opened",
-            detail={
-                "members": progress.requested,
-                "threshold": self.secure_sum.config.threshold,
-                "protocol": spec.label,
-            },
-        )
+        timeout = self.options.secure_stage_timeout_s
+        ids = (self.run_id, progress.round, progress.attempt)
+        detail: dict[str, Any] = {"members": progress.requested, "protocol": spec.label}
+        if spec.kind == "encrypt":
+            self.secure_sum = EncryptedSumCollector(
+                session.members, length, session.session, timeout, progress.deadline, *ids
+            )
+        else:
+            config = secagg_config(spec, members, length, session.session)
+            self.secure_sum = SecureSumCollector(config, timeout, progress.deadline, *ids)
+            detail["threshold"] = config.threshold
+        self._event("secure_sum_opened", detail=detail)
         return session
 
     def _weight_scale(self) -> float:
@@ -648,7 +646,7 @@ class CoordinatorMachine:
         sizes = [int(st.data.get("num_train", 0) or 0) for st in self.sites.values()]
         return float(max([*sizes, 1]))
 
-    def _on_secagg(self, env: Envelope) -> list[Outgoing]:
+    def _on_secure(self, env: Envelope) -> list[Outgoing]:
         site = env.sender
         collector, progress = self.secure_sum, self.current
         try:
@@ -665,20 +663,19 @@ class CoordinatorMachine:
             or collector is None
             or progress is None
             or attempt != progress.attempt
-            or session != collector.config.session_id
+            or session != progress.secure_session
         ):
             detail = "no secure aggregation of this session is open"
             self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
             return [self._error(site, "unexpected", detail)]
         member = self.plan.site_index(site)
         try:
-            message = parse_client(env, member)
-            if step_of(env) == "advertise_keys":
+            if "num_samples" in env.header:  # the first message: keys, or the encrypted input
                 progress.secure_meta[site] = _secure_meta(env)
-            if step_of(env) == "masked_input":
+            if step_of(env) in INPUT_STEPS:
                 progress.secure_meta.setdefault(site, {})["nbytes"] = env.nbytes
                 progress.secure_meta[site]["update_hash"] = vector_digest(env.vector)
-            return self._secure_step(lambda c: c.receive(member, message, self._now))
+            return self._secure_step(lambda c: c.receive(member, env, self._now))
         except ProtocolError as exc:  # this site's message is bad; the others go on
             progress.rejected[site] = str(exc)
             self._event("update_rejected", site, {"reason": str(exc)})
@@ -695,9 +692,7 @@ class CoordinatorMachine:
         self._event("site_dropped", site, {"reason": reason})
         return self._secure_step(lambda c: c.drop(member, reason, self._now))
 
-    def _secure_step(
-        self, step: Callable[[SecureSumCollector], list[ServerMessage]]
-    ) -> list[Outgoing]:
+    def _secure_step(self, step: Callable[[SecureSum], list[Addressed]]) -> list[Outgoing]:
         """Run one step of the round's secure sum; forward its messages, finish when done."""
         collector, progress = self.secure_sum, self.current
         if collector is None or progress is None:
@@ -705,26 +700,18 @@ class CoordinatorMachine:
         try:
             replies = step(collector)
         except ProtocolError as exc:
-            if collector.server.state is not SecAggState.ABORTED:
+            if not collector.aborted:
                 raise  # a bad message: the caller rejects it, the session goes on
             self._event("secure_sum_aborted", detail={"reason": str(exc)})
             for member, why in collector.lost.items():
                 progress.dropped.setdefault(self.plan.sites[member], why)
             return self._retry_round(progress)
-        out = [
-            Outgoing(
-                self.plan.sites[m.recipient],
-                server_envelope(m, self.run_id, progress.round, progress.attempt),
-            )
-            for m in replies
-        ]
+        out = [Outgoing(self.plan.sites[member], env) for member, env in replies]
         return out + (self._finish_secure(progress, collector) if collector.done else [])
 
-    def _finish_secure(
-        self, progress: RoundProgress, collector: SecureSumCollector
-    ) -> list[Outgoing]:
-        """The sum is unmasked: the survivors are the round's contributors."""
-        result = collector.result
+    def _finish_secure(self, progress: RoundProgress, collector: SecureSum) -> list[Outgoing]:
+        """The sum is unmasked (or decrypted): its members are the round's contributors."""
+        result = collector.outcome()
         for site in progress.requested:
             member = self.plan.site_index(site)
             meta = progress.secure_meta.get(site, {})

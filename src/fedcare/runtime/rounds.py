@@ -106,12 +106,6 @@ class RunPlan:
                 "mocha needs every site's model at the coordinator each round; "
                 "it runs in simulation only"
             )
-        if strategy.secure is not None and strategy.secure.kind != "secure_aggregation":
-            raise ConfigError(
-                f"strategy '{self.strategy}': {strategy.secure.label} is not run by the deployed "
-                "runtime; deploy with 'secure: secure_aggregation' (the coordinator learns only "
-                "the sum there too) or use encryption in simulation"
-            )
         if strategy.secure is not None and strategy.personal.mask_kind:
             raise ConfigError(
                 f"strategy '{self.strategy}': layers kept at the sites and secure aggregation do "
@@ -231,7 +225,8 @@ class RoundProgress:
     rejected: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     collected: list[tuple[npt.NDArray[np.float32], float]] = field(default_factory=list)
-    secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # under SecAgg
+    secure_session: bytes = b""  # the round's secure-sum session (SecAgg or CKKS)
+    secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # what sites stated
 
     @property
     def pending(self) -> list[str]:

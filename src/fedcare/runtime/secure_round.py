@@ -21,15 +21,18 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.secure_wire import parse_client, server_envelope
 from fedcare.secagg.config import SecAggConfig
-from fedcare.secagg.messages import ClientMessage, ServerMessage, Stage
+from fedcare.secagg.messages import ServerMessage, Stage
 from fedcare.secagg.ring import FixedPointRing
-from fedcare.secagg.server import AggregateResult, SecAggServer, ServerState
+from fedcare.secagg.server import SecAggServer, ServerState
 from fedcare.transforms.secure import SecureSpec
 
 
@@ -100,6 +103,45 @@ class SecureRound:
         return cls(session, tuple(sorted(members)), float(weight_scale))
 
 
+Addressed = tuple[int, Envelope]  # (member site index, message to it)
+
+
+@dataclass(frozen=True, eq=False)
+class SumOutcome:
+    """The unmasked (or decrypted) sum and the members whose input it holds."""
+
+    total: npt.NDArray[np.float32]
+    included: frozenset[int]
+
+
+class SecureSum(Protocol):
+    """The coordinator's side of one round's secure sum, whatever the protocol.
+
+    ``waiting``: live members whose answer the open stage awaits; ``deadline``: when the
+    open stage closes without them; ``lost``: members dropped, with why. ``receive`` raises
+    ProtocolError for a bad message (the member is then dropped by the caller); a step
+    that leaves too few members raises ProtocolError with ``aborted`` set.
+    """
+
+    waiting: set[int]
+    lost: dict[int, str]
+    deadline: float
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def aborted(self) -> bool: ...
+
+    def outcome(self) -> SumOutcome: ...
+
+    def receive(self, member: int, env: Envelope, now: float) -> list[Addressed]: ...
+
+    def drop(self, member: int, reason: str, now: float) -> list[Addressed]: ...
+
+    def expire(self, now: float) -> list[Addressed]: ...
+
+
 _COLLECTING = {
     ServerState.COLLECT_KEYS: Stage.ADVERTISE_KEYS,
     ServerState.COLLECT_SHARES: Stage.SHARE_KEYS,
@@ -119,6 +161,9 @@ class SecureSumCollector:
     config: SecAggConfig
     stage_timeout_s: float
     deadline: float
+    run_id: str
+    round: int
+    attempt: int
     server: SecAggServer = field(init=False)
     waiting: set[int] = field(init=False)  # live members that have not answered this stage
     lost: dict[int, str] = field(init=False, default_factory=dict)
@@ -136,11 +181,16 @@ class SecureSumCollector:
         return self.server.state is ServerState.DONE
 
     @property
-    def result(self) -> AggregateResult:
-        return self.server.result
+    def aborted(self) -> bool:
+        return self.server.state is ServerState.ABORTED
 
-    def receive(self, member: int, message: ClientMessage, now: float) -> list[ServerMessage]:
+    def outcome(self) -> SumOutcome:
+        result = self.server.result
+        return SumOutcome(result.total, result.included)
+
+    def receive(self, member: int, env: Envelope, now: float) -> list[Addressed]:
         """One member's message of the open stage; ProtocolError leaves nothing changed."""
+        message = parse_client(env, member)
         if member not in self.waiting:
             stage = self.stage.name if self.stage is not None else "none"
             raise ProtocolError(
@@ -156,7 +206,7 @@ class SecureSumCollector:
         self.waiting.discard(member)
         return self._advance(before, replies, now)
 
-    def drop(self, member: int, reason: str, now: float) -> list[ServerMessage]:
+    def drop(self, member: int, reason: str, now: float) -> list[Addressed]:
         """A member is gone (disconnected, failed, refused): the stage closes without it."""
         if member not in self.waiting:
             return []
@@ -164,7 +214,7 @@ class SecureSumCollector:
         self.lost[member] = reason
         return self._advance(self.stage, [], now)
 
-    def expire(self, now: float) -> list[ServerMessage]:
+    def expire(self, now: float) -> list[Addressed]:
         """The stage's deadline passed: close it with whoever answered."""
         if self.stage is None or now < self.deadline:
             return []
@@ -175,13 +225,15 @@ class SecureSumCollector:
 
     def _advance(
         self, before: Stage | None, replies: list[ServerMessage], now: float
-    ) -> list[ServerMessage]:
+    ) -> list[Addressed]:
         """Close the stage ``before`` once nobody is awaited; open the next one."""
-        if before is None:
-            return replies
-        if self.stage is before and not self.waiting:
-            replies = self.server.close_stage()  # ProtocolError if too few are left
-        if self.stage is not before:  # the next stage awaits the survivors of this one
-            self.waiting = set(self.server.completed[before])
-            self.deadline = now + self.stage_timeout_s
-        return replies
+        if before is not None:
+            if self.stage is before and not self.waiting:
+                replies = self.server.close_stage()  # ProtocolError if too few are left
+            if self.stage is not before:  # the next stage awaits the survivors of this one
+                self.waiting = set(self.server.completed[before])
+                self.deadline = now + self.stage_timeout_s
+        return [
+            (m.recipient, server_envelope(m, self.run_id, self.round, self.attempt))
+            for m in replies
+        ]

@@ -41,16 +41,18 @@ from fedcare.algorithms.personal import (
     site_start,
 )
 from fedcare.algorithms.strategy import Strategy
-from fedcare.core.errors import FedcareError, ProtocolError
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
+from fedcare.he.ckks import CkksKeys
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.budget import JobRef
 from fedcare.privacy.client_level import JobPrivacy, SiteBudget
 from fedcare.privacy.mechanisms import DistributedNoiseShare, LocalDPGaussian
 from fedcare.runtime.approvals import Decision, plan_hash
+from fedcare.runtime.encrypted_round import HE, decrypt_request, encrypted_update
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     BUDGET_EXCEEDED,
@@ -173,6 +175,7 @@ class SiteMachine:
         *,
         coordinator: str | None = None,
         budget: SiteBudget | None = None,
+        he_keys: CkksKeys | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
@@ -180,6 +183,7 @@ class SiteMachine:
         self.work_factory = work
         self.coordinator = coordinator  # expected sender identity; None accepts any
         self.budget = budget
+        self.he_keys = he_keys  # the CKKS key set the hospitals share (never the coordinator)
         self.job_cost: JobPrivacy | None = None  # the approved plan's DP spend, if any
         self._costs: dict[str, JobPrivacy | None] = {}
         self.phase = SitePhase.STARTING
@@ -195,6 +199,7 @@ class SiteMachine:
         self.pending: _Pending | None = None
         self.last_round = 0
         self.secagg: _SecureTurn | None = None  # this site's part in the round's secure sum
+        self.secure_turn: tuple[int, int, bytes] | None = None  # (round, attempt, session): CKKS
         self.guard = ReplayGuard(NO_RUN)
         self._events: list[SiteEvent] = []
         self._now = 0.0
@@ -223,8 +228,8 @@ class SiteMachine:
         self._now = now
         if self.coordinator is not None and env.sender != self.coordinator:
             return self._refuse(env, "unknown_sender", f"'{env.sender}' is not the coordinator")
-        if env.kind == SECAGG:
-            return self._on_secagg(env)
+        if env.kind in (SECAGG, HE):
+            return self._on_secure(env)
         try:
             message = parse_message(env)
         except ProtocolError as exc:
@@ -346,6 +351,12 @@ class SiteMachine:
         if refusal is not None:  # another job may have spent the budget while it waited
             return refusal
         try:
+            secure = plan.build_strategy().secure
+            if secure is not None and secure.kind == "encrypt" and self.he_keys is None:
+                raise ConfigError(
+                    "the plan encrypts updates with CKKS but this site has no key set; start "
+                    "the agent with --he-keys (the file the hospitals share)"
+                )
             work = self.work_factory(plan)
             if work.num_params <= 0:
                 raise ProtocolError("the plan's model has no parameters")
@@ -554,6 +565,13 @@ class SiteMachine:
             )
             return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
         vector = secure_input(update.delta, update.weight, secure.weight_scale, private=private)
+        meta = {
+            "weight": update.weight,
+            "num_samples": update.num_samples,
+            "train_loss": float(update.metrics.get("train_loss", float("nan"))),
+        }
+        if strategy.secure.kind == "encrypt":
+            return self._encrypted_update(req, vector, meta)
         try:
             config = secagg_config(strategy.secure, secure.members, vector.size, secure.session)
             client = SecAggClient(config, index, vector)
@@ -562,21 +580,34 @@ class SiteMachine:
             return [ErrorReport(self.run_id, req.round, "secagg_failed", str(exc)).to_envelope()]
         self.secagg = _SecureTurn(req.round, req.attempt, client)
         self._event("secure_sum_joined", {"round": req.round, "members": len(secure.members)})
-        return [
-            client_envelope(
-                m,
-                self.run_id,
-                req.round,
-                req.attempt,
-                weight=update.weight,
-                num_samples=update.num_samples,
-                train_loss=float(update.metrics.get("train_loss", float("nan"))),
-            )
-            for m in messages
-        ]
+        return [client_envelope(m, self.run_id, req.round, req.attempt, **meta) for m in messages]
 
-    def _on_secagg(self, env: Envelope) -> list[Envelope]:
+    def _encrypted_update(
+        self, req: TrainRequest, vector: FloatVector, meta: dict[str, Any]
+    ) -> list[Envelope]:
+        """CKKS: encrypt the secure input under the hospitals' shared key set."""
+        if self.he_keys is None or req.secure is None:
+            raise ProtocolError("an encrypted update needs the CKKS key set and a session")
+        try:
+            env = encrypted_update(
+                self.he_keys,
+                vector,
+                session=req.secure.session,
+                run_id=self.run_id,
+                round_=req.round,
+                attempt=req.attempt,
+                **meta,
+            )
+        except FedcareError as exc:
+            return [ErrorReport(self.run_id, req.round, "encrypt_failed", str(exc)).to_envelope()]
+        self.secure_turn = (req.round, req.attempt, req.secure.session)
+        self._event("update_sent", {"round": req.round, "attempt": req.attempt, "encrypted": True})
+        return [env]
+
+    def _on_secure(self, env: Envelope) -> list[Envelope]:
         """A stage of the round's secure sum; a message that fails a check is refused."""
+        if env.kind == HE:
+            return self._on_decrypt(env)
         turn, plan = self.secagg, self.plan
         if self.phase is not SitePhase.READY or turn is None or plan is None:
             return self._refuse(env, "unexpected", "this site is in no secure sum")
@@ -604,6 +635,29 @@ class SiteMachine:
                 "update_sent", {"round": turn.round, "attempt": turn.attempt, "masked": True}
             )
         return [client_envelope(m, self.run_id, turn.round, turn.attempt) for m in replies]
+
+    def _on_decrypt(self, env: Envelope) -> list[Envelope]:
+        """CKKS: open the round's aggregate (a sum of two updates at least) for the coordinator."""
+        if self.phase is not SitePhase.READY or self.he_keys is None or self.secure_turn is None:
+            return self._refuse(env, "unexpected", "this site holds no encrypted sum to open")
+        rejection = self.guard.check(env, round_bound=False)
+        if rejection is not None:
+            self._event(
+                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
+            )
+            return []
+        try:
+            env.validate()
+            session, attempt = session_of(env)
+            if (env.round, attempt, session) != self.secure_turn or step_of(env) != "decrypt":
+                raise ProtocolError("decryption request of another round, attempt or session")
+            reply = decrypt_request(env, self.he_keys, self.name)
+        except FedcareError as exc:
+            return self._refuse(env, "decrypt_refused", str(exc))
+        self._event(
+            "aggregate_decrypted", {"round": env.round, "summands": reply.header["summands"]}
+        )
+        return [reply]
 
     def _upload(
         self,
