@@ -141,11 +141,13 @@ def datasets_describe(
 from fedcare.cli.audit import app as audit_app  # noqa: E402
 from fedcare.cli.certs import app as certs_app  # noqa: E402
 from fedcare.cli.deploy import coordinator_app, site_app  # noqa: E402
+from fedcare.cli.he_keys import app as he_keys_app  # noqa: E402
 
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(site_app, name="site")
+site_app.add_typer(he_keys_app, name="he-keys")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

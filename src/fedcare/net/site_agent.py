@@ -24,17 +24,20 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
 from fedcare.net.channel import Backoff, SiteSession, TransportError, TransportLimits, open_session
-from fedcare.net.tls import TlsBundle
+from fedcare.net.tls import TlsBundle, check_peer_certificate, signing_key_of
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.privacy.client_level import SiteBudget
+from fedcare.runtime.audit import SiteAuditCopy
 from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import AuditCopy
 from fedcare.runtime.site import SiteMachine, SitePhase
 
 Log = Callable[[str], None]
 STATE_FILE = "site-state.safetensors"
 LEDGER_FILE = "privacy-ledger.sqlite"
+AUDIT_COPY_FILE = "audit-copy.log"  # the coordinator's signed entries that concern this site
 
 
 def open_budget(
@@ -134,6 +137,7 @@ class SiteAgent:
         self.lock = threading.Lock()
         self.session: SiteSession | None = None
         self._saved = ""
+        self.audit_copy = SiteAuditCopy(self.state_dir / AUDIT_COPY_FILE, machine.name)
         if load_site_state(self.state_dir, machine):
             log(f"restored this site's algorithm state from {self.state_dir / STATE_FILE}")
 
@@ -184,6 +188,9 @@ class SiteAgent:
         try:
             for env in session:
                 self.backoff.reset()  # the coordinator answered: the next outage starts short
+                if env.kind == AuditCopy.KIND:
+                    self._keep_audit_entry(env)
+                    continue
                 with self.lock:
                     self._send(self.machine.handle(env, time.monotonic()))
                 if self.finished or stop.is_set():
@@ -194,6 +201,22 @@ class SiteAgent:
             session.close()
             if self.finished or stop.is_set():
                 session.cancel()
+
+    def _keep_audit_entry(self, env: Envelope) -> None:
+        """Verify one of the coordinator's audit entries and append it to this site's copy.
+
+        The signing key comes from the coordinator's certificate, checked against the study
+        CA; an entry that fails any check is logged and not kept.
+        """
+        try:
+            if self.bundle is None:
+                raise ProtocolError("without TLS (--insecure) the coordinator's key is unknown")
+            message = AuditCopy.from_envelope(env)
+            pem = message.certificate.encode()
+            author = check_peer_certificate(pem, self.bundle.ca_pem, set(), role="coordinator")
+            self.audit_copy.add(message.entry, {author: signing_key_of(pem)})
+        except FedcareError as exc:
+            self.log(f"audit entry NOT kept: {exc}")
 
     def _send(self, replies: list[Envelope]) -> None:
         """Persist state and report events first, then send (a crash never loses state

@@ -670,6 +670,32 @@ class ErrorReport:
         return cls(env.run_id, env.round, h.text("code"), h.text("message"), env.sender)
 
 
+@dataclass(frozen=True)
+class AuditCopy:
+    """Coordinator -> site: one signed audit entry that concerns the site, for its own copy.
+
+    ``certificate`` is the coordinator's certificate (PEM): the site checks it against the
+    study CA and verifies the entry's signature with the audit key embedded in it.
+    """
+
+    KIND: ClassVar[str] = "audit_entry"
+    run_id: str
+    round: int
+    entry: dict[str, Any]
+    certificate: str
+    sender: str = ""
+
+    def to_envelope(self) -> Envelope:
+        header = {"entry": self.entry, "certificate": self.certificate}
+        return Envelope.create(self.KIND, self.run_id, self.round, header)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope) -> Self:
+        _expect_kind(env, cls.KIND)
+        h = _Header(env)
+        return cls(env.run_id, env.round, h.mapping("entry"), h.text("certificate"), env.sender)
+
+
 Message = (
     Hello
     | JobPlan
@@ -681,6 +707,7 @@ Message = (
     | EvalResult
     | RunFinished
     | ErrorReport
+    | AuditCopy
 )
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -696,6 +723,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         EvalResult,
         RunFinished,
         ErrorReport,
+        AuditCopy,
     )
 }
 
