@@ -2,33 +2,50 @@
 
 Each site trains a ~100k-parameter MLP (256-256-128-2) for one epoch on its 200 synthetic
 rows (batch 32, SGD) through fedcare's sequential trainer, one site at a time, as a site
-agent would; 10% of the sites then drop after ShareKeys (they never send a masked input).
-Three ways to sum the surviving updates, [w * delta, w] as the simulator feeds its secure
-sum, side by side on the same trained updates:
+agent would; 10% of the sites then drop after ShareKeys (they never send an update or a
+masked input). The rounds compared, on the same trained updates:
 
-* plain: fedcare's StreamingMean over the survivors' float32 updates;
-* SecAgg+ (``secagg.simulate``, degree ``secagg_plus_degree(n)``, about 2 log2 n);
-* classic SecAgg (the complete graph).
+* plain: every surviving site sends its float32 update; the coordinator averages them
+  with fedcare's StreamingMean (weights n_k, float64 accumulation), as the simulator and
+  the deployed coordinator do;
+* SecAgg+ (``secagg.simulate``, degree ``secagg_plus_degree(n)``, about 2 log2 n) and
+  classic SecAgg (the complete graph): every site turns its update into the simulator's
+  secure-sum input ``[w * delta, w]`` (timed as site work), runs the four protocol stages,
+  and the coordinator divides the unmasked sum by its last entry to get the same mean
+  (timed as coordinator work). The secure mean is checked against the plain one.
+
+What is the same on both sides: the training work (the very same updates and training
+times), the dropouts, and the transport model, which is no transport: messages are
+passed in memory and no network time is counted on either side. Not counted, and all in
+the plain round's favour in a real network: the secure round's three extra round trips.
+Python's garbage collector is paused while a round is timed on both sides (it would
+otherwise stop whichever site happens to trigger a collection over all 50 sites' objects,
+something a site running in its own process never sees).
 
 Two figures per configuration, medians of --repeats rounds:
 
 * "sites in parallel": the critical path of a deployment where every site has its own
-  machine: the slowest site's training + the slowest site per SecAgg stage + the server
-  (plain: slowest training + the coordinator's sum). Transfers are not counted.
+  machine (one core, as the single torch thread here): the slowest site's training (plus
+  its secure-input preparation) + for each SecAgg stage the slowest site + the server.
+  The plain round: the slowest site's training + the coordinator's average. The
+  coordinator expands masks on ``--workers`` threads (default: the cores of this machine).
 * "one process": everything one after another on this machine (every site's training +
   every site's SecAgg work + the server).
 
-    python benchmarks/secagg_vs_plain_round.py [--sites 50 200] [--repeats 3]
+    python benchmarks/secagg_vs_plain_round.py [--sites 50 200] [--repeats 5] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,19 +62,32 @@ from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.trainer import LocalTrainer
 from fedcare.models import build_model
 from fedcare.secagg import FixedPointRing, SecAggConfig, Stage, secagg_plus_degree, simulate
+from fedcare.secagg.masks import default_workers
 from fedcare.sim.engine import initial_params
 
 FEATURES, HIDDEN, ROWS = 256, [256, 128], 200
 SPEC = TrainSpec(optimizer="sgd", lr=0.05, epochs=1, batch_size=32)
 VALUE_RANGE = 1.0  # public bound on every entry of [w * delta, w]
+KINDS = ("SecAgg+", "SecAgg")
 
 
 @dataclass
 class Round:
     train: list[float]  # seconds per site
     plain_sum: float
+    prepare: list[float]  # seconds per site to build its secure input
     secure: dict[str, tuple[float, float]]  # kind -> (critical path, sequential) of SecAgg
     stages: dict[str, dict[str, tuple[float, float]]]  # kind -> stage -> (slowest site, server)
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def train_sites(n: int, seed: int) -> tuple[list[np.ndarray], list[float], list[int]]:
@@ -71,26 +101,27 @@ def train_sites(n: int, seed: int) -> tuple[list[np.ndarray], list[float], list[
     deltas, times = [], []
     warm = batch_schedule(ROWS, SPEC, seeds.generator("misc"))  # first call pays torch set-up
     trainer.train(bank, [0], start_vec[None, :], [warm], [LocalObjective()], SPEC)
-    for k in range(n):
-        schedule = batch_schedule(ROWS, SPEC, seeds.generator("batches", 0, k))
-        began = time.perf_counter()
-        result = trainer.train(bank, [k], start_vec[None, :], [schedule], [LocalObjective()], SPEC)
-        times.append(time.perf_counter() - began)
-        deltas.append((result.params[0] - start_vec).astype(np.float32))
+    with no_gc():
+        for k in range(n):
+            schedule = batch_schedule(ROWS, SPEC, seeds.generator("batches", 0, k))
+            began = time.perf_counter()
+            result = trainer.train(
+                bank, [k], start_vec[None, :], [schedule], [LocalObjective()], SPEC
+            )
+            times.append(time.perf_counter() - began)
+            deltas.append((result.params[0] - start_vec).astype(np.float32))
     return deltas, times, [ROWS] * n
 
 
-def secure_inputs(deltas: list[np.ndarray], counts: list[int]) -> dict[int, np.ndarray]:
-    """[w * delta, w] with w normalised by the largest weight (the simulator's input)."""
-    top = max(counts)
-    out = {}
-    for k, (d, c) in enumerate(zip(deltas, counts, strict=True)):
-        w = np.float32(c / top)
-        out[k] = np.concatenate([d * w, [w]]).astype(np.float32)
-    return out
+def secure_input(delta: np.ndarray, count: int, top: int) -> np.ndarray:
+    """[w * delta, w] with w = n_k / max n (public, at most 1): the simulator's input."""
+    w = np.float32(count / top)
+    return np.concatenate([delta * w, [w]]).astype(np.float32)
 
 
-def secagg(n: int, inputs: dict[int, np.ndarray], dropped: set[int], degree: int | None):
+def secagg(
+    n: int, inputs: dict[int, np.ndarray], dropped: set[int], degree: int | None, workers: int
+):
     holders = n if degree is None else degree + 1
     length = next(iter(inputs.values())).size
     config = SecAggConfig(
@@ -102,53 +133,65 @@ def secagg(n: int, inputs: dict[int, np.ndarray], dropped: set[int], degree: int
         degree=degree,
         min_survivors=n // 2 + 1,
     )
-    return config, simulate(config, inputs, {Stage.MASKED_INPUT: dropped})
+    drops = {Stage.MASKED_INPUT: dropped}
+    with no_gc():
+        outcome = simulate(config, inputs, drops, server_workers=workers)
+        began = time.perf_counter()
+        total = outcome.result.total
+        mean = total[:-1] / total[-1]
+        finish = time.perf_counter() - began
+    return config, outcome, mean, finish
 
 
-def one_round(n: int, seed: int, dropped: set[int]) -> Round:
+def one_round(n: int, seed: int, dropped: set[int], workers: int) -> Round:
     deltas, train_times, counts = train_sites(n, seed)
     survivors = [k for k in range(n) if k not in dropped]
-    began = time.perf_counter()
-    mean = StreamingMean(deltas[0].size)
-    for k in survivors:
-        mean.add(deltas[k], float(counts[k]))
-    plain = mean.result().delta
-    plain_sum = time.perf_counter() - began
-    inputs = secure_inputs(deltas, counts)
+    with no_gc():
+        began = time.perf_counter()
+        plain_mean = StreamingMean(deltas[0].size)
+        for k in survivors:
+            plain_mean.add(deltas[k], float(counts[k]))
+        plain = plain_mean.result().delta
+        plain_sum = time.perf_counter() - began
+        inputs, prepare = {}, []
+        for k in range(n):
+            began = time.perf_counter()
+            inputs[k] = secure_input(deltas[k], counts[k], max(counts))
+            prepare.append(time.perf_counter() - began)
     secure, stages = {}, {}
     for kind, degree in (("SecAgg+", secagg_plus_degree(n)), ("SecAgg", None)):
-        config, outcome = secagg(n, inputs, dropped, degree)
-        total = outcome.result.total
+        config, outcome, mean, finish = secagg(n, inputs, dropped, degree, workers)
         if sorted(outcome.result.included) != survivors:
             raise RuntimeError(f"{kind}: the sum should include exactly the survivors")
-        secure_mean = total[:-1] / total[-1]
-        if not np.allclose(secure_mean, plain, atol=4 * n * config.ring.resolution):
+        if not np.allclose(mean, plain, atol=4 * n * config.ring.resolution):
             raise RuntimeError(f"{kind}: secure mean differs from the plain mean")
-        secure[kind] = (outcome.critical_path, outcome.sequential)
+        secure[kind] = (outcome.critical_path + finish, outcome.sequential + finish)
         stages[kind] = {st.name: (t.clients_max, t.server) for st, t in outcome.timings.items()}
-    return Round(train_times, plain_sum, secure, stages)
+    return Round(train_times, plain_sum, prepare, secure, stages)
 
 
-def report(n: int, rounds: list[Round], params: int) -> None:
+def report(n: int, rounds: list[Round], params: int, workers: int) -> None:
     med = statistics.median
     print(
         f"\n{n} sites x {params:,} params (MLP {FEATURES}-{'-'.join(map(str, HIDDEN))}-2), "
         f"{ROWS} rows/site, 1 epoch; {n // 10} sites drop after ShareKeys; "
-        f"medians of {len(rounds)} rounds"
+        f"medians of {len(rounds)} rounds; server mask threads: {workers}"
     )
     slowest = med([max(r.train) for r in rounds])
     summed = med([sum(r.train) for r in rounds])
     print(
         f"  local training: slowest site {slowest:.3f}s, all sites in turn {summed:.3f}s; "
-        f"plain sum at the coordinator {med([r.plain_sum for r in rounds]) * 1e3:.1f} ms"
+        f"plain average at the coordinator {med([r.plain_sum for r in rounds]) * 1e3:.1f} ms; "
+        f"secure input at a site {med([max(r.prepare) for r in rounds]) * 1e3:.2f} ms (slowest)"
     )
     plain_par = [max(r.train) + r.plain_sum for r in rounds]
     plain_seq = [sum(r.train) + r.plain_sum for r in rounds]
     print(f"  {'':<22}{'sites in parallel':>20}{'one process':>16}")
     print(f"  {'plain FedAvg round':<22}{med(plain_par):>19.3f}s{med(plain_seq):>15.3f}s")
-    for kind in ("SecAgg+", "SecAgg"):
-        par = [max(r.train) + r.secure[kind][0] for r in rounds]
-        seq = [sum(r.train) + r.secure[kind][1] for r in rounds]
+    for kind in KINDS:
+        site = [max(t + p for t, p in zip(r.train, r.prepare, strict=True)) for r in rounds]
+        par = [s + r.secure[kind][0] for s, r in zip(site, rounds, strict=True)]
+        seq = [sum(r.train) + sum(r.prepare) + r.secure[kind][1] for r in rounds]
         print(f"  {kind + ' round':<22}{med(par):>19.3f}s{med(seq):>15.3f}s")
         ratio_par = med([s / p for s, p in zip(par, plain_par, strict=True)])
         ratio_seq = med([s / p for s, p in zip(seq, plain_seq, strict=True)])
@@ -157,10 +200,10 @@ def report(n: int, rounds: list[Round], params: int) -> None:
             f"  {kind + ' / plain':<22}{ratio_par:>19.2f}x{ratio_seq:>15.2f}x"
             f"   (target <= 1.3x, sites in parallel: {verdict})"
         )
-    for kind in ("SecAgg+", "SecAgg"):
+    for kind in KINDS:
         parts = ", ".join(
-            f"{stage} {med([r.stages[kind][stage][0] for r in rounds]) * 1e3:.0f}"
-            f"+{med([r.stages[kind][stage][1] for r in rounds]) * 1e3:.0f}"
+            f"{stage} {med([r.stages[kind][stage][0] for r in rounds]) * 1e3:.1f}"
+            f"+{med([r.stages[kind][stage][1] for r in rounds]) * 1e3:.1f}"
             for stage in rounds[0].stages[kind]
         )
         print(f"  {kind} critical path by stage, ms (slowest site + server): {parts}")
@@ -169,17 +212,21 @@ def report(n: int, rounds: list[Round], params: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, nargs="+", default=[50, 200])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one site's CPU)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server threads for masks (default: cores)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = build_model("mlp", (FEATURES,), 2, hidden=HIDDEN)
     size = sum(p.numel() for p in params.parameters())
+    workers = args.workers if args.workers is not None else default_workers(size + 1)
     print(f"torch {torch.__version__}, {args.threads} thread(s); {size:,} parameters")
     for n in args.sites:
         dropped = set(random.Random(n).sample(range(n), n // 10))
-        rounds = [one_round(n, seed, dropped) for seed in range(args.repeats)]
-        report(n, rounds, size)
+        rounds = [one_round(n, seed, dropped, workers) for seed in range(args.repeats)]
+        report(n, rounds, size, workers)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedcare.core.errors import ProtocolError
 from fedcare.secagg.crypto import KeyPair
 from fedcare.secagg.masks import add_masks, default_workers, mask_sum, pair_seed, pair_sign
 from fedcare.secagg.prg import expand_mask
@@ -67,3 +68,24 @@ def test_malformed_masks_are_refused():
 def test_short_vectors_are_not_worth_a_thread():
     assert default_workers(1000) == 1
     assert default_workers(10_000_000) >= 1
+
+
+def test_seeds_may_be_derived_on_the_worker_threads():
+    rng = seeded_rng(2)
+    seeds = [rng(32) for _ in range(6)]
+    derived = [((lambda s=s: s), 1 - 2 * (k % 2)) for k, s in enumerate(seeds)]
+    given = [(s, 1 - 2 * (k % 2)) for k, s in enumerate(seeds)]
+    for workers in (1, 3):
+        assert np.array_equal(mask_sum(900, derived, workers), mask_sum(900, given, 1))
+
+
+def test_a_failure_on_a_worker_thread_reaches_the_caller():
+    def broken() -> bytes:
+        raise ProtocolError("key agreement failed: low-order point")
+
+    masks = [(bytes(32), 1), (broken, -1), (bytes(range(32)), 1)]
+    for workers in (1, 2, 3):
+        with pytest.raises(ProtocolError, match="low-order"):
+            mask_sum(100, masks, workers)
+    with pytest.raises(ValueError, match="32-byte seed"):
+        mask_sum(100, [(lambda: bytes(5), 1)], 2)

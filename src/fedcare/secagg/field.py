@@ -84,7 +84,13 @@ def interpolate_at_zero(point_sets: Sequence[Sequence[tuple[int, int]]]) -> list
                 (sum(w * y for w, (_, y) in zip(weights, points, strict=True)) % PRIME, 1)
             )
             continue
-        e = [xi * math.prod(xj - xi for xj in xs if xj != xi) for xi in xs]
+        e = []
+        for xi in xs:
+            ei = xi
+            for xj in xs:
+                if xj != xi:
+                    ei *= xj - xi
+            e.append(ei)
         big_e = math.prod(e)
         s = sum(y * (big_e // ei) for (_, y), ei in zip(points, e, strict=True))
         fractions.append((math.prod(xs) * s % PRIME, big_e % PRIME))  # E != 0 mod p

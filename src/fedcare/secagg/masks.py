@@ -13,7 +13,7 @@ dropped client; OpenSSL releases the GIL while it encrypts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,7 +21,10 @@ import numpy as np
 from fedcare.secagg.crypto import KeyPair, derive_key
 from fedcare.secagg.prg import SEED_BYTES, Keystream, RingVector
 
-Mask = tuple[bytes, int]  # (seed, sign): the term sign * PRG(seed)
+# A seed, or a function that derives one: mask_sum runs it on the worker thread that
+# expands the mask, so one thread's X25519 (which holds the GIL) overlaps another's AES.
+Seed = bytes | Callable[[], bytes]
+Mask = tuple[Seed, int]  # (seed, sign): the term sign * PRG(seed)
 
 _MIN_WORDS_PER_THREAD = 1 << 15  # below this, threads cost more than they save
 
@@ -39,9 +42,8 @@ def pair_sign(client: int, peer: int) -> int:
     return 1 if client < peer else -1
 
 
-def _check(mask: Mask) -> None:
-    seed, sign = mask
-    if len(seed) != SEED_BYTES or sign not in (1, -1):
+def _check(seed: Seed, sign: int) -> None:
+    if sign not in (1, -1) or (isinstance(seed, bytes) and len(seed) != SEED_BYTES):
         raise ValueError(f"a mask is a {SEED_BYTES}-byte seed and a sign of +1 or -1")
 
 
@@ -49,8 +51,9 @@ def add_masks(acc: RingVector, masks: Iterable[Mask], stream: Keystream | None =
     """``acc += sum(sign * PRG(seed))`` in Z_{2**32}, in place, on this thread."""
     length = acc.shape[0]
     stream = stream if stream is not None else Keystream(length)
-    for seed, sign in masks:
-        _check((seed, sign))
+    for given, sign in masks:
+        seed = given() if callable(given) else given
+        _check(seed, sign)
         op = np.add if sign > 0 else np.subtract
         for start, words in stream.chunks(seed, length):
             part = acc[start : start + words.shape[0]]
@@ -74,12 +77,13 @@ def default_workers(length: int) -> int:
 def mask_sum(length: int, masks: Sequence[Mask], workers: int = 1) -> RingVector:
     """``sum(sign * PRG(seed))`` over ``masks`` as a fresh vector, on ``workers`` threads.
 
-    Each thread sums its share of the masks into a partial vector of its own (no shared
-    writes); the partials are added at the end. Addition in Z_{2**32} is exact and
+    Each thread derives (where a seed is a function) and expands its share of the masks
+    into a partial vector of its own (no shared writes); the partials are added at the
+    end; an exception in any thread is raised here. Addition in Z_{2**32} is exact and
     commutative, so the result does not depend on the number of threads.
     """
-    for mask in masks:
-        _check(mask)
+    for seed, sign in masks:
+        _check(seed, sign)  # seeds still to be derived are checked when they are
     groups = [masks[i :: max(1, workers)] for i in range(max(1, min(workers, len(masks))))]
 
     def partial(group: Sequence[Mask]) -> RingVector:

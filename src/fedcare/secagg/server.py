@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -232,9 +233,10 @@ class SecAggServer:
             for r in response.secret_key_shares:
                 s_shares.setdefault(r.owner, []).append(r.share)
         t, session = self.config.threshold, self.config.session_id
-        # Every seed first (all checks pass or nothing is expanded), then one pass that
-        # expands and sums all masks on the worker threads: survivors' self masks and the
-        # pair masks survivors shared with dropped clients, each with the sign it had.
+        # Every secret first (all checks pass before anything is expanded), then one pass
+        # on the worker threads over all masks to strip, each with the sign it had in the
+        # survivors' inputs: survivors' self masks, and the masks survivors shared with
+        # dropped clients, whose seeds (X25519 + HKDF) the workers derive as they go.
         self_seeds = shamir.combine_many({u: b_shares.get(u, []) for u in survivors}, t)
         secret_keys = shamir.combine_many({d: s_shares.get(d, []) for d in dropped}, t)
         masks: list[Mask] = [(self_seeds[u], 1) for u in sorted(survivors)]
@@ -243,7 +245,7 @@ class SecAggServer:
             if s_keys.public != self._keys[d].s_pk:
                 raise ProtocolError(f"recovered secret key of client {d} does not match its key")
             for u in sorted(self.config.graph.neighbours(d) & survivors):
-                seed = pair_seed(s_keys, d, self._keys[u].s_pk, u, session)
+                seed = partial(pair_seed, s_keys, d, self._keys[u].s_pk, u, session)
                 masks.append((seed, pair_sign(u, d)))
         total = self._sum.copy()
         np.subtract(total, mask_sum(self.config.vector_length, masks, self.workers), out=total)
