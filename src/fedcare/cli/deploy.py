@@ -10,7 +10,12 @@ Each hospital::
 
     fedcare site start --coordinator HOST:PORT --bundle site-bundle --data heart-disease:cleveland \
         --budget-epsilon 10 --budget-delta 1e-4     # this dataset's privacy budget (kept)
+    fedcare site start --coordinator HOST:PORT --bundle site-bundle --data our-patients.csv
     fedcare site approve HASH
+
+When a run finishes (or on ``fedcare coordinator status --out studies/NAME --report``) the
+study folder gets what a simulated study writes: metrics.json, metrics.csv, report.html,
+config.yaml and models/ (see :mod:`fedcare.study.deployed`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ def _log(text: str) -> None:
     console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
 
 
+def _plain_log(text: str) -> None:
+    """For messages from the runtime: text in brackets (a found value, a list of columns)
+    is printed as is, never taken for console markup."""
+    from rich.markup import escape
+
+    _log(escape(text))
+
+
 def _limits(chunk_mib: float, max_model_gib: float) -> Any:
     from fedcare.net.channel import TransportLimits
 
@@ -85,42 +98,95 @@ def _security(bundle: Path | None, ca: Path | None, insecure: bool) -> Any:
     return Security(loaded, revoked)
 
 
-def plan_from_study(
-    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
-) -> Any:
-    """One deployed run = one strategy and one seed of a study config."""
-    from fedcare.data.registry import load_dataset
-    from fedcare.runtime.rounds import RunPlan
-    from fedcare.runtime.sampling import Participation
-
+def _choose_strategy(config: Any, strategy: str | None) -> Any:
     if not config.strategies:
         raise ConfigError(f"study '{config.name}' lists no strategies to deploy")
-    chosen = config.strategies[0]
-    if strategy is not None:
-        matches = [s for s in config.strategies if strategy in (s.display_name, s.name)]
-        if not matches:
-            names = ", ".join(s.display_name for s in config.strategies)
-            raise ConfigError(f"study has no strategy '{strategy}'; it has: {names}")
-        chosen = matches[0]
-    dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    if strategy is None:
+        return config.strategies[0]
+    matches = [s for s in config.strategies if strategy in (s.display_name, s.name)]
+    if not matches:
+        names = ", ".join(s.display_name for s in config.strategies)
+        raise ConfigError(f"study has no strategy '{strategy}'; it has: {names}")
+    return matches[0]
+
+
+def _tabular_sites(config: Any) -> tuple[tuple[str, ...], Any, dict[str, Any]]:
+    """(sites, table spec, dataset facts) of a study on hospitals' own tables.
+
+    The sites are the keys of ``dataset.params.files`` (the paths there are the simulator's;
+    each hospital names its own file with ``--data``). Numeric features are z-scored at each
+    site with its own training rows: no statistic about a hospital's rows is shared.
+    """
+    from fedcare.data.site_table import SiteTableSpec
+
+    params = dict(config.dataset.params)
+    files = params.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ConfigError(
+            "tabular dataset: 'params.files' must name the sites (site: file); in deployment "
+            "only the names are used, each hospital gives its own file with --data"
+        )
+    spec = SiteTableSpec.from_study(params)
+    facts = {
+        "name": "tabular",
+        "description": f"Hospitals' own tables from {len(files)} sites, checked against the "
+        f"schema {spec.hash[:16]}… and encoded at each site (per-site normalisation)",
+        "source": "user-provided data",
+    }
+    return tuple(str(s) for s in files), spec, facts
+
+
+def plan_and_facts(
+    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(plan, chosen strategy config, dataset facts for the study folder's metrics.json)."""
+    from fedcare.net.table_site import TablePlan
+    from fedcare.runtime.sampling import Participation
+
+    chosen = _choose_strategy(config, strategy)
+    data: dict[str, Any] = {}
+    if config.dataset.name == "tabular":
+        sites, spec, facts = _tabular_sites(config)
+        input_shape: tuple[int, ...] = (spec.num_features,)
+        num_classes, data = spec.num_classes, spec.to_dict()
+    else:
+        from fedcare.data.registry import load_dataset
+
+        dataset = load_dataset(config.dataset.name, **config.dataset.params)
+        sites, input_shape = tuple(dataset.site_names), tuple(dataset.input_shape)
+        num_classes = dataset.num_classes
+        facts = {
+            "name": dataset.name,
+            "description": dataset.description,
+            "source": dataset.source,
+        }
     local = chosen.local or config.local
     part = config.participation
-    return RunPlan(
-        sites=tuple(dataset.site_names),
+    plan = TablePlan(
+        sites=sites,
         strategy=chosen.name,
         strategy_params=dict(chosen.params),
         spec=local.to_spec(),
         rounds=rounds or config.rounds,
         seed=config.seeds[0] if seed is None else seed,
-        input_shape=tuple(dataset.input_shape),
-        num_classes=dataset.num_classes,
+        input_shape=input_shape,
+        num_classes=num_classes,
         model=config.model.name,
         model_params=dict(config.model.params),
         participation=Participation(part.fraction, min_sites or part.min_sites),
         eval_every=config.simulator.eval_every,
         study=config.name,
-        dataset=dataset.name,
+        dataset=str(facts["name"]),
+        data=data,
     )
+    return plan, chosen, facts
+
+
+def plan_from_study(
+    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
+) -> Any:
+    """One deployed run = one strategy and one seed of a study config."""
+    return plan_and_facts(config, strategy, seed, rounds, min_sites)[0]
 
 
 def initial_model(plan: Any) -> Any:
@@ -145,12 +211,31 @@ def _serve(driver: Any, address: str, insecure: bool, limits: Any, port_file: Pa
 
         limits = replace(limits, inflight_bytes=max(int(driver.machine.size) * 4, 64 << 20))
     outcome = serve(driver, address, limits=limits, insecure=insecure, ready=ready)
+    if outcome.status in ("finished", "failed"):
+        _write_study_folder(driver.folder)
     if outcome.status != "finished":
         raise FedcareError(f"run {outcome.run_id} {outcome.status}: {outcome.failure or 'stopped'}")
     console.print(
         f"Run [bold]{outcome.run_id}[/] finished after {outcome.rounds} rounds; results in "
         f"{driver.folder / 'deploy' / outcome.run_id}"
     )
+
+
+def _write_study_folder(folder: Path) -> Path | None:
+    """metrics.json, report.html and models/ from the folder's finished runs (a problem
+    writing them is reported, never turns a finished run into a failed command)."""
+    from fedcare.study.deployed import write_deployed_study
+
+    try:
+        report = write_deployed_study(folder)
+    except FedcareError as exc:
+        from rich.markup import escape
+
+        _log(f"[yellow]study results not written[/]: {escape(str(exc))}")
+        return None
+    if report is not None:
+        _log(f"study results: {folder / 'metrics.json'}, {report}")
+    return report
 
 
 @coordinator_app.command("start")
@@ -201,13 +286,24 @@ def coordinator_start(
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
     security = _security(bundle, ca, insecure)
     limits = _limits(chunk_mib, max_model_gib)
-    plan = plan_from_study(cfg, strategy, seed, rounds, min_sites)
+    plan, chosen, facts = plan_and_facts(cfg, strategy, seed, rounds, min_sites)
     options = CoordinatorOptions(
         round_timeout_s=round_timeout, start_grace_s=start_grace, max_update_norm=max_update_norm
     )
     run = run_id or f"{plan.strategy}-s{plan.seed}-{secrets.token_hex(3)}"
     init = initial_model(plan)
-    driver = new_run(folder, run, plan, init, security, options, log=_log)
+    if cfg.dataset.name == "tabular" and cfg.dataset.params.get("normalise", "pooled") != "site":
+        _log(
+            "[yellow]note[/]: in deployment each site z-scores its features with its own "
+            "training rows (no statistic leaves a hospital); the simulator pools them unless "
+            "the study sets dataset.params.normalise: site, which simulates exactly this"
+        )
+    about = {
+        "config": cfg.model_dump(mode="json"),
+        "label": chosen.display_name,
+        "dataset": facts,
+    }
+    driver = new_run(folder, run, plan, init, security, options, log=_plain_log, study=about)
     save_initial(folder, run, init)
     _log(
         f"run [bold]{run}[/]: {plan.strategy}, seed {plan.seed}, {plan.rounds} rounds, sites "
@@ -235,7 +331,7 @@ def coordinator_resume(
     """Continue a run after the coordinator stopped or crashed (from its last checkpoint)."""
     from fedcare.net.coordinator_server import resume_run
 
-    driver = resume_run(out, run, _security(bundle, ca, insecure), log=_log)
+    driver = resume_run(out, run, _security(bundle, ca, insecure), log=_plain_log)
     _serve(driver, address, insecure, _limits(chunk_mib, max_model_gib), port_file)
 
 
@@ -246,13 +342,33 @@ def coordinator_status(
     run: Annotated[
         str | None, typer.Argument(help="One run in detail (default: the latest).")
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also (re)write the study folder from the finished runs: metrics.json, "
+            "metrics.csv, report.html, config.yaml, models/.",
+        ),
+    ] = False,
 ) -> None:
     """Runs, rounds, who contributed, metrics, and which sites wait for approval."""
     from fedcare.net.store import RunStore
 
     if not (out / "runs.db").is_file():
         raise FileNotFoundError(f"{out / 'runs.db'}: no deployed runs in this folder")
-    with RunStore.in_folder(out) as store:
+    _print_status(RunStore, out, run)
+    if report:
+        from fedcare.study.deployed import write_deployed_study
+
+        written = write_deployed_study(out)
+        if written is None:
+            console.print("no run has finished yet: nothing to report")
+        else:
+            console.print(f"wrote {out / 'metrics.json'} and {written}", highlight=False)
+
+
+def _print_status(store_type: Any, out: Path, run: str | None) -> None:
+    with store_type.in_folder(out) as store:
         runs = store.runs()
         table = Table(title=f"runs in {out}")
         for col in ("run", "status", "plan hash", "rounds done"):
@@ -296,6 +412,14 @@ def coordinator_status(
             )
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _is_table(spec: str) -> bool:
+    """``--data`` names a hospital's own file (vs ``DATASET:SITE``)."""
+    return Path(spec).suffix.lower() in TABLE_SUFFIXES
+
+
 def _site_data(spec: str) -> Any:
     """``DATASET:SITE`` for a dataset that ships with fedcare, checked before anything runs."""
     from fedcare.core.errors import DataValidationError
@@ -332,7 +456,11 @@ def _site_data(spec: str) -> Any:
 def site_start(
     coordinator: Annotated[str, typer.Option(help="HOST:PORT of the coordinator.")],
     data: Annotated[
-        str, typer.Option(help="This site's data: DATASET:SITE for a shipped dataset.")
+        str,
+        typer.Option(
+            help="This site's data: a CSV or Parquet file (checked against the study schema "
+            "the job plan carries), or DATASET:SITE for a dataset shipped with fedcare."
+        ),
     ],
     bundle: Annotated[Path | None, typer.Option(help="This site's bundle folder.")] = None,
     state: Annotated[
@@ -359,6 +487,7 @@ def site_start(
     """Connect this hospital to the coordinator and work on approved plans until the run ends."""
     from fedcare.net.site_agent import SiteAgent, open_budget
     from fedcare.net.site_training import site_training
+    from fedcare.net.table_site import TableSiteMachine
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
     from fedcare.runtime.site import SiteMachine, SitePhase
@@ -375,20 +504,13 @@ def site_start(
             )
         loaded = TlsBundle.load(bundle)
         site_name = loaded.name
-    rows, check = _site_data(data)
-    if check.ok:
-        _log(f"data check passed for '{site_name}': {check.summary}")
-    else:
-        _log(f"[bold red]data check FAILED[/] for '{site_name}':")
-        for problem in check.problems:
-            _log(f"  - {problem}")
-
-    def work(plan: Any) -> Any:
-        if rows is None:
-            raise ConfigError("no usable data at this site")
-        return site_training(rows)(plan)
-
-    budget = open_budget(state, site_name, data, budget_epsilon, budget_delta)
+    table = Path(data) if _is_table(data) else None
+    rows: Any = None
+    check: Any = None
+    if table is None:
+        rows, check = _site_data(data)
+    dataset_key = str(table.resolve()) if table is not None else data
+    budget = open_budget(state, site_name, dataset_key, budget_epsilon, budget_delta)
     if budget is not None:
         total, (eps_left, delta_left) = budget.ledger.budget, budget.remaining()
         _log(
@@ -396,20 +518,53 @@ def site_start(
             f"left: epsilon {eps_left:.4g}, delta {delta_left:.3g} (ledger in {state})"
         )
     approvals = ApprovalStore(state / "approvals.json")
-    machine = SiteMachine(
-        site_name, approvals, check, work, coordinator="coordinator", budget=budget
-    )
+    machine: Any
+    if table is not None:
+        machine = TableSiteMachine(
+            site_name,
+            approvals,
+            table,
+            site_training,
+            log=_plain_log,
+            coordinator="coordinator",
+            budget=budget,
+        )
+        check = machine.data
+    else:
+
+        def work(plan: Any) -> Any:
+            if rows is None:
+                raise ConfigError("no usable data at this site")
+            return site_training(rows)(plan)
+
+        machine = SiteMachine(
+            site_name, approvals, check, work, coordinator="coordinator", budget=budget
+        )
+    if check.ok and table is not None:
+        _log(
+            f"read '{table}' for '{site_name}': {check.summary}; it is checked against the "
+            "study schema in the job plan before this site takes part"
+        )
+    elif check.ok:
+        _log(f"data check passed for '{site_name}': {check.summary}")
+    else:
+        _log(f"[bold red]data check FAILED[/] for '{site_name}':")
+        for problem in check.problems:
+            _plain_log(f"  - {problem}")
     agent = SiteAgent(
         machine,
         coordinator,
         bundle=loaded,
         state_dir=state,
         limits=_limits(chunk_mib, max_model_gib),
-        log=_log,
+        log=_plain_log,
     )
     phase = agent.run(threading.Event())
     if phase is SitePhase.REFUSED:
-        raise FedcareError(f"site '{site_name}' did not take part: its data failed the check")
+        raise FedcareError(
+            f"site '{site_name}' did not take part: its data ({data}) failed the check "
+            "(each problem is listed above and was reported to the coordinator)"
+        )
     console.print(f"site '{site_name}': run over ({phase.value})")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from fedcare.core.errors import ConfigError
 from fedcare.data.schema import FeatureSpec, TabularSchema, ValidationIssue, category_text
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
@@ -222,3 +223,39 @@ def encode(
     if not columns:
         return np.zeros((len(frame), 0), dtype=np.float32)
     return np.stack(columns, axis=1).astype(np.float32)
+
+
+def fixed_encoding(schema: TabularSchema) -> tuple[dict[str, list[str]], list[str]]:
+    """The feature space a schema fixes on its own: (vocabularies, indicator columns).
+
+    For sites that never exchange anything about their rows (each normalises with its own
+    statistics) every categorical feature must declare its categories, and with
+    ``missing_indicator`` every numeric or binary feature gets its "was missing" column, so
+    all sites build the same columns in the same order whatever their own rows hold.
+    """
+    undeclared = [f.name for f in schema.features if f.type == "categorical" and not f.categories]
+    if undeclared:
+        raise ConfigError(
+            f"schema: categorical feature(s) {undeclared} declare no 'categories'; with "
+            "per-site normalisation every site one-hot encodes the declared list, so declare it"
+        )
+    vocabularies = {
+        f.name: sorted(f.categories or []) for f in schema.features if f.type == "categorical"
+    }
+    indicators = (
+        [f.name for f in schema.features if f.type != "categorical"]
+        if schema.missing_indicator
+        else []
+    )
+    return vocabularies, indicators
+
+
+def site_encoding(site: str, train: pd.DataFrame, schema: TabularSchema) -> GlobalEncoding:
+    """Runs at the site: the schema's fixed feature space, z-scored with its own training rows.
+
+    Nothing about the rows leaves the site; the price is that a feature's scale means
+    "relative to this hospital" (FLamby's convention for the heart data).
+    """
+    vocabularies, indicators = fixed_encoding(schema)
+    own = combine([site_aggregates(site, train, schema)], schema)
+    return GlobalEncoding(own.mean, own.std, vocabularies, indicators)

@@ -4,12 +4,19 @@
 validates, splits each site's rows into train/test (declared split column, or seeded and
 stratified), harmonises the features through per-site aggregates and returns a
 :class:`FederatedDataset`.
+
+``normalise="pooled"`` (default) z-scores every column with the statistics all sites' training
+rows would give together (combined from per-site sums); ``normalise="site"`` has each site
+z-score with its own training rows and take its columns from the schema alone, which is what
+a deployed site does (:mod:`fedcare.data.site_table`): the same study simulated that way
+gives the deployed encoding exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -19,10 +26,13 @@ from fedcare.core.errors import ConfigError, DataValidationError
 from fedcare.core.seeds import SeedStream
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.harmonise import (
+    GlobalEncoding,
     category_strings,
     combine,
     encode,
+    fixed_encoding,
     site_aggregates,
+    site_encoding,
     site_only_categories,
 )
 from fedcare.data.schema import (
@@ -34,6 +44,8 @@ from fedcare.data.schema import (
 )
 from fedcare.data.table_checks import check_table
 
+Normalise = Literal["pooled", "site"]
+NORMALISE: tuple[Normalise, ...] = ("pooled", "site")
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
 
@@ -122,6 +134,37 @@ def _test_rows(
     return is_test
 
 
+def split_settings(
+    schema: TabularSchema, test_fraction: float | None, seed: int | None
+) -> tuple[float, int]:
+    """(test fraction, split seed): the arguments, else the schema's values, else 0.3 and 0."""
+    fraction = test_fraction if test_fraction is not None else (schema.test_fraction or 0.3)
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"tabular dataset: test_fraction must be in (0, 1), found {fraction}")
+    return fraction, seed if seed is not None else (schema.seed or 0)
+
+
+def split_site(
+    frame: pd.DataFrame, schema: TabularSchema, fraction: float, seed: int, index: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """(labels, test-row mask) of the site at ``index`` in the study's site order."""
+    labels = label_array(frame, schema)
+    rng = SeedStream(seed).generator("partition", 0, index)
+    return labels, _test_rows(frame, labels, schema, fraction, rng)
+
+
+def encode_site(
+    site: str,
+    frame: pd.DataFrame,
+    schema: TabularSchema,
+    labels: npt.NDArray[np.int64],
+    test: npt.NDArray[np.bool_],
+    encoding: GlobalEncoding,
+) -> SiteData:
+    x = encode(frame, schema, encoding)
+    return SiteData(site, x[~test], labels[~test], x[test], labels[test])
+
+
 def load_tabular_sites(
     schema: TabularSchema | Path | str,
     files: Mapping[str, Path | str],
@@ -130,34 +173,43 @@ def load_tabular_sites(
     seed: int | None = None,
     strict: bool = False,
     name: str = "tabular",
+    normalise: Normalise = "pooled",
 ) -> FederatedDataset:
     """Validate, split, harmonise and encode each site's table; raise every problem at once.
 
     ``test_fraction`` and ``seed`` default to the schema's values, else 0.3 and 0.
+    ``normalise``: "pooled" statistics combined over sites, or each "site"'s own.
     """
     if not isinstance(schema, TabularSchema):
         schema = TabularSchema.load(schema)
     if not files:
         raise ConfigError("tabular dataset: 'files' must map at least one site name to a file")
-    fraction = test_fraction if test_fraction is not None else (schema.test_fraction or 0.3)
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"tabular dataset: test_fraction must be in (0, 1), found {fraction}")
-    seeds = SeedStream(seed if seed is not None else (schema.seed or 0))
+    if normalise not in NORMALISE:
+        raise ConfigError(
+            f"tabular dataset: normalise must be one of {list(NORMALISE)}, found {normalise!r}"
+        )
+    fraction, split_seed = split_settings(schema, test_fraction, seed)
+    if normalise == "site":
+        fixed_encoding(schema)  # refuses undeclared categories before reading any file
     report, frames = _read_and_validate(schema, files, strict)
     report.raise_if_errors()
 
-    labels = {site: label_array(frame, schema) for site, frame in frames.items()}
-    test_rows = {
-        site: _test_rows(frame, labels[site], schema, fraction, seeds.generator("partition", 0, i))
+    splits = {
+        site: split_site(frame, schema, fraction, split_seed, i)
         for i, (site, frame) in enumerate(frames.items())
     }
     # Statistics come from training rows only, so no test row shapes the encoding.
-    aggregates = [site_aggregates(s, f[~test_rows[s]], schema) for s, f in frames.items()]
-    encoding = combine(aggregates, schema)
-    sites = []
-    for site, frame in frames.items():
-        x, y, test = encode(frame, schema, encoding), labels[site], test_rows[site]
-        sites.append(SiteData(site, x[~test], y[~test], x[test], y[test]))
+    train = {s: f[~splits[s][1]] for s, f in frames.items()}
+    if normalise == "site":
+        encodings = {s: site_encoding(s, rows, schema) for s, rows in train.items()}
+    else:
+        pooled = combine([site_aggregates(s, rows, schema) for s, rows in train.items()], schema)
+        encodings = dict.fromkeys(frames, pooled)
+    sites = [
+        encode_site(site, frame, schema, *splits[site], encodings[site])
+        for site, frame in frames.items()
+    ]
+    encoding = next(iter(encodings.values()))
     classes = schema.target.classes
     num_classes = schema.target.num_classes
     return FederatedDataset(
@@ -171,5 +223,11 @@ def load_tabular_sites(
         description=f"User tables from {len(sites)} sites: "
         + ", ".join(f"{s}={Path(p).name}" for s, p in files.items()),
         source="user-provided data",
-        extra={"encoding": encoding.to_dict(), "warnings": [str(w) for w in report.warnings]},
+        extra={
+            "encoding": encoding.to_dict()
+            if normalise == "pooled"
+            else {s: e.to_dict() for s, e in encodings.items()},
+            "normalise": normalise,
+            "warnings": [str(w) for w in report.warnings],
+        },
     )

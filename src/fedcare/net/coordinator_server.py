@@ -12,17 +12,19 @@ Folder of a deployed run (inside the study folder)::
 
     runs.db                   runs, rounds, participants, metrics, events (SQLite, WAL)
     audit.log                 hash-chained, Ed25519-signed entries
-    deploy/RUN/plan.json      the approved plan and coordinator options (for resume)
+    deploy/RUN/plan.json      the approved plan, coordinator options and the study it came from
     deploy/RUN/checkpoint.safetensors   after every round
-    deploy/RUN/result.json    history and final evaluation when the run ends
+    deploy/RUN/result.json    history and final evaluation (summaries and the additive
+                              counts they come from) when the run ends
     deploy/RUN/model.safetensors        the released model
+
+From the finished runs the study folder gets what a simulated study writes (metrics.json,
+report.html, models/): see :mod:`fedcare.study.deployed`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +39,16 @@ from safetensors.numpy import save_file
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.vectors import FloatVector
 from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.run_files import (
+    eval_counts,
+    eval_from_counts,
+    finite_metrics,
+    load_plan,
+    read_plan_file,
+    run_dir,
+    save_plan,
+    write_json_atomic,
+)
 from fedcare.net.store import RunStore
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditLog
@@ -63,20 +75,6 @@ AUDITED = {
     "run_failed",
     "plan_refused",
 }
-
-
-def run_dir(study_dir: Path, run_id: str) -> Path:
-    return Path(study_dir) / "deploy" / run_id
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -115,22 +113,6 @@ class RunOutcome:
     final_params: FloatVector
     history: list[dict[str, Any]] = field(default_factory=list)
     failure: str = ""
-
-
-def save_plan(folder: Path, run_id: str, plan: RunPlan, options: CoordinatorOptions) -> None:
-    _write_json_atomic(
-        run_dir(folder, run_id) / "plan.json",
-        {"run_id": run_id, "plan": plan.to_dict(), "options": asdict(options)},
-    )
-
-
-def load_plan(folder: Path, run_id: str) -> tuple[RunPlan, CoordinatorOptions]:
-    path = run_dir(folder, run_id) / "plan.json"
-    if not path.is_file():
-        known = sorted(p.name for p in (Path(folder) / "deploy").glob("*")) or ["none"]
-        raise ConfigError(f"no run '{run_id}' in '{folder}' (no {path}); runs: {', '.join(known)}")
-    data = json.loads(path.read_text())
-    return RunPlan.from_dict(data["plan"]), CoordinatorOptions(**data["options"])
 
 
 class CoordinatorDriver:
@@ -274,7 +256,7 @@ class CoordinatorDriver:
         save_file(
             {"params": np.ascontiguousarray(machine.final_params)}, folder / "model.safetensors"
         )
-        _write_json_atomic(
+        write_json_atomic(
             folder / "result.json",
             {
                 "run_id": self.run_id,
@@ -283,7 +265,15 @@ class CoordinatorDriver:
                 "failure": machine.failure,
                 "plan_hash": machine.plan_hash,
                 "history": machine.checkpoint()[1]["history"],
-                "final_eval": {s: e.summary() for s, e in machine.final_eval.items()},
+                "final_eval": {
+                    s: finite_metrics(e.summary()) for s, e in machine.final_eval.items()
+                },
+                "final_counts": {s: eval_counts(e) for s, e in machine.final_eval.items()},
+                "reference_counts": {
+                    kind: {s: eval_counts(e) for s, e in evals.items()}
+                    for kind, evals in machine.reference_evals.items()
+                },
+                "epsilon": machine.epsilon(),
             },
         )
         self.store.set_status(self.run_id, status)
@@ -305,14 +295,19 @@ def new_run(
     security: Security,
     options: CoordinatorOptions | None = None,
     log: Log = print,
+    study: Mapping[str, Any] | None = None,
 ) -> CoordinatorDriver:
-    """Register a new run (store, plan file, audit 'job_submitted') and its driver."""
+    """Register a new run (store, plan file, audit 'job_submitted') and its driver.
+
+    ``study``: the config, strategy label and dataset facts the plan came from (kept in
+    plan.json for the study folder's metrics.json and report).
+    """
     options = options or CoordinatorOptions()
     store = RunStore.in_folder(folder)
     store.create_run(
         run_id, plan.study, plan.hash, {"plan": plan.to_dict(), "options": asdict(options)}
     )
-    save_plan(folder, run_id, plan, options)
+    save_plan(folder, run_id, plan, options, study)
     machine = CoordinatorMachine(run_id, plan, initial_params, options=options)
     driver = CoordinatorDriver(folder, machine, security, store=store, log=log)
     driver.audit.append(
@@ -410,8 +405,11 @@ __all__ = [
     "RunOutcome",
     "Security",
     "describe_waiting",
+    "eval_counts",
+    "eval_from_counts",
     "load_plan",
     "new_run",
+    "read_plan_file",
     "resume_run",
     "run_dir",
     "save_initial",

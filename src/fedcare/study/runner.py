@@ -1,14 +1,17 @@
 """Run a study: baselines (local, pooled) and federated strategies over seeds.
 
 Writes the study folder: metrics.json, metrics.csv, report.html, the resolved config and
-the final models as safetensors (one file per strategy and seed).
+the final models as safetensors (one file per strategy and seed). The writing functions
+(:func:`hyperparameters`, :func:`study_metrics`, :func:`save_model`,
+:func:`write_study_folder`) are shared with deployed runs (:mod:`fedcare.study.deployed`),
+so a deployed study's folder holds the same files in the same form.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,35 @@ StartHook = Callable[[str, int, int], None]
 class StudyOutcome:
     directory: Path
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What metrics.json says about the data: name, task, sites' row counts, credits."""
+
+    name: str
+    task: str
+    sites: list[dict[str, Any]]  # name, num_train, num_test
+    description: str = ""
+    source: str = ""
+    feature_names: list[str] | None = None
+
+    @classmethod
+    def of(cls, ds: FederatedDataset) -> DatasetFacts:
+        return cls(
+            name=ds.name,
+            task=ds.task,
+            sites=[
+                {"name": s.name, "num_train": s.num_train, "num_test": s.num_test} for s in ds.sites
+            ],
+            description=ds.description,
+            source=ds.source,
+            feature_names=ds.feature_names,
+        )
+
+    @property
+    def site_names(self) -> list[str]:
+        return [str(s["name"]) for s in self.sites]
 
 
 @dataclass(frozen=True)
@@ -94,17 +126,19 @@ class StudyRunner:
                     job.name,
                     job.kind,
                     job.label,
-                    self._hyperparameters(job),
+                    hyperparameters(self.config, job.strategy),
                     runs,
                     self.dataset.site_names,
                     self.dataset.feature_names,
                 )
             )
         add_personalisation_gains(entries)
-        metrics = self._metrics(entries, time.perf_counter() - started)
+        metrics = study_metrics(
+            self.config, DatasetFacts.of(self.dataset), entries, time.perf_counter() - started
+        )
         if self.config.contributions is not None:
             metrics["contributions"] = self._contributions(self.config.contributions)
-        self._write(metrics)
+        write_study_folder(self.out_dir, self.config, metrics)
         return StudyOutcome(self.out_dir, metrics)
 
     def _run_job(self, job: _Job, seed: int) -> SeedRun:
@@ -156,7 +190,16 @@ class StudyRunner:
             ).run(hook)
         wall = time.perf_counter() - t0
         layout = layout_of(module)
-        self._save_models(job, seed, layout, result)
+        save_model(
+            self.out_dir,
+            job.name,
+            seed,
+            self.config.model.name,
+            self.dataset.name,
+            layout,
+            result.final_params,
+            self.dataset.site_names,
+        )
         return SeedRun(
             seed=seed,
             result=result,
@@ -201,100 +244,111 @@ class StudyRunner:
             )
         return out
 
-    def _save_models(self, job: _Job, seed: int, layout: ParamLayout, result: RunResult) -> None:
-        tensors = {}
-        if len(result.final_params) == 1:
-            tensors = vector_to_state_dict(result.final_params[0], layout)
-        else:
-            for site, params in zip(self.dataset.site_names, result.final_params, strict=True):
-                tensors.update(
-                    {f"{site}/{k}": v for k, v in vector_to_state_dict(params, layout).items()}
-                )
-        metadata = {
-            "strategy": job.name,
-            "seed": str(seed),
-            "model": self.config.model.name,
-            "dataset": self.dataset.name,
-            "layout": layout.to_json(),
-            "fedcare_version": __version__,
-        }
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in job.name)
-        save_file(
-            tensors,
-            str(self.out_dir / "models" / f"{safe}-seed{seed}.safetensors"),
-            metadata=metadata,
-        )
 
-    def _hyperparameters(self, job: _Job) -> dict[str, Any]:
-        local = (
-            job.strategy.local
-            if job.strategy is not None and job.strategy.local
-            else self.config.local
-        )
-        hp: dict[str, Any] = {
-            f"local.{k}": v for k, v in local.model_dump().items() if v is not None
-        }
-        hp["rounds"] = self.config.rounds
-        if job.strategy is not None:
-            strategy = build_strategy(job.strategy.name, job.strategy.params)
-            opt = strategy.server_optimizer
-            hp["strategy"] = job.strategy.name
-            hp["server.optimizer"] = opt.name
-            hp["server.lr"] = opt.lr
-            if opt.name == "sgd" and opt.momentum:
-                hp["server.momentum"] = opt.momentum
-            if opt.name != "sgd":
-                hp.update(
-                    {"server.beta1": opt.beta1, "server.beta2": opt.beta2, "server.tau": opt.tau}
-                )
-            hp["weighting"] = strategy.weighting
-            if strategy.dp is not None:
-                hp["privacy.dp"] = strategy.dp.label
-                hp["privacy.delta"] = strategy.dp.delta
-            if strategy.secure is not None:
-                hp["privacy.secure"] = strategy.secure.label
-            hp.update(
-                {
-                    f"params.{k}": v
-                    for k, v in job.strategy.params.items()
-                    if k not in ("server_lr",)
-                }
+def save_model(
+    out_dir: Path,
+    name: str,
+    seed: int,
+    model: str,
+    dataset: str,
+    layout: ParamLayout,
+    final_params: Sequence[np.ndarray],
+    site_names: Sequence[str],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """``models/NAME-seedS.safetensors``: one state dict, or one per site (personalised)."""
+    tensors = {}
+    if len(final_params) == 1:
+        tensors = vector_to_state_dict(final_params[0], layout)
+    else:
+        for site, params in zip(site_names, final_params, strict=True):
+            tensors.update(
+                {f"{site}/{k}": v for k, v in vector_to_state_dict(params, layout).items()}
             )
-            hp["participation.fraction"] = self.config.participation.fraction
-        return hp
+    meta = {
+        "strategy": name,
+        "seed": str(seed),
+        "model": model,
+        "dataset": dataset,
+        "layout": layout.to_json(),
+        "fedcare_version": __version__,
+        **(metadata or {}),
+    }
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    path = Path(out_dir) / "models" / f"{safe}-seed{seed}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
 
-    def _metrics(self, entries: list[dict[str, Any]], wall: float) -> dict[str, Any]:
-        ds = self.dataset
-        config = self.config.model_dump(mode="json")
-        # The report footer credits the data donors from the config's dataset section.
-        config["dataset"]["attribution"] = ds.source
-        return {
-            "schema_version": 1,
-            "study": {
-                "name": self.config.name,
-                "dataset": ds.name,
-                "model": self.config.model.name,
-                "task": ds.task,
-                "seeds": list(self.config.seeds),
-                "rounds": self.config.rounds,
-                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "fedcare_version": __version__,
-                "wall_time_s": wall,
-                "config": config,
-                "description": ds.description,
-            },
-            "sites": [
-                {"name": s.name, "num_train": s.num_train, "num_test": s.num_test} for s in ds.sites
-            ],
-            "strategies": entries,
-        }
 
-    def _write(self, metrics: dict[str, Any]) -> None:
-        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-        (self.out_dir / "config.yaml").write_text(
-            yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)
+def hyperparameters(config: StudyConfig, strategy_config: StrategyConfig | None) -> dict[str, Any]:
+    """The hyper-parameter table's column for one job (a baseline when no strategy)."""
+    local = (
+        strategy_config.local
+        if strategy_config is not None and strategy_config.local
+        else config.local
+    )
+    hp: dict[str, Any] = {f"local.{k}": v for k, v in local.model_dump().items() if v is not None}
+    hp["rounds"] = config.rounds
+    if strategy_config is not None:
+        strategy = build_strategy(strategy_config.name, strategy_config.params)
+        opt = strategy.server_optimizer
+        hp["strategy"] = strategy_config.name
+        hp["server.optimizer"] = opt.name
+        hp["server.lr"] = opt.lr
+        if opt.name == "sgd" and opt.momentum:
+            hp["server.momentum"] = opt.momentum
+        if opt.name != "sgd":
+            hp.update({"server.beta1": opt.beta1, "server.beta2": opt.beta2, "server.tau": opt.tau})
+        hp["weighting"] = strategy.weighting
+        if strategy.dp is not None:
+            hp["privacy.dp"] = strategy.dp.label
+            hp["privacy.delta"] = strategy.dp.delta
+        if strategy.secure is not None:
+            hp["privacy.secure"] = strategy.secure.label
+        hp.update(
+            {f"params.{k}": v for k, v in strategy_config.params.items() if k not in ("server_lr",)}
         )
-        write_report(self.out_dir)
+        hp["participation.fraction"] = config.participation.fraction
+    return hp
+
+
+def study_metrics(
+    config: StudyConfig, data: DatasetFacts, entries: list[dict[str, Any]], wall: float
+) -> dict[str, Any]:
+    """The whole metrics.json document around the strategies' entries."""
+    dumped = config.model_dump(mode="json")
+    # The report footer credits the data donors from the config's dataset section.
+    dumped["dataset"]["attribution"] = data.source
+    return {
+        "schema_version": 1,
+        "study": {
+            "name": config.name,
+            "dataset": data.name,
+            "model": config.model.name,
+            "task": data.task,
+            "seeds": list(config.seeds),
+            "rounds": config.rounds,
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "fedcare_version": __version__,
+            "wall_time_s": wall,
+            "config": dumped,
+            "description": data.description,
+        },
+        "sites": [dict(s) for s in data.sites],
+        "strategies": entries,
+    }
+
+
+def write_study_folder(out_dir: Path, config: StudyConfig, metrics: dict[str, Any]) -> Path:
+    """metrics.json, config.yaml, then metrics.csv and report.html rendered from metrics.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    )
+    return write_report(out_dir)
 
 
 def best_federated(metrics: dict[str, Any]) -> tuple[str, float]:

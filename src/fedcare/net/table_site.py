@@ -1,0 +1,144 @@
+"""A deployed study on hospitals' own tables: the plan's data section and the site that checks it.
+
+:class:`TablePlan` is a :class:`~fedcare.runtime.rounds.RunPlan` with a ``data`` section
+(:class:`~fedcare.data.site_table.SiteTableSpec`: schema, its hash, the feature space, the
+split). It is part of the plan's canonical JSON, so the plan hash a data owner approves
+covers the schema their rows are checked and encoded with.
+
+:class:`TableSiteMachine` is a :class:`~fedcare.runtime.site.SiteMachine` whose rows come
+from a file. Before connecting it checks what it can without the schema (the file exists,
+parses, has rows). When a job plan arrives, before its owner is asked or anything trains, it
+checks the file against the plan's schema. Problems are reported as the site's data check
+always is: a Hello with ``data_ok`` false and every problem (file, row, column, expected,
+found), which the coordinator records; the site prints them and takes no part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.data.base import SiteData
+from fedcare.data.site_table import SiteTableSpec, check_site_table, load_site_table, read_table
+from fedcare.runtime.approvals import canonical
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import Hello, JobPlan, parse_message
+from fedcare.runtime.rounds import RunPlan
+from fedcare.runtime.site import DataCheck, LocalWork, SiteMachine, SitePhase
+
+
+@dataclass(frozen=True)
+class TablePlan(RunPlan):
+    """A job plan whose sites encode their own tables as ``data`` says."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.data:
+            out["data"] = dict(canonical(self.data))
+        return out
+
+    @property
+    def table(self) -> SiteTableSpec:
+        return SiteTableSpec.from_dict(self.data)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TablePlan:
+        base = RunPlan.from_dict(raw)
+        plan = cls(**{f.name: getattr(base, f.name) for f in fields(RunPlan)})
+        if "data" in raw:
+            plan = replace(plan, data=dict(raw["data"]))
+            plan.table  # noqa: B018 - parse now, so a malformed section fails here
+        return plan
+
+
+def load_run_plan(raw: dict[str, Any]) -> RunPlan:
+    """A stored or received plan: a :class:`TablePlan` when it has a data section."""
+    return TablePlan.from_dict(raw) if "data" in raw else RunPlan.from_dict(raw)
+
+
+def pre_check(site: str, path: Path) -> DataCheck:
+    """What the site checks before it connects (the schema comes with the plan)."""
+    read = read_table(site, path)
+    return DataCheck(read.ok, read.summary, [str(i) for i in read.errors])
+
+
+class TableSiteMachine(SiteMachine):
+    """A site whose rows are a hospital's own file, checked against each plan's schema."""
+
+    def __init__(
+        self,
+        name: str,
+        approvals: Any,
+        path: Path,
+        train: Callable[[SiteData], Callable[[RunPlan], LocalWork]],
+        *,
+        log: Callable[[str], None] = print,
+        **kwargs: Any,
+    ) -> None:
+        self.table_path = Path(path)
+        self.table_log = log
+        self.table_rows: SiteData | None = None
+        self._work_for_rows = train
+        super().__init__(
+            name, approvals, pre_check(name, self.table_path), self._table_work, **kwargs
+        )
+
+    def _table_work(self, plan: RunPlan) -> LocalWork:
+        if self.table_rows is None:
+            raise ConfigError(f"site '{self.name}': no rows were checked against this plan")
+        work: LocalWork = self._work_for_rows(self.table_rows)(plan)
+        return work
+
+    def handle(self, env: Envelope, now: float) -> list[Envelope]:
+        from_coordinator = self.coordinator is None or env.sender == self.coordinator
+        if env.kind == JobPlan.KIND and self.data.ok and from_coordinator:
+            refusal = self._check_plan_table(env)
+            if refusal is not None:
+                return refusal
+        return super().handle(env, now)
+
+    def _check_plan_table(self, env: Envelope) -> list[Envelope] | None:
+        """None if this site's file fits the plan's schema (rows encoded), else the refusal."""
+        try:
+            message = parse_message(env)
+        except ProtocolError:
+            return None  # the base machine refuses malformed messages
+        if not isinstance(message, JobPlan):
+            return None
+        sites = message.plan.get("sites", [])
+        if self.name not in sites:
+            return None  # the base machine refuses a plan that does not name this site
+        index = list(sites).index(self.name)
+        try:
+            spec = SiteTableSpec.from_dict(message.plan.get("data"))
+        except FedcareError as exc:
+            return self._refuse_table(
+                self.data.summary,
+                [
+                    f"site '{self.name}', file '{self.table_path}': this site holds a table, but the "
+                    f"job plan (dataset '{message.plan.get('dataset')}') cannot encode it: {exc}"
+                ],
+            )
+        check = check_site_table(spec, self.name, self.table_path, index)
+        if not check.ok:
+            return self._refuse_table(check.summary, [str(i) for i in check.errors])
+        self.table_rows = load_site_table(spec, self.name, self.table_path, index)
+        self.data = DataCheck(True, check.summary, [])
+        self.table_log(
+            f"data check passed for '{self.name}' against the plan's schema "
+            f"{spec.hash[:16]}…: {check.summary}"
+        )
+        return None
+
+    def _refuse_table(self, summary: dict[str, Any], problems: list[str]) -> list[Envelope]:
+        self.data = DataCheck(False, summary, problems)
+        self.table_rows = None
+        self.phase = SitePhase.REFUSED
+        self._event("data_invalid", {"problems": problems})
+        hello = Hello(False, summary, problems, self.run_id, self.last_round)
+        return [hello.to_envelope()]
