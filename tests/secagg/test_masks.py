@@ -1,5 +1,7 @@
 """Adding masks: in place, in Z_{2**32}, and the same on any number of threads."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,7 +9,14 @@ from hypothesis import strategies as st
 
 from fedcare.core.errors import ProtocolError
 from fedcare.secagg.crypto import KeyPair
-from fedcare.secagg.masks import add_masks, default_workers, mask_sum, pair_seed, pair_sign
+from fedcare.secagg.masks import (
+    add_masks,
+    add_masks_threaded,
+    default_workers,
+    mask_sum,
+    pair_seed,
+    pair_sign,
+)
 from fedcare.secagg.prg import expand_mask
 from tests.secagg.harness import seeded_rng
 
@@ -89,3 +98,24 @@ def test_a_failure_on_a_worker_thread_reaches_the_caller():
             mask_sum(100, masks, workers)
     with pytest.raises(ValueError, match="32-byte seed"):
         mask_sum(100, [(lambda: bytes(5), 1)], 2)
+
+
+def test_long_vectors_use_fewer_threads_rather_than_more_memory(monkeypatch):
+    import fedcare.secagg.masks as masks_module
+
+    pools: list[int] = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def __init__(self, max_workers: int, **kwargs) -> None:
+            pools.append(max_workers)
+            super().__init__(max_workers, **kwargs)
+
+    rng = seeded_rng(3)
+    masks = [(rng(32), 1) for _ in range(5)]
+    expected = mask_sum(1000, masks, 1)
+    monkeypatch.setattr(masks_module, "ThreadPoolExecutor", RecordingPool)
+    monkeypatch.setattr(masks_module, "_PARTIALS_BYTES", 4000)  # room for one partial
+    acc = np.zeros(1000, dtype=np.uint32)
+    add_masks_threaded(acc, masks, 4)
+    assert np.array_equal(acc, expected)
+    assert pools == [1]  # one extra thread beside the caller's, not three

@@ -5,8 +5,8 @@ so every pair cancels in the sum; the server recomputes the same seeds for pairs
 other end dropped out. All arithmetic is in Z_{2**32}: uint32 additions that wrap.
 
 Masks are added in place from one reused keystream buffer, so adding k masks to a vector
-costs k AES-CTR passes and k additions, and no temporaries. :class:`MaskSum` spreads the
-masks over threads for the server, which expands one per survivor and one per pair of a
+costs k AES-CTR passes and k additions, and no temporaries. :func:`add_masks_threaded` spreads
+them over threads for the server, which expands one per survivor and one per pair of a
 dropped client; OpenSSL releases the GIL while it encrypts.
 """
 
@@ -27,6 +27,7 @@ Seed = bytes | Callable[[], bytes]
 Mask = tuple[Seed, int]  # (seed, sign): the term sign * PRG(seed)
 
 _MIN_WORDS_PER_THREAD = 1 << 15  # below this, threads cost more than they save
+_PARTIALS_BYTES = 256 << 20  # memory the extra threads' partial sums may take
 
 
 def pair_seed(
@@ -74,29 +75,39 @@ def default_workers(length: int) -> int:
     return max(1, min(cores, 8, length // _MIN_WORDS_PER_THREAD))
 
 
-def mask_sum(length: int, masks: Sequence[Mask], workers: int = 1) -> RingVector:
-    """``sum(sign * PRG(seed))`` over ``masks`` as a fresh vector, on ``workers`` threads.
+def add_masks_threaded(acc: RingVector, masks: Sequence[Mask], workers: int = 1) -> None:
+    """``acc += sum(sign * PRG(seed))`` in Z_{2**32}, in place, on up to ``workers`` threads.
 
-    Each thread derives (where a seed is a function) and expands its share of the masks
-    into a partial vector of its own (no shared writes); the partials are added at the
-    end; an exception in any thread is raised here. Addition in Z_{2**32} is exact and
-    commutative, so the result does not depend on the number of threads.
+    This thread adds its share of the masks straight into ``acc``; each other thread
+    derives (where a seed is a function) and expands its share into a partial vector of
+    its own (no shared writes; at most 256 MiB of partials in all, so long vectors use
+    fewer threads), and the partials are added at the end. An exception in any thread is
+    raised here. Addition in Z_{2**32} is exact and commutative: the result does not
+    depend on the number of threads.
     """
     for seed, sign in masks:
         _check(seed, sign)  # seeds still to be derived are checked when they are
-    groups = [masks[i :: max(1, workers)] for i in range(max(1, min(workers, len(masks))))]
+    extra = min(workers - 1, len(masks) - 1, _PARTIALS_BYTES // max(1, acc.nbytes))
+    if extra <= 0:
+        add_masks(acc, masks)
+        return
+    groups = [masks[i :: extra + 1] for i in range(extra + 1)]
 
     def partial(group: Sequence[Mask]) -> RingVector:
-        acc = np.zeros(length, dtype=np.uint32)
-        add_masks(acc, group)
-        return acc
+        part = np.zeros(acc.shape[0], dtype=np.uint32)
+        add_masks(part, group)
+        return part
 
-    if len(groups) == 1:
-        return partial(groups[0])
-    with ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="secagg-masks") as pool:
+    with ThreadPoolExecutor(extra, thread_name_prefix="secagg-masks") as pool:
         pending = pool.map(partial, groups[1:])  # submitted now
-        total = partial(groups[0])  # this thread takes a share too
-        others = list(pending)
-    for acc in others:
-        np.add(total, acc, out=total)
+        add_masks(acc, groups[0])
+        parts = list(pending)
+    for part in parts:
+        np.add(acc, part, out=acc)
+
+
+def mask_sum(length: int, masks: Sequence[Mask], workers: int = 1) -> RingVector:
+    """``sum(sign * PRG(seed))`` over ``masks`` as a fresh vector (see above)."""
+    total = np.zeros(length, dtype=np.uint32)
+    add_masks_threaded(total, masks, workers)
     return total

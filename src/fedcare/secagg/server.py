@@ -24,7 +24,13 @@ from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.secagg import shamir
 from fedcare.secagg.config import SecAggConfig
 from fedcare.secagg.crypto import KEY_BYTES, NONCE_BYTES, KeyPair, RingVector
-from fedcare.secagg.masks import Mask, default_workers, mask_sum, pair_seed, pair_sign
+from fedcare.secagg.masks import (
+    Mask,
+    add_masks_threaded,
+    default_workers,
+    pair_seed,
+    pair_sign,
+)
 from fedcare.secagg.messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -234,21 +240,21 @@ class SecAggServer:
                 s_shares.setdefault(r.owner, []).append(r.share)
         t, session = self.config.threshold, self.config.session_id
         # Every secret first (all checks pass before anything is expanded), then one pass
-        # on the worker threads over all masks to strip, each with the sign it had in the
-        # survivors' inputs: survivors' self masks, and the masks survivors shared with
-        # dropped clients, whose seeds (X25519 + HKDF) the workers derive as they go.
+        # on the worker threads that strips all masks, each with the opposite of the sign
+        # it had in the survivors' inputs: survivors' self masks, and the masks survivors
+        # shared with dropped clients, whose seeds (X25519 + HKDF) are derived as they go.
         self_seeds = shamir.combine_many({u: b_shares.get(u, []) for u in survivors}, t)
         secret_keys = shamir.combine_many({d: s_shares.get(d, []) for d in dropped}, t)
-        masks: list[Mask] = [(self_seeds[u], 1) for u in sorted(survivors)]
+        masks: list[Mask] = [(self_seeds[u], -1) for u in sorted(survivors)]
         for d in sorted(dropped):
             s_keys = KeyPair.from_private(secret_keys[d])
             if s_keys.public != self._keys[d].s_pk:
                 raise ProtocolError(f"recovered secret key of client {d} does not match its key")
             for u in sorted(self.config.graph.neighbours(d) & survivors):
                 seed = partial(pair_seed, s_keys, d, self._keys[u].s_pk, u, session)
-                masks.append((seed, pair_sign(u, d)))
+                masks.append((seed, -pair_sign(u, d)))
         total = self._sum.copy()
-        np.subtract(total, mask_sum(self.config.vector_length, masks, self.workers), out=total)
+        add_masks_threaded(total, masks, self.workers)
         self._result = AggregateResult(
             self.config.ring.decode_sum(total, len(survivors)), total, survivors
         )
