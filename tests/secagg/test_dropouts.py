@@ -116,3 +116,18 @@ def test_the_server_sum_is_the_same_on_any_number_of_threads():
         assert np.array_equal(result.ring_total, expected)
     with pytest.raises(ConfigError, match="at least 1 worker"):
         SecAggServer(config, workers=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(scenarios(degree=True, max_drops="within"))
+def test_late_inputs_give_the_same_sum_and_time_each_sites_last_step(scenario):
+    config, drops, seed = scenario
+    if not recoverable(config, drops):
+        return
+    vectors = random_vectors(config, seed)
+    outcome = simulate(config, vectors, drops, rng=seeded_rng(seed), late_inputs=True)
+    included = included_clients(config, drops)
+    assert np.array_equal(outcome.result.ring_total, quantised_sum(config, vectors, included))
+    assert set(outcome.online) == included
+    assert outcome.critical_path >= outcome.offline_path
+    assert outcome.critical_path >= outcome.online_path

@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedcare.core.errors import ProtocolError
-from fedcare.secagg import ClientState, ServerState, Stage, simulate
+from fedcare.core.errors import ProtocolError, UpdateRejectedError
+from fedcare.secagg import ClientState, SecAggClient, ServerState, Stage, simulate
 from fedcare.secagg.messages import (
     ForwardedShares,
     MaskedInput,
@@ -205,3 +205,50 @@ def test_too_few_survivors_abort_and_no_result_is_ever_returned():
     assert rnd.server.state is ServerState.ABORTED
     with pytest.raises(ProtocolError, match="no result"):
         _ = rnd.server.result
+
+
+def test_a_site_can_mask_before_its_vector_exists_and_add_it_last():
+    config = make_config(5, 3, length=64)
+    late = ManualRound(config)
+    vectors = late.vectors
+    late.clients = {c: SecAggClient(config, c, None, seeded_rng(c)) for c in range(5)}
+    forwarded = late.to_server(late.to_clients(late.to_server(late.advertise())))
+    late.clients[4].provide_input(vectors[4])  # ready early: masked as soon as shares come
+    masked = late.to_clients(forwarded)
+    assert [m.sender for m in masked] == [4]
+    assert {late.clients[c].state for c in range(4)} == {ClientState.AWAIT_INPUT}
+    for c in range(4):
+        masked += late.clients[c].provide_input(vectors[c])
+    assert late.to_server(late.to_clients(late.to_server(masked))) == []
+    assert np.array_equal(
+        late.server.result.ring_total, quantised_sum(config, vectors, set(range(5)))
+    )
+
+
+def test_a_bad_or_second_late_vector_is_refused_and_changes_nothing():
+    config = make_config(3, 2, length=8)
+    client = SecAggClient(config, 0, None, seeded_rng(0))
+    with pytest.raises(UpdateRejectedError, match="7 values, expected 8"):
+        client.provide_input(np.zeros(7, np.float32))
+    with pytest.raises(UpdateRejectedError, match="NaN"):
+        client.provide_input(np.full(8, np.nan, np.float32))
+    assert client.provide_input(np.zeros(8, np.float32)) == []  # kept for later
+    with pytest.raises(ProtocolError, match="already has its input"):
+        client.provide_input(np.ones(8, np.float32))
+    assert client.state is ClientState.INIT
+
+
+def test_a_site_still_training_when_the_stage_closes_is_left_out_of_the_sum():
+    config = make_config(5, 3, length=64)
+    late = ManualRound(config)
+    late.clients[2] = SecAggClient(config, 2, None, seeded_rng(2))
+    forwarded = late.to_server(late.to_clients(late.to_server(late.advertise())))
+    requests = late.to_server(late.to_clients(forwarded))  # 2 sent nothing
+    assert requests == []
+    requests = late.server.close_stage()  # the deadline passes
+    assert late.to_server(late.to_clients(requests)) == []
+    included = {0, 1, 3, 4}
+    assert late.server.result.included == included
+    assert np.array_equal(
+        late.server.result.ring_total, quantised_sum(config, late.vectors, included)
+    )

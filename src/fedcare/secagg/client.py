@@ -4,6 +4,11 @@ Feed it the server's messages with :meth:`SecAggClient.handle`; it returns the m
 send back. A message the current state does not accept, or one that fails a check (wrong
 session, forged or replayed ciphertext, a request to reveal both secrets of one peer),
 raises ProtocolError and leaves the client exactly as it was.
+
+Everything but the last addition is independent of the site's vector: the keys, the
+shares and the masks. So a site may start with ``vector=None`` while it is still training
+(on another core), and hand its vector over with :meth:`SecAggClient.provide_input` once
+it has one; by then its mask is ready and only ``encode(vector) + mask`` is left to do.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
@@ -21,6 +27,7 @@ from fedcare.secagg.config import SecAggConfig
 from fedcare.secagg.crypto import (
     KEY_BYTES,
     KeyPair,
+    RingVector,
     associated_data,
     derive_key,
     open_sealed,
@@ -45,6 +52,7 @@ from fedcare.secagg.messages import (
     UnmaskResponse,
 )
 
+_Outcome = tuple[list["ClientMessage"], "ClientState"]  # replies, next state
 _SHARE_HEADER = struct.Struct(">II")  # sender, recipient: repeated inside the ciphertext
 _SHARE_PLAINTEXT = _SHARE_HEADER.size + 2 * ELEMENT_BYTES
 
@@ -53,33 +61,32 @@ class ClientState(Enum):
     INIT = "init"
     AWAIT_KEYS = "await_keys"
     AWAIT_SHARES = "await_shares"
+    AWAIT_INPUT = "await_input"  # mask ready, the vector not given yet
     AWAIT_UNMASK = "await_unmask"
     DONE = "done"
 
 
 class SecAggClient:
-    """One site's part in one secure aggregation of its float32 ``vector``."""
+    """One site's part in one secure aggregation of its float32 ``vector``.
+
+    ``vector=None``: the vector comes later, through :meth:`provide_input`.
+    """
 
     def __init__(
         self,
         config: SecAggConfig,
         client_id: int,
-        vector: npt.ArrayLike,
+        vector: npt.ArrayLike | None,
         rng: RandomBytes = system_random,
     ) -> None:
         if client_id not in config.client_ids:
             raise ConfigError(f"client {client_id} is not part of this secure aggregation")
-        encoded = config.ring.encode(vector)
-        if encoded.shape != (config.vector_length,):
-            raise UpdateRejectedError(
-                f"client {client_id}: secagg input has {encoded.shape[0]} values, "
-                f"expected {config.vector_length}"
-            )
         self.config = config
         self.client_id = client_id
         self.state = ClientState.INIT
         self._rng = rng
-        self._input = encoded
+        self._input = None if vector is None else self._encode(vector)
+        self._mask: RingVector | None = None  # the whole mask, while the input is awaited
         self._c_keys = KeyPair.generate(rng)
         self._s_keys = KeyPair.generate(rng)
         self._peers: dict[int, PublicKeys] = {}
@@ -96,6 +103,24 @@ class SecAggClient:
         keys = PublicKeys(self.client_id, self._c_keys.public, self._s_keys.public)
         return [AdvertiseKeys(self.config.session_id, self.client_id, keys)]
 
+    def provide_input(self, vector: npt.ArrayLike) -> list[ClientMessage]:
+        """Hand over the vector of a client started with ``vector=None``.
+
+        Returns the masked input at once if the mask is ready (state AWAIT_INPUT);
+        earlier, keeps the vector for when it is. A bad vector raises UpdateRejectedError,
+        a second vector ProtocolError; either way nothing changes.
+        """
+        if self._input is not None or self.state in (ClientState.AWAIT_UNMASK, ClientState.DONE):
+            raise ProtocolError(f"client {self.client_id} already has its input")
+        encoded = self._encode(vector)
+        if self._mask is None:
+            self._input = encoded
+            return []
+        masked = np.add(encoded, self._mask, out=self._mask)  # the mask is not needed again
+        self._mask = None
+        self.state = ClientState.AWAIT_UNMASK
+        return [MaskedInput(self.config.session_id, self.client_id, masked)]
+
     def handle(self, message: ServerMessage) -> list[ClientMessage]:
         """Process one server message; on ProtocolError nothing changes."""
         if message.session_id != self.config.session_id:
@@ -110,14 +135,12 @@ class SecAggClient:
                 f"client {self.client_id} in state {self.state.value} does not accept "
                 f"{type(message).__name__}"
             )
-        handler, next_state = entry
-        replies = handler(self, message)
-        self.state = next_state
+        replies, self.state = entry(self, message)
         return replies
 
     # -- stage handlers: check everything first, then commit -----------------------------
 
-    def _on_key_directory(self, message: KeyDirectory) -> list[ClientMessage]:
+    def _on_key_directory(self, message: KeyDirectory) -> _Outcome:
         neighbours = self.config.graph.neighbours(self.client_id)
         peers = {k.client: k for k in message.keys}
         if len(peers) != len(message.keys) or not peers.keys() <= neighbours:
@@ -160,9 +183,11 @@ class SecAggClient:
         self._inbound_keys = inbound_keys
         self._self_mask_seed = self_mask_seed
         self._held = {self.client_id: (b_shares[own], s_shares[own])}
-        return [ShareKeys(self.config.session_id, self.client_id, tuple(sealed))]
+        return [
+            ShareKeys(self.config.session_id, self.client_id, tuple(sealed))
+        ], ClientState.AWAIT_SHARES
 
-    def _on_forwarded_shares(self, message: ForwardedShares) -> list[ClientMessage]:
+    def _on_forwarded_shares(self, message: ForwardedShares) -> _Outcome:
         received: dict[int, tuple[shamir.Share, shamir.Share]] = {}
         x = self.config.point(self.client_id)
         for item in message.shares:
@@ -198,12 +223,18 @@ class SecAggClient:
             (pair_seed(self._s_keys, me, self._peers[p].s_pk, p, session), pair_sign(me, p))
             for p in sorted(received)
         ]
+        self._held.update(received)
+        if self._input is None:  # expand the mask now; the vector is added when it comes
+            self._mask = np.zeros(self.config.vector_length, dtype=np.uint32)
+            add_masks(self._mask, masks)
+            return [], ClientState.AWAIT_INPUT
         masked = self._input  # masked in place: the plain input is never needed again
         add_masks(masked, masks)
-        self._held.update(received)
-        return [MaskedInput(self.config.session_id, self.client_id, masked)]
+        return [
+            MaskedInput(self.config.session_id, self.client_id, masked)
+        ], ClientState.AWAIT_UNMASK
 
-    def _on_unmask_request(self, message: UnmaskRequest) -> list[ClientMessage]:
+    def _on_unmask_request(self, message: UnmaskRequest) -> _Outcome:
         want_b, want_s = message.self_mask_owners, message.secret_key_owners
         if want_b & want_s:
             raise ProtocolError(
@@ -222,16 +253,24 @@ class SecAggClient:
             )
         if not (want_b | want_s) <= self._held.keys():
             raise ProtocolError(f"client {self.client_id}: asked for shares it does not hold")
-        return [
-            UnmaskResponse(
-                self.config.session_id,
-                self.client_id,
-                tuple(RevealedShare(o, self._held[o][0]) for o in sorted(want_b)),
-                tuple(RevealedShare(o, self._held[o][1]) for o in sorted(want_s)),
-            )
-        ]
+        response = UnmaskResponse(
+            self.config.session_id,
+            self.client_id,
+            tuple(RevealedShare(o, self._held[o][0]) for o in sorted(want_b)),
+            tuple(RevealedShare(o, self._held[o][1]) for o in sorted(want_s)),
+        )
+        return [response], ClientState.DONE
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _encode(self, vector: npt.ArrayLike) -> RingVector:
+        encoded = self.config.ring.encode(vector)
+        if encoded.shape != (self.config.vector_length,):
+            raise UpdateRejectedError(
+                f"client {self.client_id}: secagg input has {encoded.shape[0]} values, "
+                f"expected {self.config.vector_length}"
+            )
+        return encoded
 
     def _share_key(self, shared: bytes, sender: int, recipient: int) -> bytes:
         return derive_key(shared, self.config.session_id, b"share", sender, recipient)
@@ -240,19 +279,11 @@ class SecAggClient:
         return associated_data(self.config.session_id, Stage.SHARE_KEYS, sender, recipient)
 
 
-_Handler = Callable[[SecAggClient, Any], list[ClientMessage]]
+_Handler = Callable[[SecAggClient, Any], "_Outcome"]
 
-_TRANSITIONS: dict[tuple[ClientState, type], tuple[_Handler, ClientState]] = {
-    (ClientState.AWAIT_KEYS, KeyDirectory): (
-        SecAggClient._on_key_directory,
-        ClientState.AWAIT_SHARES,
-    ),
-    (ClientState.AWAIT_SHARES, ForwardedShares): (
-        SecAggClient._on_forwarded_shares,
-        ClientState.AWAIT_UNMASK,
-    ),
-    (ClientState.AWAIT_UNMASK, UnmaskRequest): (
-        SecAggClient._on_unmask_request,
-        ClientState.DONE,
-    ),
+# Which message each state accepts; the handler says which state comes next.
+_TRANSITIONS: dict[tuple[ClientState, type], _Handler] = {
+    (ClientState.AWAIT_KEYS, KeyDirectory): SecAggClient._on_key_directory,
+    (ClientState.AWAIT_SHARES, ForwardedShares): SecAggClient._on_forwarded_shares,
+    (ClientState.AWAIT_UNMASK, UnmaskRequest): SecAggClient._on_unmask_request,
 }

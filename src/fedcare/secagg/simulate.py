@@ -5,6 +5,11 @@ nothing from that stage on (its earlier messages were delivered). Stages close w
 live client has answered or, as a deadline would, once the live ones are done. Timings
 are wall-clock seconds per stage: the clients' work summed and at its slowest client
 (the critical path when sites run in parallel), and the server's work.
+
+With ``late_inputs`` the clients start without their vectors, as sites that are still
+training would, and get them once their masks are expanded: the stages' timings then
+hold the input-independent ("offline") work only, and ``online`` each client's last step
+(quantising its vector and adding the mask).
 """
 
 from __future__ import annotations
@@ -36,16 +41,43 @@ class StageTiming:
 class SimulationOutcome:
     result: AggregateResult
     timings: dict[Stage, StageTiming] = field(default_factory=dict)
+    online: dict[int, float] = field(default_factory=dict)  # late_inputs: seconds per client
 
     @property
     def critical_path(self) -> float:
-        """Seconds if every site computed in parallel (transfers not counted)."""
-        return sum(t.clients_max + t.server for t in self.timings.values())
+        """Seconds if every site computed in parallel, one stage after another."""
+        staged = sum(t.clients_max + t.server for t in self.timings.values())
+        return staged + max(self.online.values(), default=0.0)
 
     @property
     def sequential(self) -> float:
         """Seconds of all computation run one after another, as in this process."""
-        return sum(t.clients_total + t.server for t in self.timings.values())
+        staged = sum(t.clients_total + t.server for t in self.timings.values())
+        return staged + sum(self.online.values())
+
+    @property
+    def offline_path(self) -> float:
+        """With late_inputs: the critical path of the work before any vector is needed.
+
+        The first two stages and the sites' mask expansion, which sites may run while
+        they train.
+        """
+        t = self.timings
+        first = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS)
+        return (
+            sum(t[s].clients_max + t[s].server for s in first) + t[Stage.MASKED_INPUT].clients_max
+        )
+
+    @property
+    def online_path(self) -> float:
+        """With late_inputs: the critical path from the slowest vector to the sum."""
+        t = self.timings
+        return (
+            max(self.online.values(), default=0.0)
+            + t[Stage.MASKED_INPUT].server
+            + t[Stage.UNMASKING].clients_max
+            + t[Stage.UNMASKING].server
+        )
 
 
 def simulate(
@@ -54,10 +86,12 @@ def simulate(
     dropouts: Mapping[Stage, Set[int]] | None = None,
     rng: RandomBytes = system_random,
     server_workers: int | None = None,
+    late_inputs: bool = False,
 ) -> SimulationOutcome:
     """Aggregate ``vectors`` securely; raises ProtocolError if too many clients drop.
 
     ``server_workers``: threads the server expands masks on (see :class:`SecAggServer`).
+    ``late_inputs``: clients get their vectors only once their masks are ready (above).
     """
     if set(vectors) != set(config.client_ids):
         raise ConfigError("simulate needs exactly one vector per configured client")
@@ -66,10 +100,11 @@ def simulate(
     setup: dict[int, float] = {}
     for c in config.client_ids:  # quantising and key generation count towards stage 0
         start = time.perf_counter()
-        clients[c] = SecAggClient(config, c, vectors[c], rng)
+        clients[c] = SecAggClient(config, c, None if late_inputs else vectors[c], rng)
         setup[c] = time.perf_counter() - start
     server = SecAggServer(config, server_workers)
     timings: dict[Stage, StageTiming] = {}
+    online: dict[int, float] = {}
     alive = set(config.client_ids)
     inbox: dict[int, list[ServerMessage]] = {c: [] for c in alive}
     for stage in Stage:
@@ -84,6 +119,10 @@ def simulate(
                 for message in inbox[c]:
                     outgoing += clients[c].handle(message)
             client_times[c] = time.perf_counter() - start + setup.pop(c, 0.0)
+            if late_inputs and stage is Stage.MASKED_INPUT:
+                start = time.perf_counter()
+                outgoing += clients[c].provide_input(vectors[c])
+                online[c] = time.perf_counter() - start
         start = time.perf_counter()
         replies: list[ServerMessage] = []
         for out in outgoing:
@@ -97,7 +136,7 @@ def simulate(
                 inbox[reply.recipient].append(reply)
         spent = client_times.values()
         timings[stage] = StageTiming(sum(spent), max(spent, default=0.0), server_time, client_times)
-    return SimulationOutcome(server.result, timings)
+    return SimulationOutcome(server.result, timings, online)
 
 
 _COLLECTING = {
