@@ -154,15 +154,6 @@ class _Pending:
     state: SiteState
 
 
-@dataclass
-class _SecureTurn:
-    """This site's SecAgg client for one round and attempt."""
-
-    round: int
-    attempt: int
-    client: SecAggClient
-
-
 class SiteMachine:
     """One site's protocol state; ``name`` is its certificate identity."""
 
@@ -198,8 +189,8 @@ class SiteMachine:
         self.committed_round = -1  # last round whose update is in an aggregate
         self.pending: _Pending | None = None
         self.last_round = 0
-        self.secagg: _SecureTurn | None = None  # this site's part in the round's secure sum
-        self.secure_turn: tuple[int, int, bytes] | None = None  # (round, attempt, session): CKKS
+        self.secure_turn: tuple[int, int, bytes] | None = None  # (round, attempt, session)
+        self.secagg: SecAggClient | None = None  # this site's part in the round's SecAgg
         self.guard = ReplayGuard(NO_RUN)
         self._events: list[SiteEvent] = []
         self._now = 0.0
@@ -578,7 +569,8 @@ class SiteMachine:
             messages = client.start()
         except FedcareError as exc:
             return [ErrorReport(self.run_id, req.round, "secagg_failed", str(exc)).to_envelope()]
-        self.secagg = _SecureTurn(req.round, req.attempt, client)
+        self.secagg = client
+        self.secure_turn = (req.round, req.attempt, secure.session)
         self._event("secure_sum_joined", {"round": req.round, "members": len(secure.members)})
         return [client_envelope(m, self.run_id, req.round, req.attempt, **meta) for m in messages]
 
@@ -605,10 +597,8 @@ class SiteMachine:
         return [env]
 
     def _on_secure(self, env: Envelope) -> list[Envelope]:
-        """A stage of the round's secure sum; a message that fails a check is refused."""
-        if env.kind == HE:
-            return self._on_decrypt(env)
-        turn, plan = self.secagg, self.plan
+        """A step of the round's secure sum; a message that fails a check is refused."""
+        turn, plan = self.secure_turn, self.plan
         if self.phase is not SitePhase.READY or turn is None or plan is None:
             return self._refuse(env, "unexpected", "this site is in no secure sum")
         rejection = self.guard.check(env, round_bound=False)
@@ -620,40 +610,25 @@ class SiteMachine:
         try:
             env.validate()
             session, attempt = session_of(env)
-            if (session, attempt, env.round) != (
-                turn.client.config.session_id,
-                turn.attempt,
-                turn.round,
-            ):
-                raise ProtocolError("secagg message of another round, attempt or session")
+            if (env.round, attempt, session) != turn:
+                raise ProtocolError(f"{env.kind} message of another round, attempt or session")
+            if env.kind == HE:
+                return self._decrypt(env)
+            if self.secagg is None:
+                raise ProtocolError("this site runs no SecAgg client this round")
             message = parse_server(env, plan.site_index(self.name))
-            replies = turn.client.handle(message)
+            replies = self.secagg.handle(message)
         except FedcareError as exc:
-            return self._refuse(env, "secagg_refused", str(exc))
+            return self._refuse(env, f"{env.kind}_refused", str(exc))
         if step_of(env) == "forwarded_shares":
-            self._event(
-                "update_sent", {"round": turn.round, "attempt": turn.attempt, "masked": True}
-            )
-        return [client_envelope(m, self.run_id, turn.round, turn.attempt) for m in replies]
+            self._event("update_sent", {"round": env.round, "attempt": attempt, "masked": True})
+        return [client_envelope(m, self.run_id, env.round, attempt) for m in replies]
 
-    def _on_decrypt(self, env: Envelope) -> list[Envelope]:
+    def _decrypt(self, env: Envelope) -> list[Envelope]:
         """CKKS: open the round's aggregate (a sum of two updates at least) for the coordinator."""
-        if self.phase is not SitePhase.READY or self.he_keys is None or self.secure_turn is None:
-            return self._refuse(env, "unexpected", "this site holds no encrypted sum to open")
-        rejection = self.guard.check(env, round_bound=False)
-        if rejection is not None:
-            self._event(
-                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
-            )
-            return []
-        try:
-            env.validate()
-            session, attempt = session_of(env)
-            if (env.round, attempt, session) != self.secure_turn or step_of(env) != "decrypt":
-                raise ProtocolError("decryption request of another round, attempt or session")
-            reply = decrypt_request(env, self.he_keys, self.name)
-        except FedcareError as exc:
-            return self._refuse(env, "decrypt_refused", str(exc))
+        if self.he_keys is None or step_of(env) != "decrypt":
+            raise ProtocolError("this site holds no encrypted sum to open")
+        reply = decrypt_request(env, self.he_keys, self.name)
         self._event(
             "aggregate_decrypted", {"round": env.round, "summands": reply.header["summands"]}
         )
