@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcare.secagg.prg import Keystream, expand_mask
+from fedcare.secagg.prg import Keystream, expand_mask, open_stream
 
 
 def reference(seed: bytes, length: int) -> np.ndarray:
@@ -34,17 +34,19 @@ def test_counter_carries_across_32_64_and_128_bit_boundaries():
 
 def test_long_masks_cross_chunk_boundaries_unchanged():
     seed = bytes(range(32))
-    length = (1 << 16) * 2 + 7  # three chunks of the shared zero buffer
+    length = (1 << 15) * 3 + 7  # four pieces of the shared zero buffer
     full = expand_mask(seed, length)
     assert np.array_equal(full[-1000:], reference(seed, length)[-1000:])
-    small = Keystream(max_words=1000)  # many small pieces from one scratch buffer
-    pieces = np.concatenate([words.copy() for _, words in small.chunks(seed, length)])
-    assert np.array_equal(pieces, full)
+    scratch = Keystream(max_words=1000)  # read in small pieces from one scratch buffer
+    stream = open_stream(seed)
+    pieces = [scratch.read(stream, min(1000, length - s)).copy() for s in range(0, length, 1000)]
+    assert np.array_equal(np.concatenate(pieces), full)
 
 
-def test_chunks_report_where_each_piece_starts():
-    starts = [start for start, _ in Keystream(max_words=100).chunks(bytes(32), 250)]
-    assert starts == [0, 100, 200]
+def test_each_read_continues_the_stream_where_the_last_stopped():
+    scratch, stream = Keystream(max_words=64), open_stream(bytes(32))
+    first, second = scratch.read(stream, 3).copy(), scratch.read(stream, 5).copy()
+    assert np.array_equal(np.concatenate([first, second]), expand_mask(bytes(32), 8))
 
 
 def test_a_seed_of_the_wrong_length_is_refused():

@@ -4,8 +4,8 @@ Client u adds ``+PRG(s_uv)`` for each partner v with u < v and ``-PRG(s_uv)`` fo
 so every pair cancels in the sum; the server recomputes the same seeds for pairs whose
 other end dropped out. All arithmetic is in Z_{2**32}: uint32 additions that wrap.
 
-Masks are added in place from one reused keystream buffer, so adding k masks to a vector
-costs k AES-CTR passes and k additions, and no temporaries. :func:`add_masks_threaded` spreads
+Masks are added in place from one reused keystream buffer, a cache-sized block at a time,
+so adding k masks to a vector costs k AES-CTR passes and k additions, no temporaries. :func:`add_masks_threaded` spreads
 them over threads for the server, which expands one per survivor and one per pair of a
 dropped client; OpenSSL releases the GIL while it encrypts.
 """
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fedcare.secagg.crypto import KeyPair, derive_key
-from fedcare.secagg.prg import SEED_BYTES, Keystream, RingVector
+from fedcare.secagg.prg import SEED_BYTES, Keystream, RingVector, open_stream
 
 # A seed, or a function that derives one: mask_sum runs it on the worker thread that
 # expands the mask, so one thread's X25519 (which holds the GIL) overlaps another's AES.
@@ -49,16 +49,23 @@ def _check(seed: Seed, sign: int) -> None:
 
 
 def add_masks(acc: RingVector, masks: Iterable[Mask], stream: Keystream | None = None) -> None:
-    """``acc += sum(sign * PRG(seed))`` in Z_{2**32}, in place, on this thread."""
+    """``acc += sum(sign * PRG(seed))`` in Z_{2**32}, in place, on this thread.
+
+    Block by block: every mask's next piece is added to one cache-sized block of ``acc``
+    before moving on, so the block and the scratch buffer stay in cache.
+    """
     length = acc.shape[0]
-    stream = stream if stream is not None else Keystream(length)
+    scratch = stream if stream is not None else Keystream(length)
+    streams = []
     for given, sign in masks:
         seed = given() if callable(given) else given
         _check(seed, sign)
-        op = np.add if sign > 0 else np.subtract
-        for start, words in stream.chunks(seed, length):
-            part = acc[start : start + words.shape[0]]
-            op(part, words, out=part)
+        streams.append((open_stream(seed), np.add if sign > 0 else np.subtract))
+    for start in range(0, length, scratch.chunk):
+        words = min(scratch.chunk, length - start)
+        block = acc[start : start + words]
+        for keystream, op in streams:
+            op(block, scratch.read(keystream, words), out=block)
 
 
 def add_mask(acc: RingVector, seed: bytes, sign: int) -> None:

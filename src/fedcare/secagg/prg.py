@@ -12,7 +12,7 @@ masks can be expanded on several threads (see :mod:`fedcare.secagg.masks`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -22,25 +22,25 @@ SEED_BYTES = 32
 RingVector = npt.NDArray[np.uint32]
 
 _SPARE = 15  # update_into wants block_size - 1 spare bytes after its output
-_CHUNK_WORDS = 1 << 16  # 256 KiB of keystream per call: the scratch stays in L2 cache
+# 128 KiB of keystream per call: a block of the accumulator and the scratch it is added
+# from stay in a 512 KiB L2 cache while every mask is added to that block in turn.
+_CHUNK_WORDS = 1 << 15
 _ZEROS = memoryview(bytes(4 * _CHUNK_WORDS))  # shared read-only plaintext
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 
-_Update = Callable[[memoryview, memoryview], int]
+Stream = Callable[[memoryview, memoryview], int]  # update_into of one seed's encryptor
 
 
-def _keystream(seed: bytes) -> _Update:
-    """``update_into`` of a fresh AES-128-CTR encryptor keyed by ``seed``."""
+def open_stream(seed: bytes) -> Stream:
+    """A fresh AES-128-CTR keystream keyed by ``seed``; read it with :meth:`Keystream.read`."""
     if len(seed) != SEED_BYTES:
         raise ValueError(f"mask seed must be {SEED_BYTES} bytes, found {len(seed)}")
-    update: _Update = (
-        Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor().update_into
-    )
-    return update
+    stream: Stream = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor().update_into
+    return stream
 
 
 class Keystream:
-    """A scratch buffer that mask streams are written into, one chunk at a time.
+    """A scratch buffer that mask streams are read into, a block of words at a time.
 
     Not thread-safe: each thread needs its own.
     """
@@ -50,19 +50,17 @@ class Keystream:
         self._buffer = np.empty(self.chunk + 4, dtype=np.uint32)  # 16 spare bytes
         self._bytes = self._buffer.view(np.uint8).data
 
-    def chunks(self, seed: bytes, length: int) -> Iterator[tuple[int, RingVector]]:
-        """Consecutive pieces ``(start, words)`` of ``PRG(seed)[:length]``.
+    def read(self, stream: Stream, words: int) -> RingVector:
+        """The next ``words`` (at most ``chunk``) words of ``stream``.
 
-        ``words`` is a view of the scratch buffer that the next piece overwrites.
+        A view of the scratch buffer, overwritten by the next read.
         """
-        update = _keystream(seed)
-        for start in range(0, length, self.chunk):
-            nbytes = 4 * min(self.chunk, length - start)
-            update(_ZEROS[:nbytes], self._bytes[: nbytes + _SPARE])
-            words: RingVector = self._buffer[: nbytes // 4]
-            if _BIG_ENDIAN_HOST:  # ring words are little-endian, as on the wire
-                words.byteswap(inplace=True)
-            yield start, words
+        nbytes = 4 * words
+        stream(_ZEROS[:nbytes], self._bytes[: nbytes + _SPARE])
+        out: RingVector = self._buffer[:words]
+        if _BIG_ENDIAN_HOST:  # ring words are little-endian, as on the wire
+            out.byteswap(inplace=True)
+        return out
 
 
 def expand_mask(seed: bytes, length: int) -> RingVector:
@@ -70,7 +68,7 @@ def expand_mask(seed: bytes, length: int) -> RingVector:
 
     Every seed is derived fresh per session (and pair), so each keys one stream only.
     """
-    update = _keystream(seed)
+    update = open_stream(seed)
     out = np.empty(length + 4, dtype=np.uint32)  # 16 spare bytes for update_into
     view = out.view(np.uint8).data
     for start in range(0, 4 * length, 4 * _CHUNK_WORDS):
