@@ -2,7 +2,9 @@
 
 The server learns the sum of the sites' quantised vectors and nothing else about any
 single one, even when up to n - threshold sites drop out at any stage. Both halves are
-sans-IO state machines; :func:`simulate` drives them in process.
+sans-IO state machines; :func:`simulate` drives them in process. A site may start before
+its vector exists (``SecAggClient(config, id, None)``): keys, shares and its whole mask
+are input-independent, so only ``provide_input(vector)`` is left once it has trained.
 
 Scope: the semi-honest (honest-but-curious) setting. The consistency-check round with
 signatures that Bonawitz et al. add against an actively malicious server is not

@@ -5,9 +5,10 @@ so every pair cancels in the sum; the server recomputes the same seeds for pairs
 other end dropped out. All arithmetic is in Z_{2**32}: uint32 additions that wrap.
 
 Masks are added in place from one reused keystream buffer, a cache-sized block at a time,
-so adding k masks to a vector costs k AES-CTR passes and k additions, no temporaries. :func:`add_masks_threaded` spreads
-them over threads for the server, which expands one per survivor and one per pair of a
-dropped client; OpenSSL releases the GIL while it encrypts.
+so adding k masks to a vector costs k AES-CTR passes and k additions, no temporaries.
+:func:`add_masks_threaded` spreads them over threads for the server, which expands one
+per survivor and one per pair of a dropped client; OpenSSL releases the GIL while it
+encrypts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from fedcare.secagg.crypto import KeyPair, derive_key
 from fedcare.secagg.prg import SEED_BYTES, Keystream, RingVector, open_stream
 
-# A seed, or a function that derives one: mask_sum runs it on the worker thread that
+# A seed, or a function that derives one: add_masks_threaded runs it on the thread that
 # expands the mask, so one thread's X25519 (which holds the GIL) overlaps another's AES.
 Seed = bytes | Callable[[], bytes]
 Mask = tuple[Seed, int]  # (seed, sign): the term sign * PRG(seed)
