@@ -52,3 +52,8 @@ def test_each_read_continues_the_stream_where_the_last_stopped():
 def test_a_seed_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="32 bytes"):
         expand_mask(bytes(16), 10)
+
+
+def test_a_read_larger_than_the_scratch_buffer_is_refused():
+    with pytest.raises(ValueError, match="0 to 64 words"):
+        Keystream(max_words=64).read(open_stream(bytes(32)), 65)

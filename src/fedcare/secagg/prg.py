@@ -55,6 +55,8 @@ class Keystream:
 
         A view of the scratch buffer, overwritten by the next read.
         """
+        if not 0 <= words <= self.chunk:
+            raise ValueError(f"a read takes 0 to {self.chunk} words, asked for {words}")
         nbytes = 4 * words
         stream(_ZEROS[:nbytes], self._bytes[: nbytes + _SPARE])
         out: RingVector = self._buffer[:words]
