@@ -252,28 +252,6 @@ def table_sites(tmp_path: Path, config, plan_hash: str, files: dict) -> dict:
     }
 
 
-def test_hospitals_own_tables_deployed_equal_the_same_study_simulated(tmp_path):
-    config = parse_config(tabular_config(tmp_path))
-    plan = plan_and_facts(config, None, None, None, None)[0]
-    assert plan.to_dict()["data"]["encoding"]["normalise"] == "site"
-    files = config.dataset.params["files"]
-    deploy(tmp_path / "deployed", config, table_sites(tmp_path, config, plan.hash, files))
-    write_deployed_study(tmp_path / "deployed")
-    StudyRunner(config.model_copy(update={"explain": False}), tmp_path / "simulated").run()
-
-    deployed = json.loads((tmp_path / "deployed" / "metrics.json").read_text())
-    simulated = json.loads((tmp_path / "simulated" / "metrics.json").read_text())
-    assert deployed["sites"] == simulated["sites"]
-    (dep,), (sim,) = deployed["strategies"], simulated["strategies"]
-    for site in TABULAR_SITES:
-        assert dep["per_site"][site]["accuracy"]["mean"] == pytest.approx(
-            sim["per_site"][site]["accuracy"]["mean"], abs=1e-6
-        )
-        assert dep["per_site"][site]["loss"]["mean"] == pytest.approx(
-            sim["per_site"][site]["loss"]["mean"], abs=1e-5
-        )
-
-
 def test_a_site_whose_table_has_a_bad_column_is_refused_and_the_coordinator_is_told(tmp_path):
     # Rounds start once the two good sites are ready (no grace period for the third).
     raw = tabular_config(tmp_path, test_fraction=0.25) | {"participation": {"min_sites": 2}}
@@ -307,3 +285,24 @@ def test_a_simulated_studys_results_are_not_overwritten_by_deployed_ones(tmp_pat
     (tmp_path / "runs.db").touch()
     with pytest.raises(ConfigError, match="simulated study's results"):
         write_deployed_study(tmp_path)
+
+
+def test_a_deployed_dp_run_reports_the_epsilon_its_coordinator_accounted(tmp_path):
+    dp = {
+        "name": "fedavg",
+        "label": "dp",
+        "params": {"dp": {"noise_multiplier": 1.0, "clip_norm": 0.5}},
+    }
+    config = parse_config(HEART | {"strategies": [dp]})
+    plan = plan_and_facts(config, None, None, None, None)[0]
+    deploy(tmp_path / "deployed", config, heart_sites(tmp_path, plan.hash))
+    write_deployed_study(tmp_path / "deployed")
+
+    metrics = json.loads((tmp_path / "deployed" / "metrics.json").read_text())
+    result = json.loads((tmp_path / "deployed" / "deploy" / "run-1" / "result.json").read_text())
+    (entry,) = metrics["strategies"]
+    assert entry["name"] == "dp" and entry["hyperparameters"]["privacy.dp"]
+    epsilons = [r["epsilon"] for r in result["history"]]
+    assert entry["privacy"]["epsilon_per_round"] == pytest.approx(epsilons)
+    assert entry["privacy"]["epsilon"]["mean"] == pytest.approx(result["epsilon"])
+    assert "ε spent" in (tmp_path / "deployed" / "report.html").read_text()

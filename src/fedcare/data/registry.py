@@ -57,7 +57,7 @@ def describe_dataset(name: str, **params: Any) -> dict[str, Any]:
         return {
             "name": "tabular",
             "description": "Your own tables: one CSV/Parquet file per site plus a schema "
-            "(params: schema, files, test_fraction, seed, strict).",
+            "(params: schema, files, test_fraction, seed, strict, normalise: pooled or site).",
         }
     ds = load_dataset(name, **params)
     return {

@@ -10,7 +10,9 @@ from a file. Before connecting it checks what it can without the schema (the fil
 parses, has rows). When a job plan arrives, before its owner is asked or anything trains, it
 checks the file against the plan's schema. Problems are reported as the site's data check
 always is: a Hello with ``data_ok`` false and every problem (file, row, column, expected,
-found), which the coordinator records; the site prints them and takes no part.
+found), which the coordinator records and acknowledges (``data_invalid``); then the site
+prints them and takes no part. (It waits for that acknowledgement so that its report is
+not lost when its agent closes the stream.)
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from fedcare.data.base import SiteData
 from fedcare.data.site_table import SiteTableSpec, check_site_table, load_site_table, read_table
 from fedcare.runtime.approvals import canonical
 from fedcare.runtime.envelope import Envelope
-from fedcare.runtime.messages import Hello, JobPlan, parse_message
+from fedcare.runtime.messages import ErrorReport, Hello, JobPlan, parse_message
 from fedcare.runtime.rounds import RunPlan
 from fedcare.runtime.site import DataCheck, LocalWork, SiteMachine, SitePhase
+
+DATA_INVALID = "data_invalid"  # the coordinator's acknowledgement of a failed data check
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,26 @@ class TableSiteMachine(SiteMachine):
             refusal = self._check_plan_table(env)
             if refusal is not None:
                 return refusal
+        acknowledgement = env.kind == ErrorReport.KIND and not self.data.ok and from_coordinator
+        if acknowledgement and self._refusal_acknowledged(env):
+            return []
         return super().handle(env, now)
+
+    def _refusal_acknowledged(self, env: Envelope) -> bool:
+        """The coordinator has this site's data problems: stop (nothing will run here).
+
+        The site stays connected until then, so its report is not lost when the agent
+        closes the stream.
+        """
+        try:
+            message = parse_message(env)
+        except ProtocolError:
+            return False
+        if not isinstance(message, ErrorReport) or message.code != DATA_INVALID:
+            return False
+        self.phase = SitePhase.REFUSED
+        self._event("data_invalid", {"problems": self.data.problems})
+        return True
 
     def _check_plan_table(self, env: Envelope) -> list[Envelope] | None:
         """None if this site's file fits the plan's schema (rows encoded), else the refusal."""
@@ -136,9 +159,13 @@ class TableSiteMachine(SiteMachine):
         return None
 
     def _refuse_table(self, summary: dict[str, Any], problems: list[str]) -> list[Envelope]:
+        """Report the problems as the data check always does (a Hello with data_ok false);
+        the site stops once the coordinator acknowledges them."""
         self.data = DataCheck(False, summary, problems)
         self.table_rows = None
-        self.phase = SitePhase.REFUSED
-        self._event("data_invalid", {"problems": problems})
+        self.table_log(
+            f"'{self.table_path}' does not fit the job plan's schema: reporting "
+            f"{len(problems)} problem(s) to the coordinator"
+        )
         hello = Hello(False, summary, problems, self.run_id, self.last_round)
         return [hello.to_envelope()]
