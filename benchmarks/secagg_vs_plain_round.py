@@ -39,7 +39,11 @@ Three figures per configuration, medians of --repeats rounds:
 * "one process": everything one after another on this machine (every site's training +
   every site's SecAgg work + the server).
 
+Times are wall-clock seconds; ``--clock cpu`` reads this process's CPU seconds instead
+(with one server thread), which other jobs on a shared machine disturb less.
+
     python benchmarks/secagg_vs_plain_round.py [--sites 50 200] [--repeats 5] [--workers N]
+        [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -47,11 +51,12 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import os
 import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +81,7 @@ FEATURES, HIDDEN, ROWS = 256, [256, 128], 200
 SPEC = TrainSpec(optimizer="sgd", lr=0.05, epochs=1, batch_size=32)
 VALUE_RANGE = 1.0  # public bound on every entry of [w * delta, w]
 KINDS = ("SecAgg+", "SecAgg")
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -98,7 +104,7 @@ def no_gc() -> Iterator[None]:
         gc.enable()
 
 
-def train_sites(n: int, seed: int) -> tuple[list[np.ndarray], list[float], list[int]]:
+def train_sites(n: int, seed: int, clock: Clock) -> tuple[list[np.ndarray], list[float], list[int]]:
     """Each site's update after one local epoch, and its training time."""
     train, _ = make_workload(n, samples=ROWS, features=FEATURES, seed=seed)
     module = build_model("mlp", (FEATURES,), 2, hidden=HIDDEN)
@@ -112,11 +118,11 @@ def train_sites(n: int, seed: int) -> tuple[list[np.ndarray], list[float], list[
     with no_gc():
         for k in range(n):
             schedule = batch_schedule(ROWS, SPEC, seeds.generator("batches", 0, k))
-            began = time.perf_counter()
+            began = clock()
             result = trainer.train(
                 bank, [k], start_vec[None, :], [schedule], [LocalObjective()], SPEC
             )
-            times.append(time.perf_counter() - began)
+            times.append(clock() - began)
             deltas.append((result.params[0] - start_vec).astype(np.float32))
     return deltas, times, [ROWS] * n
 
@@ -128,7 +134,12 @@ def secure_input(delta: np.ndarray, count: int, top: int) -> np.ndarray:
 
 
 def secagg(
-    n: int, inputs: dict[int, np.ndarray], dropped: set[int], degree: int | None, workers: int
+    n: int,
+    inputs: dict[int, np.ndarray],
+    dropped: set[int],
+    degree: int | None,
+    workers: int,
+    clock: Clock,
 ):
     holders = n if degree is None else degree + 1
     length = next(iter(inputs.values())).size
@@ -143,32 +154,34 @@ def secagg(
     )
     drops = {Stage.MASKED_INPUT: dropped}
     with no_gc():
-        outcome = simulate(config, inputs, drops, server_workers=workers, late_inputs=True)
-        began = time.perf_counter()
+        outcome = simulate(
+            config, inputs, drops, server_workers=workers, late_inputs=True, clock=clock
+        )
+        began = clock()
         total = outcome.result.total
         mean = total[:-1] / total[-1]
-        finish = time.perf_counter() - began
+        finish = clock() - began
     return config, outcome, mean, finish
 
 
-def one_round(n: int, seed: int, dropped: set[int], workers: int) -> Round:
-    deltas, train_times, counts = train_sites(n, seed)
+def one_round(n: int, seed: int, dropped: set[int], workers: int, clock: Clock) -> Round:
+    deltas, train_times, counts = train_sites(n, seed, clock)
     survivors = [k for k in range(n) if k not in dropped]
     with no_gc():
-        began = time.perf_counter()
+        began = clock()
         plain_mean = StreamingMean(deltas[0].size)
         for k in survivors:
             plain_mean.add(deltas[k], float(counts[k]))
         plain = plain_mean.result().delta
-        plain_sum = time.perf_counter() - began
+        plain_sum = clock() - began
         inputs, prepare = {}, []
         for k in range(n):
-            began = time.perf_counter()
+            began = clock()
             inputs[k] = secure_input(deltas[k], counts[k], max(counts))
-            prepare.append(time.perf_counter() - began)
+            prepare.append(clock() - began)
     secure, stages, overlap = {}, {}, {}
     for kind, degree in (("SecAgg+", secagg_plus_degree(n)), ("SecAgg", None)):
-        config, outcome, mean, finish = secagg(n, inputs, dropped, degree, workers)
+        config, outcome, mean, finish = secagg(n, inputs, dropped, degree, workers, clock)
         if sorted(outcome.result.included) != survivors:
             raise RuntimeError(f"{kind}: the sum should include exactly the survivors")
         if not np.allclose(mean, plain, atol=4 * n * config.ring.resolution):
@@ -244,15 +257,28 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="server threads for masks (default: cores)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: CPU seconds of this process (less disturbed by other load; one server "
+        "thread, since CPU time adds up the threads' work)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = build_model("mlp", (FEATURES,), 2, hidden=HIDDEN)
     size = sum(p.numel() for p in params.parameters())
     workers = args.workers if args.workers is not None else default_workers(size + 1)
-    print(f"torch {torch.__version__}, {args.threads} thread(s); {size:,} parameters")
+    clock: Clock = time.perf_counter
+    if args.clock == "cpu":
+        clock, workers = time.process_time, 1
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s); {size:,} parameters; "
+        f"{args.clock}-clock seconds; load average {os.getloadavg()[0]:.1f} at start"
+    )
     for n in args.sites:
         dropped = set(random.Random(n).sample(range(n), n // 10))
-        rounds = [one_round(n, seed, dropped, workers) for seed in range(args.repeats)]
+        rounds = [one_round(n, seed, dropped, workers, clock) for seed in range(args.repeats)]
         report(n, rounds, size, workers)
 
 
