@@ -306,3 +306,19 @@ def test_a_deployed_dp_run_reports_the_epsilon_its_coordinator_accounted(tmp_pat
     assert entry["privacy"]["epsilon_per_round"] == pytest.approx(epsilons)
     assert entry["privacy"]["epsilon"]["mean"] == pytest.approx(result["epsilon"])
     assert "ε spent" in (tmp_path / "deployed" / "report.html").read_text()
+
+
+def test_a_site_whose_file_cannot_be_read_says_so_before_any_plan(tmp_path):
+    site = TableSiteMachine(
+        "north",
+        ApprovalStore(tmp_path / "approvals.json"),
+        tmp_path / "exports" / "north.csv",
+        site_training,
+        log=lambda _: None,
+    )
+    (hello,) = site.start(0.0)
+    assert site.phase.value == "refused"
+    assert hello.header["data_ok"] is False
+    (problem,) = hello.header["problems"]
+    assert "file not found" in problem and "exports/north.csv" in problem
+    assert [e.kind for e in site.drain_events()] == ["data_invalid"]

@@ -121,8 +121,9 @@ class TableSiteMachine(SiteMachine):
             return False
         if not isinstance(message, ErrorReport) or message.code != DATA_INVALID:
             return False
-        self.phase = SitePhase.REFUSED
-        self._event("data_invalid", {"problems": self.data.problems})
+        if self.phase is not SitePhase.REFUSED:  # refused at start: already printed
+            self.phase = SitePhase.REFUSED
+            self._event("data_invalid", {"problems": self.data.problems})
         return True
 
     def _check_plan_table(self, env: Envelope) -> list[Envelope] | None:
