@@ -21,7 +21,7 @@ from fedcare.algorithms.scaffold import ScaffoldClient
 from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
 from fedcare.algorithms.strategy import Schedule, Strategy
 from fedcare.core.errors import ConfigError
-from fedcare.privacy.spec import DPSpec, parse_dp
+from fedcare.privacy.spec import DPSpec, SampleDPSpec, parse_dp, parse_sample_dp
 from fedcare.transforms.pipeline import Stage, UploadPipeline, check_combination, parse_stages
 from fedcare.transforms.secure import SecureSpec, parse_secure
 
@@ -68,6 +68,7 @@ _PARAMS = {
     "aggregator_params",
     "upload",
     "dp",
+    "sample_dp",
     "secure",
 }
 
@@ -112,6 +113,42 @@ def _check_privacy(
         raise ConfigError(
             f"strategy '{name}': DP-FedAvg's noise is calibrated to a clipped sum; robust rule "
             f"'{aggregator}' changes the sensitivity, so the epsilon would be wrong"
+        )
+
+
+# Strategies whose sites train or report something from their rows outside the DP-SGD
+# steps: sample-level DP would not cover it, so they are refused.
+_NOT_SAMPLE_PRIVATE = {
+    "qfedavg": "each site reports its loss at the global model on its training rows (its "
+    "q-FedAvg weight), computed without noise",
+    "ditto": "each site trains its personal model in a second pass outside DP-SGD and "
+    "reports that model's results",
+    "mocha": "each site's own model is trained outside DP-SGD and sent to the coordinator",
+    "fedbn": "it keeps batch-norm layers at the sites, and DP-SGD cannot train models with "
+    "batch-norm statistics (they mix rows within a batch)",
+}
+
+
+def _check_sample_dp(name: str, key: str, sample_dp: SampleDPSpec | None, finetune: int) -> None:
+    """Refuse sample-level DP-SGD where rows would reach a result outside its steps.
+
+    Everything the coordinator derives from DP-SGD models (FedProx's and SCAFFOLD's local
+    objectives, control variates, robust rules, compression, client-level ``dp``, ``secure``)
+    is post-processing and keeps each site's epsilon; epochs and steps both work (each
+    site's steps per round are ``local.steps_for(n_k)`` at q = batch_size / n_k).
+    """
+    if sample_dp is None:
+        return
+    if key in _NOT_SAMPLE_PRIVATE:
+        raise ConfigError(
+            f"strategy '{name}': sample_dp (DP-SGD) does not apply to {key}: "
+            f"{_NOT_SAMPLE_PRIVATE[key]}"
+        )
+    if finetune:
+        raise ConfigError(
+            f"strategy '{name}': sample_dp (DP-SGD) covers federated training only; "
+            f"finetune_epochs ({finetune}) trains the final model on each site's rows "
+            "without it; drop finetune_epochs"
         )
 
 
@@ -198,10 +235,17 @@ def build_strategy(
         if params.get("secure")
         else None
     )
+    sample_dp = (
+        parse_sample_dp(params["sample_dp"], where=f"strategy '{name}' sample_dp")
+        if params.get("sample_dp") is not None
+        else None
+    )
     _check_privacy(name, key, dp, secure, aggregator, stages)
+    _check_sample_dp(name, key, sample_dp, personal.finetune_epochs)
     return Strategy(
         name=label or key,
         dp=dp,
+        sample_dp=sample_dp,
         secure=secure,
         personal=personal,
         aggregator=aggregator,

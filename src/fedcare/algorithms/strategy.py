@@ -26,7 +26,7 @@ from fedcare.core.records import (
     TrainSpec,
 )
 from fedcare.core.vectors import FloatVector
-from fedcare.privacy.spec import DPSpec
+from fedcare.privacy.spec import DPSpec, SampleDPSpec
 from fedcare.transforms.pipeline import UploadPipeline
 from fedcare.transforms.secure import SecureSpec
 
@@ -52,6 +52,7 @@ class Strategy:
     aggregator_params: dict[str, float] = field(default_factory=dict)
     upload: UploadPipeline = field(default_factory=UploadPipeline)  # clip / compress stages
     dp: DPSpec | None = None  # client-level differential privacy
+    sample_dp: SampleDPSpec | None = None  # sample-level DP-SGD inside local training
     secure: SecureSpec | None = None  # secure aggregation or encryption of the uploads
 
     def robust_rule(self) -> RobustAggregator | None:
@@ -88,7 +89,11 @@ class Strategy:
             if weight is not None
             else aggregation_weight(outcome.num_samples, self.weighting),
             extras=extras,
-            metrics={"train_loss": outcome.train_loss, "num_samples": float(outcome.num_samples)},
+            metrics={
+                "train_loss": outcome.train_loss,
+                "num_samples": float(outcome.num_samples),
+                **outcome.metrics,
+            },
         )
         return new_site_state, update
 

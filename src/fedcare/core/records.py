@@ -87,6 +87,8 @@ class LocalOutcome:
     num_steps: int
     train_loss: float
     start_loss: float | None = None  # loss of the starting model on the site's rows (q-FedAvg)
+    # Numbers the site reports beside its update (sample-level DP-SGD: its epsilon so far).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -16,7 +16,8 @@ per-sample gradient is g unfold(a)^T, as Opacus computes it. Tests check both pa
 
 The trainer has :class:`fedcare.ml.trainer.LocalTrainer`'s interface: flat start vectors
 in, :class:`TrainResult` out. Schedules come from :func:`poisson_schedule` (same padded
-format as ``batch_schedule``), seeded from the run's stream.
+format as ``batch_schedule``), seeded from the run's stream by :func:`dp_sgd_generators`;
+each site may have its own noise multiplier (see :mod:`fedcare.privacy.sample_level`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedcare.core.errors import ConfigError, TrainingDivergedError
 from fedcare.core.records import LocalObjective, TrainSpec
+from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
 from fedcare.ml import optim
 from fedcare.ml.databank import DataBank
@@ -47,6 +49,15 @@ from fedcare.models.logistic import LogisticRegression
 from fedcare.models.mlp import MLP
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.mechanisms import secure_rng
+from fedcare.privacy.sample_level import sampling_rate
+
+__all__ = [
+    "DPSGDConfig",
+    "DPSGDTrainer",
+    "dp_sgd_generators",
+    "poisson_schedule",
+    "sampling_rate",
+]
 
 Method = Literal["auto", "vmap", "layerwise"]
 
@@ -74,13 +85,17 @@ class DPSGDConfig:
             )
 
 
-def sampling_rate(num_samples: int, spec: TrainSpec) -> float:
-    """q = batch_size / n: the expected batch is ``spec.batch_size`` rows (full batch: q = 1)."""
-    if num_samples <= 0:
-        raise ConfigError(f"DP-SGD needs a site with at least one row, found {num_samples}")
-    if spec.batch_size is None:
-        return 1.0
-    return min(1.0, spec.batch_size / num_samples)
+def dp_sgd_generators(
+    seeds: SeedStream, round_index: int, site: int
+) -> tuple[np.random.Generator, np.random.Generator]:
+    """(Poisson schedule, noise) generators of one site's round, from the run's seed stream.
+
+    The schedule takes the plain trainer's key ("batches", round, site); the noise a child
+    of ("noise", round, site), a key no other draw uses (client-level DP noise has its own).
+    Used by the simulator and by a deployed site that reproduces it.
+    """
+    noise = seeds.sequence("noise", round_index, site).spawn(1)[0]
+    return seeds.generator("batches", round_index, site), np.random.default_rng(noise)
 
 
 def poisson_schedule(
@@ -278,11 +293,14 @@ class DPSGDTrainer:
         *,
         accountants: Sequence[PrivacyAccountant],
         noise_rngs: Sequence[np.random.Generator] | None = None,
+        noise_multipliers: Sequence[float] | None = None,
     ) -> TrainResult:
         """Train ``sites`` from ``starts`` (K, P) along Poisson ``schedules``.
 
         ``accountants`` (one per site) record every step; ``noise_rngs`` (one per site, from
         the run's seed stream for reproducible simulation) default to CSPRNG-seeded ones.
+        ``noise_multipliers`` (one per site, each calibrated to its own sampling rate)
+        replace the config's z.
         """
         k = len(sites)
         if starts.shape != (k, self.layout.size):
@@ -293,6 +311,13 @@ class DPSGDTrainer:
             raise ValueError("one schedule, objective and accountant per site are required")
         if noise_rngs is not None and len(noise_rngs) != k:
             raise ValueError("one noise generator per site is required")
+        if noise_multipliers is None:
+            noise_multipliers = [self.config.noise_multiplier] * k
+        elif len(noise_multipliers) != k:
+            raise ValueError("one noise multiplier per site is required")
+        zs = [float(z) for z in noise_multipliers]
+        for z in zs:
+            DPSGDConfig(z, self.config.clip_norm)  # the config's checks, for each site's z
         out = np.empty((k, self.layout.size), dtype=np.float32)
         steps = np.zeros(k, dtype=np.int64)
         losses = np.zeros(k, dtype=np.float64)
@@ -303,7 +328,7 @@ class DPSGDTrainer:
             state = None if opt_states is None else opt_states[i]
             out[i], steps[i], losses[i], new_state = self._train_site(
                 bank, int(site), starts[i], schedules[i], objectives[i], spec, state,
-                accountants[i], rng,
+                accountants[i], rng, zs[i],
             )  # fmt: skip
             states.append(new_state)
         finite = np.isfinite(out).all(axis=1)
@@ -326,16 +351,20 @@ class DPSGDTrainer:
         opt_state: dict[str, torch.Tensor] | None,
         accountant: PrivacyAccountant,
         rng: np.random.Generator,
+        z: float,
     ) -> tuple[npt.NDArray[np.float32], int, float, dict[str, torch.Tensor]]:
         x_site, y_site = bank.site_arrays(site)
         n = int(bank.counts[site])
         q = sampling_rate(n, spec)
         expected_batch = q * n
-        z, clip = self.config.noise_multiplier, self.config.clip_norm
+        clip = self.config.clip_norm
         noise_std = z * clip if z > 0 else 0.0
         mask = self.layout.mask()
         trainable = None if mask.all() else torch.from_numpy(mask)  # None: skip the multiply
-        anchor = torch.from_numpy(objective.anchor if objective.anchor is not None else start)
+        # Copies: ``start`` may be a read-only broadcast view of the global model.
+        anchor = torch.from_numpy(
+            np.array(objective.anchor if objective.anchor is not None else start, np.float32)
+        )
         correction = (
             torch.from_numpy(objective.correction) if objective.correction is not None else None
         )

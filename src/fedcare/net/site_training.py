@@ -4,11 +4,21 @@ It does for one site what the simulator does for that site: the model built from
 plan, the batch order drawn from the run's seed stream under (purpose, round, site index),
 the same :class:`~fedcare.ml.trainer.LocalTrainer` and the same evaluation counts, so a
 deployed run reaches the simulator's model.
+
+Under the plan's ``sample_dp`` the site trains with :class:`~fedcare.ml.dp_sgd.DPSGDTrainer`
+instead, with the noise multiplier it calibrates from the plan and its own row count (as the
+simulator does for it), charges its own accountant at every step and reports its epsilon so
+far with each update (``metrics["sample_epsilon"]``). Its Poisson batches and noise come
+from the OS CSPRNG by default: the plan's seed is known to the coordinator, which could
+otherwise replay the noise and the batches and void the guarantee. ``sample_noise="plan"``
+draws them from the plan's seed stream exactly as the simulator does, for a validation run
+that must reproduce the simulator's model (never for real patient data).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -21,19 +31,32 @@ from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
 from fedcare.data.base import SiteData
 from fedcare.ml.databank import DataBank
+from fedcare.ml.dp_sgd import DPSGDConfig, DPSGDTrainer, dp_sgd_generators, poisson_schedule
 from fedcare.ml.evaluate import evaluate_vector
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import local_tensor_mask
-from fedcare.ml.trainer import LocalTrainer, Mode
+from fedcare.ml.trainer import LocalTrainer, Mode, TrainResult
 from fedcare.models.registry import build_model
+from fedcare.privacy.mechanisms import secure_rng
+from fedcare.privacy.sample_level import SampleLevelPrivacy
 from fedcare.runtime.rounds import RunPlan
 from fedcare.runtime.site import TrainTask
+
+SampleNoise = Literal["secret", "plan"]
+SAMPLE_EPSILON = "sample_epsilon"  # the update metric carrying the site's DP-SGD epsilon
 
 
 class SiteTraining:
     """Implements :class:`fedcare.runtime.site.LocalWork` for one site and one plan."""
 
-    def __init__(self, plan: RunPlan, data: SiteData, mode: Mode = "auto") -> None:
+    def __init__(
+        self,
+        plan: RunPlan,
+        data: SiteData,
+        mode: Mode = "auto",
+        *,
+        sample_noise: SampleNoise = "secret",
+    ) -> None:
         shape = tuple(data.x_train.shape[1:])
         if shape != plan.input_shape:
             raise ConfigError(
@@ -57,6 +80,18 @@ class SiteTraining:
         self.bank = DataBank.from_arrays([data.x_train], [data.y_train])
         self.x_test = torch.from_numpy(data.x_test)
         self.y_test = torch.from_numpy(data.y_test)
+        self.sample_noise: SampleNoise = sample_noise
+        self.sample_private: SampleLevelPrivacy | None = None
+        self.dp_trainer: DPSGDTrainer | None = None
+        strategy = plan.build_strategy()
+        if strategy.sample_dp is not None:
+            n = {self.name: int(self.bank.counts[0])}
+            spec = strategy.local_spec(plan.spec)
+            self.sample_private = SampleLevelPrivacy(strategy.sample_dp, n, spec, plan.rounds)
+            config = DPSGDConfig(
+                self.sample_private.noise_multiplier(self.name), strategy.sample_dp.clip_norm
+            )
+            self.dp_trainer = DPSGDTrainer(self.module, plan.num_classes, config)
 
     @property
     def num_params(self) -> int:
@@ -64,10 +99,17 @@ class SiteTraining:
 
     def train(self, task: TrainTask) -> LocalOutcome:
         n = int(self.bank.counts[0])
-        rng = SeedStream(task.seed).generator(task.purpose, task.round, task.site_index)
-        schedule = batch_schedule(n, task.spec, rng)
         start = np.ascontiguousarray(task.start, dtype=np.float32)[None, :]
-        result = self.trainer.train(self.bank, [0], start, [schedule], [task.objective], task.spec)
+        metrics: dict[str, float] = {}
+        if self.sample_private is not None:
+            result = self._train_private(task, start, self.sample_private)
+            metrics[SAMPLE_EPSILON] = self.sample_private.epsilons()[self.name]
+        else:
+            rng = SeedStream(task.seed).generator(task.purpose, task.round, task.site_index)
+            schedule = batch_schedule(n, task.spec, rng)
+            result = self.trainer.train(
+                self.bank, [0], start, [schedule], [task.objective], task.spec
+            )
         start_loss = None
         if task.start_loss:
             x, y = self.bank.site_arrays(0)
@@ -80,6 +122,35 @@ class SiteTraining:
             num_steps=int(result.num_steps[0]),
             train_loss=float(result.train_loss[0]),
             start_loss=start_loss,
+            metrics=metrics,
+        )
+
+    def _train_private(
+        self, task: TrainTask, start: npt.NDArray[np.float32], private: SampleLevelPrivacy
+    ) -> TrainResult:
+        """DP-SGD on this site's rows; every step is charged to the site's own accountant."""
+        if self.dp_trainer is None:
+            raise ConfigError(f"site '{self.name}': sample_dp without a DP-SGD trainer")
+        if task.purpose != "batches":
+            raise ConfigError(
+                f"site '{self.name}': sample_dp covers the round's federated training only; "
+                f"refusing a '{task.purpose}' pass (personal models, fine-tuning) on its rows"
+            )
+        if self.sample_noise == "plan":
+            batches, noise = dp_sgd_generators(SeedStream(task.seed), task.round, task.site_index)
+        else:
+            batches, noise = secure_rng(), secure_rng()
+        schedule = poisson_schedule(int(self.bank.counts[0]), task.spec, batches)
+        return self.dp_trainer.train(
+            self.bank,
+            [0],
+            start,
+            [schedule],
+            [task.objective],
+            task.spec,
+            accountants=[private.accountants[self.name]],
+            noise_rngs=[noise],
+            noise_multipliers=[private.noise_multiplier(self.name)],
         )
 
     def evaluate(self, params: FloatVector) -> EvalStats:
@@ -91,10 +162,12 @@ class SiteTraining:
         return local_tensor_mask(self.module, self.layout, kind)
 
 
-def site_training(data: SiteData, mode: Mode = "auto") -> Callable[[RunPlan], SiteTraining]:
+def site_training(
+    data: SiteData, mode: Mode = "auto", *, sample_noise: SampleNoise = "secret"
+) -> Callable[[RunPlan], SiteTraining]:
     """The work factory a :class:`~fedcare.runtime.site.SiteMachine` takes for this site's data."""
 
     def build(plan: RunPlan) -> SiteTraining:
-        return SiteTraining(plan, data, mode)
+        return SiteTraining(plan, data, mode, sample_noise=sample_noise)
 
     return build

@@ -12,6 +12,12 @@
 
 Give ``epsilon`` (the noise multiplier is calibrated for the run's rounds and site sampling
 rate) or ``noise_multiplier`` directly (epsilon is then reported, not targeted).
+
+``sample_dp`` (:class:`SampleDPSpec`) is the other unit of privacy: DP-SGD inside each
+site's local training protects every *row* (patient record) against anyone who sees the
+site's updates or the models built from them, with an epsilon per site. ``dp`` protects a
+site's whole contribution. They compose and may both be on; ``secure`` adds no epsilon,
+it hides each site's update so the coordinator sees only the sum.
 """
 
 from __future__ import annotations
@@ -145,5 +151,64 @@ def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
         delta=delta,
         clip_norm=_positive(raw.get("clip_norm", 1.0), "clip_norm", where),
         adaptive_clip=adaptive,
+        accountant=accountant,
+    )
+
+
+_SAMPLE_KEYS = {"epsilon", "noise_multiplier", "delta", "clip_norm", "accountant"}
+
+
+@dataclass(frozen=True)
+class SampleDPSpec:
+    """Sample-level DP-SGD at every site: each training row is protected, not a whole site.
+
+    Every local step clips each row's gradient to ``clip_norm`` and adds N(0, (zC)^2); each
+    site's accountant counts its own steps at q = batch_size / n_k. With ``epsilon`` the
+    noise multiplier is calibrated per site (see :mod:`fedcare.privacy.sample_level`).
+    """
+
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    clip_norm: float = 1.0
+    accountant: AccountantKind = "rdp"
+
+    @property
+    def label(self) -> str:
+        target = (
+            f"ε={self.epsilon:g}" if self.epsilon is not None else f"z={self.noise_multiplier:g}"
+        )
+        return f"sample-level DP-SGD {target}, δ={self.delta:g}, C={self.clip_norm:g}"
+
+
+def parse_sample_dp(raw: Mapping[str, Any], *, where: str = "sample_dp") -> SampleDPSpec:
+    """A SampleDPSpec from a config mapping; every problem names the key and what was expected."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of DP-SGD settings, found {raw!r}")
+    unknown = sorted(set(raw) - _SAMPLE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SAMPLE_KEYS)}")
+    has_eps, has_z = raw.get("epsilon") is not None, raw.get("noise_multiplier") is not None
+    if has_eps == has_z:
+        raise ConfigError(
+            f"{where}: give exactly one of 'epsilon' (each site's noise is calibrated to reach "
+            f"it) or 'noise_multiplier' (each site's epsilon is reported), found "
+            f"{'both' if has_eps else 'neither'}"
+        )
+    delta = _positive(raw.get("delta", 1e-5), "delta", where)
+    if delta >= 1:
+        raise ConfigError(f"{where}: 'delta' must be < 1, found {delta}")
+    accountant = raw.get("accountant", "rdp")
+    if accountant not in ACCOUNTANT_KINDS:
+        raise ConfigError(
+            f"{where}: 'accountant' must be one of {ACCOUNTANT_KINDS}, found {accountant!r}"
+        )
+    return SampleDPSpec(
+        epsilon=_positive(raw["epsilon"], "epsilon", where) if has_eps else None,
+        noise_multiplier=_positive(raw["noise_multiplier"], "noise_multiplier", where)
+        if has_z
+        else None,
+        delta=delta,
+        clip_norm=_positive(raw.get("clip_norm", 1.0), "clip_norm", where),
         accountant=accountant,
     )

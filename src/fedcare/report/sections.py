@@ -170,7 +170,8 @@ def _kib(value: float | int | None) -> str:
 
 
 def privacy_section(results: StudyResults) -> str:
-    """Each strategy's protection and the privacy it spent (epsilon at its delta)."""
+    """Each strategy's protection and the privacy it spent (epsilon at its delta), then
+    sample-level DP-SGD's epsilon at every site."""
     rows = []
     for s in results.strategies:
         hp = s.hyperparameters
@@ -185,16 +186,55 @@ def privacy_section(results: StudyResults) -> str:
             f"<td class='num'>{eps_text}</td><td class='num'>{_e(hp.get('privacy.delta', '—'))}</td>"
             f"<td class='num'>{_num(_mean(_stat_dict(s.overall.get('mean_site_accuracy'))))}</td></tr>"
         )
-    if not rows:
+    sample = _sample_privacy_table(results)
+    if not rows and not sample:
         return ""
-    return (
-        "<h2>Privacy</h2><p class='note'>Epsilon is the client-level privacy spent by the end "
+    client = (
+        "<p class='note'>Epsilon is the client-level privacy spent by the end "
         "of training (each hospital's whole contribution is protected), accounted with "
         "dp-accounting at the stated delta. Secure aggregation and encryption hide each "
         "hospital's update from the coordinator; they add no epsilon.</p>"
         "<table><thead><tr><th>Strategy</th><th>Differential privacy</th><th>Hidden by</th>"
         "<th class='num'>ε spent</th><th class='num'>δ</th><th class='num'>mean site acc.</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        if rows
+        else ""
+    )
+    return "<h2>Privacy</h2>" + client + sample
+
+
+def _sample_privacy_table(results: StudyResults) -> str:
+    """Sample-level DP-SGD: one line per strategy and site, the worst site highlighted."""
+    rows = []
+    for s in results.strategies:
+        block = s.extra.get("sample_privacy")
+        if not isinstance(block, dict) or not isinstance(block.get("epsilon"), dict):
+            continue
+        worst = block.get("worst_site")
+        zs, qs = block.get("noise_multiplier") or {}, block.get("sampling_rate") or {}
+        for site, eps in block["epsilon"].items():
+            mark = site == worst
+            badge = " <span class='kind'>worst</span>" if mark else ""
+            std = eps.get("std") if isinstance(eps, dict) else None
+            spread = f" <span class='pm'>± {std:.3f}</span>" if isinstance(std, float) else ""
+            rows.append(
+                f"<tr><td>{_e(s.label or s.name)}</td><td>{_e(site)}{badge}</td>"
+                f"<td class='num{' worse' if mark else ''}'>{_num(_mean(eps))}{spread}</td>"
+                f"<td class='num'>{_e(block.get('delta', '—'))}</td>"
+                f"<td class='num'>{_num(zs.get(site))}</td>"
+                f"<td class='num'>{_num(qs.get(site))}</td></tr>"
+            )
+    if not rows:
+        return ""
+    return (
+        "<h3>Sample-level DP-SGD</h3><p class='note'>Each site trains with DP-SGD (per-row "
+        "clipping, Gaussian noise, Poisson batches), which protects every patient record "
+        "within the site; each site's epsilon (mean ± std over seeds, accounted with "
+        "dp-accounting at δ) covers its own rows, and the study's is the worst site's. "
+        "z is the site's noise multiplier, q its sampling rate (batch size / rows).</p>"
+        "<table><thead><tr><th>Strategy</th><th>Site</th><th class='num'>ε spent</th>"
+        "<th class='num'>δ</th><th class='num'>z</th><th class='num'>q</th></tr></thead>"
+        "<tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 

@@ -37,11 +37,13 @@ from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, Site
 from fedcare.core.seeds import SeedStream
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.ml.databank import DataBank
+from fedcare.ml.dp_sgd import DPSGDConfig, DPSGDTrainer, dp_sgd_generators, poisson_schedule
 from fedcare.ml.evaluate import evaluate_vector
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import local_tensor_mask
-from fedcare.ml.trainer import LocalTrainer, Mode
+from fedcare.ml.trainer import LocalTrainer, Mode, TrainResult
 from fedcare.privacy.client_level import PrivateRounds
+from fedcare.privacy.sample_level import SampleLevelPrivacy
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.sampling import Participation, sample_sites
 from fedcare.runtime.secure_round import mean_of_sum, secure_input
@@ -66,6 +68,8 @@ class RoundRecord:
     pooled_metrics: dict[str, float] = field(default_factory=dict)
     site_upload_bytes: dict[str, int] = field(default_factory=dict)  # what each site sent
     epsilon: float | None = None  # privacy spent so far (client-level DP), at the run's delta
+    # Sample-level DP-SGD: each site's epsilon so far, at the run's sample_dp delta.
+    sample_epsilon: dict[str, float] | None = None
 
     def mean_site(self, metric: str) -> float:
         values = [m[metric] for m in self.site_metrics.values()]
@@ -81,6 +85,8 @@ class RunResult:
     site_states: dict[str, SiteState] = field(default_factory=dict)
     # Personalised runs also keep the shared global model's scores, to show each site's gain.
     reference_evals: dict[str, dict[str, EvalStats]] = field(default_factory=dict)
+    # Sample-level DP-SGD settings (delta, accountant, each site's z); empty without it.
+    sample_dp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def upload_bytes(self) -> int:
@@ -170,6 +176,15 @@ class FederatedSimulation:
             else None
         )
         self.summer = build_summer(strategy.secure, seed) if strategy.secure is not None else None
+        # Sample-level DP-SGD: sites train with DPSGDTrainer, each charging its own accountant.
+        self.sample_private: SampleLevelPrivacy | None = None
+        self.dp_trainer: DPSGDTrainer | None = None
+        if strategy.sample_dp is not None:
+            counts = {n: int(c) for n, c in zip(self.names, self.bank.counts, strict=True)}
+            self.sample_private = SampleLevelPrivacy(strategy.sample_dp, counts, self.spec, rounds)
+            z = max(p.noise_multiplier for p in self.sample_private.plans.values())
+            config = DPSGDConfig(noise_multiplier=z, clip_norm=strategy.sample_dp.clip_norm)
+            self.dp_trainer = DPSGDTrainer(module, dataset.num_classes, config)
         # Secure summation carries weights normalised by the largest possible one (public),
         # so every entry stays inside the ring's range.
         self.max_weight = max(
@@ -190,6 +205,8 @@ class FederatedSimulation:
             site_states.update(ckpt.site_states)
             if self.private is not None and "privacy" in ckpt.extra:
                 self.private.restore(ckpt.extra["privacy"])
+            if self.sample_private is not None and "sample_privacy" in ckpt.extra:
+                self.sample_private.restore(ckpt.extra["sample_privacy"])
         while state.round < self.rounds:
             started = time.perf_counter()
             state, record = self._round(state, site_states)
@@ -205,17 +222,24 @@ class FederatedSimulation:
                 extra: dict[str, Any] = {"history": [r.__dict__ for r in history]}
                 if self.private is not None:
                     extra["privacy"] = self.private.to_dict()
+                if self.sample_private is not None:
+                    extra["sample_privacy"] = self.sample_private.to_dict()
                 save_checkpoint(self.checkpoint_dir, state, site_states, extra)
             if progress is not None:
                 progress(record)
         global_eval = self.tests.evaluate_global(self.module, layout, state.params)
+        sample_dp = {} if self.sample_private is None else self.sample_private.describe()
         if not self.personal.active:
-            return RunResult(history, [state.params], global_eval, state, site_states)
+            return RunResult(
+                history, [state.params], global_eval, state, site_states, sample_dp=sample_dp
+            )
         models = self._personal_models(state, site_states)
         if self.personal.finetune_epochs:
             models = self._finetune(models)
         final_eval = self.tests.evaluate_own(self.module, layout, models)
-        return RunResult(history, models, final_eval, state, site_states, {"global": global_eval})
+        return RunResult(
+            history, models, final_eval, state, site_states, {"global": global_eval}, sample_dp
+        )
 
     def _personal_models(
         self, state: ServerState, site_states: dict[str, SiteState]
@@ -270,6 +294,9 @@ class FederatedSimulation:
             seconds=0.0,
             site_upload_bytes=uploads,
             epsilon=None if self.private is None else self.private.epsilon(),
+            sample_epsilon=None
+            if self.sample_private is None
+            else self.sample_private.close_round(new_state.round),
         )
         return new_state, record
 
@@ -287,6 +314,46 @@ class FederatedSimulation:
             )
             for k in sites
         ]
+
+    def _train_sites(
+        self,
+        sites: Sequence[int] | npt.NDArray[np.int64],
+        starts: npt.NDArray[np.float32],
+        round_index: int,
+        objectives: list[LocalObjective],
+    ) -> TrainResult:
+        """One round's local training: plain batches, or DP-SGD under ``sample_dp``.
+
+        DP-SGD draws each site's Poisson batches and noise from the run's seed stream
+        (:func:`~fedcare.ml.dp_sgd.dp_sgd_generators`), as a deployed site can reproduce.
+        """
+        if self.dp_trainer is None or self.sample_private is None:
+            return self.trainer.train(
+                self.bank,
+                [int(k) for k in sites],
+                starts,
+                self._schedules(sites, round_index),
+                objectives,
+                self.spec,
+            )
+        private = self.sample_private
+        schedules, noise_rngs = [], []
+        for k in sites:
+            batches, noise = dp_sgd_generators(self.seeds, round_index, int(k))
+            schedules.append(poisson_schedule(int(self.bank.counts[k]), self.spec, batches))
+            noise_rngs.append(noise)
+        names = [self.names[int(k)] for k in sites]
+        return self.dp_trainer.train(
+            self.bank,
+            [int(k) for k in sites],
+            starts,
+            schedules,
+            objectives,
+            self.spec,
+            accountants=[private.accountants[n] for n in names],
+            noise_rngs=noise_rngs,
+            noise_multipliers=[private.noise_multiplier(n) for n in names],
+        )
 
     def _parallel_round(
         self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
@@ -309,14 +376,7 @@ class FederatedSimulation:
                 starts = np.broadcast_to(state.params, (len(chunk), state.params.size))
             else:
                 starts = np.stack([site_start(state.params, site_states[n], mask) for n in names])
-            result = self.trainer.train(
-                self.bank,
-                chunk.tolist(),
-                starts,
-                self._schedules(chunk, state.round),
-                objectives,
-                self.spec,
-            )
+            result = self._train_sites(chunk, starts, state.round, objectives)
             start_losses = (
                 self._start_losses(starts, chunk) if self.strategy.needs_start_loss else None
             )
@@ -505,14 +565,7 @@ class FederatedSimulation:
         for k in sampled:
             name = self.names[k]
             objective = self.strategy.objective(state, site_states[name])
-            result = self.trainer.train(
-                self.bank,
-                [int(k)],
-                params[None, :],
-                self._schedules([k], state.round),
-                [objective],
-                self.spec,
-            )
+            result = self._train_sites([int(k)], params[None, :], state.round, [objective])
             params = result.params[0].copy()
             uploads[name] = params.nbytes
             losses.append(float(result.train_loss[0]))

@@ -83,6 +83,9 @@ def summarise_strategy(
                 for i in range(min(len(e) for e in epsilons))
             ],
         }
+    sample = summarise_sample_privacy(runs, site_names)
+    if sample is not None:
+        entry["sample_privacy"] = sample
     if all(run.importance for run in runs):
         entry["explanations"] = summarise_importance(runs, feature_names or [], site_names)
     if all("global" in run.result.reference_evals for run in runs):
@@ -96,6 +99,46 @@ def summarise_strategy(
             for site in site_names
         }
     return entry
+
+
+def summarise_sample_privacy(
+    runs: Sequence[SeedRun], site_names: Sequence[str]
+) -> dict[str, Any] | None:
+    """Sample-level DP-SGD: each site's epsilon by the end (mean ± std over seeds), its
+    epsilon after every round (mean over seeds) and the worst site; None without it."""
+    histories = [run.result.history for run in runs]
+    if not histories or not all(
+        h and all(rec.sample_epsilon is not None for rec in h) for h in histories
+    ):
+        return None
+    rounds = min(len(h) for h in histories)
+    final = {
+        site: stat([(h[-1].sample_epsilon or {}).get(site, float("nan")) for h in histories])
+        for site in site_names
+    }
+    per_round = {
+        site: _finite_or_none(
+            np.array(
+                [
+                    [(h[i].sample_epsilon or {}).get(site, float("nan")) for i in range(rounds)]
+                    for h in histories
+                ]
+            ).mean(axis=0)
+        )
+        for site in site_names
+    }
+    worst = max(site_names, key=lambda s: final[s]["mean"] if final[s]["mean"] is not None else -1)
+    block: dict[str, Any] = {
+        "unit": "sample",
+        "epsilon": final,
+        "worst_site": worst,
+        "worst_epsilon": final[worst],
+        "epsilon_per_round": per_round,
+    }
+    settings = runs[0].result.sample_dp
+    if settings:
+        block.update(settings)
+    return block
 
 
 def add_personalisation_gains(entries: list[dict[str, Any]]) -> None:
