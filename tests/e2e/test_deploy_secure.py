@@ -16,7 +16,7 @@ import pytest
 
 from fedcare.net.store import RunStore
 from fedcare.net.tls import TlsBundle
-from fedcare.runtime.audit import verify
+from fedcare.runtime.audit import compare, verify
 from tests.e2e import test_deploy
 from tests.e2e.test_deploy import ROOT, SITES, Deployment
 
@@ -70,4 +70,24 @@ def test_secagg_with_distributed_dp_finishes_when_a_site_dies_mid_sum(
     report = verify(dep.out / "audit.log", keys)
     assert report.ok, report.summary()
     # Each site's masked input is audited under its hash; the coordinator never saw more.
-    assert (dep.out / "audit.log").read_text().count("update_accepted") == 4 + 3 + 4
+    log = dep.out / "audit.log"
+    assert log.read_text().count('"kind":"update_accepted"') == 4 + 3 + 4
+
+    # Every hospital kept a verified copy of the entries that concern it; an edit of the
+    # coordinator's log after the fact shows against any copy that holds the entry.
+    for site in SITES:
+        copy = dep.root / "sites" / site / "audit-copy.log"
+        assert verify(copy, keys, partial=True).ok
+        assert compare(log, copy, site) == []
+        assert f'"site":"{site}"' in copy.read_text()
+    # The coordinator rewrites an entry about cleveland (new body, new hash): its own log
+    # may be re-signed by whoever holds its key, but cleveland's copy still holds the original.
+    lines = log.read_text().splitlines()
+    edited = next(i for i, line in enumerate(lines) if '"site":"cleveland"' in line)
+    entry = json.loads(lines[edited])
+    entry["body"]["site"], entry["hash"] = "hungarian", "f" * 64
+    lines[edited] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    log.write_text("\n".join(lines) + "\n")
+    problems = compare(log, dep.root / "sites" / "cleveland" / "audit-copy.log", "cleveland")
+    assert [p.kind for p in problems] == ["differs"]
+    assert problems[0].index == entry["index"]

@@ -52,7 +52,7 @@ from fedcare.net.run_files import (
 from fedcare.net.store import RunStore
 from fedcare.net.table_site import DATA_INVALID
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
-from fedcare.runtime.audit import AuditLog
+from fedcare.runtime.audit import AuditEntry, AuditLog
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
 from fedcare.runtime.coordinator import (
     CoordinatorMachine,
@@ -61,7 +61,7 @@ from fedcare.runtime.coordinator import (
     Phase,
     RuntimeEvent,
 )
-from fedcare.runtime.messages import ErrorReport
+from fedcare.runtime.messages import AuditCopy, ErrorReport
 from fedcare.runtime.rounds import RunPlan
 
 Log = Callable[[str], None]
@@ -250,7 +250,27 @@ class CoordinatorDriver:
             body = {"run_id": run, "round": ev.round, **detail}
             if ev.site:
                 body["site"] = ev.site
-            self.audit.append(ev.kind, self.security.author, body, self.signing_key)
+            sites = detail.get("requested", detail.get("participants"))
+            if isinstance(sites, list):
+                body["sites"] = sites  # every site a round entry concerns keeps a copy
+            if ev.kind in {"run_finished", "run_failed"}:
+                body["broadcast"] = True
+            entry = self.audit.append(ev.kind, self.security.author, body, self.signing_key)
+            self._share_audit_entry(entry)
+
+    def _share_audit_entry(self, entry: AuditEntry) -> None:
+        """Send a signed entry to each connected site it concerns, for the site's own copy.
+
+        Under --insecure there is no certificate to verify it with, so nothing is sent.
+        """
+        bundle = self.security.bundle
+        if bundle is None:
+            return
+        certificate = bundle.cert_pem.decode("ascii")
+        for site, link in self.links.items():
+            if entry.concerns(site):
+                copy = AuditCopy(self.run_id, self.machine.round, entry.to_dict(), certificate)
+                link.send(copy.to_envelope())
 
     def _acknowledge_data_problem(self, site: str, problems: list[str]) -> None:
         """Tell a site whose data failed that it takes no part, so its agent can stop (it

@@ -8,6 +8,9 @@ exponential back-off; a refused certificate is not retried. The machine's per-si
 (SCAFFOLD control variate, personal model) is written atomically after every message that
 changes it, so a site that crashes and restarts rejoins with it. A site with a privacy
 budget keeps it in a ledger file in the same folder (:func:`open_budget`), per dataset.
+The coordinator's signed audit entries that concern this site arrive as ``audit_entry``
+messages; each is checked (certificate from the study CA, signature, hash, concerns this
+site) and appended to ``audit-copy.log`` there, the site's own evidence of what happened.
 """
 
 from __future__ import annotations
