@@ -10,6 +10,7 @@ round completes with three sites.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -91,3 +92,39 @@ def test_secagg_with_distributed_dp_finishes_when_a_site_dies_mid_sum(
     problems = compare(log, dep.root / "sites" / "cleveland" / "audit-copy.log", "cleveland")
     assert [p.kind for p in problems] == ["differs"]
     assert problems[0].index == entry["index"]
+
+
+@pytest.mark.parametrize("deployment", [2], indirect=True)
+def test_ckks_study_over_mtls_with_the_hospitals_shared_key_set(deployment: Deployment) -> None:
+    dep = deployment
+    dep.study.write_text(
+        dep.study.read_text().replace(
+            "  - name: fedavg\n", "  - name: fedavg\n    params: {secure: encrypt}\n"
+        )
+    )
+    dep.approve_everywhere()
+    subprocess.run(
+        [sys.executable, "-m", "fedcare.cli.main", "site", "he-keys", "create", "he.key"],
+        cwd=dep.root,
+        check=True,
+        capture_output=True,
+    )
+    coordinator, port = dep.coordinator("--run-id", "ckks-run", "--start-grace", "120")
+    for site in SITES:
+        dep.spawn(
+            site,
+            [
+                sys.executable, "-m", "fedcare.cli.main", "site", "start",
+                "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{site}",
+                "--data", f"heart-disease:{site}", "--state", f"sites/{site}",
+                "--he-keys", "he.key",
+            ],
+        )  # fmt: skip
+    assert coordinator.wait(timeout=180) == 0, dep.log("coordinator").read_text()
+    with RunStore.in_folder(dep.out) as store:
+        rounds = store.rounds("ckks-run")
+        assert [sorted(r.by_status("contributed")) for r in rounds] == [sorted(SITES)] * 2
+    for site in SITES:
+        assert "CKKS key set" in dep.log(site).read_text()
+    # The coordinator saw ciphertexts and one decrypted sum per round, never the key.
+    assert "he.key" not in dep.log("coordinator").read_text()

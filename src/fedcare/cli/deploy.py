@@ -480,6 +480,14 @@ def site_start(
     budget_delta: Annotated[
         float | None, typer.Option(help="Privacy budget (delta), with --budget-epsilon.")
     ] = None,
+    he_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--he-keys",
+            help="The CKKS key set the hospitals share (plans with secure: encrypt); made "
+            "with 'fedcare site he-keys create', never given to the coordinator.",
+        ),
+    ] = None,
     chunk_mib: ChunkMiB = 4.0,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
@@ -518,6 +526,12 @@ def site_start(
             f"left: epsilon {eps_left:.4g}, delta {delta_left:.3g} (ledger in {state})"
         )
     approvals = ApprovalStore(state / "approvals.json")
+    keys = None
+    if he_keys is not None:
+        from fedcare.he.key_files import read_key_set
+
+        keys = read_key_set(he_keys)
+        _log(f"CKKS key set {keys.key_id.hex()} loaded from {he_keys}")
     machine: Any
     if table is not None:
         machine = TableSiteMachine(
@@ -528,6 +542,7 @@ def site_start(
             log=_plain_log,
             coordinator="coordinator",
             budget=budget,
+            he_keys=keys,
         )
         check = machine.data
     else:
@@ -538,7 +553,13 @@ def site_start(
             return site_training(rows)(plan)
 
         machine = SiteMachine(
-            site_name, approvals, check, work, coordinator="coordinator", budget=budget
+            site_name,
+            approvals,
+            check,
+            work,
+            coordinator="coordinator",
+            budget=budget,
+            he_keys=keys,
         )
     if check.ok and table is not None:
         _log(
