@@ -228,11 +228,9 @@ class SecAggClient:
             self._mask = np.zeros(self.config.vector_length, dtype=np.uint32)
             add_masks(self._mask, masks)
             return [], ClientState.AWAIT_INPUT
-        masked = self._input  # masked in place: the plain input is never needed again
-        add_masks(masked, masks)
-        return [
-            MaskedInput(self.config.session_id, self.client_id, masked)
-        ], ClientState.AWAIT_UNMASK
+        add_masks(self._input, masks)  # in place: the plain input is never needed again
+        masked = MaskedInput(self.config.session_id, self.client_id, self._input)
+        return [masked], ClientState.AWAIT_UNMASK
 
     def _on_unmask_request(self, message: UnmaskRequest) -> _Outcome:
         want_b, want_s = message.self_mask_owners, message.secret_key_owners
