@@ -278,9 +278,14 @@ def test_a_site_whose_data_fails_the_check_is_left_out_after_the_grace_period(to
     net = deploy(toy, heart_plan(toy, "fedavg", rounds=1), tmp_path, options)
     broken = toy.site_names[2]
     net.sites[broken].data = DataCheck(False, {}, ["column 'age' is missing"])
+    acknowledged = []
+    handle = net.sites[broken].handle
+    net.sites[broken].handle = lambda env, now: acknowledged.append(env) or handle(env, now)
     connect_all(net)
     net.run()
     assert net.coordinator.phase is Phase.WAITING  # waits for every sampled site first
+    # The site is told it takes no part (so its agent can stop instead of waiting).
+    assert [(e.kind, e.header["code"]) for e in acknowledged] == [("error_report", "data_invalid")]
     problems = [e for e in events(net) if e.kind == "data_problem"]
     assert problems[0].site == broken and problems[0].detail["problems"] == [
         "column 'age' is missing"

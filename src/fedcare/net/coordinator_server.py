@@ -50,7 +50,6 @@ from fedcare.net.run_files import (
     write_json_atomic,
 )
 from fedcare.net.store import RunStore
-from fedcare.net.table_site import DATA_INVALID
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditEntry, AuditLog
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
@@ -61,7 +60,7 @@ from fedcare.runtime.coordinator import (
     Phase,
     RuntimeEvent,
 )
-from fedcare.runtime.messages import AuditCopy, ErrorReport
+from fedcare.runtime.messages import AuditCopy
 from fedcare.runtime.rounds import RunPlan
 
 Log = Callable[[str], None]
@@ -233,7 +232,6 @@ class CoordinatorDriver:
                 )
             elif ev.kind == "data_problem":
                 self.log(f"site '{ev.site}' reports data problems: {detail.get('problems')}")
-                self._acknowledge_data_problem(ev.site, detail.get("problems") or [])
         elif ev.kind == "plan_refused":
             store.set_site_status(run, ev.site, "refused", str(detail.get("reason", "")))
             self.log(f"site '{ev.site}' refused the plan: {detail.get('reason')}")
@@ -271,18 +269,6 @@ class CoordinatorDriver:
             if entry.concerns(site):
                 copy = AuditCopy(self.run_id, self.machine.round, entry.to_dict(), certificate)
                 link.send(copy.to_envelope())
-
-    def _acknowledge_data_problem(self, site: str, problems: list[str]) -> None:
-        """Tell a site whose data failed that it takes no part, so its agent can stop (it
-        would otherwise wait for a plan that never comes)."""
-        link = self.links.get(site)
-        if link is None:
-            return
-        text = (
-            f"run {self.run_id}: this site's data failed its check ({len(problems)} problem(s)); "
-            "it takes no part until the data is fixed and the agent restarted"
-        )
-        link.send(ErrorReport(self.run_id, self.machine.round, DATA_INVALID, text).to_envelope())
 
     def _finish(self) -> None:
         machine = self.machine

@@ -27,11 +27,9 @@ from fedcare.data.base import SiteData
 from fedcare.data.site_table import SiteTableSpec, check_site_table, load_site_table, read_table
 from fedcare.runtime.approvals import canonical
 from fedcare.runtime.envelope import Envelope
-from fedcare.runtime.messages import ErrorReport, Hello, JobPlan, parse_message
+from fedcare.runtime.messages import DATA_INVALID, ErrorReport, Hello, JobPlan, parse_message
 from fedcare.runtime.rounds import RunPlan
 from fedcare.runtime.site import DataCheck, LocalWork, SiteMachine, SitePhase
-
-DATA_INVALID = "data_invalid"  # the coordinator's acknowledgement of a failed data check
 
 
 @dataclass(frozen=True)

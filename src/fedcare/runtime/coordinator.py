@@ -48,6 +48,7 @@ from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     BUDGET_EXCEEDED,
+    DATA_INVALID,
     ApprovalStatus,
     ErrorReport,
     EvalRequest,
@@ -425,8 +426,17 @@ class CoordinatorMachine:
         status.connected = True
         status.data, status.problems, status.data_ok = hello.data, hello.problems, hello.data_ok
         if not hello.data_ok:
+            # Acknowledged, so the site can stop (it would wait for a plan that never comes).
             self._event("data_problem", site, {"problems": hello.problems})
-            return []
+            text = (
+                f"run {self.run_id}: this site's data failed its check ({len(hello.problems)} "
+                "problem(s)); it takes no part until the data is fixed and the agent restarted"
+            )
+            return [
+                Outgoing(
+                    site, ErrorReport(self.run_id, self.round, DATA_INVALID, text).to_envelope()
+                )
+            ]
         self._event("site_hello", site, {"data": hello.data})
         if self.done:
             return [self._finished_message(site)]

@@ -37,6 +37,7 @@ NO_RUN = "none"
 """Run id of a Hello from a site that has not been given a run yet."""
 
 BUDGET_EXCEEDED = "budget_exceeded"
+DATA_INVALID = "data_invalid"  # the coordinator acknowledges a failed data check: no part
 """ErrorReport code: the site's privacy budget refuses the plan, or a further round of it."""
 
 Segments = list[tuple[str, int]]
