@@ -11,7 +11,13 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, TrainSpec
 from fedcare.core.seeds import SeedStream
 from fedcare.ml.databank import DataBank
-from fedcare.ml.dp_sgd import DPSGDConfig, DPSGDTrainer, poisson_schedule, sampling_rate
+from fedcare.ml.dp_sgd import (
+    DPSGDConfig,
+    DPSGDTrainer,
+    dp_sgd_generators,
+    poisson_schedule,
+    sampling_rate,
+)
 from fedcare.ml.losses import per_sample_loss
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import load_vector
@@ -296,3 +302,50 @@ def test_per_sample_gradients_equal_opacus(name):
     theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in wrapped.parameters()], dim=1)
     wrapped._close()
     assert float(((ours - theirs).norm(dim=1) / theirs.norm(dim=1)).max()) < 1e-5
+
+
+def test_each_site_trains_and_is_charged_at_its_own_noise_multiplier():
+    """Per-site z (sample_dp calibrates one per site): a site's noise scales with its own z."""
+    _, bank = bank_for([20, 20])
+    model = build_model("logistic", (5,), 2)
+    trainer = DPSGDTrainer(model, 2, DPSGDConfig(noise_multiplier=1.0, clip_norm=0.5))
+    spec = TrainSpec(lr=1.0, steps=1, batch_size=4)
+    empty = np.full((1, 1), -1, dtype=np.int64)  # pure noise steps
+    start = np.zeros((2, trainer.layout.size), dtype=np.float32)
+    steps = []
+    for seed in range(200):
+        accountants = [PrivacyAccountant(1e-5), PrivacyAccountant(1e-5)]
+        result = trainer.train(
+            bank, [0, 1], start, [empty, empty], [LocalObjective()] * 2, spec,
+            accountants=accountants,
+            noise_rngs=[np.random.default_rng(seed), np.random.default_rng(10_000 + seed)],
+            noise_multipliers=[0.5, 3.0],
+        )  # fmt: skip
+        steps.append(result.params)
+    stds = np.std(np.stack(steps), axis=(0, 2))
+    assert stds == pytest.approx([0.5 * 0.5 / 4, 3.0 * 0.5 / 4], rel=0.07)
+    assert [a.releases[0].noise_multiplier for a in accountants] == [0.5, 3.0]
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        trainer.train(
+            bank, [0, 1], start, [empty, empty], [LocalObjective()] * 2, spec,
+            accountants=accountants, noise_multipliers=[1.0, -1.0],
+        )  # fmt: skip
+
+
+def test_dp_sgd_generators_are_keyed_by_round_and_site_apart_from_every_other_draw():
+    seeds = SeedStream(3)
+    batches, noise = dp_sgd_generators(seeds, 2, 1)
+    _, again_noise = dp_sgd_generators(seeds, 2, 1)
+    first = noise.random(4)
+    np.testing.assert_array_equal(first, again_noise.random(4))
+    # The batches are the plain trainer's key, so a run's batch RNG is one stream per site.
+    np.testing.assert_array_equal(batches.random(4), seeds.generator("batches", 2, 1).random(4))
+    others = [
+        seeds.generator("noise", 2, 1),  # client-level DP's keys
+        seeds.generator("noise", 3, 2),
+        dp_sgd_generators(seeds, 2, 0)[1],
+        dp_sgd_generators(seeds, 1, 1)[1],
+        dp_sgd_generators(SeedStream(4), 2, 1)[1],
+    ]
+    for other in others:
+        assert not np.array_equal(first, other.random(4))
