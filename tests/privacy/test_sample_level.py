@@ -76,6 +76,21 @@ def test_calibration_is_per_site_and_each_site_reaches_the_target():
         assert 2.0 - 0.01 <= eps <= 2.0
 
 
+@settings(max_examples=4, deadline=None)
+@given(
+    target=st.floats(0.5, 8.0),
+    n=st.integers(20, 2000),
+    steps=st.integers(1, 40),
+)
+def test_calibrated_noise_keeps_the_full_accountants_epsilon_just_under_the_target(
+    target, n, steps
+):
+    spec = SampleDPSpec(epsilon=target, delta=1e-6)
+    plan = SitePlan.of(spec, n, TrainSpec(batch_size=10, steps=steps), rounds=2)
+    eps = direct_epsilon(plan.noise_multiplier, plan.sampling_rate, 2 * steps, 1e-6)
+    assert target - 0.01 <= eps <= target
+
+
 def test_an_unreachable_target_names_the_site_size_and_steps():
     spec = SampleDPSpec(epsilon=1e-4, delta=1e-12)
     with pytest.raises(ConfigError, match="a site with 10 rows"):

@@ -21,9 +21,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import TrainSpec
@@ -65,13 +68,68 @@ def _quiet_rdp() -> Iterator[None]:
         logger.removeFilter(notice)
 
 
+_TOLERANCE = 0.01  # calibrated epsilon lies in [target - tolerance, target]
+_INTEGER_ORDERS = tuple(o for o in rdp_lib.DEFAULT_RDP_ORDERS if float(o).is_integer())
+
+
 @functools.lru_cache(maxsize=256)
 def _calibrated(
     epsilon: float, delta: float, steps: int, q: float, accountant: AccountantKind
 ) -> float:
-    # Every seed of a study calibrates the same sites again: cache the bisection.
+    # Every seed of a study calibrates the same sites again: cache the answer.
     with _quiet_rdp():
-        return calibrate_noise_multiplier(epsilon, delta, steps, q, accountant=accountant)
+        if accountant != "rdp" or q >= 1.0:
+            return calibrate_noise_multiplier(epsilon, delta, steps, q, accountant=accountant)
+        return _calibrate_rdp(epsilon, delta, steps, q)
+
+
+def _calibrate_rdp(target: float, delta: float, steps: int, q: float) -> float:
+    """RDP calibration in two passes, several times faster than one bisection over all orders.
+
+    The fractional RDP orders of a subsampled Gaussian are slow to evaluate; the integer
+    orders have a closed form. Epsilon over a subset of orders bounds the full accountant's
+    from above, so the integer-order answer z_int is already private under the full
+    accountant, which then searches only just below z_int. The answer meets the same
+    contract as :func:`calibrate_noise_multiplier`: full epsilon in [target - 0.01, target].
+    """
+
+    def integer(z: float) -> float:
+        accountant = RdpAccountant(orders=_INTEGER_ORDERS)
+        accountant.compose(GaussianRelease(z, q, 1).event(), steps)
+        return float(accountant.get_epsilon(delta))
+
+    def full(z: float) -> float:
+        return epsilon_of((GaussianRelease(z, q, steps),), delta, "rdp")
+
+    hi = 1.0
+    while integer(hi) > target:
+        if hi >= 1e4:  # unreachable target: the library search words the refusal
+            return calibrate_noise_multiplier(target, delta, steps, q, accountant="rdp")
+        hi *= 2.0
+    hi = _bisect_down(integer, 0.0, hi, target, 1e-3)
+    lo = hi
+    while full(lo) <= target:  # step down until the full accountant exceeds the target
+        hi, lo = lo, lo * 0.95
+        if full(hi) >= target - _TOLERANCE:
+            return hi
+    return _bisect_down(full, lo, hi, target, _TOLERANCE)
+
+
+def _bisect_down(
+    eps: Callable[[float], float], lo: float, hi: float, target: float, tolerance: float
+) -> float:
+    """Invariant eps(hi) <= target < eps(lo); stops once eps(hi) >= target - tolerance."""
+    value = eps(hi)
+    for _ in range(100):
+        if value >= target - tolerance or hi - lo <= 1e-12 * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        mid_value = eps(mid)
+        if mid_value <= target:
+            hi, value = mid, mid_value
+        else:
+            lo = mid
+    return hi
 
 
 @dataclass(frozen=True)
