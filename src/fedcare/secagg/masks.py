@@ -64,9 +64,9 @@ def add_masks(acc: RingVector, masks: Iterable[Mask], stream: Keystream | None =
         streams.append((open_stream(seed), np.add if sign > 0 else np.subtract))
     for start in range(0, length, scratch.chunk):
         words = min(scratch.chunk, length - start)
-        block = acc[start : start + words]
+        block, read = acc[start : start + words], scratch.reader(words)
         for keystream, op in streams:
-            op(block, scratch.read(keystream, words), out=block)
+            op(block, read(keystream), out=block)
 
 
 def add_mask(acc: RingVector, seed: bytes, sign: int) -> None:

@@ -55,14 +55,25 @@ class Keystream:
 
         A view of the scratch buffer, overwritten by the next read.
         """
+        return self.reader(words)(stream)
+
+    def reader(self, words: int) -> Callable[[Stream], RingVector]:
+        """:meth:`read` of ``words`` words with the buffer views made once, for loops."""
         if not 0 <= words <= self.chunk:
             raise ValueError(f"a read takes 0 to {self.chunk} words, asked for {words}")
-        nbytes = 4 * words
-        stream(_ZEROS[:nbytes], self._bytes[: nbytes + _SPARE])
-        out: RingVector = self._buffer[:words]
-        if _BIG_ENDIAN_HOST:  # ring words are little-endian, as on the wire
-            out.byteswap(inplace=True)
-        return out
+        zeros, out, view = (
+            _ZEROS[: 4 * words],
+            self._bytes[: 4 * words + _SPARE],
+            self._buffer[:words],
+        )
+
+        def read(stream: Stream) -> RingVector:
+            stream(zeros, out)
+            if _BIG_ENDIAN_HOST:  # ring words are little-endian, as on the wire
+                view.byteswap(inplace=True)
+            return view
+
+        return read
 
 
 def expand_mask(seed: bytes, length: int) -> RingVector:
