@@ -73,6 +73,21 @@ def test_plan_seeded_dp_sgd_sites_reach_the_simulators_model_and_epsilon(
         for site in record.participants:
             sent = net.metrics[(record.round - 1, site)][SAMPLE_EPSILON]
             assert sent == pytest.approx(record.sample_epsilon[site], rel=1e-12)
+    # The coordinator's history (and so metrics.json and the report) has them per round.
+    for deployed, simulated in zip(net.coordinator.history, sim.history, strict=True):
+        assert deployed[SAMPLE_EPSILON] == pytest.approx(simulated.sample_epsilon, rel=1e-12)
+
+
+def test_sample_epsilon_reaches_the_coordinator_under_secure_aggregation(heart, tmp_path):
+    plan = heart_plan(heart, "fedavg", {"sample_dp": SAMPLE_DP, "secure": "secure_aggregation"})
+    net = deploy(heart, plan, tmp_path, sample_noise="plan")
+    sim = simulate(heart, plan)
+    assert net.coordinator.history[-1][SAMPLE_EPSILON] == pytest.approx(
+        sim.history[-1].sample_epsilon, rel=1e-12
+    )
+    state, extra = net.coordinator.checkpoint()  # kept across a coordinator restart
+    restored = CoordinatorMachine.restore(plan, state, extra)
+    assert restored.sample_epsilon == net.coordinator.sample_epsilon
 
 
 def test_sites_keep_their_dp_sgd_randomness_secret_by_default(heart, tmp_path):

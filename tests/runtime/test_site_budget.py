@@ -11,6 +11,7 @@ import pytest
 
 from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.privacy.client_level import JobPrivacy, SiteBudget
+from fedcare.privacy.sample_level import SiteSampleCost
 from fedcare.runtime.coordinator import Phase
 from fedcare.runtime.site import SiteMachine
 from tests.conftest import make_sites
@@ -157,3 +158,45 @@ def test_a_round_that_would_overrun_the_budget_is_not_trained(toy, tmp_path):
     assert ledger.job_spend()["run-1"][0] == pytest.approx(job.epsilon_after(1))
     assert ledger.spent()[0] <= ledger.budget.epsilon
     assert net.coordinator.sites[site].refused  # not asked again in this run
+
+
+SAMPLE_DP = {"sample_dp": {"noise_multiplier": 1.2, "clip_norm": 1.0, "delta": 1e-5}}
+
+
+def record_cost(plan, rows: int):
+    return SiteSampleCost.of(plan.build_strategy().sample_dp, rows, plan.local_spec, plan.rounds)
+
+
+def test_dp_sgd_alone_is_charged_at_each_sites_own_record_level_epsilon(toy, tmp_path):
+    plan = heart_plan(toy, "fedavg", SAMPLE_DP, rounds=ROUNDS)
+    site = toy.site_names[0]
+    rows = toy.sites[0].num_train
+    planned = record_cost(plan, rows).planned_epsilon
+    net = deploy(toy, plan, tmp_path)
+    ledger = open_ledger(tmp_path, site, epsilon=2 * planned)
+    with_budget(net, site, ledger)
+    run_to_end(net)
+    assert ledger.job_spend()[net.coordinator.run_id][0] == pytest.approx(planned)
+
+
+def test_with_both_dp_kinds_a_record_pays_the_cheaper_guarantee_not_the_sum(toy, tmp_path):
+    plan = heart_plan(toy, "fedavg", {**DP, **SAMPLE_DP}, rounds=ROUNDS)
+    site = toy.site_names[0]
+    client = cost(plan).planned_epsilon
+    sample = record_cost(plan, toy.sites[0].num_train).planned_epsilon
+    net = deploy(toy, plan, tmp_path)
+    ledger = open_ledger(tmp_path, site, epsilon=1.01 * min(client, sample))
+    with_budget(net, site, ledger)
+    run_to_end(net)
+    assert ledger.job_spend()[net.coordinator.run_id][0] == pytest.approx(min(client, sample))
+
+
+def test_dp_sgd_over_a_small_budget_is_refused_before_it_starts(toy, tmp_path):
+    plan = heart_plan(toy, "fedavg", SAMPLE_DP, rounds=ROUNDS)
+    site = toy.site_names[0]
+    planned = record_cost(plan, toy.sites[0].num_train).planned_epsilon
+    net = deploy(toy, plan, tmp_path)
+    machine = with_budget(net, site, open_ledger(tmp_path, site, epsilon=0.5 * planned))
+    run_to_end(net)
+    assert any(e.kind == "budget_refused" for e in machine.drain_events())
+    assert site not in net.coordinator.history[0]["participants"]

@@ -24,8 +24,9 @@ alone, the noise the coordinator will add and the epsilon the whole run will cos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -278,6 +279,32 @@ class JobPrivacy:
     def planned_epsilon(self) -> float:
         return self.epsilon_after(self.rounds)
 
+    @property
+    def delta(self) -> float:
+        return self.spec.delta
+
+
+class JobCost(Protocol):
+    """What a job spends of a site's budget: (epsilon after n rounds, delta)."""
+
+    @property
+    def planned_epsilon(self) -> float: ...
+
+    @property
+    def delta(self) -> float: ...
+
+    def epsilon_after(self, releases: int) -> float: ...
+
+
+def record_level_cost(costs: Sequence[JobCost]) -> JobCost | None:
+    """The guarantee a job gives each patient record, from its DP mechanisms.
+
+    Client-level DP protects a site's whole contribution, so every record in it; DP-SGD
+    protects each record in the site's update. Either one alone bounds what a record
+    costs, so a job with both is charged the cheaper of the two, not their sum.
+    """
+    return min(costs, key=lambda c: c.planned_epsilon) if costs else None
+
 
 class SiteBudget:
     """A site's guard over its persistent :class:`BudgetLedger` (one dataset).
@@ -291,18 +318,18 @@ class SiteBudget:
     def __init__(self, ledger: BudgetLedger) -> None:
         self.ledger = ledger
 
-    def admit(self, job: JobRef, cost: JobPrivacy | None) -> None:
+    def admit(self, job: JobRef, cost: JobCost | None) -> None:
         if cost is None:
             budget = self.ledger.budget
             raise PrivacyBudgetExceededError(
                 f"site '{self.ledger.site}', dataset '{self.ledger.dataset}': job "
                 f"'{job.job_id}' has no differential privacy, so its epsilon is unbounded; "
                 f"this site enforces a budget of epsilon={budget.epsilon:g}, "
-                f"delta={budget.delta:g} (add dp to the strategy)"
+                f"delta={budget.delta:g} (add dp or sample_dp to the strategy)"
             )
-        self.ledger.check_can_start(job, cost.planned_epsilon, cost.spec.delta)
+        self.ledger.check_can_start(job, cost.planned_epsilon, cost.delta)
 
-    def charge_round(self, job: JobRef, cost: JobPrivacy, round_index: int) -> float:
+    def charge_round(self, job: JobRef, cost: JobCost, round_index: int) -> float:
         """Charge the spend after round ``round_index`` (0-based); returns that epsilon.
 
         A round trained again (a retried round, a resumed coordinator) is already paid for.
@@ -311,7 +338,7 @@ class SiteBudget:
         recorded = self.ledger.job_spend().get(job.job_id)
         if recorded is not None and recorded[0] >= epsilon:
             return recorded[0]
-        self.ledger.charge(job, epsilon, cost.spec.delta)
+        self.ledger.charge(job, epsilon, cost.delta)
         return epsilon
 
     def remaining(self) -> tuple[float, float]:

@@ -23,7 +23,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
@@ -167,6 +167,31 @@ class SitePlan:
         )
         with _quiet_rdp():
             return epsilon_of((release,), spec.delta, spec.accountant)
+
+
+@dataclass(frozen=True)
+class SiteSampleCost:
+    """What a job's DP-SGD costs one site's records, from the plan and its own row count
+    (charged as if it trained every round: an upper bound when sites are sampled)."""
+
+    spec: SampleDPSpec
+    plan: SitePlan
+    rounds: int
+
+    @classmethod
+    def of(cls, spec: SampleDPSpec, num_samples: int, train: TrainSpec, rounds: int) -> Self:
+        return cls(spec, SitePlan.of(spec, num_samples, train, rounds), rounds)
+
+    def epsilon_after(self, releases: int) -> float:
+        return self.plan.epsilon_after(self.spec, releases)
+
+    @property
+    def planned_epsilon(self) -> float:
+        return self.epsilon_after(self.rounds)
+
+    @property
+    def delta(self) -> float:
+        return self.spec.delta
 
 
 class SampleLevelPrivacy:

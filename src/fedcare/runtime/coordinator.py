@@ -152,9 +152,16 @@ def _json_safe(value: Any) -> Any:
 INPUT_STEPS = ("masked_input", "encrypted_update")  # the messages that carry a site's input
 
 
+SAMPLE_EPSILON = "sample_epsilon"  # an update metric: the site's DP-SGD epsilon so far
+
+
 def _secure_meta(env: Envelope) -> dict[str, Any]:
-    """What a site states beside its keys: its weight, sample count and training loss."""
+    """What a site states beside its keys: its weight, sample count and training loss
+    (and, under sample-level DP-SGD, its epsilon so far)."""
     meta: dict[str, Any] = {}
+    eps = env.header.get(SAMPLE_EPSILON)
+    if isinstance(eps, int | float) and not isinstance(eps, bool):
+        meta[SAMPLE_EPSILON] = eps
     for name in ("weight", "num_samples", "train_loss"):
         value = env.header.get(name)
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -219,6 +226,10 @@ class CoordinatorMachine:
         self.evaluation: EvalProgress | None = None
         self.failure = ""
         self.secure_sum: SecureSum | None = None  # this round's, under SecAgg or CKKS
+        # Sample-level DP-SGD: each site's own epsilon so far, as it reports it.
+        self.sample_epsilon: dict[str, float] | None = (
+            dict.fromkeys(plan.sites, 0.0) if self.strategy.sample_dp is not None else None
+        )
         self.guard = ReplayGuard(run_id)
         self.guard.open_round(self.state.round)
         self._events: list[RuntimeEvent] = []
@@ -279,6 +290,8 @@ class CoordinatorMachine:
         }
         if self.private is not None:
             extra["privacy"] = {**self.private.to_dict(), "noise_seed": self.noise_seed}
+        if self.sample_epsilon is not None:
+            extra["sample_epsilon"] = dict(self.sample_epsilon)
         return self.state, extra
 
     @classmethod
@@ -319,6 +332,10 @@ class CoordinatorMachine:
         if machine.private is not None and privacy is not None:
             machine.private.restore(privacy)
         machine.history = [dict(r) for r in extra.get("history", [])]
+        if machine.sample_epsilon is not None:
+            for site, eps in dict(extra.get("sample_epsilon", {})).items():
+                if site in machine.sample_epsilon:
+                    machine.sample_epsilon[site] = float(eps)
         for site, r in dict(extra.get("contributed", {})).items():
             if site in machine.contributed:
                 machine.contributed[site] = int(r)
@@ -600,6 +617,7 @@ class CoordinatorMachine:
         if self.robust_rule is not None:
             progress.collected.append((msg.delta, msg.weight))
         loss = msg.metrics.get("train_loss", float("nan"))
+        self._note_sample_epsilon(site, msg.metrics.get(SAMPLE_EPSILON))
         progress.accepted[site] = Contribution(
             msg.weight, msg.num_samples, env.nbytes, received, norm, loss
         )
@@ -726,6 +744,7 @@ class CoordinatorMachine:
             member = self.plan.site_index(site)
             meta = progress.secure_meta.get(site, {})
             if member in result.included:
+                self._note_sample_epsilon(site, meta.get(SAMPLE_EPSILON))
                 progress.accepted[site] = Contribution(
                     float(meta.get("weight", 1.0)),
                     int(meta.get("num_samples", 0)),
@@ -809,6 +828,13 @@ class CoordinatorMachine:
         if final or (every and self.round % every == 0):
             return self._start_eval(final)
         return self._round_done(progress, {})
+
+    def _note_sample_epsilon(self, site: str, value: Any) -> None:
+        """A site's DP-SGD epsilon so far (it accounts its own steps; it never decreases)."""
+        if self.sample_epsilon is None or not isinstance(value, int | float):
+            return
+        if math.isfinite(value):
+            self.sample_epsilon[site] = max(self.sample_epsilon[site], float(value))
 
     def _privacy_detail(self) -> dict[str, Any]:
         """Epsilon so far, at the plan's delta, for the round's events and history."""
@@ -929,6 +955,8 @@ class CoordinatorMachine:
         }
         if self.private is not None:
             record["epsilon"] = self.private.epsilon()
+        if self.sample_epsilon is not None:
+            record[SAMPLE_EPSILON] = dict(self.sample_epsilon)
         self.history.append(record)
         self.current = None
         self._event(

@@ -49,8 +49,9 @@ from fedcare.core.vectors import FloatVector
 from fedcare.he.ckks import CkksKeys
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.budget import JobRef
-from fedcare.privacy.client_level import JobPrivacy, SiteBudget
+from fedcare.privacy.client_level import JobCost, JobPrivacy, SiteBudget, record_level_cost
 from fedcare.privacy.mechanisms import DistributedNoiseShare, LocalDPGaussian
+from fedcare.privacy.sample_level import SiteSampleCost
 from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.encrypted_round import HE, decrypt_request, encrypted_update
 from fedcare.runtime.envelope import Envelope
@@ -175,8 +176,9 @@ class SiteMachine:
         self.coordinator = coordinator  # expected sender identity; None accepts any
         self.budget = budget
         self.he_keys = he_keys  # the CKKS key set the hospitals share (never the coordinator)
-        self.job_cost: JobPrivacy | None = None  # the approved plan's DP spend, if any
-        self._costs: dict[str, JobPrivacy | None] = {}
+        self.job_cost: JobCost | None = None  # what the approved plan spends per record
+        self._costs: dict[str, JobPrivacy | None] = {}  # client-level DP, by plan hash
+        self._budget_costs: dict[str, JobCost | None] = {}
         self.phase = SitePhase.STARTING
         self.run_id = NO_RUN
         self.plan: RunPlan | None = None
@@ -354,7 +356,7 @@ class SiteMachine:
         except FedcareError as exc:
             return [ErrorReport(self.run_id, 0, "plan_incompatible", str(exc)).to_envelope()]
         self.plan, self.plan_hash, self.work, self.offered = plan, hash_, work, None
-        self.job_cost = self._costs.get(hash_)
+        self.job_cost = self._budget_costs.get(hash_)
         self.strategy = plan.build_strategy()
         kind = self.strategy.personal.mask_kind
         self.mask = work.local_mask(kind) if kind else None
@@ -371,12 +373,26 @@ class SiteMachine:
             )
         return self._costs[hash_]
 
+    def _record_cost(self, plan: RunPlan, hash_: str) -> JobCost | None:
+        """What the plan spends of this site's per-record budget (client-level and DP-SGD)."""
+        if hash_ not in self._budget_costs:
+            costs: list[JobCost] = []
+            client = self._cost(plan, hash_)
+            if client is not None:
+                costs.append(client)
+            sample_dp = plan.build_strategy().sample_dp
+            if sample_dp is not None:
+                rows = int(self.data.summary.get("num_train", 0) or 0)
+                costs.append(SiteSampleCost.of(sample_dp, rows, plan.local_spec, plan.rounds))
+            self._budget_costs[hash_] = record_level_cost(costs)
+        return self._budget_costs[hash_]
+
     def _over_budget(self, plan: RunPlan, hash_: str, round_: int) -> list[Envelope] | None:
         """None if the whole plan fits this site's budget, else the refusal to send."""
         if self.budget is None:
             return None
         try:
-            cost = self._cost(plan, hash_)
+            cost = self._record_cost(plan, hash_)
             self.budget.admit(JobRef(self.run_id, hash_), cost)
         except FedcareError as exc:  # over budget, a broken ledger, an unreachable epsilon
             self.phase, self.offered = SitePhase.WAITING_PLAN, None
@@ -561,6 +577,8 @@ class SiteMachine:
             "num_samples": update.num_samples,
             "train_loss": float(update.metrics.get("train_loss", float("nan"))),
         }
+        if "sample_epsilon" in update.metrics:  # its DP-SGD spend, reported as in the clear
+            meta["sample_epsilon"] = float(update.metrics["sample_epsilon"])
         if strategy.secure.kind == "encrypt":
             return self._encrypted_update(req, vector, meta)
         try:

@@ -88,6 +88,11 @@ def _round_record(raw: dict[str, Any]) -> RoundRecord:
         pooled_metrics={k: _number(v) for k, v in raw.get("pooled_metrics", {}).items()},
         site_upload_bytes={k: int(v) for k, v in raw.get("site_upload_bytes", {}).items()},
         epsilon=None if raw.get("epsilon") is None else float(raw["epsilon"]),
+        sample_epsilon=(
+            None
+            if raw.get("sample_epsilon") is None
+            else {str(k): float(v) for k, v in raw["sample_epsilon"].items()}
+        ),
     )
 
 
