@@ -140,7 +140,7 @@ def plan_and_facts(
     config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(plan, chosen strategy config, dataset facts for the study folder's metrics.json)."""
-    from fedcare.net.table_site import TablePlan
+    from fedcare.runtime.rounds import RunPlan
     from fedcare.runtime.sampling import Participation
 
     chosen = _choose_strategy(config, strategy)
@@ -162,7 +162,7 @@ def plan_and_facts(
         }
     local = chosen.local or config.local
     part = config.participation
-    plan = TablePlan(
+    plan = RunPlan(
         sites=sites,
         strategy=chosen.name,
         strategy_params=dict(chosen.params),

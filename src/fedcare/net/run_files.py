@@ -18,7 +18,6 @@ import numpy as np
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
-from fedcare.net.table_site import load_run_plan
 from fedcare.runtime.coordinator import CoordinatorOptions
 from fedcare.runtime.rounds import RunPlan
 
@@ -68,7 +67,7 @@ def read_plan_file(folder: Path, run_id: str) -> dict[str, Any]:
 
 def load_plan(folder: Path, run_id: str) -> tuple[RunPlan, CoordinatorOptions]:
     data = read_plan_file(folder, run_id)
-    return load_run_plan(data["plan"]), CoordinatorOptions(**data["options"])
+    return RunPlan.from_dict(data["plan"]), CoordinatorOptions(**data["options"])
 
 
 def eval_counts(stats: EvalStats) -> dict[str, Any]:

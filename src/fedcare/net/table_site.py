@@ -1,6 +1,6 @@
 """A deployed study on hospitals' own tables: the plan's data section and the site that checks it.
 
-:class:`TablePlan` is a :class:`~fedcare.runtime.rounds.RunPlan` with a ``data`` section
+A :class:`~fedcare.runtime.rounds.RunPlan` may carry a ``data`` section
 (:class:`~fedcare.data.site_table.SiteTableSpec`: schema, its hash, the feature space, the
 split). It is part of the plan's canonical JSON, so the plan hash a data owner approves
 covers the schema their rows are checked and encoded with.
@@ -18,49 +18,16 @@ not lost when its agent closes the stream.)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
 from fedcare.data.base import SiteData
 from fedcare.data.site_table import SiteTableSpec, check_site_table, load_site_table, read_table
-from fedcare.runtime.approvals import canonical
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import DATA_INVALID, ErrorReport, Hello, JobPlan, parse_message
 from fedcare.runtime.rounds import RunPlan
 from fedcare.runtime.site import DataCheck, LocalWork, SiteMachine, SitePhase
-
-
-@dataclass(frozen=True)
-class TablePlan(RunPlan):
-    """A job plan whose sites encode their own tables as ``data`` says."""
-
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if self.data:
-            out["data"] = dict(canonical(self.data))
-        return out
-
-    @property
-    def table(self) -> SiteTableSpec:
-        return SiteTableSpec.from_dict(self.data)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TablePlan:
-        base = RunPlan.from_dict(raw)
-        plan = cls(**{f.name: getattr(base, f.name) for f in fields(RunPlan)})
-        if "data" in raw:
-            plan = replace(plan, data=dict(raw["data"]))
-            plan.table  # noqa: B018 - parse now, so a malformed section fails here
-        return plan
-
-
-def load_run_plan(raw: dict[str, Any]) -> RunPlan:
-    """A stored or received plan: a :class:`TablePlan` when it has a data section."""
-    return TablePlan.from_dict(raw) if "data" in raw else RunPlan.from_dict(raw)
 
 
 def pre_check(site: str, path: Path) -> DataCheck:

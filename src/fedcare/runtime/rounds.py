@@ -23,6 +23,7 @@ from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import TrainSpec
+from fedcare.data.site_table import SiteTableSpec
 from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
 from fedcare.runtime.approvals import canonical, plan_hash
@@ -81,6 +82,9 @@ class RunPlan:
     study: str = "study"
     dataset: str = ""
     code: str = __version__  # fedcare version (or a code hash) the sites will run
+    # A study on hospitals' own tables: schema, its hash, feature space and split
+    # (fedcare.data.site_table.SiteTableSpec), so the approved hash covers them too.
+    data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.sites or len(set(self.sites)) != len(self.sites):
@@ -161,6 +165,7 @@ class RunPlan:
                     },
                     "eval_every": self.eval_every,
                     "code": self.code,
+                    **({"data": self.data} if self.data else {}),
                 }
             )
         )
@@ -190,10 +195,13 @@ class RunPlan:
                 study=str(raw.get("study", "study")),
                 dataset=str(raw.get("dataset", "")),
                 code=str(raw.get("code", "")),
+                data=dict(raw.get("data", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"job plan is malformed: {type(exc).__name__} {exc}") from exc
         plan.build_strategy()
+        if plan.data:
+            SiteTableSpec.from_dict(plan.data)  # a malformed data section fails here
         return plan
 
 

@@ -33,7 +33,6 @@ from fedcare.models.registry import build_model
 from fedcare.net.run_files import eval_from_counts, read_plan_file, run_dir
 from fedcare.net.store import RoundRecord as StoredRound
 from fedcare.net.store import RunRecord, RunStore
-from fedcare.net.table_site import load_run_plan
 from fedcare.runtime.rounds import RunPlan
 from fedcare.sim.engine import RoundRecord, RunResult
 from fedcare.study.config import StrategyConfig, StudyConfig, parse_config
@@ -130,7 +129,7 @@ def load_deployed_run(folder: Path, record: RunRecord) -> DeployedRun:
     )
     return DeployedRun(
         record=record,
-        plan=load_run_plan(plan_file["plan"]),
+        plan=RunPlan.from_dict(plan_file["plan"]),
         label=str(study.get("label") or plan_file["plan"]["strategy"]["name"]),
         study=study,
         result=run,
