@@ -7,7 +7,7 @@ complete graph) and SecAgg+ (about 2*log2(n) neighbours), medians of --repeats r
 
 Printed per stage: all sites' compute summed (this process runs them one after another),
 the slowest site (the critical path when sites run in parallel) and the server, which
-expands masks on --workers threads (default: this machine's cores). Also how many masks
+expands masks on --workers threads (default: half this machine's cores). Also how many masks
 the server expanded. For reference, the time of a plain float32 sum of the same vectors;
 the ratio to a full plain training round is in secagg_vs_plain_round.py. Python's garbage
 collector is paused while a round runs.

@@ -29,7 +29,7 @@ Three figures per configuration, medians of --repeats rounds:
   trained: the slowest site's training (plus its secure-input preparation) + for each
   SecAgg stage the slowest site + the server. The plain round: the slowest site's training
   + the coordinator's average. The coordinator expands masks on ``--workers`` threads
-  (default: the cores of this machine).
+  (default: half the cores of this machine, so 1 on the 2-core benchmark machine).
 * "keys while training": the same, but each site runs everything that does not need its
   update (keys, shares, expanding its mask; ``SecAggClient(..., vector=None)``) on a
   second core while it trains, and the coordinator its first two stages; after training
@@ -293,7 +293,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one site's CPU)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="server threads for masks (default: cores)"
+        "--workers",
+        type=int,
+        default=None,
+        help="server threads for masks (default: half the cores)",
     )
     parser.add_argument(
         "--clock",

@@ -75,12 +75,17 @@ def add_mask(acc: RingVector, seed: bytes, sign: int) -> None:
 
 
 def default_workers(length: int) -> int:
-    """Threads worth using to expand masks of ``length`` words on this machine."""
+    """Threads worth using to expand masks of ``length`` words on this machine.
+
+    Half the cores (at most 8): X25519 and the Python between AES calls hold the GIL, so
+    a thread per core mostly waits, and the coordinator has other work. On a shared
+    2-core machine a second thread gave no median gain (benchmarks/README.md), so 1.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 8, length // _MIN_WORDS_PER_THREAD))
+    return max(1, min(cores // 2, 8, length // _MIN_WORDS_PER_THREAD))
 
 
 def add_masks_threaded(acc: RingVector, masks: Sequence[Mask], workers: int = 1) -> None:

@@ -68,8 +68,8 @@ class AggregateResult:
 class SecAggServer:
     """The coordinator's part in one secure aggregation.
 
-    ``workers`` is how many threads expand masks when unmasking (default: the cores this
-    process may use, fewer for short vectors); the sum does not depend on it.
+    ``workers`` is how many threads expand masks when unmasking (default: half the cores
+    this process may use, one for short vectors); the sum does not depend on it.
     """
 
     def __init__(self, config: SecAggConfig, workers: int | None = None) -> None:
