@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 
 from fedcare.core.errors import ConfigError
 from fedcare.net.channel import (
+    CONNECT,
     INSECURE_IDENTITY_KEY,
     Backoff,
     ByteBudget,
@@ -25,6 +26,7 @@ from fedcare.net.channel import (
 )
 from fedcare.net.proto import fedcare_pb2 as pb
 from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
+from fedcare.net.serde import VectorHead, wire_frames
 from fedcare.net.tls import (
     TlsBundle,
     check_peer_certificate,
@@ -323,3 +325,143 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ConfigError, match="chunk_bytes"):
         TransportLimits(chunk_bytes=10)
     assert TransportLimits(chunk_bytes=1 << 20).max_frame_bytes > 1 << 20
+
+
+# -- vectors taken chunk by chunk ----------------------------------------------------------
+
+
+@dataclass
+class Piecewise:
+    """A sink that keeps a copy of what it is given and can be slow."""
+
+    head: VectorHead
+    delay_s: float = 0.0
+    on_write: Callable[[int], None] | None = None
+    pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    aborted: list[str] = field(default_factory=list)
+
+    def write(self, index: int, values: np.ndarray) -> None:
+        if self.on_write is not None:
+            self.on_write(index * values.itemsize)
+        time.sleep(self.delay_s)
+        self.pieces.append((index, values.copy()))
+
+    def close(self) -> None:
+        self.done.set()
+
+    def abort(self, reason: str) -> None:
+        self.aborted.append(reason)
+        self.done.set()
+
+    def vector(self) -> np.ndarray:
+        return np.concatenate([values for _, values in self.pieces])
+
+
+@dataclass
+class Sinking(Echo):
+    """Takes every vector chunk by chunk; messages without a vector go to ``received``."""
+
+    sinks: list[Piecewise] = field(default_factory=list)
+    delay_s: float = 0.0
+    on_write: Callable[[int], None] | None = None
+
+    def begin(self, link: Link, head: VectorHead) -> Piecewise:
+        self.sinks.append(Piecewise(head, self.delay_s, self.on_write))
+        return self.sinks[-1]
+
+
+def serve(study: Study, handler: Echo, limits: TransportLimits = LIMITS) -> CoordinatorServer:
+    return CoordinatorServer(
+        "127.0.0.1:0",
+        handler,
+        tls=study.bundles["coordinator"],
+        peer_check=study.peer_check,
+        limits=limits,
+    )
+
+
+def raw_channel(study: Study, port: int) -> grpc.Channel:
+    bundle = study.bundles["cleveland"]
+    creds = grpc.ssl_channel_credentials(bundle.ca_pem, bundle.key_pem, bundle.cert_pem)
+    return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=LIMITS.grpc_options(False))
+
+
+def test_a_handler_with_begin_takes_vectors_chunk_by_chunk_without_reassembling(
+    study: Study,
+) -> None:
+    handler = Sinking()
+    srv = serve(study, handler)
+    target = f"127.0.0.1:{srv.start()}"
+    vector = np.random.default_rng(1).normal(size=300_000).astype(np.float32)  # 19 chunks
+    try:
+        session = open_session(target, tls=study.bundles["cleveland"], limits=LIMITS)
+        session.send(Envelope.create("update", "run-1", 4, {"n": 30}, vector))
+        reply = exchange(session, Envelope.create("hello", "run-1", 4))  # no vector: received
+        assert handler.sinks[0].done.wait(5)
+    finally:
+        srv.stop(0)
+    (sink,) = handler.sinks
+    assert sink.head.envelope.sender == "cleveland"  # from the certificate, as for received
+    assert (sink.head.envelope.kind, sink.head.envelope.header) == ("update", {"n": 30})
+    assert sink.aborted == [] and len(sink.pieces) == 19
+    np.testing.assert_array_equal(sink.vector(), vector)
+    assert [e.kind for e in handler.got] == ["hello"] and reply.header == {"sender": "cleveland"}
+    assert srv.budget.peak == 0  # nothing was reassembled
+
+
+def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
+    handler = Sinking()
+    srv = serve(study, handler)
+    port = srv.start()
+    env = Envelope.create("update", "run-1", 0, vector=np.ones(100_000, np.float32))
+    frames = list(wire_frames(env, LIMITS.chunk_bytes))[:3]  # head + 2 of 7 chunks, then end
+    try:
+        with raw_channel(study, port) as channel:
+            assert list(channel.stream_stream(CONNECT)(iter(frames))) == []
+        assert handler.disconnected_event.wait(5)
+    finally:
+        srv.stop(0)
+    (sink,) = handler.sinks
+    assert sink.aborted and "ended in the middle of a message" in sink.aborted[0]
+    assert len(sink.pieces) == 2
+    assert "malformed stream" in handler.gone[0]
+
+
+def test_a_slow_sink_holds_the_sender_back_to_a_few_chunks(study: Study) -> None:
+    chunk = LIMITS.chunk_bytes
+    vector = np.ones(64 * chunk // 4, np.float32)  # 64 chunks
+    produced = [0]  # chunk frames the site has handed to gRPC
+    lead: list[int] = []  # at each write: chunks produced but not yet consumed
+
+    def on_write(offset: int) -> None:
+        lead.append(produced[0] - offset // chunk)
+
+    def frames() -> Iterator[bytes]:
+        for message in wire_frames(Envelope.create("update", "r", 0, vector=vector), chunk):
+            yield message
+            produced[0] += 1
+
+    handler = Sinking(delay_s=0.01, on_write=on_write)
+    srv = serve(study, handler)
+    port = srv.start()
+    try:
+        with raw_channel(study, port) as channel:
+            replies = channel.stream_stream(CONNECT)(frames())
+            assert handler.disconnected_event.wait(30) or handler.sinks[0].done.is_set()
+            replies.cancel()
+    finally:
+        srv.stop(0)
+    (sink,) = handler.sinks
+    assert sink.done.is_set() and sink.aborted == []
+    assert len(lead) == 64
+    # gRPC flow control stops the sender while the sink is busy: it runs a few chunks
+    # ahead (window, socket, the frame being written), never the whole vector.
+    assert max(lead) <= 12, lead
+
+
+def test_limits_validate_the_read_ahead() -> None:
+    assert TransportLimits(chunk_bytes=1 << 20).read_ahead_bytes == 1 << 20
+    assert TransportLimits(lookahead_bytes=1 << 16).read_ahead_bytes == 1 << 16
+    with pytest.raises(ConfigError, match="lookahead_bytes"):
+        TransportLimits(lookahead_bytes=10)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcare.core.errors import ProtocolError
+from fedcare.core.errors import ProtocolError, UpdateRejectedError
 from fedcare.net.proto import fedcare_pb2 as pb
 from fedcare.net.serde import (
+    ChunkView,
+    EncodedEnvelope,
     FrameAssembler,
+    VectorHead,
+    chunk_frame,
     envelope_frames,
     frames_to_envelopes,
     head_of,
+    parse_frame,
+    wire_frames,
 )
 from fedcare.runtime.envelope import PAYLOAD_DTYPES, Envelope
 
@@ -190,3 +198,189 @@ def test_no_frame_exceeds_the_chunk_size_plus_the_head() -> None:
     sizes = [f.ByteSize() for f in envelope_frames(env, 64 << 10)]
     assert max(sizes[1:]) <= (64 << 10) + 16
     assert sum(sizes) >= env.nbytes
+
+
+# -- hand-encoded wire frames --------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(offset=st.integers(0, 2**63 - 1), data=st.binary(min_size=1, max_size=3000))
+def test_hand_encoded_chunk_frames_are_what_protobuf_parses(offset: int, data: bytes) -> None:
+    wire_bytes = chunk_frame(offset, memoryview(data))
+    parsed = pb.Frame.FromString(wire_bytes)
+    assert parsed.WhichOneof("body") == "chunk"
+    assert (parsed.chunk.offset, parsed.chunk.data) == (offset, data)
+    # ...and protobuf's own encoding (which omits offset 0) parses to the same chunk by hand.
+    ours = parse_frame(pb.Frame(chunk=pb.Chunk(offset=offset, data=data)).SerializeToString())
+    assert isinstance(ours, ChunkView)
+    assert (ours.offset, bytes(ours.data)) == (offset, data)
+
+
+def test_parsed_chunk_is_a_view_of_the_received_bytes_not_a_copy() -> None:
+    message = chunk_frame(4096, b"\x01" * 1000)
+    chunk = parse_frame(message)
+    assert isinstance(chunk, ChunkView) and isinstance(chunk.data, memoryview)
+    assert chunk.data.obj is message
+
+
+def test_valid_protobuf_in_an_unusual_field_order_still_parses() -> None:
+    # Chunk{data, offset} (fields reversed) and an unknown field: the fast path declines,
+    # protobuf's parser takes over.
+    inner = b"\x12\x03abc" + b"\x08\x07" + b"\x18\x01"
+    message = b"\x12" + bytes([len(inner)]) + inner
+    chunk = parse_frame(message)
+    assert isinstance(chunk, ChunkView)
+    assert (chunk.offset, bytes(chunk.data)) == (7, b"abc")
+
+
+def test_garbage_and_empty_frames_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="not valid protobuf"):
+        parse_frame(b"\x12\xff\xff\xff")
+    with pytest.raises(ProtocolError, match="empty frame"):
+        parse_frame(b"")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype=st.sampled_from(sorted(PAYLOAD_DTYPES)),
+    length=st.integers(0, 2000),
+    chunk_bytes=st.integers(1, 3000),
+)
+def test_wire_frames_round_trip_through_bytes_and_match_the_protobuf_frames(
+    dtype: str, length: int, chunk_bytes: int
+) -> None:
+    vector = (np.arange(length) * 3 % 127).astype(dtype)
+    env = Envelope.create("update", "run-1", 5, {"n": length}, vector)
+    raw = list(wire_frames(env, chunk_bytes))
+    assert [pb.Frame.FromString(m) for m in raw] == list(envelope_frames(env, chunk_bytes))
+    asm = FrameAssembler()
+    outs = [out for m in raw if (out := asm.feed_bytes(m)) is not None]
+    assert len(outs) == 1 and not asm.busy
+    assert outs[0].vector is not None and outs[0].header == {"n": length}
+    np.testing.assert_array_equal(outs[0].vector, vector)
+
+
+def test_one_encoded_envelope_can_be_sent_many_times() -> None:
+    env = Envelope.create("train", "r", 0, vector=np.arange(100, dtype=np.float32))
+    encoded = EncodedEnvelope(env, 64)
+    assert list(encoded.frames()) == list(encoded.frames())
+    assert encoded.nbytes == 400
+
+
+# -- chunk sinks ---------------------------------------------------------------------------
+
+
+@dataclass
+class Collecting:
+    """A sink that records what it is given (copies: the views are only valid in the call)."""
+
+    head: VectorHead
+    pieces: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    closed: int = 0
+    aborted: list[str] = field(default_factory=list)
+    fail_at: int | None = None
+
+    def write(self, index: int, values: np.ndarray) -> None:
+        if self.fail_at is not None and len(self.pieces) == self.fail_at:
+            raise UpdateRejectedError(f"refused the piece at element {index}")
+        assert not values.flags.writeable  # a view of the received bytes, read-only
+        self.pieces.append((index, values.copy()))
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def abort(self, reason: str) -> None:
+        self.aborted.append(reason)
+
+    def vector(self) -> np.ndarray:
+        out = np.empty(self.head.length, self.head.dtype)
+        for index, values in self.pieces:
+            out[index : index + values.size] = values
+        return out
+
+
+def sinking(sinks: list[Collecting], **kwargs: object) -> FrameAssembler:
+    def begin(head: VectorHead) -> Collecting:
+        sinks.append(Collecting(head, **kwargs))  # type: ignore[arg-type]
+        return sinks[-1]
+
+    return FrameAssembler(begin=begin)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    dtype=st.sampled_from(sorted(PAYLOAD_DTYPES)),
+    length=st.integers(1, 1500),
+    chunk_bytes=st.integers(1, 700),
+)
+def test_a_sink_gets_whole_elements_in_order_even_when_chunks_split_them(
+    dtype: str, length: int, chunk_bytes: int
+) -> None:
+    vector = (np.arange(length) * 11 % 101).astype(dtype)
+    env = Envelope.create("update", "run-1", 1, {"w": 2}, vector)
+    sinks: list[Collecting] = []
+    asm = sinking(sinks)
+    assert all(asm.feed_bytes(m) is None for m in wire_frames(env, chunk_bytes))
+    (sink,) = sinks
+    assert sink.head.envelope.header == {"w": 2} and sink.head.envelope.vector is None
+    assert (sink.closed, sink.aborted) == (1, [])
+    expected_index = 0
+    for index, values in sink.pieces:  # contiguous, no gaps, no overlaps
+        assert index == expected_index
+        expected_index += values.size
+    np.testing.assert_array_equal(sink.vector(), vector)
+    assert not asm.busy
+
+
+def test_a_bad_chunk_aborts_the_sink_and_the_next_message_is_unaffected() -> None:
+    sinks: list[Collecting] = []
+    asm = sinking(sinks)
+    frames = list(wire_frames(Envelope.create("u", "r", 0, vector=np.ones(100, np.float32)), 64))
+    asm.feed_bytes(frames[0])
+    asm.feed_bytes(frames[1])
+    with pytest.raises(ProtocolError, match="offset 128, expected 64"):
+        asm.feed_bytes(frames[2 + 1])  # one chunk skipped
+    assert sinks[0].closed == 0
+    assert len(sinks[0].aborted) == 1 and "expected 64" in sinks[0].aborted[0]
+    assert not asm.busy
+    assert all(asm.feed_bytes(m) is None for m in frames)
+    assert sinks[1].closed == 1 and sinks[1].aborted == []
+
+
+def test_a_sink_may_refuse_a_message_midway_and_is_then_aborted() -> None:
+    sinks: list[Collecting] = []
+    asm = sinking(sinks, fail_at=2)
+    frames = list(wire_frames(Envelope.create("u", "r", 0, vector=np.ones(100, np.float32)), 64))
+    with pytest.raises(UpdateRejectedError, match="refused the piece"):
+        [asm.feed_bytes(message) for message in frames]
+    assert sinks[0].closed == 0 and "refused the piece" in sinks[0].aborted[0]
+    assert not asm.busy
+
+
+def test_an_abandoned_message_aborts_its_sink() -> None:
+    sinks: list[Collecting] = []
+    asm = sinking(sinks)
+    frames = list(wire_frames(Envelope.create("u", "r", 0, vector=np.ones(100, np.float32)), 64))
+    asm.feed_bytes(frames[0])
+    asm.abort("connection lost")
+    assert sinks[0].aborted == ["connection lost"] and not asm.busy
+
+
+def test_begin_may_decline_and_the_vector_is_assembled_whole() -> None:
+    seen: list[VectorHead] = []
+
+    def begin(head: VectorHead) -> None:
+        seen.append(head)
+
+    asm = FrameAssembler(begin=begin)
+    vector = np.arange(50, dtype=np.float64)
+    outs = [
+        out
+        for m in wire_frames(Envelope.create("u", "r", 0, vector=vector), 64)
+        if (out := asm.feed_bytes(m)) is not None
+    ]
+    assert [h.nbytes for h in seen] == [400]
+    np.testing.assert_array_equal(outs[0].vector, vector)
+    # A message without a vector never asks for a sink.
+    assert asm.feed_bytes(next(wire_frames(Envelope.create("hello", "r", 0)))) is not None
+    assert len(seen) == 1
