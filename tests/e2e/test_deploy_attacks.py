@@ -27,6 +27,7 @@ from fedcare.runtime.audit import verify
 from fedcare.runtime.coordinator import CoordinatorOptions
 from fedcare.runtime.messages import (
     ApprovalStatus,
+    AuditCopy,
     Hello,
     JobPlan,
     TrainRequest,
@@ -103,7 +104,8 @@ def test_malformed_and_replayed_updates_are_rejected_and_the_round_goes_on(
         agents.append(thread)
 
     rogue = open_session(target, tls=bundles[ROGUE])
-    replies = iter(rogue)
+    # Its own copies of the signed audit entries arrive too; the rogue ignores them.
+    replies = (env for env in rogue if env.kind != AuditCopy.KIND)
     rogue.send(Hello(True, {"num_train": 172}).to_envelope())
     job = JobPlan.from_envelope(next(replies))
     rogue.send(ApprovalStatus(job.run_id, 0, job.plan_hash, True).to_envelope())
