@@ -1,7 +1,8 @@
 """The heart study deployed vs simulated: wall time and final-model difference.
 
 Deployed: ``fedcare coordinator start`` + four ``fedcare site start`` processes on loopback
-with mutual TLS (plans pre-approved at each site). Its wall time is first round started ->
+with mutual TLS (plans pre-approved at each site), one training thread per site (four
+agents share the machine's cores; torch's default pools would contend). Its wall time is first round started ->
 last round finished, from the run store (process start-up and connecting are reported
 apart). Simulated: ``FederatedSimulation.run()`` in this process, same plan and seed.
 Both evaluate every site after every round. Prints medians over repeats and the ratio.
@@ -67,7 +68,7 @@ def site_command(cli: list[str], root: Path, run_id: str, site: str, port: str) 
     return [
         *cli, "site", "start", "--coordinator", f"127.0.0.1:{port}",
         "--bundle", str(root / site), "--data", f"heart-disease:{site}",
-        "--state", str(root / "sites" / run_id / site),
+        "--state", str(root / "sites" / run_id / site), "--threads", "1",
     ]  # fmt: skip
 
 

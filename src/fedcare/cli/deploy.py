@@ -24,6 +24,7 @@ import datetime as dt
 import secrets
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -488,6 +489,14 @@ def site_start(
             "with 'fedcare site he-keys create', never given to the coordinator.",
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training threads (default: one per core). Give 1 when several site agents "
+            "share one machine, as in a loopback test.",
+        ),
+    ] = None,
     chunk_mib: ChunkMiB = 4.0,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
@@ -538,7 +547,7 @@ def site_start(
             site_name,
             approvals,
             table,
-            site_training,
+            partial(site_training, threads=threads),
             log=_plain_log,
             coordinator="coordinator",
             budget=budget,
@@ -550,7 +559,7 @@ def site_start(
         def work(plan: Any) -> Any:
             if rows is None:
                 raise ConfigError("no usable data at this site")
-            return site_training(rows)(plan)
+            return site_training(rows, threads=threads)(plan)
 
         machine = SiteMachine(
             site_name,

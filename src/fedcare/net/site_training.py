@@ -163,9 +163,22 @@ class SiteTraining:
 
 
 def site_training(
-    data: SiteData, mode: Mode = "auto", *, sample_noise: SampleNoise = "secret"
+    data: SiteData,
+    mode: Mode = "auto",
+    *,
+    sample_noise: SampleNoise = "secret",
+    threads: int | None = None,
 ) -> Callable[[RunPlan], SiteTraining]:
-    """The work factory a :class:`~fedcare.runtime.site.SiteMachine` takes for this site's data."""
+    """The work factory a :class:`~fedcare.runtime.site.SiteMachine` takes for this site's data.
+
+    ``threads``: torch's intra-op threads for this process (None: torch's default, one per
+    core). Several site agents sharing one machine (a loopback test) want 1 each, or their
+    thread pools contend for the same cores.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, found {threads}")
+        torch.set_num_threads(threads)
 
     def build(plan: RunPlan) -> SiteTraining:
         return SiteTraining(plan, data, mode, sample_noise=sample_noise)
