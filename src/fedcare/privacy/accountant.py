@@ -284,13 +284,14 @@ def calibrate_noise_multiplier(
             )
         hi = min(2.0 * hi, max_noise_multiplier)
     lo = 0.0  # epsilon(0) is infinite
-    return _bisect(eps, lo, hi, target_epsilon, tolerance)
+    return bisect_noise_multiplier(eps, lo, hi, target_epsilon, tolerance)
 
 
-def _bisect(
+def bisect_noise_multiplier(
     eps: Callable[[float], float], lo: float, hi: float, target: float, tolerance: float
 ) -> float:
-    """Invariant: eps(hi) <= target < eps(lo). Stop once eps(hi) is within tolerance."""
+    """The largest-epsilon z found by bisection: invariant eps(hi) <= target < eps(lo);
+    stops once eps(hi) is within ``tolerance`` of the target (or the bracket collapses)."""
     value = eps(hi)
     for _ in range(200):
         if value >= target - tolerance or hi - lo <= 1e-12 * hi:

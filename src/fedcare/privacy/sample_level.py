@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -34,6 +34,7 @@ from fedcare.privacy.accountant import (
     AccountantKind,
     GaussianRelease,
     PrivacyAccountant,
+    bisect_noise_multiplier,
     calibrate_noise_multiplier,
     epsilon_of,
 )
@@ -106,30 +107,13 @@ def _calibrate_rdp(target: float, delta: float, steps: int, q: float) -> float:
         if hi >= 1e4:  # unreachable target: the library search words the refusal
             return calibrate_noise_multiplier(target, delta, steps, q, accountant="rdp")
         hi *= 2.0
-    hi = _bisect_down(integer, 0.0, hi, target, 1e-3)
+    hi = bisect_noise_multiplier(integer, 0.0, hi, target, 1e-3)
     lo = hi
     while full(lo) <= target:  # step down until the full accountant exceeds the target
         hi, lo = lo, lo * 0.95
         if full(hi) >= target - _TOLERANCE:
             return hi
-    return _bisect_down(full, lo, hi, target, _TOLERANCE)
-
-
-def _bisect_down(
-    eps: Callable[[float], float], lo: float, hi: float, target: float, tolerance: float
-) -> float:
-    """Invariant eps(hi) <= target < eps(lo); stops once eps(hi) >= target - tolerance."""
-    value = eps(hi)
-    for _ in range(100):
-        if value >= target - tolerance or hi - lo <= 1e-12 * hi:
-            break
-        mid = 0.5 * (lo + hi)
-        mid_value = eps(mid)
-        if mid_value <= target:
-            hi, value = mid, mid_value
-        else:
-            lo = mid
-    return hi
+    return bisect_noise_multiplier(full, lo, hi, target, _TOLERANCE)
 
 
 @dataclass(frozen=True)

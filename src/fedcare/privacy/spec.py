@@ -85,6 +85,27 @@ def _positive(value: Any, field: str, where: str) -> float:
     return number
 
 
+def _guarantee(
+    raw: Mapping[str, Any], where: str, calibrated: str, reported: str
+) -> tuple[bool, bool, float, Any]:
+    """(has epsilon, has noise multiplier, delta, accountant): the keys both DP kinds share."""
+    has_eps, has_z = raw.get("epsilon") is not None, raw.get("noise_multiplier") is not None
+    if has_eps == has_z:
+        raise ConfigError(
+            f"{where}: give exactly one of 'epsilon' ({calibrated} calibrated to reach it) or "
+            f"'noise_multiplier' ({reported} reported), found {'both' if has_eps else 'neither'}"
+        )
+    delta = _positive(raw.get("delta", 1e-5), "delta", where)
+    if delta >= 1:
+        raise ConfigError(f"{where}: 'delta' must be < 1, found {delta}")
+    accountant = raw.get("accountant", "rdp")
+    if accountant not in ACCOUNTANT_KINDS:
+        raise ConfigError(
+            f"{where}: 'accountant' must be one of {ACCOUNTANT_KINDS}, found {accountant!r}"
+        )
+    return has_eps, has_z, delta, accountant
+
+
 def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
     """A DPSpec from a config mapping; every problem names the key and what was expected."""
     if not isinstance(raw, Mapping):
@@ -95,21 +116,7 @@ def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
     mode = raw.get("mode", "central")
     if mode not in DP_MODES:
         raise ConfigError(f"{where}: 'mode' must be one of {DP_MODES}, found {mode!r}")
-    has_eps, has_z = raw.get("epsilon") is not None, raw.get("noise_multiplier") is not None
-    if has_eps == has_z:
-        raise ConfigError(
-            f"{where}: give exactly one of 'epsilon' (noise is calibrated to reach it) or "
-            f"'noise_multiplier' (epsilon is reported), found "
-            f"{'both' if has_eps else 'neither'}"
-        )
-    delta = _positive(raw.get("delta", 1e-5), "delta", where)
-    if delta >= 1:
-        raise ConfigError(f"{where}: 'delta' must be < 1, found {delta}")
-    accountant = raw.get("accountant", "rdp")
-    if accountant not in ACCOUNTANT_KINDS:
-        raise ConfigError(
-            f"{where}: 'accountant' must be one of {ACCOUNTANT_KINDS}, found {accountant!r}"
-        )
+    has_eps, has_z, delta, accountant = _guarantee(raw, where, "noise is", "epsilon is")
     adaptive = None
     if raw.get("adaptive_clip") is not None:
         block = raw["adaptive_clip"]
@@ -188,21 +195,9 @@ def parse_sample_dp(raw: Mapping[str, Any], *, where: str = "sample_dp") -> Samp
     unknown = sorted(set(raw) - _SAMPLE_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SAMPLE_KEYS)}")
-    has_eps, has_z = raw.get("epsilon") is not None, raw.get("noise_multiplier") is not None
-    if has_eps == has_z:
-        raise ConfigError(
-            f"{where}: give exactly one of 'epsilon' (each site's noise is calibrated to reach "
-            f"it) or 'noise_multiplier' (each site's epsilon is reported), found "
-            f"{'both' if has_eps else 'neither'}"
-        )
-    delta = _positive(raw.get("delta", 1e-5), "delta", where)
-    if delta >= 1:
-        raise ConfigError(f"{where}: 'delta' must be < 1, found {delta}")
-    accountant = raw.get("accountant", "rdp")
-    if accountant not in ACCOUNTANT_KINDS:
-        raise ConfigError(
-            f"{where}: 'accountant' must be one of {ACCOUNTANT_KINDS}, found {accountant!r}"
-        )
+    has_eps, has_z, delta, accountant = _guarantee(
+        raw, where, "each site's noise is", "each site's epsilon is"
+    )
     return SampleDPSpec(
         epsilon=_positive(raw["epsilon"], "epsilon", where) if has_eps else None,
         noise_multiplier=_positive(raw["noise_multiplier"], "noise_multiplier", where)
