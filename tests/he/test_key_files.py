@@ -37,7 +37,7 @@ def test_an_existing_key_file_is_never_overwritten(tmp_path):
 def test_a_file_that_is_not_a_key_set_is_refused_by_name(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not a key")
-    with pytest.raises(ConfigError, match="notes.txt"):
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
         read_key_set(junk)
     with pytest.raises(ConfigError, match="cannot read"):
         read_key_set(tmp_path / "missing.key")
