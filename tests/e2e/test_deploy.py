@@ -98,13 +98,16 @@ class Deployment:
             time.sleep(0.1)
         return proc, int(port_file.read_text())
 
-    def site(self, name: str, port: int) -> subprocess.Popen[bytes]:
+    def site(
+        self, name: str, port: int, *extra: str, data: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``fedcare site start`` for ``name`` (its shipped heart data unless ``data``)."""
         return self.spawn(
             name,
             [
                 sys.executable, "-m", "fedcare.cli.main", "site", "start",
                 "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{name}",
-                "--data", f"heart-disease:{name}", "--state", f"sites/{name}",
+                "--data", data or f"heart-disease:{name}", "--state", f"sites/{name}", *extra,
             ],
         )  # fmt: skip
 

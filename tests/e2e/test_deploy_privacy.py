@@ -8,7 +8,6 @@ round by round and end with exactly the epsilon the coordinator reports.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,7 @@ DP_STRATEGY = "  - name: fedavg\n    params: {dp: {noise_multiplier: 1.0, clip_n
 
 
 def start_site(dep: Deployment, name: str, port: int, epsilon: float) -> None:
-    dep.spawn(
-        name,
-        [
-            sys.executable, "-m", "fedcare.cli.main", "site", "start",
-            "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{name}",
-            "--data", f"heart-disease:{name}", "--state", f"sites/{name}",
-            "--budget-epsilon", str(epsilon), "--budget-delta", "1e-4",
-        ],
-    )  # fmt: skip
+    dep.site(name, port, "--budget-epsilon", str(epsilon), "--budget-delta", "1e-4")
 
 
 @pytest.mark.parametrize("deployment", [3], indirect=True)

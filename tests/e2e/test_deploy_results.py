@@ -80,14 +80,7 @@ def tables(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def start_site(dep: Deployment, name: str, port: int):  # type: ignore[no-untyped-def]
-    return dep.spawn(
-        name,
-        [
-            sys.executable, "-m", "fedcare.cli.main", "site", "start",
-            "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{name}",
-            "--data", f"hospitals/{name}.csv", "--state", f"sites/{name}",
-        ],
-    )  # fmt: skip
+    return dep.site(name, port, data=f"hospitals/{name}.csv")
 
 
 def test_own_csv_files_refuse_a_bad_column_then_results_land_in_the_study_folder(

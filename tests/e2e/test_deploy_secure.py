@@ -111,15 +111,7 @@ def test_ckks_study_over_mtls_with_the_hospitals_shared_key_set(deployment: Depl
     )
     coordinator, port = dep.coordinator("--run-id", "ckks-run", "--start-grace", "120")
     for site in SITES:
-        dep.spawn(
-            site,
-            [
-                sys.executable, "-m", "fedcare.cli.main", "site", "start",
-                "--coordinator", f"127.0.0.1:{port}", "--bundle", f"bundles/{site}",
-                "--data", f"heart-disease:{site}", "--state", f"sites/{site}",
-                "--he-keys", "he.key",
-            ],
-        )  # fmt: skip
+        dep.site(site, port, "--he-keys", "he.key")
     assert coordinator.wait(timeout=180) == 0, dep.log("coordinator").read_text()
     with RunStore.in_folder(dep.out) as store:
         rounds = store.rounds("ckks-run")
