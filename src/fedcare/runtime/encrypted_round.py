@@ -28,18 +28,10 @@ from fedcare.he.ckks import CkksKeys, public_context_bytes
 from fedcare.he.secure_sum import HeCoordinator, HeSite
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.secure_round import Addressed, SumOutcome
+from fedcare.runtime.secure_wire import secure_header
 
 HE = "he"
 MIN_SUMMANDS = 2  # a site never decrypts a single site's update
-
-
-def _header(step: str, session: bytes, attempt: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "step": step,
-        "session": base64.b64encode(session).decode("ascii"),
-        "attempt": attempt,
-        **extra,
-    }
 
 
 def _payload(env: Envelope, what: str) -> bytes:
@@ -61,7 +53,7 @@ def encrypted_update(
     """A member's encrypted input with the public context and its stated counts."""
     payload = HeSite(keys).encrypt_update(vector, 1.0)
     context = base64.b64encode(public_context_bytes(keys)).decode("ascii")
-    header = _header("encrypted_update", session, attempt, context=context, **meta)
+    header = secure_header("encrypted_update", session, attempt, context=context, **meta)
     data = np.frombuffer(payload, dtype=np.uint8)
     return Envelope.create(HE, run_id, round_, header=header, vector=data)
 
@@ -189,6 +181,6 @@ class EncryptedSumCollector:
         self.decryptor = candidates[0]
         self.waiting = {self.decryptor}
         self.deadline = now + self.stage_timeout_s
-        header = _header("decrypt", self.session, self.attempt, summands=len(self.included))
+        header = secure_header("decrypt", self.session, self.attempt, summands=len(self.included))
         data = np.frombuffer(self._aggregate, dtype=np.uint8)
         return [(self.decryptor, Envelope.create(HE, self.run_id, self.round, header, data))]

@@ -104,6 +104,11 @@ class _Fields:
             raise self.fail(name, "hexadecimal field elements") from exc
 
 
+def secure_header(step: str, session: bytes, attempt: int, **extra: Any) -> dict[str, Any]:
+    """The header every secure-sum envelope (SecAgg or CKKS) starts with."""
+    return {"step": step, "session": _b64(session), "attempt": attempt, **extra}
+
+
 def session_of(env: Envelope) -> tuple[bytes, int]:
     """(session id, attempt) a secagg envelope claims, before it is decoded further."""
     f = _Fields(env)
@@ -119,12 +124,7 @@ def client_envelope(
     message: ClientMessage, run_id: str, round_: int, attempt: int, **extra: Any
 ) -> Envelope:
     """A site's SecAgg message as the envelope it sends (``extra``: JSON header fields)."""
-    header: dict[str, Any] = {
-        "step": _CLIENT_KINDS[type(message)],
-        "session": _b64(message.session_id),
-        "attempt": attempt,
-        **extra,
-    }
+    header = secure_header(_CLIENT_KINDS[type(message)], message.session_id, attempt, **extra)
     vector = None
     if isinstance(message, AdvertiseKeys):
         header["c_pk"], header["s_pk"] = _b64(message.keys.c_pk), _b64(message.keys.s_pk)
@@ -174,11 +174,7 @@ def parse_client(env: Envelope, sender: int) -> ClientMessage:
 
 def server_envelope(message: ServerMessage, run_id: str, round_: int, attempt: int) -> Envelope:
     """The coordinator's SecAgg message to ``message.recipient`` as an envelope."""
-    header: dict[str, Any] = {
-        "step": _SERVER_KINDS[type(message)],
-        "session": _b64(message.session_id),
-        "attempt": attempt,
-    }
+    header = secure_header(_SERVER_KINDS[type(message)], message.session_id, attempt)
     if isinstance(message, KeyDirectory):
         header["keys"] = [[k.client, _b64(k.c_pk), _b64(k.s_pk)] for k in message.keys]
     elif isinstance(message, ForwardedShares):
