@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,6 @@ from fedcare.net.store import RunStore
 from fedcare.net.tls import TlsBundle, init_study_ca, issue_bundle
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.audit import verify
-from fedcare.runtime.sampling import Participation
 from fedcare.sim.engine import FederatedSimulation
 from fedcare.study.config import load_config
 
@@ -111,6 +111,19 @@ class Deployment:
             ],
         )  # fmt: skip
 
+    def crashing_site(
+        self, name: str, port: int, crash_round: int, step: str = ""
+    ) -> subprocess.Popen[bytes]:
+        """A site agent that dies (os._exit 9) in ``crash_round`` (see crashing_site.py)."""
+        return self.spawn(
+            name,
+            [
+                sys.executable, str(ROOT / "tests/e2e/crashing_site.py"), f"127.0.0.1:{port}",
+                f"bundles/{name}", f"sites/{name}", f"heart-disease:{name}", str(crash_round),
+                *([step] if step else []),
+            ],
+        )  # fmt: skip
+
     def wait_log(self, name: str, text: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log(name).read_text():
@@ -138,18 +151,18 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         proc.wait()
 
 
-def simulated_model(dep: Deployment) -> np.ndarray:
+def simulated_model(dep: Deployment, dataset: Any = None) -> np.ndarray:
     """The same study in the simulator, uninterrupted: the model the deployment must reach."""
     plan = dep.plan()
-    dataset = load_dataset("heart-disease")
+    dataset = dataset if dataset is not None else load_dataset("heart-disease")
     sim = FederatedSimulation(
-        module=build_model("logistic", dataset.input_shape, dataset.num_classes),
+        module=build_model(plan.model, dataset.input_shape, dataset.num_classes),
         dataset=dataset,
         strategy=build_strategy(plan.strategy, plan.strategy_params),
         spec=plan.spec,
         rounds=plan.rounds,
         seed=plan.seed,
-        participation=Participation(1.0, 1),
+        participation=plan.participation,
     )
     return sim.run().final_params[0]
 
@@ -215,13 +228,7 @@ def test_sites_wait_for_approval_then_a_site_killed_mid_round_is_dropped_and_rej
     for site in SITES[:3]:
         dep.site(site, port)
     crash_round = 2
-    crashing = dep.spawn(
-        "va",
-        [
-            sys.executable, str(ROOT / "tests/e2e/crashing_site.py"), f"127.0.0.1:{port}",
-            "bundles/va", "sites/va", "heart-disease:va", str(crash_round),
-        ],
-    )  # fmt: skip
+    crashing = dep.crashing_site("va", port, crash_round)
 
     # Nothing runs before each data owner approves; the coordinator shows who waits.
     plan_hash = dep.plan().hash

@@ -20,16 +20,13 @@ import numpy as np
 import pytest
 import yaml
 
-from fedcare.algorithms.registry import build_strategy
 from fedcare.data.registry import load_dataset
-from fedcare.models.registry import build_model
 from fedcare.net.store import RunStore
 from fedcare.net.tls import init_study_ca, issue_bundle
 from fedcare.runtime.approvals import ApprovalStore
-from fedcare.sim.engine import FederatedSimulation
 from fedcare.study.config import load_config
 from tests.data.conftest import SCHEMA_DICT, site_frame
-from tests.e2e.test_deploy import Deployment
+from tests.e2e.test_deploy import Deployment, simulated_model
 
 pytestmark = pytest.mark.slow
 
@@ -149,12 +146,6 @@ def test_own_csv_files_refuse_a_bad_column_then_results_land_in_the_study_folder
     # Same columns at every site, per-site normalisation: the simulator's model exactly.
     config = load_config(dep.study)
     dataset = load_dataset("tabular", **config.dataset.params)
-    simulated = FederatedSimulation(
-        module=build_model("logistic", dataset.input_shape, dataset.num_classes),
-        dataset=dataset,
-        strategy=build_strategy(plan.strategy, plan.strategy_params),
-        spec=plan.spec,
-        rounds=plan.rounds,
-        seed=plan.seed,
-    ).run()
-    np.testing.assert_allclose(dep.final_model("tables-run"), simulated.final_params[0], atol=1e-6)
+    np.testing.assert_allclose(
+        dep.final_model("tables-run"), simulated_model(dep, dataset), atol=1e-6
+    )

@@ -19,7 +19,7 @@ from fedcare.net.store import RunStore
 from fedcare.net.tls import TlsBundle
 from fedcare.runtime.audit import compare, verify
 from tests.e2e import test_deploy
-from tests.e2e.test_deploy import ROOT, SITES, Deployment
+from tests.e2e.test_deploy import SITES, Deployment
 
 pytestmark = pytest.mark.slow
 deployment = test_deploy.deployment  # the study folder, CA and bundles fixture
@@ -45,13 +45,7 @@ def test_secagg_with_distributed_dp_finishes_when_a_site_dies_mid_sum(
     for site in SITES[:3]:
         dep.site(site, port)
     crash_round = 1
-    crashing = dep.spawn(
-        "va",
-        [
-            sys.executable, str(ROOT / "tests/e2e/crashing_site.py"), f"127.0.0.1:{port}",
-            "bundles/va", "sites/va", "heart-disease:va", str(crash_round), "forwarded_shares",
-        ],
-    )  # fmt: skip
+    crashing = dep.crashing_site("va", port, crash_round, "forwarded_shares")
     assert crashing.wait(timeout=120) == 9
     assert "crashing on forwarded_shares of round 2" in dep.log("va").read_text()
     dep.site("va", port)  # the hospital restarts its agent; it rejoins the next round
