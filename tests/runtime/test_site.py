@@ -6,6 +6,8 @@ Local work is a small numpy stand-in, so these tests check the protocol, not the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ from fedcare.runtime.messages import (
     TrainRequest,
     parse_message,
 )
-from fedcare.runtime.rounds import RunPlan
+from fedcare.runtime.rounds import RunPlan, StudyPlan
 from fedcare.runtime.site import DataCheck, SiteMachine, SitePhase, TrainTask
 
 P = 6
@@ -280,4 +282,59 @@ def test_a_site_still_waiting_for_approval_hears_that_the_run_ended(store):
     reply(site, job(p))
     assert site.phase is SitePhase.WAITING_APPROVAL
     reply(site, as_coordinator(RunFinished("run-1", 3, "finished", "ab" * 32)))
+    assert site.phase is SitePhase.FINISHED
+
+
+def study_of(*runs: RunPlan) -> StudyPlan:
+    return StudyPlan("study", tuple(runs))
+
+
+def study_job(p: RunPlan, study: StudyPlan, run_id: str = "run-1", **overrides) -> Envelope:
+    fields = {"study": study.to_dict(), "study_hash": study.hash, **overrides}
+    return as_coordinator(JobPlan(run_id, 0, p.to_dict(), p.hash, **fields))
+
+
+def test_one_approval_of_a_study_lets_each_of_its_runs_run(store):
+    first, second = plan(), replace(plan(), seed=8)
+    study = study_of(first, second)
+    site, _ = machine(store)
+    (status,) = reply(site, study_job(first, study))
+    assert not status.approved and f"fedcare site approve {study.hash}" in status.detail
+    assert list(store.pending()) == [study.hash]
+    store.approve(study.hash, by="dr. owner")
+    (approved,) = [parse_message(e) for e in site.tick(1.0)]
+    assert approved.approved and approved.plan_hash == first.hash
+    reply(site, as_coordinator(RunFinished("run-1", 3, "finished", "ab" * 32)))
+    assert site.phase is SitePhase.WAITING_PLAN  # another run of the study follows
+    assert reply(site, study_job(second, study, "run-2"))[0].approved
+    reply(site, as_coordinator(RunFinished("run-2", 3, "finished", "ab" * 32)))
+    assert site.phase is SitePhase.FINISHED  # that was the study's last run
+
+
+def test_a_run_plan_that_is_not_in_the_approved_study_is_refused(store):
+    study = study_of(plan(), replace(plan(), seed=8))
+    store.approve(study.hash, by="owner")
+    site, built = machine(store)
+    outsider = replace(plan(), seed=9)  # the coordinator says it belongs to the study; it does not
+    (refusal,) = reply(site, study_job(outsider, study))
+    assert refusal.code == "plan_refused"
+    assert f"job plan {outsider.hash} is not one of the 2 runs" in refusal.message
+    assert site.phase is SitePhase.WAITING_PLAN and built == []
+
+
+def test_a_study_plan_that_does_not_match_its_hash_is_refused(store):
+    study = study_of(plan(), replace(plan(), seed=8))
+    store.approve(study.hash, by="owner")
+    site, _ = machine(store)
+    other = study_of(plan(), replace(plan(), seed=8), replace(plan(), seed=9))
+    (refusal,) = reply(site, study_job(plan(), other, study_hash=study.hash))
+    assert refusal.code == "plan_refused" and "hashes to" in refusal.message
+
+
+def test_a_failed_run_ends_the_study_at_the_site(store):
+    study = study_of(plan(), replace(plan(), seed=8))
+    store.approve(study.hash, by="owner")
+    site, _ = machine(store)
+    assert reply(site, study_job(plan(), study))[0].approved
+    reply(site, as_coordinator(RunFinished("run-1", 1, "failed", "")))
     assert site.phase is SitePhase.FINISHED

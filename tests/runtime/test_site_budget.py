@@ -12,8 +12,11 @@ import pytest
 from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.privacy.client_level import JobPrivacy, SiteBudget
 from fedcare.privacy.sample_level import SiteSampleCost
+from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.coordinator import Phase
-from fedcare.runtime.site import SiteMachine
+from fedcare.runtime.messages import BUDGET_EXCEEDED, JobPlan, parse_message
+from fedcare.runtime.rounds import StudyPlan
+from fedcare.runtime.site import DataCheck, SiteMachine
 from tests.conftest import make_sites
 from tests.runtime.test_protocol_study import Loopback, deploy, heart_plan
 
@@ -200,3 +203,38 @@ def test_dp_sgd_over_a_small_budget_is_refused_before_it_starts(toy, tmp_path):
     run_to_end(net)
     assert any(e.kind == "budget_refused" for e in machine.drain_events())
     assert site not in net.coordinator.history[0]["participants"]
+
+
+def test_a_study_whose_runs_together_exceed_the_budget_is_refused_before_its_first_run(
+    toy, tmp_path
+):
+    """Runs of a study add up like any jobs on the same data: the site counts this run and
+    every run after it up front, rather than stopping the study halfway."""
+    runs = (dp_plan(toy, seed=0), dp_plan(toy, seed=1))
+    study = StudyPlan(runs[0].study, runs)
+    planned = cost(runs[0]).planned_epsilon
+    site = toy.site_names[0]
+    approvals = ApprovalStore(tmp_path / site / "approvals.json")
+    machine = SiteMachine(
+        site,
+        approvals,
+        DataCheck(True, {"num_train": 40}),
+        lambda plan: None,  # type: ignore[arg-type,return-value]  # never reached
+        coordinator="coordinator",
+        budget=SiteBudget(open_ledger(tmp_path, site, epsilon=1.5 * planned)),
+    )
+    machine.start(0.0)
+
+    def offer(run_id: str, plan) -> object:
+        message = JobPlan(run_id, 0, plan.to_dict(), plan.hash, study=study.to_dict(),
+                          study_hash=study.hash)  # fmt: skip
+        (reply,) = machine.handle(message.to_envelope().from_peer("coordinator"), 0.0)
+        return parse_message(reply)
+
+    refusal = offer("run-1", runs[0])
+    assert refusal.code == BUDGET_EXCEEDED
+    assert "this run and the 1 after it plan to spend" in refusal.message
+    assert approvals.pending() == {}  # refused before its owner is asked
+    waiting = offer("run-2", runs[1])  # the last run alone fits: its owner is asked
+    assert waiting.KIND == "approval_status" and not waiting.approved
+    assert list(approvals.pending()) == [study.hash]

@@ -6,6 +6,11 @@ written as integers, so the same plan hashes the same whichever tool wrote it. A
 a plan until its owner approves that hash (``fedcare site approve HASH``) or the plan matches
 one of the owner's allow rules (e.g. ``model.name=logistic,strategy.name=fed*``).
 
+A deployed study sends each run's plan together with the study plan (every run, in order).
+The owner approves the study's hash once; a run is then allowed because its own hash is in
+that approved study, which the site computes itself (``decide_member``). A run approved on
+its own, or matching an allow rule, runs too: rules are matched against each run's plan.
+
 ``ApprovalStore`` is one JSON file at the site, re-read on every question so an approval made
 from another terminal takes effect at once, and rewritten atomically under a file lock.
 """
@@ -211,6 +216,28 @@ class ApprovalStore:
                     return Decision(hash, True, f"matches allow rule '{rule.text}' of {rule.by}")
         return Decision(hash, False, f"waiting for approval: fedcare site approve {hash}")
 
+    def decide_member(self, plan: Mapping[str, Any], study: Mapping[str, Any]) -> Decision:
+        """Whether a run of ``study`` may run: the study approved, the run approved on its
+        own, or an allow rule matching the run. ProtocolError if the run is not in the study."""
+        run_hash, study_hash = _membership(plan, study)
+        row = self._load()["approved"].get(study_hash)
+        if row is not None:
+            return Decision(
+                run_hash,
+                True,
+                f"approved with study '{study.get('study')}' ({study_hash}) by {row['by']} "
+                f"at {row['time']}",
+            )
+        own = self.decide(run_hash, plan)
+        if own.approved:
+            return own
+        return Decision(
+            run_hash,
+            False,
+            f"waiting for approval of study '{study.get('study')}' "
+            f"({len(study.get('runs', []))} runs): fedcare site approve {study_hash}",
+        )
+
     # -- writing -------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -278,3 +305,35 @@ class ApprovalStore:
                         "time": _now(),
                     }
         return decision
+
+    def request_member(
+        self, plan: Mapping[str, Any], study: Mapping[str, Any], from_: str = ""
+    ) -> Decision:
+        """A run of a study asks to run: decide, and if it must wait, keep the whole study
+        (not the run alone) for the owner to review and approve once."""
+        decision = self.decide_member(plan, study)
+        if not decision.approved:
+            study_hash = plan_hash(study)
+            with self._edit() as data:
+                if study_hash not in data["pending"]:
+                    data["pending"][study_hash] = {
+                        "plan": canonical(study),
+                        "from": from_,
+                        "time": _now(),
+                    }
+        return decision
+
+
+def _membership(plan: Mapping[str, Any], study: Mapping[str, Any]) -> tuple[str, str]:
+    """(run hash, study hash), both computed here; ProtocolError unless the run is one of
+    the study's runs."""
+    runs = study.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, Mapping) for r in runs):
+        raise ProtocolError("study plan: 'runs' must be a list of job plans")
+    run_hash, study_hash = plan_hash(plan), plan_hash(study)
+    if run_hash not in {plan_hash(r) for r in runs}:
+        raise ProtocolError(
+            f"job plan {run_hash} is not one of the {len(runs)} runs of study "
+            f"'{study.get('study')}' ({study_hash})"
+        )
+    return run_hash, study_hash

@@ -232,6 +232,10 @@ class CoordinatorMachine:
         )
         self.guard = ReplayGuard(run_id)
         self.guard.open_round(self.state.round)
+        # A run of a deployed study: the whole study plan goes with the job plan (its hash
+        # is what owners approve); set by the driver (see fedcare.net.coordinator_server).
+        self.study_plan: dict[str, Any] | None = None
+        self.study_hash = ""
         self._events: list[RuntimeEvent] = []
         self._now = 0.0
 
@@ -457,7 +461,14 @@ class CoordinatorMachine:
         self._event("site_hello", site, {"data": hello.data})
         if self.done:
             return [self._finished_message(site)]
-        plan = JobPlan(self.run_id, self.round, self.plan_dict, self.plan_hash)
+        plan = JobPlan(
+            self.run_id,
+            self.round,
+            self.plan_dict,
+            self.plan_hash,
+            study=self.study_plan,
+            study_hash=self.study_hash,
+        )
         return [Outgoing(site, plan.to_envelope())]
 
     def _on_approval(self, env: Envelope, status_msg: ApprovalStatus) -> list[Outgoing]:

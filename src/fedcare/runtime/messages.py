@@ -199,7 +199,11 @@ class Hello:
 
 @dataclass(frozen=True, eq=False)
 class JobPlan:
-    """Coordinator -> site: what would run on the site's data, and its content hash."""
+    """Coordinator -> site: what would run on the site's data, and its content hash.
+
+    A run of a deployed study also carries the whole study plan (every run, in order) and
+    its hash: the owner approves the study once, and the site checks the run is in it.
+    """
 
     KIND: ClassVar[str] = "job_plan"
     run_id: str
@@ -207,16 +211,29 @@ class JobPlan:
     plan: dict[str, Any]
     plan_hash: str
     sender: str = ""
+    study: dict[str, Any] | None = None
+    study_hash: str = ""
 
     def to_envelope(self) -> Envelope:
-        header = {"plan": self.plan, "plan_hash": self.plan_hash}
+        header: dict[str, Any] = {"plan": self.plan, "plan_hash": self.plan_hash}
+        if self.study is not None:
+            header.update(study=self.study, study_hash=self.study_hash)
         return Envelope.create(self.KIND, self.run_id, self.round, header)
 
     @classmethod
     def from_envelope(cls, env: Envelope) -> Self:
         _expect_kind(env, cls.KIND)
         h = _Header(env)
-        return cls(env.run_id, env.round, h.mapping("plan"), h.text("plan_hash"), env.sender)
+        study = h.mapping("study") if "study" in h.raw else None
+        return cls(
+            env.run_id,
+            env.round,
+            h.mapping("plan"),
+            h.text("plan_hash"),
+            env.sender,
+            study,
+            h.text("study_hash") if study is not None else "",
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,6 +6,10 @@ Both machines build the same :class:`~fedcare.algorithms.strategy.Strategy` from
 site's index in ``sites`` keys its seeds exactly as the simulator keys that site's.
 Strategy ``params`` (client-level ``dp`` included) are part of the plan, so its hash
 covers the privacy settings a data owner approves and budgets for.
+
+:class:`StudyPlan` is a whole deployed study: every run (strategy x seed) in the order the
+coordinator runs them. A data owner approves its hash once; a site then accepts each run
+plan because the run's own hash is in the approved study's list, checked at the site.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from fedcare.core.records import TrainSpec
 from fedcare.data.site_table import SiteTableSpec
 from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
-from fedcare.runtime.approvals import canonical, plan_hash
+from fedcare.runtime.approvals import canonical, canonical_json, plan_hash
 from fedcare.runtime.sampling import Participation
 
 _SPEC_FIELDS = (
@@ -203,6 +207,108 @@ class RunPlan:
         if plan.data:
             SiteTableSpec.from_dict(plan.data)  # a malformed data section fails here
         return plan
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Every run of a deployed study, in order, as a data owner approves them at once.
+
+    ``not_deployed`` names the parts of the study config the deployment leaves out
+    (baselines, simulated attacks, ...), so the owner sees them too; the hash covers it all.
+    """
+
+    study: str
+    runs: tuple[RunPlan, ...]
+    not_deployed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ConfigError(f"study plan '{self.study}': it lists no runs")
+        hashes = [r.hash for r in self.runs]
+        for i, h in enumerate(hashes):
+            if h in hashes[:i]:
+                first = self.runs[hashes.index(h)]
+                raise ConfigError(
+                    f"study plan '{self.study}': runs {hashes.index(h) + 1} and {i + 1} are the "
+                    f"same plan ({first.strategy}, seed {first.seed}); list each run once"
+                )
+        for i, run in enumerate(self.runs):
+            if run.sites != self.runs[0].sites:
+                raise ConfigError(
+                    f"study plan '{self.study}': run {i + 1} names sites {list(run.sites)}, "
+                    f"run 1 {list(self.runs[0].sites)}; a study runs on one set of sites"
+                )
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self.runs[0].sites
+
+    @property
+    def run_hashes(self) -> tuple[str, ...]:
+        return tuple(r.hash for r in self.runs)
+
+    def position(self, run_hash: str) -> int:
+        """The 0-based place of the run with ``run_hash``; ConfigError if it is not a run of
+        this study (a site never takes the coordinator's word for membership)."""
+        hashes = self.run_hashes
+        if run_hash not in hashes:
+            raise ConfigError(
+                f"job plan {run_hash} is not one of the {len(hashes)} runs of study "
+                f"'{self.study}' ({self.hash})"
+            )
+        return hashes.index(run_hash)
+
+    def after(self, run_hash: str) -> tuple[RunPlan, ...]:
+        """The runs that follow the run with ``run_hash``."""
+        return self.runs[self.position(run_hash) + 1 :]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON data: what a site's owner reviews and what ``plan_hash`` hashes."""
+        return dict(
+            canonical(
+                {
+                    "study": self.study,
+                    "runs": [r.to_dict() for r in self.runs],
+                    "not_deployed": list(self.not_deployed),
+                }
+            )
+        )
+
+    @property
+    def hash(self) -> str:
+        return plan_hash(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StudyPlan:
+        """Parse a study plan received from the coordinator; each run is checked in full."""
+        try:
+            runs = raw["runs"]
+            if not isinstance(runs, list):
+                raise TypeError(f"'runs' must be a list, found {type(runs).__name__}")
+            not_deployed = tuple(str(x) for x in raw.get("not_deployed", []))
+            study = str(raw["study"])
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"study plan is malformed: {type(exc).__name__} {exc}") from exc
+        parsed = []
+        for i, run in enumerate(runs):
+            if not isinstance(run, dict):
+                raise ConfigError(f"study plan: run {i + 1} is not a mapping")
+            try:
+                parsed.append(RunPlan.from_dict(run))
+            except ConfigError as exc:
+                raise ConfigError(f"study plan: run {i + 1}: {exc}") from exc
+        return cls(study, tuple(parsed), not_deployed)
+
+    def describe(self) -> list[str]:
+        """One line per run, for terminals: strategy, seed, rounds and the run plan hash."""
+        lines = []
+        for i, r in enumerate(self.runs):
+            params = canonical_json(r.strategy_params).decode() if r.strategy_params else ""
+            lines.append(
+                f"{i + 1}. {r.strategy}{' ' + params if params else ''}, seed {r.seed}, "
+                f"{r.rounds} rounds (plan {r.hash[:16]})"
+            )
+        return lines
 
 
 @dataclass

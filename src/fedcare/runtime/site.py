@@ -18,6 +18,12 @@ owner is even asked, and charges the ledger with the job's running epsilon befor
 each round; a round that would overrun the budget is refused, not trained. Both refusals
 reach the coordinator as ``budget_exceeded`` error reports.
 
+A run of a deployed study arrives with the whole study plan: the site computes both hashes
+itself, accepts the run only if its plan is one of the study's runs, and asks its owner to
+approve the study once. Its budget check then counts this run and every run after it, so
+a study that cannot finish within the budget is refused before it starts, not halfway.
+After a run that others follow, the site stays (or reconnects) for the next one.
+
 Drivers: persist :meth:`checkpoint` after each call that returns an update, before sending
 it, so a site that crashes and restarts still holds the state its counted update came from.
 """
@@ -41,7 +47,12 @@ from fedcare.algorithms.personal import (
     site_start,
 )
 from fedcare.algorithms.strategy import Strategy
-from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.core.errors import (
+    ConfigError,
+    FedcareError,
+    PrivacyBudgetExceededError,
+    ProtocolError,
+)
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
@@ -73,7 +84,7 @@ from fedcare.runtime.messages import (
     vector_digest,
 )
 from fedcare.runtime.replay import ReplayGuard
-from fedcare.runtime.rounds import RunPlan
+from fedcare.runtime.rounds import RunPlan, StudyPlan
 from fedcare.runtime.secure_round import secagg_config, secure_input
 from fedcare.runtime.secure_wire import SECAGG, client_envelope, parse_server, session_of, step_of
 from fedcare.secagg.client import SecAggClient
@@ -137,6 +148,26 @@ class Approvals(Protocol):
 
     def decide(self, hash: str, plan: dict[str, Any] | None = None) -> Decision: ...
 
+    def request_member(
+        self, plan: dict[str, Any], study: dict[str, Any], from_: str = ""
+    ) -> Decision: ...
+
+    def decide_member(self, plan: dict[str, Any], study: dict[str, Any]) -> Decision: ...
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A plan waiting for its owner: the run's plan, its hash, and the study it is part of."""
+
+    plan: dict[str, Any]
+    hash: str
+    study: dict[str, Any] | None = None
+
+    def decide(self, approvals: Approvals) -> Decision:
+        if self.study is None:
+            return approvals.decide(self.hash, self.plan)
+        return approvals.decide_member(self.plan, self.study)
+
 
 @dataclass(frozen=True)
 class SiteEvent:
@@ -183,7 +214,8 @@ class SiteMachine:
         self.run_id = NO_RUN
         self.plan: RunPlan | None = None
         self.plan_hash = ""
-        self.offered: tuple[dict[str, Any], str] | None = None  # plan waiting for approval
+        self.offered: Offer | None = None  # plan waiting for approval
+        self.study: StudyPlan | None = None  # the study the current run belongs to, if any
         self.strategy: Strategy | None = None
         self.work: LocalWork | None = None
         self.mask: BoolMask | None = None
@@ -248,10 +280,12 @@ class SiteMachine:
             return self._on_eval(message)
         if isinstance(message, RunFinished):
             self._settle(message.contributed)
-            self.phase = SitePhase.FINISHED
-            self._event(
-                "run_finished", {"status": message.status, "model_hash": message.model_hash}
-            )
+            following = self._runs_after() if message.status == "finished" else 0
+            self.phase = SitePhase.WAITING_PLAN if following else SitePhase.FINISHED
+            detail: dict[str, Any] = {"status": message.status, "model_hash": message.model_hash}
+            if following:
+                detail["next"] = f"{following} more run(s) of study '{self.study_name}'"
+            self._event("run_finished", detail)
             return []
         return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
 
@@ -260,9 +294,9 @@ class SiteMachine:
         self._now = now
         if self.phase is not SitePhase.WAITING_APPROVAL or self.offered is None:
             return []
-        plan, hash_ = self.offered
-        decision = self.approvals.decide(hash_, plan)
-        return self._apply_decision(plan, hash_, decision) if decision.approved else []
+        offer = self.offered
+        decision = offer.decide(self.approvals)
+        return self._apply_decision(offer, decision) if decision.approved else []
 
     def checkpoint(self) -> tuple[dict[str, FloatVector], dict[str, Any]]:
         """(arrays, JSON-safe meta): the site's algorithm state, committed and pending."""
@@ -300,6 +334,16 @@ class SiteMachine:
             }
             self.pending = _Pending(int(meta["pending_round"]), pending)
 
+    @property
+    def study_name(self) -> str:
+        return self.study.study if self.study is not None else ""
+
+    def _runs_after(self) -> int:
+        """How many runs of the approved study follow the current one (0 without a study)."""
+        if self.study is None or not self.plan_hash:
+            return 0
+        return len(self.study.after(self.plan_hash))
+
     # -- plan and approval -----------------------------------------------------------------
 
     def _on_plan(self, env: Envelope, message: JobPlan) -> list[Envelope]:
@@ -320,26 +364,49 @@ class SiteMachine:
                 )
             plan = RunPlan.from_dict(message.plan)
             plan.site_index(self.name)
+            study = self._study_of(message, computed)
         except FedcareError as exc:
             return self._refuse(env, "plan_refused", str(exc))
         if message.run_id != self.run_id:
             self._new_run(message.run_id)
+        self.study = study
         refusal = self._over_budget(plan, computed, message.round)
         if refusal is not None:
             return refusal
-        decision = self.approvals.request(message.plan, from_=env.sender)
+        offer = Offer(message.plan, computed, message.study)
+        if message.study is None:
+            decision = self.approvals.request(message.plan, from_=env.sender)
+        else:
+            decision = self.approvals.request_member(message.plan, message.study, env.sender)
         if not decision.approved:
             self.phase = SitePhase.WAITING_APPROVAL
-            self.offered = (message.plan, computed)
-            self._event("waiting_approval", {"plan_hash": computed, "detail": decision.reason})
+            self.offered = offer
+            waiting: dict[str, Any] = {"plan_hash": computed, "detail": decision.reason}
+            if study is not None:
+                waiting.update(study_hash=study.hash, study=study.study, runs=study.describe())
+            self._event("waiting_approval", waiting)
             status = ApprovalStatus(message.run_id, message.round, computed, False, decision.reason)
             return [status.to_envelope()]
-        return self._apply_decision(message.plan, computed, decision, recheck=False)
+        return self._apply_decision(offer, decision, recheck=False)
+
+    def _study_of(self, message: JobPlan, run_hash: str) -> StudyPlan | None:
+        """The study the plan says it belongs to, checked here: its hash recomputed, every
+        run parsed, and this run's hash found among them (ConfigError/ProtocolError if not)."""
+        if message.study is None:
+            return None
+        computed = plan_hash(message.study)
+        if computed != message.study_hash:
+            raise ProtocolError(
+                f"study plan announced hash {message.study_hash} but hashes to {computed}"
+            )
+        study = StudyPlan.from_dict(message.study)
+        study.position(run_hash)
+        return study
 
     def _apply_decision(
-        self, plan_dict: dict[str, Any], hash_: str, decision: Decision, *, recheck: bool = True
+        self, offer: Offer, decision: Decision, *, recheck: bool = True
     ) -> list[Envelope]:
-        plan = RunPlan.from_dict(plan_dict)
+        plan, hash_ = RunPlan.from_dict(offer.plan), offer.hash
         refusal = self._over_budget(plan, hash_, self.last_round) if recheck else None
         if refusal is not None:  # another job may have spent the budget while it waited
             return refusal
@@ -394,6 +461,7 @@ class SiteMachine:
         try:
             cost = self._record_cost(plan, hash_)
             self.budget.admit(JobRef(self.run_id, hash_), cost)
+            self._admit_rest_of_study(plan, hash_, cost)
         except FedcareError as exc:  # over budget, a broken ledger, an unreachable epsilon
             self.phase, self.offered = SitePhase.WAITING_PLAN, None
             self._event("budget_refused", {"plan_hash": hash_, "detail": str(exc)})
@@ -408,6 +476,35 @@ class SiteMachine:
             },
         )
         return None
+
+    def _admit_rest_of_study(self, plan: RunPlan, hash_: str, cost: JobCost | None) -> None:
+        """The runs of a study add up (basic composition, as the ledger counts jobs): this
+        run and every run after it must fit what is left now, so a study the budget cannot
+        pay for is refused before it starts rather than stopped halfway. Runs already done
+        are in the ledger as jobs of their own."""
+        if self.budget is None or self.study is None or cost is None:
+            return
+        later = self.study.after(hash_)
+        if not later:
+            return
+        epsilon, delta = cost.planned_epsilon, cost.delta
+        for run in later:
+            run_cost = self._record_cost(run, run.hash)
+            if run_cost is None:
+                raise PrivacyBudgetExceededError(
+                    f"site '{self.name}': run {self.study.position(run.hash) + 1} of study "
+                    f"'{self.study.study}' ({run.strategy}, seed {run.seed}) has no differential "
+                    "privacy, so its epsilon is unbounded; this site enforces a budget"
+                )
+            epsilon, delta = epsilon + run_cost.planned_epsilon, delta + run_cost.delta
+        try:
+            self.budget.ledger.check_can_start(JobRef(self.run_id, hash_), epsilon, delta)
+        except PrivacyBudgetExceededError as exc:
+            raise PrivacyBudgetExceededError(
+                f"study '{self.study.study}': this run and the {len(later)} after it plan to "
+                f"spend epsilon={epsilon:.6g}, delta={delta:.3g} together, more than is left: "
+                f"{exc}"
+            ) from exc
 
     def _charge(self, round_: int) -> list[Envelope] | None:
         """Charge the ledger for this round before training; the refusal if it cannot."""
