@@ -50,7 +50,7 @@ class Study:
     local: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
     model_params: dict[str, Any] = field(default_factory=dict)
-    baselines: list[str] = field(default_factory=lambda: ["local", "pooled"])
+    baselines: list[str] = field(default_factory=lambda: ["local", "pooled", "majority"])
     participation: dict[str, Any] = field(default_factory=dict)
     name: str = "study"
     strategies: list[dict[str, Any]] = field(default_factory=list)

@@ -43,7 +43,7 @@ def test_communication_section_lists_upload_per_site_and_round(metrics_doc):
     }
     page = render_report(parse_results(metrics_doc))
     assert "<h2>Communication</h2>" in page
-    assert ">2.0</td>" in page
+    assert ">2.0 KiB</td>" in page
 
 
 def test_contributions_section_shows_shapley_and_leave_one_out(metrics_doc):

@@ -34,7 +34,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _run_config(config: Any, out: Path) -> None:
-    from fedcare.cli.progress import StudyProgress, results_table
+    from fedcare.cli.progress import StudyProgress, findings_lines, results_table
     from fedcare.study.runner import StudyRunner
 
     console.print(
@@ -45,6 +45,8 @@ def _run_config(config: Any, out: Path) -> None:
         runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
         outcome = runner.run()
     console.print(results_table(outcome.metrics))
+    for line in findings_lines(outcome.metrics):
+        console.print(line, highlight=False)
     console.print(
         f"Study folder: [bold]{outcome.directory}[/] (report.html, metrics.json, metrics.csv, models/)"
     )

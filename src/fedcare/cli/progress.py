@@ -15,6 +15,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from fedcare.report.findings import findings
+from fedcare.report.results import parse_results
+from fedcare.report.units import format_bytes
 from fedcare.sim.engine import RoundRecord
 
 
@@ -68,16 +71,30 @@ def results_table(metrics: dict[str, Any]) -> Table:
     table.add_column("mean of sites", justify="right", style="cyan")
     table.add_column("worst site", justify="right")
     table.add_column("pooled AUC", justify="right")
-    table.add_column("upload kB", justify="right")
+    table.add_column("traffic", justify="right")
     for entry in metrics["strategies"]:
         overall = entry["overall"]
-        upload = entry.get("communication", {}).get("upload_bytes", 0) / 1e3
+        traffic = _traffic(entry)
         table.add_row(
             entry["name"],
             *[_fmt(entry["per_site"][s]["accuracy"]) for s in sites],
             _fmt(overall["mean_site_accuracy"]),
             _fmt(overall["worst_site_accuracy"]),
             _fmt(overall["pooled_auc"]),
-            f"{upload:.1f}",
+            traffic,
         )
     return table
+
+
+def _traffic(entry: dict[str, Any]) -> str:
+    """Model bytes up and down over a run, as the report shows them; only federated runs
+    move models (pooled moves rows, which is what federation avoids)."""
+    comm = entry.get("communication")
+    if entry.get("kind") != "federated" or not comm:
+        return "-"
+    return format_bytes(comm.get("upload_bytes", 0) + comm.get("download_bytes", 0))
+
+
+def findings_lines(metrics: dict[str, Any]) -> list[str]:
+    """The report's findings (best strategy, majority-class floor, pooled), as plain lines."""
+    return findings(parse_results(metrics))

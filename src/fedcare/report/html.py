@@ -18,12 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 from fedcare.report.deployment import DEPLOYMENT_KEY, deployment_section
+from fedcare.report.findings import baseline_notes, findings
 from fedcare.report.plots import (
+    SeriesStyle,
     learning_curves_png,
     ordered,
     privacy_utility_png,
     site_accuracy_png,
-    strategy_colours,
+    strategy_styles,
     worst_vs_mean_png,
 )
 from fedcare.report.results import (
@@ -42,6 +44,7 @@ from fedcare.report.sections import (
     privacy_section,
 )
 from fedcare.report.style import CSS
+from fedcare.report.units import format_bytes
 
 REPORT_FILE = "report.html"
 CSV_FILE = "metrics.csv"
@@ -72,15 +75,10 @@ class _Column:
 
 
 def _bytes(stat: Stat) -> str:
-    value = stat.mean
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return _DASH
+    return format_bytes(stat.mean)
 
 
-def _bytes_moved(strategy: Strategy) -> Stat | None:
+def _traffic(strategy: Strategy) -> Stat | None:
     # Only federated strategies exchange models; pooled moves raw data, which is the point.
     if strategy.kind != "federated" or strategy.communication is None:
         return None
@@ -101,7 +99,7 @@ def _metric_name(key: str) -> str:
 
 def _metric_table(results: StudyResults, columns: list[_Column], caption: str = "") -> str:
     """A strategies x columns table; ``caption`` is trusted HTML written by this module."""
-    colours = strategy_colours(results)
+    styles = strategy_styles(results)
     strategies = ordered(results.strategies)
     stats = [[c.stat(s) for c in columns] for s in strategies]
     means = [[math.nan if stat is None else stat.mean for stat in row] for row in stats]
@@ -117,7 +115,7 @@ def _metric_table(results: StudyResults, columns: list[_Column], caption: str = 
             is_best = top is not None and abs(stat.mean - top) <= column.tie
             cls = "num best" if is_best else "num"
             cells.append(f'<td class="{cls}">{column.fmt(stat)}</td>')
-        body.append(f"<tr>{_strategy_cell(strategy, colours)}{''.join(cells)}</tr>")
+        body.append(f"<tr>{_strategy_cell(strategy, styles)}{''.join(cells)}</tr>")
     return (
         f"<table>{f'<caption>{caption}</caption>' if caption else ''}"
         f"<thead><tr><th>Strategy</th>{head}</tr></thead>"
@@ -125,8 +123,22 @@ def _metric_table(results: StudyResults, columns: list[_Column], caption: str = 
     )
 
 
-def _strategy_cell(strategy: Strategy, colours: dict[str, str]) -> str:
-    swatch = f'<span class="swatch" style="background:{colours[strategy.name]}"></span>'
+# SVG dash patterns for matplotlib's line styles, so a table row's swatch is the plot's line.
+_DASHES = {"-": "", "--": "5 3", "-.": "6 2 1.5 2", ":": "1.5 2"}
+
+
+def _swatch(style: SeriesStyle) -> str:
+    dash = _DASHES.get(style.linestyle, "")
+    dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+    return (
+        '<svg class="series" width="24" height="10" aria-hidden="true">'
+        f'<line x1="1" y1="5" x2="23" y2="5" stroke="{style.colour}" stroke-width="2.5"'
+        f"{dash_attr}/></svg>"
+    )
+
+
+def _strategy_cell(strategy: Strategy, styles: dict[str, SeriesStyle]) -> str:
+    swatch = _swatch(styles[strategy.name])
     kind = f'<span class="kind kind-{strategy.kind}">{strategy.kind}</span>'
     return f'<th scope="row">{swatch}{_e(strategy.label)} {kind}</th>'
 
@@ -145,12 +157,13 @@ def _results_table(results: StudyResults) -> str:
         _Column("Mean of sites", _overall("mean_site_accuracy")),
         _Column("Worst site", _overall("worst_site_accuracy")),
         _Column("Pooled AUC", _overall("pooled_auc")),
-        _Column("Bytes moved", _bytes_moved, lower_is_better=True, fmt=_bytes, tie=0.0),
+        _Column("Traffic", _traffic, lower_is_better=True, fmt=_bytes, tie=0.0),
     ]
     n = len(results.study.seeds)
     caption = (
         f"Test accuracy on each site's own test set, mean ± std over {n} seed"
-        f"{'s' if n != 1 else ''}. Best value per column highlighted."
+        f"{'s' if n != 1 else ''}. Traffic: model bytes uploaded and downloaded over a run "
+        "(federated strategies). Best value per column highlighted."
     )
     return _metric_table(results, columns, caption)
 
@@ -241,7 +254,32 @@ def _summary(results: StudyResults) -> str:
         ("Created", _when(study.created) if study.created else "—"),
     ]
     cards = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
-    return f'<dl class="summary">{cards}</dl>'
+    found = "".join(f"<li>{_e(line)}</li>" for line in findings(results))
+    listed = f'<ul class="findings">{found}</ul>' if found else ""
+    return f'<dl class="summary">{cards}</dl>{listed}'
+
+
+def _results_note(results: StudyResults) -> str:
+    """What each kind of row in the results table is, worded from this study's numbers."""
+    notes = "\n".join(f"<em>{_e(k)}</em>: {_e(v)}" for k, v in baseline_notes(results))
+    return f'<p class="note">{notes}</p>'
+
+
+def _curves_caption(results: StudyResults) -> str:
+    """Describe only the baselines the figure draws (deployed studies have none)."""
+    kinds = {s.kind for s in results.strategies}
+    parts = ["Mean over seeds with a ±1 std band."]
+    trained = [k for k in ("local", "pooled") if k in kinds]
+    if trained:
+        names = " and ".join(trained)
+        plural = "s" if len(trained) > 1 else ""
+        parts.append(
+            f"Dashed grey line{plural}: the {names} baseline{plural}, plotted against "
+            "equivalent training rounds."
+        )
+    if "majority" in kinds:
+        parts.append("Dotted grey line: the majority class (no training).")
+    return " ".join(parts)
 
 
 def _sites_table(results: StudyResults) -> str:
@@ -292,8 +330,7 @@ def _figures(results: StudyResults) -> str:
             _figure(
                 learning_curves_png(results),
                 "Learning curves: mean site accuracy and pooled loss per round",
-                "Mean over seeds with a ±1 std band. Dashed lines are the local and pooled "
-                "baselines, plotted against their equivalent training rounds.",
+                _curves_caption(results),
             ),
         )
     fairness = worst_vs_mean_png(results)
@@ -348,9 +385,7 @@ def render_report(results: StudyResults) -> str:
 {len(results.strategies)} strategies</p></header>
 {_summary(results)}
 <h2>Results</h2>
-<p class="note"><em>Local</em>: each site trains alone and is tested on its own test set.
-<em>Pooled</em>: one model trained on all sites' data together, the usual upper reference.
-<em>Federated</em>: one model trained without moving data.</p>
+{_results_note(results)}
 {_results_table(results)}
 <h2>Figures</h2>
 {_figures(results)}

@@ -1,8 +1,9 @@
 """Study figures as PNG bytes, drawn on bare ``Figure`` objects with the Agg canvas.
 
 pyplot is never imported: its global figure registry leaks memory in long-running
-processes (the dashboard) and is not thread-safe. Each strategy keeps one colour across
-every figure so a reader can follow it from chart to chart.
+processes (the dashboard) and is not thread-safe. Each strategy keeps one style (colour,
+line style, marker, bar hatch) across every figure so a reader can follow it from chart
+to chart, and no two of up to 36 federated strategies share a style.
 """
 
 from __future__ import annotations
@@ -10,19 +11,50 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fedcare.report.results import Stat, Strategy, StudyResults
 
-# Baselines in neutral greys; federated strategies from the Okabe-Ito palette, which stays
-# distinguishable under the common forms of colour blindness.
-_BASELINE_COLOURS = {"local": "#9a9a9a", "pooled": "#3d3d3d"}
-_FEDERATED_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
-_KIND_ORDER = {"local": 0, "pooled": 1, "federated": 2}
+
+@dataclass(frozen=True)
+class SeriesStyle:
+    """How one strategy is drawn everywhere: lines, markers, bars and table swatches."""
+
+    colour: str
+    linestyle: str  # matplotlib: "-", "--", "-.", ":"
+    marker: str
+    hatch: str = ""  # bars: the line style's counterpart
+
+
+# Federated strategies take Paul Tol's "muted" palette (nine colours that stay apart under
+# the common forms of colour blindness and in print); past nine, the colours repeat with
+# the next line style and bar hatch, and each colour keeps its own marker.
+_FEDERATED_COLOURS = (
+    "#332288",
+    "#88CCEE",
+    "#44AA99",
+    "#117733",
+    "#999933",
+    "#DDCC77",
+    "#CC6677",
+    "#882255",
+    "#AA4499",
+)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+_CYCLES = (("-", ""), ("--", "//"), ("-.", ".."), (":", "xx"))
+# Baselines in neutral greys and their own line styles.
+_BASELINE_STYLES = {
+    "local": SeriesStyle("#9a9a9a", "--", "s", "//"),
+    "pooled": SeriesStyle("#3d3d3d", "--", "s"),
+    "majority": SeriesStyle("#6f6f6f", ":", "s", "xx"),
+}
+_KIND_ORDER = {"local": 0, "pooled": 1, "majority": 2, "federated": 3}
 _DPI = 150
 
 
@@ -31,17 +63,29 @@ def ordered(strategies: Sequence[Strategy]) -> list[Strategy]:
     return sorted(strategies, key=lambda s: _KIND_ORDER[s.kind])
 
 
-def strategy_colours(results: StudyResults) -> dict[str, str]:
-    """Map strategy name to a hex colour; the same study always gets the same colours."""
-    colours: dict[str, str] = {}
+def federated_style(index: int) -> SeriesStyle:
+    """The style of the index-th federated strategy (0-based, in file order)."""
+    n = len(_FEDERATED_COLOURS)
+    linestyle, hatch = _CYCLES[(index // n) % len(_CYCLES)]
+    return SeriesStyle(_FEDERATED_COLOURS[index % n], linestyle, _MARKERS[index % n], hatch)
+
+
+def strategy_styles(results: StudyResults) -> dict[str, SeriesStyle]:
+    """Map strategy name to its style; the same study always gets the same styles."""
+    styles: dict[str, SeriesStyle] = {}
     federated = 0
     for strategy in results.strategies:
-        if strategy.kind in _BASELINE_COLOURS:
-            colours[strategy.name] = _BASELINE_COLOURS[strategy.kind]
+        if strategy.kind in _BASELINE_STYLES:
+            styles[strategy.name] = _BASELINE_STYLES[strategy.kind]
         else:
-            colours[strategy.name] = _FEDERATED_COLOURS[federated % len(_FEDERATED_COLOURS)]
+            styles[strategy.name] = federated_style(federated)
             federated += 1
-    return colours
+    return styles
+
+
+def strategy_colours(results: StudyResults) -> dict[str, str]:
+    """Map strategy name to its hex colour (see :func:`strategy_styles`)."""
+    return {name: style.colour for name, style in strategy_styles(results).items()}
 
 
 def _text(label: str) -> str:
@@ -74,22 +118,39 @@ def _new_figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, li
 
 
 def _curve_panel(
-    ax: Axes, results: StudyResults, series: str, colours: dict[str, str], title: str
+    ax: Axes, results: StudyResults, series: str, styles: dict[str, SeriesStyle], title: str
 ) -> None:
     ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
     drawn = False
     for strategy in ordered(results.strategies):
+        look, label = styles[strategy.name], _text(strategy.label)
         curve = strategy.curves.series.get(series) if strategy.curves else None
-        if strategy.curves is None or curve is None:
+        if strategy.curves is None or curve is None or not strategy.curves.round:
+            # No rounds (the majority class): a level line at its final value, which the
+            # overall block keeps under the same name as the curve.
+            level = strategy.overall.get(series)
+            if strategy.kind == "majority" and level is not None and math.isfinite(level.mean):
+                ax.axhline(
+                    level.mean, color=look.colour, linestyle=look.linestyle, lw=1.4, label=label
+                )
+                drawn = True
             continue
         rounds = np.asarray(strategy.curves.round, dtype=float)
         mean = np.asarray(curve.mean, dtype=float)
-        style = "--" if strategy.kind != "federated" else "-"
-        colour = colours[strategy.name]
-        ax.plot(rounds, mean, style, color=colour, linewidth=1.6, label=_text(strategy.label))
+        ax.plot(
+            rounds,
+            mean,
+            color=look.colour,
+            linestyle=look.linestyle,
+            linewidth=1.6,
+            marker=look.marker,
+            markersize=4,
+            markevery=max(1, len(rounds) // 6),
+            label=label,
+        )
         if curve.std:
             std = np.asarray(curve.std, dtype=float)
-            ax.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.10, lw=0)
+            ax.fill_between(rounds, mean - std, mean + std, color=look.colour, alpha=0.10, lw=0)
         drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
@@ -97,12 +158,13 @@ def _curve_panel(
 
 def learning_curves_png(results: StudyResults) -> bytes:
     """Mean site accuracy and pooled loss per round, mean line with a ±1 std band over seeds."""
-    colours = strategy_colours(results)
+    styles = strategy_styles(results)
     fig, (acc_ax, loss_ax) = _new_figure(10, 3.6, ncols=2)
-    _curve_panel(acc_ax, results, "mean_site_accuracy", colours, "Mean site accuracy")
-    _curve_panel(loss_ax, results, "pooled_loss", colours, "Pooled test loss")
-    _style(acc_ax, ylabel="accuracy", xlabel="round")
-    _style(loss_ax, ylabel="cross-entropy", xlabel="round")
+    _curve_panel(acc_ax, results, "mean_site_accuracy", styles, "Mean site accuracy")
+    _curve_panel(loss_ax, results, "pooled_loss", styles, "Pooled test loss")
+    for ax, ylabel in ((acc_ax, "accuracy"), (loss_ax, "cross-entropy")):
+        _style(ax, ylabel=ylabel, xlabel="round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     handles, labels = acc_ax.get_legend_handles_labels()
     if not handles:
         handles, labels = loss_ax.get_legend_handles_labels()
@@ -119,7 +181,7 @@ def _mean_std(stat: Stat | None) -> tuple[float, float]:
 
 def site_accuracy_png(results: StudyResults, metric: str = "accuracy") -> bytes:
     """Grouped bars per site, one bar per strategy, error bars = std over seeds."""
-    colours = strategy_colours(results)
+    styles = strategy_styles(results)
     strategies = ordered(results.strategies)
     sites = results.site_names
     fig, (ax,) = _new_figure(max(6.0, 1.6 * len(sites) + 2.5), 3.8)
@@ -132,7 +194,10 @@ def site_accuracy_png(results: StudyResults, metric: str = "accuracy") -> bytes:
             [m for m, _ in stats],
             width * 0.92,
             yerr=[s for _, s in stats],
-            color=colours[strategy.name],
+            color=styles[strategy.name].colour,
+            hatch=styles[strategy.name].hatch or None,
+            edgecolor="white",
+            linewidth=0.4,
             error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#222222"},
             label=_text(strategy.label),
         )
@@ -146,7 +211,7 @@ def site_accuracy_png(results: StudyResults, metric: str = "accuracy") -> bytes:
 
 def worst_vs_mean_png(results: StudyResults) -> bytes | None:
     """Worst-site against mean-of-sites accuracy; ``None`` when no strategy recorded both."""
-    colours = strategy_colours(results)
+    styles = strategy_styles(results)
     points = [
         (s, s.overall["mean_site_accuracy"], s.overall["worst_site_accuracy"])
         for s in ordered(results.strategies)
@@ -163,8 +228,8 @@ def worst_vs_mean_png(results: StudyResults) -> bytes | None:
             wy,
             xerr=sx,
             yerr=sy,
-            fmt="s" if strategy.kind != "federated" else "o",
-            color=colours[strategy.name],
+            fmt=styles[strategy.name].marker,
+            color=styles[strategy.name].colour,
             ms=8,
             capsize=2,
             label=_text(strategy.label),
@@ -215,11 +280,15 @@ def privacy_utility_png(results: StudyResults) -> bytes | None:
         for s in results.strategies
         if s.kind == "federated" and "privacy" not in s.extra and "mean_site_accuracy" in s.overall
     ]
-    colours = strategy_colours(results)
+    styles = strategy_styles(results)
     for s in reference[:4]:
         y, _ = _mean_std(s.overall["mean_site_accuracy"])
         ax.axhline(
-            y, linestyle="--", linewidth=1, color=colours[s.name], label=_text(s.label) + " (no DP)"
+            y,
+            linestyle="--",
+            linewidth=1,
+            color=styles[s.name].colour,
+            label=_text(s.label) + " (no DP)",
         )
     if reference:
         ax.legend(loc="lower right", frameon=False, fontsize=8)

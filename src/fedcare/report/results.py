@@ -18,8 +18,8 @@ from typing import Literal, cast
 from fedcare.core.errors import FedcareError
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-KINDS: tuple[str, ...] = ("local", "pooled", "federated")
-Kind = Literal["local", "pooled", "federated"]
+KINDS: tuple[str, ...] = ("local", "pooled", "majority", "federated")
+Kind = Literal["local", "pooled", "majority", "federated"]
 
 
 class MetricsFileError(FedcareError):

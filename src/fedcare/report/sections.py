@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from fedcare.report.results import Strategy, StudyResults
+from fedcare.report.units import format_bytes
 
 
 def _e(value: object) -> str:
@@ -150,23 +151,20 @@ def communication_section(results: StudyResults) -> str:
         if comm is None:
             continue
         cells = "".join(
-            f"<td class='num'>{_kib(comm.site_upload_per_round.get(site.name))}</td>"
+            f"<td class='num'>{format_bytes(comm.site_upload_per_round.get(site.name))}</td>"
             for site in results.sites
         )
         rows.append(
-            f"<tr><td>{_e(s.label or s.name)}</td>{cells}<td class='num'>{_kib(comm.upload_bytes)}</td>"
-            f"<td class='num'>{_kib(comm.download_bytes)}</td></tr>"
+            f"<tr><td>{_e(s.label or s.name)}</td>{cells}"
+            f"<td class='num'>{format_bytes(comm.upload_bytes)}</td>"
+            f"<td class='num'>{format_bytes(comm.download_bytes)}</td></tr>"
         )
     return (
-        "<h2>Communication</h2><p class='note'>Upload per site and round (KiB, mean over rounds and "
+        "<h2>Communication</h2><p class='note'>Upload per site and round (mean over rounds and "
         "seeds) and the run's totals.</p><table><thead><tr><th>Strategy</th>"
         f"{head}<th class='num'>upload total</th><th class='num'>download total</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
-
-
-def _kib(value: float | int | None) -> str:
-    return "—" if value is None else f"{value / 1024:,.1f}"
 
 
 def privacy_section(results: StudyResults) -> str:

@@ -37,8 +37,10 @@ tbody tr:hover { background: #fafbfd; }
 td.best { background: var(--best); color: var(--best-ink); font-weight: 700; }
 .pm { color: var(--muted); font-weight: 400; font-size: 12.5px; }
 .na { color: #b3b9c4; }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
-  margin-right: 8px; vertical-align: baseline; }
+svg.series { margin-right: 8px; vertical-align: middle; }
+.findings { margin: 14px 0 0; padding: 10px 14px 10px 30px; background: var(--soft);
+  border: 1px solid var(--line); border-radius: 6px; }
+.findings li { margin: 2px 0; }
 .kind { display: inline-block; margin-left: 6px; padding: 0 6px; border-radius: 9px;
   font-size: 11px; font-weight: 600; color: var(--muted); background: var(--soft);
   border: 1px solid var(--line); vertical-align: 1px; }

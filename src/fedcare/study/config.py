@@ -175,8 +175,10 @@ class SimulatorConfig(_Strict):
     eval_every: int = Field(default=1, ge=0)
 
 
-Baseline = Literal["local", "pooled"]
-_DEFAULT_BASELINES: tuple[Baseline, ...] = ("local", "pooled")
+# local: each site trains alone; pooled: one model on all rows; majority: each site predicts
+# the most common class of its own training rows (the floor any model has to beat).
+Baseline = Literal["local", "pooled", "majority"]
+_DEFAULT_BASELINES: tuple[Baseline, ...] = ("local", "pooled", "majority")
 
 
 class StudyConfig(_Strict):

@@ -1,4 +1,4 @@
-"""Run a study: baselines (local, pooled) and federated strategies over seeds.
+"""Run a study: baselines (local, pooled, majority class) and federated strategies over seeds.
 
 Writes the study folder: metrics.json, metrics.csv, report.html, the resolved config and
 the final models as safetensors (one file per strategy and seed). The writing functions
@@ -38,6 +38,7 @@ from fedcare.sim.engine import FederatedSimulation, IsolatedTraining, RoundRecor
 from fedcare.sim.evaluation import TestSets
 from fedcare.study.config import ContributionConfig, StrategyConfig, StudyConfig
 from fedcare.study.contribution import CoalitionUtility, site_contributions
+from fedcare.study.majority import RULE, describe_classes, majority_run
 from fedcare.study.summary import SeedRun, add_personalisation_gains, summarise_strategy
 
 RoundHook = Callable[[str, int, RoundRecord], None]
@@ -82,7 +83,7 @@ class DatasetFacts:
 @dataclass(frozen=True)
 class _Job:
     name: str
-    kind: str  # local | pooled | federated
+    kind: str  # local | pooled | majority | federated
     label: str
     strategy: StrategyConfig | None
 
@@ -107,7 +108,11 @@ class StudyRunner:
         self.tests = TestSets(self.dataset)
 
     def jobs(self) -> list[_Job]:
-        labels = {"local": "Local only", "pooled": "Pooled (centralised)"}
+        labels = {
+            "local": "Local only",
+            "pooled": "Pooled (centralised)",
+            "majority": "Majority class",
+        }
         out = [_Job(b, b, labels[b], None) for b in self.config.baselines]
         out += [
             _Job(s.display_name, "federated", s.display_name, s) for s in self.config.all_strategies
@@ -120,6 +125,9 @@ class StudyRunner:
         (self.out_dir / "models").mkdir(exist_ok=True)
         entries = []
         for job in self.jobs():
+            if job.kind == "majority":
+                entries.append(self._majority_entry(job))
+                continue
             runs = [self._run_job(job, seed) for seed in self.config.seeds]
             entries.append(
                 summarise_strategy(
@@ -140,6 +148,20 @@ class StudyRunner:
             metrics["contributions"] = self._contributions(self.config.contributions)
         write_study_folder(self.out_dir, self.config, metrics)
         return StudyOutcome(self.out_dir, metrics)
+
+    def _majority_entry(self, job: _Job) -> dict[str, Any]:
+        """The majority-class baseline: no model, no rounds; evaluated like every model."""
+        runs, classes = [], []
+        for seed in self.config.seeds:
+            t0 = time.perf_counter()
+            result, predicted = majority_run(self.dataset)
+            runs.append(SeedRun(seed=seed, result=result, wall_time_s=time.perf_counter() - t0))
+            classes.append(predicted)
+        entry = summarise_strategy(
+            job.name, job.kind, job.label, {"rule": RULE}, runs, self.dataset.site_names
+        )
+        entry["predicts"] = describe_classes(classes, self.dataset.class_names)
+        return entry
 
     def _run_job(self, job: _Job, seed: int) -> SeedRun:
         cfg = self.config

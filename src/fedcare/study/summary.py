@@ -74,7 +74,8 @@ def summarise_strategy(
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
     epsilons = [[rec.epsilon for rec in run.result.history] for run in runs]
-    if epsilons and all(e is not None for run_eps in epsilons for e in run_eps):
+    # A run without rounds (the majority-class baseline) spent no privacy at all.
+    if epsilons and all(run_eps and None not in run_eps for run_eps in epsilons):
         final = [float(run_eps[-1]) for run_eps in epsilons if run_eps and run_eps[-1] is not None]
         entry["privacy"] = {
             "epsilon": stat(final),
