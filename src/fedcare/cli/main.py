@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcare.cli.errors import friendly_errors
+from fedcare.cli.help_style import hide_type_tags
+
+hide_type_tags()
 
 app = typer.Typer(
     name="fedcare",
@@ -128,14 +131,14 @@ def datasets_describe(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Sites, rows, label balance, features and attribution of one dataset."""
+    from fedcare.cli.describe import print_description
     from fedcare.data.registry import describe_dataset
 
     info = describe_dataset(name)
     if as_json:
         console.print_json(json.dumps(info, default=str))
         return
-    for key, value in info.items():
-        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+    print_description(console, info)
 
 
 # Deployment across hospitals: certificates, audit log, coordinator and site agents.

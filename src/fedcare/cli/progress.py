@@ -22,7 +22,12 @@ from fedcare.sim.engine import RoundRecord
 
 
 class StudyProgress:
-    """One bar per (strategy, seed), advanced after every round."""
+    """One bar per (strategy, seed), advanced after every round.
+
+    The live display starts with the first bar: a study that fails before training (a
+    missing file, invalid data) leaves no empty display behind, which off a terminal is a
+    blank line printed before the error.
+    """
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
@@ -35,15 +40,19 @@ class StudyProgress:
             transient=False,
         )
         self._tasks: dict[tuple[str, int], TaskID] = {}
+        self._started = False
 
     def __enter__(self) -> StudyProgress:
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
+        if self._started:
+            self.progress.stop()
 
     def on_start(self, job: str, seed: int, rounds: int) -> None:
+        if not self._started:
+            self.progress.start()
+            self._started = True
         self._tasks[(job, seed)] = self.progress.add_task(
             "", total=rounds, job=job, seed=seed, acc="  -  "
         )

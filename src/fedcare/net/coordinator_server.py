@@ -18,6 +18,11 @@ Folder of a deployed run (inside the study folder)::
                               counts they come from) when the run ends
     deploy/RUN/model.safetensors        the released model
 
+A deployed study is several runs (strategy x seed) served one after another on one
+listening port (:func:`serve_runs`): when a run ends, the next run's driver takes over the
+port, the sites' streams are closed and the sites reconnect and say Hello to the next run.
+Each run's job plan carries the whole study plan, whose hash the owners approved once.
+
 From the finished runs the study folder gets what a simulated study writes (metrics.json,
 report.html, models/): see :mod:`fedcare.study.deployed`.
 """
@@ -61,7 +66,7 @@ from fedcare.runtime.coordinator import (
     RuntimeEvent,
 )
 from fedcare.runtime.messages import AuditCopy
-from fedcare.runtime.rounds import RunPlan
+from fedcare.runtime.rounds import RunPlan, StudyPlan
 
 Log = Callable[[str], None]
 
@@ -228,7 +233,7 @@ class CoordinatorDriver:
             if ev.kind == "waiting_approval":
                 self.log(
                     f"site '{ev.site}' is waiting for its data owner to run: "
-                    f"fedcare site approve {detail.get('plan_hash')}"
+                    f"fedcare site approve {self.machine.study_hash or detail.get('plan_hash')}"
                 )
             elif ev.kind == "data_problem":
                 self.log(f"site '{ev.site}' reports data problems: {detail.get('problems')}")
@@ -308,6 +313,14 @@ class CoordinatorDriver:
         return RunOutcome(self.run_id, status, m.round, m.final_params, history, m.failure)
 
 
+def _join_study(machine: CoordinatorMachine, study_plan: StudyPlan | None) -> None:
+    """A run of a study: its job plan goes out with the whole study plan (checked here)."""
+    if study_plan is None:
+        return
+    study_plan.position(machine.plan_hash)  # ConfigError if the run is not in the study
+    machine.study_plan, machine.study_hash = study_plan.to_dict(), study_plan.hash
+
+
 def new_run(
     folder: Path,
     run_id: str,
@@ -317,32 +330,38 @@ def new_run(
     options: CoordinatorOptions | None = None,
     log: Log = print,
     study: Mapping[str, Any] | None = None,
+    study_plan: StudyPlan | None = None,
 ) -> CoordinatorDriver:
     """Register a new run (store, plan file, audit 'job_submitted') and its driver.
 
     ``study``: the config, strategy label and dataset facts the plan came from (kept in
-    plan.json for the study folder's metrics.json and report).
+    plan.json for the study folder's metrics.json and report). ``study_plan``: the deployed
+    study this run is one of (the sites approve its hash).
     """
     options = options or CoordinatorOptions()
-    store = RunStore.in_folder(folder)
-    store.create_run(
-        run_id, plan.study, plan.hash, {"plan": plan.to_dict(), "options": asdict(options)}
-    )
-    save_plan(folder, run_id, plan, options, study)
     machine = CoordinatorMachine(run_id, plan, initial_params, options=options)
+    _join_study(machine, study_plan)
+    store = RunStore.in_folder(folder)
+    config: dict[str, Any] = {"plan": plan.to_dict(), "options": asdict(options)}
+    if study_plan is not None:
+        config["study_hash"] = study_plan.hash
+    store.create_run(run_id, plan.study, plan.hash, config)
+    save_plan(folder, run_id, plan, options, study)
     driver = CoordinatorDriver(folder, machine, security, store=store, log=log)
-    driver.audit.append(
-        "job_submitted",
-        security.author,
-        {"run_id": run_id, "plan_hash": plan.hash, "sites": list(plan.sites)},
-        driver.signing_key,
-    )
+    submitted = {"run_id": run_id, "plan_hash": plan.hash, "sites": list(plan.sites)}
+    if study_plan is not None:
+        submitted["study_hash"] = study_plan.hash
+    driver.audit.append("job_submitted", security.author, submitted, driver.signing_key)
     store.set_status(run_id, "waiting")
     return driver
 
 
 def resume_run(
-    folder: Path, run_id: str, security: Security, log: Log = print
+    folder: Path,
+    run_id: str,
+    security: Security,
+    log: Log = print,
+    study_plan: StudyPlan | None = None,
 ) -> CoordinatorDriver:
     """Continue a run from its last checkpoint (or from the start if no round finished)."""
     plan, options = load_plan(folder, run_id)
@@ -359,6 +378,7 @@ def resume_run(
         init = np.load(directory / "initial.npy", allow_pickle=False)
         machine = CoordinatorMachine(run_id, plan, init, options=options)
         log(f"resuming run {run_id} from its start (no round had finished)")
+    _join_study(machine, study_plan)
     store.record_event(run_id, "run_resumed", None, {"round": machine.round})
     store.set_status(run_id, "waiting")
     return CoordinatorDriver(folder, machine, security, store=store, log=log)
@@ -369,6 +389,27 @@ def save_initial(folder: Path, run_id: str, params: FloatVector) -> None:
     path = run_dir(folder, run_id) / "initial.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, np.asarray(params, np.float32), allow_pickle=False)
+
+
+class _CurrentRun:
+    """The server's handler: forwards each stream event to the driver of the run being
+    served. Streams of a finished run are closed after the switch; the driver a late event
+    reaches ignores a link it does not hold."""
+
+    def __init__(self, driver: CoordinatorDriver) -> None:
+        self.driver = driver
+
+    def connected(self, link: Link) -> None:
+        self.driver.connected(link)
+
+    def received(self, link: Link, env: Any) -> None:
+        self.driver.received(link, env)
+
+    def disconnected(self, link: Link, reason: str) -> None:
+        self.driver.disconnected(link, reason)
+
+
+NextRun = Callable[[RunOutcome], CoordinatorDriver | None]
 
 
 def serve(
@@ -382,37 +423,92 @@ def serve(
     stop: threading.Event | None = None,
 ) -> RunOutcome:
     """Listen for sites until the run ends (or ``stop`` is set); return its outcome."""
-    bundle = driver.security.bundle
-    if not insecure and bundle is None:
-        raise ConfigError("the coordinator needs its bundle (--bundle), or --insecure on loopback")
-    size = int(driver.machine.size) * 4
-    limits = limits or TransportLimits(inflight_bytes=max(size, 64 << 20))
-    server = CoordinatorServer(
-        address,
+    outcomes = serve_runs(
         driver,
-        tls=bundle,
-        peer_check=driver.security.peer_check(),
+        address,
+        lambda _: None,
         limits=limits,
         insecure=insecure,
-        max_sites=max(8, 2 * len(driver.machine.plan.sites)),
+        tick_s=tick_s,
+        ready=ready,
+        stop=stop,
+    )
+    return outcomes[0]
+
+
+def serve_runs(
+    first: CoordinatorDriver,
+    address: str,
+    next_run: NextRun,
+    *,
+    limits: TransportLimits | None = None,
+    insecure: bool = False,
+    tick_s: float = 0.2,
+    ready: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[RunOutcome]:
+    """Serve runs one after another on one port: ``first``, then whatever ``next_run``
+    returns for each finished run's outcome (None: no more). Stops after a run that does
+    not finish (failed, or ``stop`` set). Returns each served run's outcome, in order."""
+    bundle = first.security.bundle
+    if not insecure and bundle is None:
+        raise ConfigError("the coordinator needs its bundle (--bundle), or --insecure on loopback")
+    size = int(first.machine.size) * 4
+    limits = limits or TransportLimits(inflight_bytes=max(size, 64 << 20))
+    handler = _CurrentRun(first)
+    server = CoordinatorServer(
+        address,
+        handler,
+        tls=bundle,
+        peer_check=first.security.peer_check(),
+        limits=limits,
+        insecure=insecure,
+        max_sites=max(8, 2 * len(first.machine.plan.sites)),
     )
     port = server.start()
-    driver.log(f"coordinator for run {driver.run_id} listening on port {port}")
+    first.log(f"coordinator for run {first.run_id} listening on port {port}")
     if ready is not None:
         ready(port)
     stop = stop or threading.Event()
+    outcomes: list[RunOutcome] = []
+    driver: CoordinatorDriver | None = first
     try:
-        while not driver.finished.wait(tick_s) and not stop.is_set():
-            driver.tick()
-        # Let the last messages (RunFinished) reach the sites before closing the streams.
-        time.sleep(0.5 if driver.finished.is_set() else 0.0)
-        with driver.lock:
-            for link in list(driver.links.values()):
-                link.close()
+        while driver is not None:
+            outcome, following = _serve_one(driver, handler, next_run, tick_s, stop)
+            outcomes.append(outcome)
+            driver = following
     finally:
         server.stop(1.0)
+        handler.driver.store.close()
+    return outcomes
+
+
+def _serve_one(
+    driver: CoordinatorDriver,
+    handler: _CurrentRun,
+    next_run: NextRun,
+    tick_s: float,
+    stop: threading.Event,
+) -> tuple[RunOutcome, CoordinatorDriver | None]:
+    """Tick one run to its end; hand the port to the next run's driver before the sites'
+    streams are closed, so they reconnect straight into it."""
+    while not driver.finished.wait(tick_s) and not stop.is_set():
+        driver.tick()
+    # Let the last messages (RunFinished) reach the sites before closing the streams.
+    time.sleep(0.5 if driver.finished.is_set() else 0.0)
+    outcome = driver.outcome()
+    following = next_run(outcome) if outcome.status == "finished" and not stop.is_set() else None
+    with driver.lock:
+        if following is not None:
+            handler.driver = following
+            following.log(
+                f"run {following.run_id} (next of the study) takes over; the sites reconnect to it"
+            )
+        for link in list(driver.links.values()):
+            link.close()
+    if following is not None:
         driver.store.close()
-    return driver.outcome()
+    return outcome, following
 
 
 def describe_waiting(machine: CoordinatorMachine) -> Mapping[str, str]:
@@ -435,4 +531,5 @@ __all__ = [
     "run_dir",
     "save_initial",
     "serve",
+    "serve_runs",
 ]
