@@ -20,7 +20,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedcare.algorithms.registry import build_strategy
-from fedcare.cli.deploy import initial_model, plan_from_study
+from fedcare.cli.deploy import initial_model, plan_from_study, study_from_config
 from fedcare.data.registry import load_dataset
 from fedcare.models.registry import build_model
 from fedcare.net.store import RunStore
@@ -68,6 +68,10 @@ class Deployment:
 
     def plan(self):  # type: ignore[no-untyped-def]
         return plan_from_study(load_config(self.study), None, None, None, None)
+
+    def study_plan(self):  # type: ignore[no-untyped-def]
+        """Every run the coordinator deploys, under the one hash each owner approves."""
+        return study_from_config(load_config(self.study)).plan
 
     def approve_everywhere(self) -> None:
         for site in SITES:
@@ -230,17 +234,17 @@ def test_sites_wait_for_approval_then_a_site_killed_mid_round_is_dropped_and_rej
     crash_round = 2
     crashing = dep.crashing_site("va", port, crash_round)
 
-    # Nothing runs before each data owner approves; the coordinator shows who waits.
-    plan_hash = dep.plan().hash
+    # Nothing runs before each data owner approves the study; the coordinator shows who waits.
+    study_hash = dep.study_plan().hash
     for site in SITES[:3]:
         dep.wait_log("coordinator", f"site '{site}' is waiting for its data owner")
-        dep.wait_log(site, f"fedcare site approve {plan_hash}")
+        dep.wait_log(site, f"fedcare site approve {study_hash}")
     status = cli(dep, "coordinator", "status", "--out", str(dep.out))
     assert "waiting for approval" in status
     assert "training at" not in dep.log("coordinator").read_text()
-    cli(dep, "site", "approve", plan_hash, "--state", "sites/cleveland", "--by", "dr. owner")
+    cli(dep, "site", "approve", study_hash, "--state", "sites/cleveland", "--by", "dr. owner")
     for site in SITES[1:]:
-        ApprovalStore(dep.root / "sites" / site / "approvals.json").approve(plan_hash, by="owner")
+        ApprovalStore(dep.root / "sites" / site / "approvals.json").approve(study_hash, by="owner")
 
     # va dies (os._exit, like kill -9) while training round 3; the round goes on without it.
     assert crashing.wait(timeout=120) == 9

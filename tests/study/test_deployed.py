@@ -19,7 +19,7 @@ import yaml
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from fedcare.cli.deploy import initial_model, plan_and_facts
+from fedcare.cli.deploy import initial_model, plan_and_facts, study_from_config
 from fedcare.cli.main import app
 from fedcare.core.errors import ConfigError
 from fedcare.data.registry import load_dataset
@@ -322,3 +322,73 @@ def test_a_site_whose_file_cannot_be_read_says_so_before_any_plan(tmp_path):
     (problem,) = hello.header["problems"]
     assert "file not found" in problem and "exports/north.csv" in problem
     assert [e.kind for e in site.drain_events()] == ["data_invalid"]
+
+
+def drive(driver, machines: dict) -> None:
+    """One run of a study with the sites' machines as they are (they outlive the run)."""
+    queue: deque = deque()
+    links = {name: QueueLink(name, queue) for name in machines}
+
+    def from_site(name: str, envs) -> None:
+        for env in envs:
+            driver.received(links[name], env.from_peer(name))
+
+    for name, site in machines.items():
+        driver.connected(links[name])
+        from_site(name, site.start(time.monotonic()))
+    for _ in range(10_000):
+        if driver.finished.is_set():
+            break
+        if not queue:
+            driver.tick()
+            continue
+        name, env = queue.popleft()
+        from_site(name, machines[name].handle(env.from_peer("coordinator"), time.monotonic()))
+    while queue:  # the last messages (RunFinished) reach the sites
+        name, env = queue.popleft()
+        machines[name].handle(env.from_peer("coordinator"), time.monotonic())
+    driver.store.close()
+    assert driver.finished.is_set(), "the run did not finish"
+
+
+def test_a_deployed_study_summarises_each_strategy_over_its_seeds_like_the_simulator(tmp_path):
+    config = parse_config(
+        {
+            **HEART,
+            "seeds": [0, 1],
+            "baselines": ["local"],
+            "strategies": [{"name": "fedavg"}, {"name": "fedprox", "params": {"mu": 0.01}}],
+        }
+    )
+    selection = study_from_config(config)
+    machines = heart_sites(tmp_path, selection.plan.hash)  # each owner approves the study once
+    about = {"config": config.model_dump(mode="json"), "dataset": selection.facts}
+    about["not_deployed"] = list(selection.not_deployed)
+    folder = tmp_path / "deployed"
+    for i, plan in enumerate(selection.plan.runs):
+        driver = new_run(
+            folder, f"run-{i + 1}", plan, initial_model(plan), Security(None),
+            log=lambda _: None, study={**about, "label": selection.labels[i]},
+            study_plan=selection.plan,
+        )  # fmt: skip
+        drive(driver, machines)
+        last = i == len(selection.plan.runs) - 1
+        assert {m.phase.value for m in machines.values()} == {
+            "finished" if last else "waiting_plan"
+        }
+    write_deployed_study(folder)
+    simulated_config = config.model_copy(update={"explain": False, "baselines": []})
+    StudyRunner(simulated_config, tmp_path / "simulated").run()
+
+    deployed = json.loads((folder / "metrics.json").read_text())
+    simulated = json.loads((tmp_path / "simulated" / "metrics.json").read_text())
+    assert deployed["study"]["seeds"] == [0, 1]
+    assert deployed["deployment"]["not_deployed"][0].startswith("baselines (local)")
+    by_name = {s["name"]: s for s in deployed["strategies"]}
+    assert by_name["fedavg"]["deployed_runs"] == ["run-1", "run-2"]
+    assert by_name["fedprox"]["deployed_runs"] == ["run-3", "run-4"]
+    for sim in simulated["strategies"]:
+        dep = by_name[sim["name"]]
+        for key, stat in sim["overall"].items():  # each seed's value, then mean ± std
+            assert dep["overall"][key]["values"] == pytest.approx(stat["values"], abs=1e-5)
+            assert dep["overall"][key]["std"] == pytest.approx(stat["std"], abs=1e-5)

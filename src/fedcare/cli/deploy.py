@@ -4,7 +4,12 @@ Coordinating centre::
 
     fedcare coordinator start --study study.yaml --bundle coordinator-bundle --ca study-ca
     fedcare coordinator status --out studies/NAME
-    fedcare coordinator resume RUN --out studies/NAME --bundle coordinator-bundle --ca study-ca
+    fedcare coordinator resume --out studies/NAME --bundle coordinator-bundle --ca study-ca
+
+A deployed study runs every strategy x seed its YAML lists (or those chosen with
+``--strategy``/``--seed``), one run after another, under one study plan that every data
+owner approves once. What cannot deploy (baselines, simulated attacks, ...) is named before
+anything starts and recorded in the study folder.
 
 Each hospital::
 
@@ -21,9 +26,12 @@ config.yaml and models/ (see :mod:`fedcare.study.deployed`).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import sys
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -137,50 +145,66 @@ def _tabular_sites(config: Any) -> tuple[tuple[str, ...], Any, dict[str, Any]]:
     return tuple(str(s) for s in files), spec, facts
 
 
-def plan_and_facts(
-    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
-) -> tuple[Any, Any, dict[str, Any]]:
-    """(plan, chosen strategy config, dataset facts for the study folder's metrics.json)."""
+@dataclass(frozen=True)
+class _Data:
+    """What every run plan of a study says about its data."""
+
+    sites: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    data: dict[str, Any]  # a hospital's own table: schema, feature space, split
+    facts: dict[str, Any]  # name, description, source, for the study folder
+
+
+def _study_data(config: Any) -> _Data:
+    if config.dataset.name == "tabular":
+        sites, spec, facts = _tabular_sites(config)
+        return _Data(sites, (spec.num_features,), spec.num_classes, spec.to_dict(), facts)
+    from fedcare.data.registry import load_dataset
+
+    dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    facts = {"name": dataset.name, "description": dataset.description, "source": dataset.source}
+    return _Data(
+        tuple(dataset.site_names), tuple(dataset.input_shape), dataset.num_classes, {}, facts
+    )
+
+
+def _run_plan(
+    config: Any, chosen: Any, seed: int, data: _Data, rounds: int | None, min_sites: int | None
+) -> Any:
+    """One run: one strategy of the study at one seed (the run's seed is the plan's)."""
     from fedcare.runtime.rounds import RunPlan
     from fedcare.runtime.sampling import Participation
 
-    chosen = _choose_strategy(config, strategy)
-    data: dict[str, Any] = {}
-    if config.dataset.name == "tabular":
-        sites, spec, facts = _tabular_sites(config)
-        input_shape: tuple[int, ...] = (spec.num_features,)
-        num_classes, data = spec.num_classes, spec.to_dict()
-    else:
-        from fedcare.data.registry import load_dataset
-
-        dataset = load_dataset(config.dataset.name, **config.dataset.params)
-        sites, input_shape = tuple(dataset.site_names), tuple(dataset.input_shape)
-        num_classes = dataset.num_classes
-        facts = {
-            "name": dataset.name,
-            "description": dataset.description,
-            "source": dataset.source,
-        }
     local = chosen.local or config.local
     part = config.participation
-    plan = RunPlan(
-        sites=sites,
+    return RunPlan(
+        sites=data.sites,
         strategy=chosen.name,
         strategy_params=dict(chosen.params),
         spec=local.to_spec(),
         rounds=rounds or config.rounds,
-        seed=config.seeds[0] if seed is None else seed,
-        input_shape=input_shape,
-        num_classes=num_classes,
+        seed=seed,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
         model=config.model.name,
         model_params=dict(config.model.params),
         participation=Participation(part.fraction, min_sites or part.min_sites),
         eval_every=config.simulator.eval_every,
         study=config.name,
-        dataset=str(facts["name"]),
-        data=data,
+        dataset=str(data.facts["name"]),
+        data=data.data,
     )
-    return plan, chosen, facts
+
+
+def plan_and_facts(
+    config: Any, strategy: str | None, seed: int | None, rounds: int | None, min_sites: int | None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(plan, chosen strategy config, dataset facts) of one run: one strategy, one seed."""
+    chosen = _choose_strategy(config, strategy)
+    data = _study_data(config)
+    seed = config.seeds[0] if seed is None else seed
+    return _run_plan(config, chosen, seed, data, rounds, min_sites), chosen, data.facts
 
 
 def plan_from_study(
@@ -188,6 +212,100 @@ def plan_from_study(
 ) -> Any:
     """One deployed run = one strategy and one seed of a study config."""
     return plan_and_facts(config, strategy, seed, rounds, min_sites)[0]
+
+
+def not_deployed(config: Any, data_shape: Sequence[int]) -> list[str]:
+    """The parts of a study config that only the simulator runs, each with why."""
+    out = []
+    if config.baselines:
+        out.append(
+            f"baselines ({', '.join(config.baselines)}): they train on one site's rows alone "
+            "or on every site's rows pooled in one place, outside the federated protocol; run "
+            "them with 'fedcare simulate'"
+        )
+    if config.attack is not None:
+        out.append(
+            f"attack ({config.attack.kind}): simulated poisoned sites exist only in the simulator"
+        )
+    if config.contributions is not None:
+        out.append(
+            "contributions (Shapley values, leave-one-out): they train a model for every "
+            "coalition of sites, in simulation only"
+        )
+    if config.epsilon_sweep is not None:
+        label = config.epsilon_sweep.strategy.label or config.epsilon_sweep.strategy.name
+        out.append(
+            f"epsilon_sweep ({label} at {len(config.epsilon_sweep.epsilons)} epsilons): a "
+            "simulated privacy-utility curve; list a DP strategy under 'strategies' to deploy it"
+        )
+    if config.explain and len(data_shape) == 1:
+        out.append(
+            "explain (permutation feature importance): it would need an extra evaluation step "
+            "at every site; simulation only"
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class StudySelection:
+    """The runs a deployed study will serve, in order, and what it leaves out."""
+
+    plan: Any  # fedcare.runtime.rounds.StudyPlan
+    labels: tuple[str, ...]  # each run's strategy label
+    facts: dict[str, Any]
+
+    @property
+    def not_deployed(self) -> tuple[str, ...]:
+        return tuple(self.plan.not_deployed)
+
+
+def _selected(config: Any, names: Sequence[str] | None) -> tuple[list[Any], list[str]]:
+    """The strategies to deploy, and a line for each one left out (with why)."""
+    if not config.strategies:
+        raise ConfigError(f"study '{config.name}' lists no strategies to deploy")
+    if names:
+        chosen = [_choose_strategy(config, n) for n in names]
+        unique = list({id(c): c for c in chosen}.values())
+        rest = [s.display_name for s in config.strategies if all(s is not c for c in unique)]
+        skipped = [f"strategies not chosen with --strategy: {', '.join(rest)}"] if rest else []
+        return unique, skipped
+    return list(config.strategies), []
+
+
+def study_from_config(
+    config: Any,
+    strategies: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    rounds: int | None = None,
+    min_sites: int | None = None,
+) -> StudySelection:
+    """Every strategy x seed of the study (or those chosen), strategy by strategy, as one
+    study plan. A listed strategy that cannot deploy is left out and named; one chosen
+    with ``--strategy`` that cannot deploy is an error."""
+    from fedcare.runtime.rounds import StudyPlan
+
+    data = _study_data(config)
+    chosen, left_out = _selected(config, strategies)
+    runs, labels = [], []
+    for strategy in chosen:
+        try:
+            _run_plan(config, strategy, 0, data, rounds, min_sites).build_strategy()
+        except ConfigError as exc:
+            if strategies:
+                raise
+            left_out.append(f"strategy '{strategy.display_name}': {exc}")
+            continue
+        for seed in seeds or config.seeds:
+            runs.append(_run_plan(config, strategy, seed, data, rounds, min_sites))
+            labels.append(strategy.display_name)
+    if not runs:
+        raise ConfigError(
+            f"study '{config.name}': none of its strategies can deploy: " + "; ".join(left_out)
+        )
+    left_out = not_deployed(config, data.input_shape) + left_out
+    return StudySelection(
+        StudyPlan(config.name, tuple(runs), tuple(left_out)), tuple(labels), data.facts
+    )
 
 
 def initial_model(plan: Any) -> Any:
@@ -200,18 +318,28 @@ def initial_model(plan: Any) -> Any:
     return initial_params(module, SeedStream(plan.seed))
 
 
-def _serve(driver: Any, address: str, insecure: bool, limits: Any, port_file: Path | None) -> None:
-    from fedcare.net.coordinator_server import serve
-
-    def ready(port: int) -> None:
-        if port_file is not None:
-            port_file.write_text(str(port))
-
+def _serve_limits(limits: Any, driver: Any) -> Any:
     if limits.inflight_bytes == 1 << 30:  # default: one model reassembled at a time
         from dataclasses import replace
 
         limits = replace(limits, inflight_bytes=max(int(driver.machine.size) * 4, 64 << 20))
-    outcome = serve(driver, address, limits=limits, insecure=insecure, ready=ready)
+    return limits
+
+
+def _ready(port_file: Path | None) -> Any:
+    def ready(port: int) -> None:
+        if port_file is not None:
+            port_file.write_text(str(port))
+
+    return ready
+
+
+def _serve(driver: Any, address: str, insecure: bool, limits: Any, port_file: Path | None) -> None:
+    """Serve one run started on its own (by an older fedcare, outside a study file)."""
+    from fedcare.net.coordinator_server import serve
+
+    limits = _serve_limits(limits, driver)
+    outcome = serve(driver, address, limits=limits, insecure=insecure, ready=_ready(port_file))
     if outcome.status in ("finished", "failed"):
         _write_study_folder(driver.folder)
     if outcome.status != "finished":
@@ -220,6 +348,109 @@ def _serve(driver: Any, address: str, insecure: bool, limits: Any, port_file: Pa
         f"Run [bold]{outcome.run_id}[/] finished after {outcome.rounds} rounds; results in "
         f"{driver.folder / 'deploy' / outcome.run_id}"
     )
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """Where and how a study's runs are served."""
+
+    folder: Path
+    security: Any
+    address: str
+    insecure: bool
+    limits: Any
+    port_file: Path | None
+
+
+def _new_study_run(where: _Serving, deployed: Any, index: int) -> Any:
+    """Register run ``index`` of the study and its driver (initial model kept for resume)."""
+    from fedcare.net.coordinator_server import new_run, save_initial
+
+    plan, run_id = deployed.plan.runs[index], deployed.run_ids[index]
+    init = initial_model(plan)
+    driver = new_run(
+        where.folder,
+        run_id,
+        plan,
+        init,
+        where.security,
+        deployed.options,
+        log=_plain_log,
+        study=deployed.run_about(index),
+        study_plan=deployed.plan,
+    )
+    save_initial(where.folder, run_id, init)
+    return driver
+
+
+def _serve_study(where: _Serving, deployed: Any, first: Any, todo: Sequence[int]) -> None:
+    """Serve the runs ``todo`` (indices into the study, in order) one after another on one
+    port, starting with ``first`` (the driver of ``todo[0]``); then write the study folder."""
+    from fedcare.net.coordinator_server import serve_runs
+
+    total, queue = len(deployed.run_ids), list(todo[1:])
+
+    def next_run(outcome: Any) -> Any:
+        if not queue:
+            return None
+        index = queue.pop(0)
+        plan = deployed.plan.runs[index]
+        _log(
+            f"run [bold]{outcome.run_id}[/] finished; run {index + 1} of {total}: "
+            f"[bold]{deployed.run_ids[index]}[/] ({deployed.labels[index]}, seed {plan.seed})"
+        )
+        return _new_study_run(where, deployed, index)
+
+    outcomes = serve_runs(
+        first,
+        where.address,
+        next_run,
+        limits=_serve_limits(where.limits, first),
+        insecure=where.insecure,
+        ready=_ready(where.port_file),
+    )
+    if any(o.status in ("finished", "failed") for o in outcomes):
+        _write_study_folder(where.folder)
+    last = outcomes[-1]
+    if last.status != "finished":
+        done = sum(1 for o in outcomes if o.status == "finished")
+        raise FedcareError(
+            f"run {last.run_id} {last.status}: {last.failure or 'stopped'}; study "
+            f"'{deployed.plan.study}' stopped with {done} of {len(todo)} remaining run(s) "
+            f"finished (continue it: fedcare coordinator resume --out {where.folder} ...)"
+        )
+    console.print(
+        f"Study [bold]{deployed.plan.study}[/]: {len(outcomes)} run(s) finished "
+        f"({', '.join(o.run_id for o in outcomes)}); results in {where.folder}"
+    )
+
+
+def _run_ids(selection: StudySelection, given: str | None) -> tuple[str, ...]:
+    """``--run-id`` for a one-run study, ``ID-1``, ``ID-2``... for more; else label-sSEED-tag."""
+    count = len(selection.labels)
+    if given is not None:
+        return (given,) if count == 1 else tuple(f"{given}-{i + 1}" for i in range(count))
+    tag = secrets.token_hex(3)
+    return tuple(
+        f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', label).strip('-') or 'run'}-s{run.seed}-{tag}"
+        for label, run in zip(selection.labels, selection.plan.runs, strict=True)
+    )
+
+
+def _announce(deployed: Any) -> None:
+    """Before anything starts: what is left out, and the study plan the owners approve."""
+    from rich.markup import escape
+
+    study = deployed.plan
+    for line in study.not_deployed:
+        _log(f"[yellow]not deployed[/]: {escape(line)}")
+    _log(
+        f"study [bold]{escape(study.study)}[/]: {len(study.runs)} run(s), one after another, "
+        f"at sites {', '.join(study.sites)}; study plan hash [bold]{study.hash}[/] (each data "
+        f"owner approves the whole study once with: fedcare site approve {study.hash})"
+    )
+    for run_id, line in zip(deployed.run_ids, study.describe(), strict=True):
+        _log(f"  {escape(line)}: run {run_id}")
 
 
 def _write_study_folder(folder: Path) -> Path | None:
@@ -253,9 +484,18 @@ def coordinator_start(
         typer.Option(help="Study folder (default: the config's output or studies/NAME)."),
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="Which of the study's strategies (default: the first).")
+        list[str] | None,
+        typer.Option(
+            help="Deploy only this strategy (label or name); repeat for several. Default: "
+            "every strategy the study lists."
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Run seed (default: the study's first).")] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Deploy only this seed; repeat for several. Default: every seed the study lists."
+        ),
+    ] = None,
     rounds: Annotated[
         int | None, typer.Option(min=1, help="Override the number of rounds.")
     ] = None,
@@ -272,14 +512,18 @@ def coordinator_start(
     max_update_norm: Annotated[
         float | None, typer.Option(help="Reject updates with a larger L2 norm.")
     ] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run id (default: generated).")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="Run id (default: generated); a study of n runs gets ID-1 ... ID-n."),
+    ] = None,
     chunk_mib: ChunkMiB = 4.0,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
     port_file: PortFile = None,
 ) -> None:
-    """Start a deployed run of a study and serve it until it finishes."""
-    from fedcare.net.coordinator_server import new_run, save_initial
+    """Deploy a study: every strategy x seed it lists, one run after another, under one
+    study plan each data owner approves once."""
+    from fedcare.net.study_files import DeployedStudy, save_study
     from fedcare.runtime.coordinator import CoordinatorOptions
     from fedcare.study.config import load_config
 
@@ -287,12 +531,10 @@ def coordinator_start(
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
     security = _security(bundle, ca, insecure)
     limits = _limits(chunk_mib, max_model_gib)
-    plan, chosen, facts = plan_and_facts(cfg, strategy, seed, rounds, min_sites)
+    selection = study_from_config(cfg, strategy, seed, rounds, min_sites)
     options = CoordinatorOptions(
         round_timeout_s=round_timeout, start_grace_s=start_grace, max_update_norm=max_update_norm
     )
-    run = run_id or f"{plan.strategy}-s{plan.seed}-{secrets.token_hex(3)}"
-    init = initial_model(plan)
     if cfg.dataset.name == "tabular" and cfg.dataset.params.get("normalise", "pooled") != "site":
         _log(
             "[yellow]note[/]: in deployment each site z-scores its features with its own "
@@ -301,24 +543,29 @@ def coordinator_start(
         )
     about = {
         "config": cfg.model_dump(mode="json"),
-        "label": chosen.display_name,
-        "dataset": facts,
+        "dataset": selection.facts,
+        "not_deployed": list(selection.not_deployed),
     }
-    driver = new_run(folder, run, plan, init, security, options, log=_plain_log, study=about)
-    save_initial(folder, run, init)
-    _log(
-        f"run [bold]{run}[/]: {plan.strategy}, seed {plan.seed}, {plan.rounds} rounds, sites "
-        f"{', '.join(plan.sites)}; job plan hash [bold]{plan.hash}[/] (each data owner approves it "
-        f"with: fedcare site approve {plan.hash})"
+    deployed = DeployedStudy(
+        selection.plan, _run_ids(selection, run_id), selection.labels, options, about
     )
-    _serve(driver, address, insecure, limits, port_file)
+    save_study(folder, deployed)
+    _announce(deployed)
+    where = _Serving(folder, security, address, insecure, limits, port_file)
+    todo = range(len(deployed.run_ids))
+    _serve_study(where, deployed, _new_study_run(where, deployed, 0), todo)
 
 
 @coordinator_app.command("resume")
 @friendly_errors
 def coordinator_resume(
-    run: Annotated[str, typer.Argument(help="Run id to continue.")],
     out: Annotated[Path, typer.Option(help="The study folder of the run.")],
+    run: Annotated[
+        str | None,
+        typer.Argument(
+            help="Run id to continue (default: where the folder's latest study stopped)."
+        ),
+    ] = None,
     bundle: Annotated[Path | None, typer.Option(help="The coordinator's bundle folder.")] = None,
     ca: Annotated[
         Path | None, typer.Option(help="Study CA folder (its revoked.json is honoured).")
@@ -329,11 +576,68 @@ def coordinator_resume(
     insecure: Insecure = False,
     port_file: PortFile = None,
 ) -> None:
-    """Continue a run after the coordinator stopped or crashed (from its last checkpoint)."""
+    """Continue a deployed study after the coordinator stopped or crashed: the unfinished
+    run from its last checkpoint, then the study's runs that had not started."""
     from fedcare.net.coordinator_server import resume_run
+    from fedcare.net.study_files import load_studies, study_of_run
 
-    driver = resume_run(out, run, _security(bundle, ca, insecure), log=_plain_log)
-    _serve(driver, address, insecure, _limits(chunk_mib, max_model_gib), port_file)
+    security, limits = _security(bundle, ca, insecure), _limits(chunk_mib, max_model_gib)
+    deployed = study_of_run(out, run) if run else next(reversed(load_studies(out)), None)
+    if deployed is None:
+        if run is None:
+            raise ConfigError(
+                f"'{out}' holds no deployed study (no deploy/study-*.json); name the run to "
+                "continue: fedcare coordinator resume RUN --out ..."
+            )
+        driver = resume_run(out, run, security, log=_plain_log)  # a run started on its own
+        _serve(driver, address, insecure, limits, port_file)
+        return
+    todo = _unfinished(out, deployed, run)
+    index = todo[0]
+    where = _Serving(out, security, address, insecure, limits, port_file)
+    if index in _started(out, deployed):
+        first = resume_run(out, deployed.run_ids[index], security, _plain_log, deployed.plan)
+    else:
+        _log(f"starting run {deployed.run_ids[index]}, the next of the study")
+        first = _new_study_run(where, deployed, index)
+    _log(
+        f"study [bold]{deployed.plan.study}[/] ({deployed.plan.hash}): {len(todo)} of "
+        f"{len(deployed.run_ids)} run(s) left: {', '.join(deployed.run_ids[i] for i in todo)}"
+    )
+    _serve_study(where, deployed, first, todo)
+
+
+def _statuses(folder: Path) -> dict[str, str]:
+    from fedcare.net.store import RunStore
+
+    if not (folder / "runs.db").is_file():
+        return {}
+    with RunStore.in_folder(folder) as store:
+        return {r.run_id: r.status for r in store.runs()}
+
+
+def _started(folder: Path, deployed: Any) -> set[int]:
+    statuses = _statuses(folder)
+    return {i for i, run_id in enumerate(deployed.run_ids) if run_id in statuses}
+
+
+def _unfinished(folder: Path, deployed: Any, run: str | None) -> list[int]:
+    """Indices of the study's runs still to serve, in order (ConfigError if none)."""
+    statuses = _statuses(folder)
+    ended = {"finished", "failed"}
+    todo = [i for i, r in enumerate(deployed.run_ids) if statuses.get(r) not in ended]
+    if not todo:
+        states = ", ".join(f"{r} {statuses.get(r)}" for r in deployed.run_ids)
+        raise ConfigError(
+            f"study '{deployed.plan.study}' in '{folder}': every run has ended ({states}); "
+            "nothing to resume"
+        )
+    failed = [r for r in deployed.run_ids if statuses.get(r) == "failed"]
+    if failed:
+        _log(f"[yellow]failed run(s) stay failed[/]: {', '.join(failed)} (see coordinator status)")
+    if run is not None and statuses.get(run) in ended:
+        _log(f"run {run} has {statuses[run]}; continuing with the study's next run")
+    return todo
 
 
 @coordinator_app.command("status")
@@ -601,19 +905,28 @@ def site_start(
 @site_app.command("approve")
 @friendly_errors
 def site_approve(
-    plan_hash: Annotated[str, typer.Argument(metavar="HASH", help="The job plan hash to approve.")],
+    plan_hash: Annotated[
+        str,
+        typer.Argument(
+            metavar="HASH", help="The study plan hash (or one job plan's hash) to approve."
+        ),
+    ],
     state: Annotated[
         Path, typer.Option(help="Site folder (as given to 'site start').")
     ] = DEFAULT_SITE_DIR,
     by: Annotated[str, typer.Option(help="Who approves (recorded).")] = "data owner",
 ) -> None:
-    """Approve a job plan for this site's data (a running site agent picks it up)."""
+    """Approve a study plan (all its runs at once) or one job plan for this site's data (a
+    running site agent picks it up)."""
     from fedcare.runtime.approvals import ApprovalStore
 
     store = ApprovalStore(state / "approvals.json")
     pending = store.pending().get(plan_hash, {}).get("plan", {})
     store.approve(plan_hash, by=by)
-    what = f" ({pending['strategy']['name']})" if "strategy" in pending else ""
+    if "runs" in pending:
+        what = f" (study '{pending.get('study')}', {len(pending['runs'])} runs)"
+    else:
+        what = f" ({pending['strategy']['name']})" if "strategy" in pending else ""
     console.print(f"approved plan {plan_hash}{what} for the data in this site's folder {state}")
 
 
@@ -624,14 +937,29 @@ def site_pending(
         Path, typer.Option(help="Site folder (as given to 'site start').")
     ] = DEFAULT_SITE_DIR,
 ) -> None:
-    """Job plans that wait for this site's approval."""
+    """Study and job plans that wait for this site's approval, in full."""
     import json
 
+    from rich.markup import escape
+
     from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.rounds import StudyPlan
 
     pending = ApprovalStore(state / "approvals.json").pending()
     if not pending:
         console.print("no plan is waiting for approval")
-    for hash_, plan in pending.items():
+    for hash_, entry in pending.items():
         console.print(f"[bold]{hash_}[/]")
-        console.print_json(json.dumps(plan, default=str))
+        plan = entry.get("plan", {})
+        if "runs" in plan:  # a study: one approval covers every run listed
+            study = StudyPlan.from_dict(plan)
+            console.print(
+                f"study '{escape(study.study)}': {len(study.runs)} runs, one after another; "
+                "approving this hash approves them all:",
+                highlight=False,
+            )
+            for line in study.describe():
+                console.print(f"  {escape(line)}", highlight=False)
+            for line in study.not_deployed:
+                console.print(f"  not deployed: {escape(line)}", highlight=False)
+        console.print_json(json.dumps(entry, default=str))

@@ -111,7 +111,8 @@ def load_site_state(directory: Path, machine: SiteMachine) -> bool:
 
 
 class SiteAgent:
-    """Keeps one site connected until its run finishes (or ``stop`` is set)."""
+    """Keeps one site connected until its run, or its study's last run, finishes (or
+    ``stop`` is set); between a study's runs it reconnects for the next one."""
 
     def __init__(
         self,
@@ -169,7 +170,11 @@ class SiteAgent:
                 ):
                     break
                 delay = self.backoff.next_delay()
-                self.log(f"coordinator closed the stream; reconnecting in {delay:.1f} s")
+                if self.machine.phase is SitePhase.WAITING_PLAN and self.machine.study:
+                    closed = "the run is over; the study's next run follows"
+                else:
+                    closed = "coordinator closed the stream"
+                self.log(f"{closed}; reconnecting in {delay:.1f} s")
                 stop.wait(delay)
         finally:
             stop.set()
@@ -240,6 +245,17 @@ class SiteAgent:
             self.log("DATA CHECK FAILED; nothing will run on this site's data:")
             for problem in detail.get("problems", []):
                 self.log(f"  - {problem}")
+        elif kind == "waiting_approval" and detail.get("study_hash"):
+            self.log(
+                f"study '{detail.get('study')}' waits for approval: {len(detail['runs'])} runs "
+                f"(job plan {detail.get('plan_hash')} is the first to ask):"
+            )
+            for line in detail["runs"]:
+                self.log(f"  {line}")
+            self.log(
+                "review it with 'fedcare site pending', then approve the whole study once: "
+                f"fedcare site approve {detail['study_hash']}"
+            )
         elif kind == "waiting_approval":
             self.log(
                 f"job plan {detail.get('plan_hash')} waits for approval; review it, then run: "

@@ -79,6 +79,15 @@ def deployment_section(extra: dict[str, object]) -> str:
                 "<th>Rejected updates (reason)</th><th>Dropped (reason)</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"
             )
+    left_out = [x for x in block.get("not_deployed") or [] if isinstance(x, str)]
+    not_deployed = (
+        "<p class='note'><strong>Not deployed</strong> (in the study config, simulation "
+        "only; named by the coordinator before the study started):</p><ul>"
+        + "".join(f"<li>{_e(x)}</li>" for x in left_out)
+        + "</ul>"
+        if left_out
+        else ""
+    )
     return (
         "<h2>Deployment</h2><p class='note'>These results come from a deployed study: a "
         "coordinator and one site agent per hospital, each site training on its own rows. "
@@ -86,5 +95,5 @@ def deployment_section(extra: dict[str, object]) -> str:
         "rejected updates and dropped sites are left out of that round only.</p>"
         "<table><thead><tr><th>Run</th><th>Strategy</th><th class='num'>Seed</th>"
         "<th>Status</th><th class='num'>Rounds</th><th>Plan hash</th><th>Note</th></tr></thead>"
-        f"<tbody>{summary}</tbody></table>" + "".join(details)
+        f"<tbody>{summary}</tbody></table>" + not_deployed + "".join(details)
     )

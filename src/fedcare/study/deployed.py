@@ -9,8 +9,10 @@ structure: per-round history, per-site final evaluation, privacy, bytes per site
 it as deployed: each run's id, status, and per round the sites sampled, those that
 contributed, and those rejected or dropped with the reason.
 
-Runs of the same strategy label and plan (seed aside) are the seeds of one strategy entry;
-for a seed run twice the later run counts.
+Runs of the same strategy label and plan (seed aside) are the seeds of one strategy entry,
+summarised over seeds (mean ± std) as the simulator does; for a seed run twice the later run
+counts. A deployed study serves every strategy x seed it lists, so all of them land here;
+what it could not deploy is listed under ``deployment.not_deployed``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from safetensors.numpy import load_file
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
-from fedcare.data.tabular import RunSplit
 from fedcare.ml.torch_adapter import layout_of
 from fedcare.models.registry import build_model
 from fedcare.net.run_files import eval_from_counts, read_plan_file, run_dir
@@ -41,7 +42,6 @@ from fedcare.study.runner import (
     DatasetFacts,
     hyperparameters,
     save_model,
-    split_facts,
     study_metrics,
     write_study_folder,
 )
@@ -62,22 +62,9 @@ class DeployedRun:
     wall_time_s: float
 
     @property
-    def split(self) -> RunSplit | None:
-        """The train/test split of a hospitals' own tables run (None: the dataset fixes it)."""
-        split = self.plan.data.get("split") if self.plan.data else None
-        if not isinstance(split, dict) or "source" not in split:
-            return None
-        return RunSplit(
-            split["source"], None if split["source"] == "split column" else split["seed"]
-        )
-
-    @property
     def variant(self) -> str:
-        """The plan without its seed (nor a split seed that follows it): runs that differ
-        only in seed are one strategy."""
+        """The plan without its seed: runs that differ only in seed are one strategy."""
         plan = {k: v for k, v in self.plan.to_dict().items() if k != "seed"}
-        if self.split is not None and self.split.follows_run:
-            plan["data"] = {**plan["data"], "split": {**plan["data"]["split"], "seed": None}}
         text = json.dumps(plan, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -284,9 +271,6 @@ def deployed_metrics(folder: Path) -> tuple[dict[str, Any], StudyConfig] | None:
             sites=_site_facts(store, loaded, sites),
             description=str(dataset.get("description", "")),
             source=str(dataset.get("source", "")),
-            split=split_facts(
-                {r.plan.seed: r.split for runs in by_group.values() for r in runs if r.split}
-            ),
         )
         wall = float(sum(r.wall_time_s for runs in by_group.values() for r in runs))
         metrics = study_metrics(config, facts, entries, wall)
@@ -300,7 +284,10 @@ def deployed_metrics(folder: Path) -> tuple[dict[str, Any], StudyConfig] | None:
                     or ("" if record.run_id in counted else "superseded by a later run"),
                 )
                 for record in store.runs()
-            ]
+            ],
+            # What the study config lists but the deployment left out (the coordinator named
+            # each part before the study started), so no reader takes it for an oversight.
+            "not_deployed": [str(x) for x in latest.study.get("not_deployed", [])],
         }
     return metrics, config
 
