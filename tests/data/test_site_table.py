@@ -126,3 +126,44 @@ def test_a_bad_column_is_reported_with_file_column_expected_and_found(tmp_path, 
 def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path, spec):
     check = check_site_table(spec, "a", tmp_path / "nope.csv", 0)
     assert not check.ok and "file not found" in str(check.errors[0])
+
+
+def test_the_plan_for_each_run_seed_carries_that_seeds_split_and_encodes_as_the_simulator(
+    tmp_path, schema_file
+):
+    files = {
+        "a": write_csv(tmp_path, "a", site_frame(0, 90)),
+        "b": write_csv(tmp_path, "b", site_frame(1, 60)),
+    }
+    params = {"schema": str(schema_file), "files": {k: str(v) for k, v in files.items()}}
+    specs = {seed: SiteTableSpec.from_study(params, run_seed=seed) for seed in (1, 2)}
+    assert [(s.split_seed, s.split_source) for s in specs.values()] == [
+        (1, "run seed"),
+        (2, "run seed"),
+    ]
+    assert specs[1].to_dict()["split"] == {"test_fraction": 0.3, "seed": 1, "source": "run seed"}
+    for seed, spec in specs.items():
+        assert SiteTableSpec.from_dict(spec.to_dict()) == spec
+        # The simulator's default normalisation with the same split seed: identical rows.
+        simulated = load_tabular_sites(schema_file, files, seed=seed)
+        for index, (site, path) in enumerate(files.items()):
+            deployed = load_site_table(spec, site, path, index)
+            np.testing.assert_array_equal(deployed.x_train, simulated.site(site).x_train)
+            np.testing.assert_array_equal(deployed.y_test, simulated.site(site).y_test)
+    one, two = (load_site_table(s, "a", files["a"], 0) for s in specs.values())
+    assert not np.array_equal(one.x_test, two.x_test)  # two seeds, two splits
+
+    pinned = {
+        seed: SiteTableSpec.from_study(params | {"seed": 9}, run_seed=seed) for seed in (1, 2)
+    }
+    assert pinned[1] == pinned[2]
+    assert (pinned[1].split_seed, pinned[1].split_source) == (9, "dataset.params.seed")
+
+
+def test_a_plan_with_an_unknown_split_source_is_refused(spec):
+    raw = spec.to_dict()
+    raw["split"] = {**raw["split"], "source": "coin toss"}
+    with pytest.raises(ConfigError, match=r"split\.source: expected one of .*'run seed'"):
+        SiteTableSpec.from_dict(raw)
+    del raw["split"]["source"]  # plans written before the source was recorded still parse
+    assert SiteTableSpec.from_dict(raw).split_source is None

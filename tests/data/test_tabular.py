@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from fedcare.data.schema import TabularSchema
-from fedcare.data.tabular import load_tabular_sites
+from fedcare.data.tabular import RunSplit, load_tabular_sites, run_split
 from tests.data.conftest import SCHEMA_DICT, site_frame, write_csv
 
 
@@ -58,3 +58,29 @@ def test_multiclass_target_with_declared_classes(tmp_path):
     ds = load_tabular_sites(schema, {"a": write_csv(tmp_path, "a", frame)})
     assert (ds.task, ds.num_classes, ds.class_names) == ("multiclass", 3, ["0", "1", "2"])
     assert set(np.unique(ds.sites[0].y_train)) == {0, 1, 2}
+
+
+def test_each_run_seed_splits_by_itself_unless_the_study_or_the_schema_fixes_the_split(schema):
+    # Nothing pinned: the run seed is the split seed, so a study's seeds vary the split.
+    assert run_split(schema, None, 0) == RunSplit("run seed", 0)
+    assert run_split(schema, None, 1) == RunSplit("run seed", 1)
+    assert run_split(schema, None, 1).follows_run
+    # dataset.params.seed pins it (before the schema's own seed); a split column declares it.
+    seeded = TabularSchema.parse(SCHEMA_DICT | {"seed": 4})
+    assert run_split(schema, 7, 1) == run_split(seeded, 7, 2) == RunSplit("dataset.params.seed", 7)
+    assert run_split(seeded, None, 1) == run_split(seeded, None, 2) == RunSplit("schema seed", 4)
+    declared = TabularSchema.parse(SCHEMA_DICT | {"split_column": "set"})
+    assert run_split(declared, 7, 1) == RunSplit("split column", None)
+    assert not run_split(declared, None, 1).follows_run
+
+
+def test_the_default_normalisation_is_each_sites_own_as_deployed(schema, site_files):
+    default = load_tabular_sites(schema, site_files, seed=2)
+    per_site = load_tabular_sites(schema, site_files, seed=2, normalise="site")
+    pooled = load_tabular_sites(schema, site_files, seed=2, normalise="pooled")
+    assert default.extra["normalise"] == "site"
+    for a, b, c in zip(default.sites, per_site.sites, pooled.sites, strict=True):
+        np.testing.assert_array_equal(a.x_train, b.x_train)
+        assert not np.allclose(a.x_train, c.x_train)
+        # z-scored with the site's own training rows: mean 0 on its numeric column
+        assert a.x_train[:, default.feature_names.index("age")].mean() == pytest.approx(0, abs=1e-5)

@@ -2,14 +2,17 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 from fedcare.core.errors import ConfigError
 from fedcare.data.base import FederatedDataset, SiteData
+from fedcare.data.site_table import SiteTableSpec, load_site_table
 from fedcare.study.config import parse_config
 from fedcare.study.presets import heart_demo_config
 from fedcare.study.runner import StudyRunner, best_federated
 from tests.conftest import make_sites
+from tests.data.conftest import SCHEMA_DICT, site_frame, write_csv
 
 
 def test_study_writes_metrics_report_and_models(tmp_path):
@@ -104,3 +107,73 @@ def test_baselines_default_to_local_pooled_and_majority_and_the_demo_has_all_thr
 def test_an_unknown_baseline_is_refused_naming_the_allowed_ones():
     with pytest.raises(ConfigError, match="'local', 'pooled' or 'majority'"):
         parse_config({"baselines": ["majorty"]})
+
+
+def own_tables_study(tmp_path, seeds, **params):
+    """A study on two hospitals' own CSV files (the YAML a user would write)."""
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(yaml.safe_dump(SCHEMA_DICT))
+    files = {s: str(write_csv(tmp_path, s, site_frame(i, 90))) for i, s in enumerate("ab")}
+    dataset = {"name": "tabular", "params": {"schema": str(schema), "files": files, **params}}
+    return parse_config(
+        {
+            "name": "own-tables",
+            "dataset": dataset,
+            "model": {"name": "logistic"},
+            "seeds": seeds,
+            "rounds": 1,
+            "baselines": ["majority"],
+            "strategies": [{"name": "fedavg"}],
+            "explain": False,
+        }
+    )
+
+
+def test_each_seed_splits_a_hospitals_table_its_own_way_and_the_results_say_which(tmp_path):
+    config = own_tables_study(tmp_path, [0, 1])
+    runner = StudyRunner(config, tmp_path / "study")
+    zero, one = runner.data_for(0)[0], runner.data_for(1)[0]
+    assert not np.array_equal(zero.site("a").x_test, one.site("a").x_test)
+    assert runner.data_for(1)[0] is one  # loaded once per split seed
+
+    metrics = runner.run().metrics
+
+    assert metrics["study"]["split"] == {
+        "source": "run seed",
+        "pinned": False,
+        "runs": [{"seed": 0, "split_seed": 0}, {"seed": 1, "split_seed": 1}],
+    }
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert "Train/test split" in html and "each run seed&#x27;s own (split seeds 0, 1)" in html
+
+
+def test_a_pinned_split_seed_gives_every_seed_the_same_split(tmp_path):
+    config = own_tables_study(tmp_path, [0, 1], seed=7)
+    runner = StudyRunner(config, tmp_path / "study")
+    assert runner.data_for(0)[0] is runner.data_for(1)[0]
+
+    metrics = runner.run().metrics
+
+    assert metrics["study"]["split"]["source"] == "dataset.params.seed"
+    assert metrics["study"]["split"]["pinned"] is True
+    assert [r["split_seed"] for r in metrics["study"]["split"]["runs"]] == [7, 7]
+    html = (tmp_path / "study" / "report.html").read_text()
+    assert "pinned by dataset.params.seed = 7 (same for every seed)" in html
+
+
+def test_the_simulators_default_encoding_is_the_deployed_sites(tmp_path):
+    config = own_tables_study(tmp_path, [3])
+    simulated = StudyRunner(config, tmp_path / "study").data_for(3)[0]
+    params = config.dataset.params
+    spec = SiteTableSpec.from_study(params, run_seed=3)  # the plan of the run with seed 3
+    for index, (site, path) in enumerate(params["files"].items()):
+        deployed = load_site_table(spec, site, path, index)
+        np.testing.assert_array_equal(deployed.x_train, simulated.site(site).x_train)
+        np.testing.assert_array_equal(deployed.x_test, simulated.site(site).x_test)
+        np.testing.assert_array_equal(deployed.y_train, simulated.site(site).y_train)
+
+
+def test_a_dataset_whose_split_the_run_seed_does_not_change_records_no_split(tmp_path):
+    config = parse_config({"name": "toy", "seeds": [0, 1], "rounds": 1, "baselines": ["local"]})
+    metrics = StudyRunner(config, tmp_path, dataset=make_sites([20, 20])).run().metrics
+    assert "split" not in metrics["study"]

@@ -1,5 +1,6 @@
 """``fedcare audit``: check and read an audit log (the coordinator's, or a site's copy).
 
+    fedcare audit verify studies/heart/audit.log            # signers kept beside the log
     fedcare audit verify studies/heart/audit.log --ca-dir ca
     fedcare audit verify site-audit.log --copy va --key coordinator=coordinator.pem \\
         --against studies/heart/audit.log
@@ -18,6 +19,7 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.markup import escape
 from rich.table import Table
 
 from fedcare.cli.certs import console
@@ -48,7 +50,8 @@ def _public_key(path: Path) -> Ed25519PublicKey:
 def collect_keys(
     ca_dir: Path | None, keys: list[str], bundles: list[Path]
 ) -> dict[str, list[Ed25519PublicKey]]:
-    """Audit keys by author from a CA folder, NAME=FILE pairs and bundle folders."""
+    """Audit keys by author from a CA folder, NAME=FILE pairs and bundle folders (none
+    when none is given)."""
     from fedcare.net.tls import TlsBundle, signing_keys
 
     found: dict[str, list[Ed25519PublicKey]] = {}
@@ -65,11 +68,24 @@ def collect_keys(
     for folder in bundles:
         bundle = TlsBundle.load(folder)
         found.setdefault(bundle.name, []).append(bundle.signing_public_key())
-    if not found:
-        raise ConfigError(
-            "no public keys to verify with: pass --ca-dir, --key NAME=FILE or --bundle"
-        )
     return found
+
+
+def keys_beside(log: Path) -> dict[str, list[Ed25519PublicKey]]:
+    """Without key options: the signers the coordinator left next to its log, or an error
+    that says what to pass."""
+    from fedcare.net.audit_signers import SIGNERS_FILE, signers_beside
+
+    signers = signers_beside(log)
+    if signers is None:
+        raise ConfigError(
+            f"no public keys to verify '{log}' with: there is no {SIGNERS_FILE} beside it "
+            "(a coordinator writes one next to its audit.log). Pass --ca-dir CA_FOLDER (the "
+            "study CA folder, as made by 'fedcare certs init'), --bundle BUNDLE_FOLDER (the "
+            "author's bundle) or --key NAME=FILE (a signing.pub or certificate)"
+        )
+    console.print(f"[dim]keys:[/] {escape(signers.describe())}", highlight=False, soft_wrap=True)
+    return signers.keys
 
 
 @app.command("verify")
@@ -104,7 +120,9 @@ def verify_cmd(
     with user_errors():
         if against is not None and copy is None:
             raise ConfigError("--against compares a site's copy: also pass --copy SITE")
-        public = collect_keys(ca_dir, key or [], bundle or [])
+        if not log.is_file():
+            raise FileNotFoundError(f"{log}: no audit log here")
+        public = collect_keys(ca_dir, key or [], bundle or []) or keys_beside(log)
         report = verify(log, public, partial=copy is not None, expect_head=expect_head)
         problems = list(report.problems)
         if against is not None and copy is not None:

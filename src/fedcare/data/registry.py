@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,9 @@ from fedcare.core.errors import ConfigError
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.heart import load_heart_disease
 from fedcare.data.medmnist import load_medmnist
+from fedcare.data.schema import TabularSchema
 from fedcare.data.synthetic import make_synthetic
-from fedcare.data.tabular import load_tabular_sites
+from fedcare.data.tabular import RunSplit, load_tabular_sites, run_split
 
 _LOADERS: dict[str, Callable[..., FederatedDataset]] = {
     "heart-disease": load_heart_disease,
@@ -51,13 +52,41 @@ def load_dataset(name: str, **params: Any) -> FederatedDataset:
     return loader(**params)
 
 
+def dataset_split(name: str, params: Mapping[str, Any], run_seed: int) -> RunSplit | None:
+    """How the run with ``run_seed`` splits the dataset's rows into train and test.
+
+    None where the split does not depend on the run: the shipped datasets fix theirs (the
+    FLamby split, or a partition drawn from their own ``seed`` parameter). For hospitals'
+    own tables see :func:`fedcare.data.tabular.run_split`; None too when the parameters name
+    no schema (loading the dataset then says what is missing).
+    """
+    if name != "tabular" or "schema" not in params:
+        return None
+    return run_split(TabularSchema.load(params["schema"]), params.get("seed"), run_seed)
+
+
+def dataset_params_for_run(
+    name: str, params: Mapping[str, Any], run_seed: int
+) -> tuple[dict[str, Any], RunSplit | None]:
+    """(loader parameters, split) for the run with ``run_seed``: the study's parameters, with
+    the split seed added when the split follows the run seed."""
+    split = dataset_split(name, params, run_seed)
+    if split is None or not split.follows_run:
+        return dict(params), split
+    return {**params, "seed": split.seed}, split
+
+
 def describe_dataset(name: str, **params: Any) -> dict[str, Any]:
     """Sites, rows, label balance, features and attribution (tabular needs its params)."""
     if name == "tabular" and not params:
         return {
             "name": "tabular",
             "description": "Your own tables: one CSV/Parquet file per site plus a schema "
-            "(params: schema, files, test_fraction, seed, strict, normalise: pooled or site).",
+            "(params: schema, files, test_fraction, seed, strict, normalise). "
+            "The train/test split follows each run's seed unless params.seed, the schema's "
+            "seed or its split_column fixes it. normalise: site (default; each site z-scores "
+            "with its own training rows, as a deployment does) or pooled (statistics of all "
+            "sites combined; the simulator alone can run it, a deployment cannot reproduce it).",
         }
     ds = load_dataset(name, **params)
     return {

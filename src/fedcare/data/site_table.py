@@ -5,8 +5,9 @@ site needs to turn its file into the same columns as every other site: the schem
 hash), the feature space the schema fixes (one-hot vocabularies, missing-value indicators)
 and the train/test split. The site checks its file against that schema before it takes part,
 then encodes its rows without anything about them leaving the hospital: numeric features are
-z-scored with the site's own training rows (``normalise: site``). The simulator gives the
-identical encoding with ``dataset.params.normalise: site``.
+z-scored with the site's own training rows (``normalise: site``). The simulator's default
+(``normalise: site``) gives the identical encoding, and each run's plan carries the split
+seed the simulator uses for that run's seed (:func:`fedcare.data.tabular.run_split`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 
@@ -24,7 +25,14 @@ from fedcare.data.base import SiteData
 from fedcare.data.harmonise import fixed_encoding, site_encoding
 from fedcare.data.schema import TabularSchema, ValidationIssue
 from fedcare.data.table_checks import check_table
-from fedcare.data.tabular import encode_site, read_site_table, split_settings, split_site
+from fedcare.data.tabular import (
+    SplitSource,
+    encode_site,
+    read_site_table,
+    run_split,
+    split_settings,
+    split_site,
+)
 
 KIND = "table"
 NORMALISE = "site"  # the only mode a deployed site can run without sharing statistics
@@ -55,21 +63,24 @@ class SiteTableSpec:
     schema: TabularSchema
     test_fraction: float
     split_seed: int
+    split_source: SplitSource | None = None  # what chose split_seed (None in older plans)
 
     @classmethod
-    def from_study(cls, params: dict[str, Any]) -> SiteTableSpec:
-        """From a study's ``dataset.params`` (schema path, test_fraction, seed, normalise)."""
+    def from_study(cls, params: dict[str, Any], run_seed: int = 0) -> SiteTableSpec:
+        """From a study's ``dataset.params`` (schema path, test_fraction, seed, normalise),
+        for the run with ``run_seed``: its split is the simulator's for that seed."""
         if "schema" not in params:
             raise ConfigError("tabular dataset: 'params.schema' (the schema file) is required")
-        normalise = params.get("normalise", "pooled")
+        normalise = params.get("normalise", NORMALISE)
         if normalise not in ("pooled", NORMALISE):
             raise ConfigError(
                 f"tabular dataset: normalise must be 'pooled' or 'site', found {normalise!r}"
             )
         schema = TabularSchema.load(params["schema"])
         fixed_encoding(schema)  # undeclared categories cannot be deployed
-        fraction, seed = split_settings(schema, params.get("test_fraction"), params.get("seed"))
-        return cls(schema, fraction, seed)
+        split = run_split(schema, params.get("seed"), run_seed)
+        fraction, seed = split_settings(schema, params.get("test_fraction"), split.seed)
+        return cls(schema, fraction, seed, split.source)
 
     @property
     def hash(self) -> str:
@@ -107,7 +118,8 @@ class SiteTableSpec:
                 "vocabularies": vocabularies,
                 "indicators": indicators,
             },
-            "split": {"test_fraction": self.test_fraction, "seed": self.split_seed},
+            "split": {"test_fraction": self.test_fraction, "seed": self.split_seed}
+            | ({"source": self.split_source} if self.split_source else {}),
         }
 
     @classmethod
@@ -119,7 +131,8 @@ class SiteTableSpec:
         try:
             schema = TabularSchema.parse(raw["schema"], source=f"{where}.schema")
             split = raw["split"]
-            spec = cls(schema, float(split["test_fraction"]), int(split["seed"]))
+            source = split.get("source")
+            spec = cls(schema, float(split["test_fraction"]), int(split["seed"]), source)
             encoding = dict(raw["encoding"])
             announced = str(raw["schema_hash"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -143,6 +156,11 @@ class SiteTableSpec:
                     f"the plan says {encoding.get(key)}"
                 )
         split_settings(schema, spec.test_fraction, spec.split_seed)  # fraction within (0, 1)
+        if source not in (None, *get_args(SplitSource)):
+            raise ConfigError(
+                f"{where}.split.source: expected one of {list(get_args(SplitSource))}, "
+                f"found {source!r}"
+            )
         return spec
 
 

@@ -5,18 +5,23 @@ validates, splits each site's rows into train/test (declared split column, or se
 stratified), harmonises the features through per-site aggregates and returns a
 :class:`FederatedDataset`.
 
-``normalise="pooled"`` (default) z-scores every column with the statistics all sites' training
-rows would give together (combined from per-site sums); ``normalise="site"`` has each site
-z-score with its own training rows and take its columns from the schema alone, which is what
-a deployed site does (:mod:`fedcare.data.site_table`): the same study simulated that way
-gives the deployed encoding exactly.
+``normalise="site"`` (default) has each site z-score with its own training rows and take its
+columns from the schema alone, which is what a deployed site does
+(:mod:`fedcare.data.site_table`): the simulated study gives the deployed encoding exactly.
+``normalise="pooled"`` z-scores every column with the statistics all sites' training rows
+would give together (combined from per-site sums); no deployment can reproduce it, since
+that would need statistics about each hospital's rows to leave it.
+
+Which seed splits a run's rows is decided in one place, :func:`run_split`: the run seed,
+unless the study pins one or the schema declares the split.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -144,6 +149,42 @@ def split_settings(
     return fraction, seed if seed is not None else (schema.seed or 0)
 
 
+SplitSource = Literal["run seed", "dataset.params.seed", "schema seed", "split column"]
+
+
+@dataclass(frozen=True)
+class RunSplit:
+    """How one run splits every site's rows into train and test, and what decided it."""
+
+    source: SplitSource
+    seed: int | None  # None when the schema's split column decides
+
+    @property
+    def follows_run(self) -> bool:
+        """True when each run seed gives its own split (the study's seeds vary it)."""
+        return self.source == "run seed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "seed": self.seed}
+
+
+def run_split(schema: TabularSchema, pinned: int | None, run_seed: int) -> RunSplit:
+    """The split of the run with ``run_seed``.
+
+    A declared split column decides by itself; otherwise a seed the study pins
+    (``dataset.params.seed``) or the schema's ``seed``; otherwise the run seed, so that a
+    study's seeds measure how much the results move with the split, not only with the
+    initial model. Simulator and deployed plan both ask here, so they split alike.
+    """
+    if schema.split_column:
+        return RunSplit("split column", None)
+    if pinned is not None:
+        return RunSplit("dataset.params.seed", int(pinned))
+    if schema.seed is not None:
+        return RunSplit("schema seed", schema.seed)
+    return RunSplit("run seed", run_seed)
+
+
 def split_site(
     frame: pd.DataFrame, schema: TabularSchema, fraction: float, seed: int, index: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
@@ -173,12 +214,13 @@ def load_tabular_sites(
     seed: int | None = None,
     strict: bool = False,
     name: str = "tabular",
-    normalise: Normalise = "pooled",
+    normalise: Normalise = "site",
 ) -> FederatedDataset:
     """Validate, split, harmonise and encode each site's table; raise every problem at once.
 
-    ``test_fraction`` and ``seed`` default to the schema's values, else 0.3 and 0.
-    ``normalise``: "pooled" statistics combined over sites, or each "site"'s own.
+    ``test_fraction`` and ``seed`` default to the schema's values, else 0.3 and 0 (a study
+    passes each run's seed from :func:`run_split`). ``normalise``: each "site"'s own
+    statistics, as deployed; or "pooled" statistics combined over sites (simulation only).
     """
     if not isinstance(schema, TabularSchema):
         schema = TabularSchema.load(schema)

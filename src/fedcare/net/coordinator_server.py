@@ -43,6 +43,7 @@ from safetensors.numpy import save_file
 
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.vectors import FloatVector
+from fedcare.net.audit_signers import record_signer
 from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
 from fedcare.net.run_files import (
     eval_counts,
@@ -140,6 +141,8 @@ class CoordinatorDriver:
         self.store = store or RunStore.in_folder(self.folder)
         self.audit = AuditLog(self.folder / "audit.log")
         self.signing_key = security.signing_key()
+        if security.bundle is not None:  # so `fedcare audit verify` needs only the log
+            record_signer(self.folder, security.bundle)
         self.log = log
         self.links: dict[str, Link] = {}
         self.lock = threading.RLock()

@@ -29,6 +29,7 @@ from fedcare.report.plots import (
     worst_vs_mean_png,
 )
 from fedcare.report.results import (
+    SplitInfo,
     Stat,
     Strategy,
     StudyInfo,
@@ -240,6 +241,19 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
+def _split_text(split: SplitInfo) -> str:
+    """Which seed split the rows, as the summary card says it."""
+    seeds = sorted({s for _, s in split.split_seeds if s is not None})
+    if split.source == "run seed":
+        return "each run seed's own (split seeds " + ", ".join(map(str, seeds)) + ")"
+    if split.source == "split column":
+        return "declared by the schema's split column (same for every seed)"
+    pinned_by = {"dataset.params.seed": "dataset.params.seed", "schema seed": "the schema's seed"}
+    if split.source in pinned_by and len(seeds) == 1:
+        return f"pinned by {pinned_by[split.source]} = {seeds[0]} (same for every seed)"
+    return ", ".join(f"run seed {r} → split seed {s}" for r, s in split.split_seeds)
+
+
 def _summary(results: StudyResults) -> str:
     study = results.study
     seeds = ", ".join(str(s) for s in study.seeds[:10]) + (", …" if len(study.seeds) > 10 else "")
@@ -249,6 +263,7 @@ def _summary(results: StudyResults) -> str:
         ("Task", study.task or "—"),
         ("Sites", str(len(results.sites))),
         ("Seeds", f"{len(study.seeds)} ({seeds})"),
+        *([("Train/test split", _split_text(study.split))] if study.split else []),
         ("Rounds", str(study.rounds)),
         ("Wall time", _duration(study.wall_time_s)),
         ("Created", _when(study.created) if study.created else "—"),

@@ -94,6 +94,14 @@ class Strategy:
 
 
 @dataclass(frozen=True)
+class SplitInfo:
+    """What split each run's rows into train and test (studies on hospitals' own tables)."""
+
+    source: str  # run seed | dataset.params.seed | schema seed | split column (or several)
+    split_seeds: tuple[tuple[int, int | None], ...]  # (run seed, its split seed)
+
+
+@dataclass(frozen=True)
 class StudyInfo:
     name: str
     dataset: str
@@ -105,6 +113,7 @@ class StudyInfo:
     fedcare_version: str
     wall_time_s: float | None
     config: dict[str, object]
+    split: SplitInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,18 @@ def _strategy(node: _Node, site_names: set[str]) -> Strategy:
     )
 
 
+def _split(node: _Node | None) -> SplitInfo | None:
+    if node is None:
+        return None
+    source = node.req("source")
+    named = [source] if isinstance(source.value, str) else source.elements()
+    runs = []
+    for run in node.req("runs").elements():
+        split_seed = run.opt("split_seed")
+        runs.append((run.req("seed").integer(), split_seed.integer() if split_seed else None))
+    return SplitInfo(", ".join(n.text() for n in named), tuple(runs))
+
+
 def _study(node: _Node) -> StudyInfo:
     def optional_text(key: str) -> str:
         child = node.opt(key)
@@ -287,6 +308,7 @@ def _study(node: _Node) -> StudyInfo:
         fedcare_version=optional_text("fedcare_version"),
         wall_time_s=wall.number() if wall else None,
         config=config.mapping() if config else {},
+        split=_split(node.opt("split")),
     )
 
 

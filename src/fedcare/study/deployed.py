@@ -30,6 +30,7 @@ from safetensors.numpy import load_file
 
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
+from fedcare.data.tabular import RunSplit
 from fedcare.ml.torch_adapter import layout_of
 from fedcare.models.registry import build_model
 from fedcare.net.run_files import eval_from_counts, read_plan_file, run_dir
@@ -42,6 +43,7 @@ from fedcare.study.runner import (
     DatasetFacts,
     hyperparameters,
     save_model,
+    split_facts,
     study_metrics,
     write_study_folder,
 )
@@ -62,9 +64,22 @@ class DeployedRun:
     wall_time_s: float
 
     @property
+    def split(self) -> RunSplit | None:
+        """The train/test split of a hospitals' own tables run (None: the dataset fixes it)."""
+        split = self.plan.data.get("split") if self.plan.data else None
+        if not isinstance(split, dict) or "source" not in split:
+            return None
+        return RunSplit(
+            split["source"], None if split["source"] == "split column" else split["seed"]
+        )
+
+    @property
     def variant(self) -> str:
-        """The plan without its seed: runs that differ only in seed are one strategy."""
+        """The plan without its seed (nor a split seed that follows it): runs that differ
+        only in seed are one strategy."""
         plan = {k: v for k, v in self.plan.to_dict().items() if k != "seed"}
+        if self.split is not None and self.split.follows_run:
+            plan["data"] = {**plan["data"], "split": {**plan["data"]["split"], "seed": None}}
         text = json.dumps(plan, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -271,6 +286,9 @@ def deployed_metrics(folder: Path) -> tuple[dict[str, Any], StudyConfig] | None:
             sites=_site_facts(store, loaded, sites),
             description=str(dataset.get("description", "")),
             source=str(dataset.get("source", "")),
+            split=split_facts(
+                {r.plan.seed: r.split for runs in by_group.values() for r in runs if r.split}
+            ),
         )
         wall = float(sum(r.wall_time_s for runs in by_group.values() for r in runs))
         metrics = study_metrics(config, facts, entries, wall)

@@ -28,7 +28,8 @@ from fedcare.algorithms.registry import build_strategy
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
 from fedcare.data.base import FederatedDataset
-from fedcare.data.registry import load_dataset
+from fedcare.data.registry import dataset_params_for_run, load_dataset
+from fedcare.data.tabular import RunSplit
 from fedcare.ml.importance import ImportanceCounts, site_importance
 from fedcare.ml.torch_adapter import layout_of, vector_to_state_dict
 from fedcare.models.registry import build_model
@@ -61,9 +62,10 @@ class DatasetFacts:
     description: str = ""
     source: str = ""
     feature_names: list[str] | None = None
+    split: dict[str, Any] | None = None  # which split each seed used (see split_facts)
 
     @classmethod
-    def of(cls, ds: FederatedDataset) -> DatasetFacts:
+    def of(cls, ds: FederatedDataset, split: dict[str, Any] | None = None) -> DatasetFacts:
         return cls(
             name=ds.name,
             task=ds.task,
@@ -73,11 +75,28 @@ class DatasetFacts:
             description=ds.description,
             source=ds.source,
             feature_names=ds.feature_names,
+            split=split,
         )
 
     @property
     def site_names(self) -> list[str]:
         return [str(s["name"]) for s in self.sites]
+
+
+def split_facts(splits: dict[int, RunSplit]) -> dict[str, Any] | None:
+    """metrics.json's record of each seed's train/test split (None: the dataset fixes it).
+
+    ``source`` says what chose the split seeds: each "run seed", or one pinned by
+    "dataset.params.seed" or the "schema seed", or the schema's "split column" (no seed).
+    """
+    if not splits:
+        return None
+    sources = {s.source for s in splits.values()}
+    return {
+        "source": sources.pop() if len(sources) == 1 else sorted(sources),
+        "pinned": not any(s.follows_run for s in splits.values()),
+        "runs": [{"seed": seed, "split_seed": s.seed} for seed, s in sorted(splits.items())],
+    }
 
 
 @dataclass(frozen=True)
@@ -104,8 +123,29 @@ class StudyRunner:
         self.out_dir = Path(out_dir)
         self.on_start = on_start
         self.on_round = on_round
-        self.dataset = dataset or load_dataset(config.dataset.name, **config.dataset.params)
-        self.tests = TestSets(self.dataset)
+        # Each seed's data: loaded once per distinct split (one for datasets whose split does
+        # not follow the run seed, or when the caller hands the dataset in).
+        self._given = dataset
+        self._loaded: dict[int | None, tuple[FederatedDataset, TestSets]] = {}
+        self.splits: dict[int, RunSplit] = {}
+        first = config.seeds[0] if config.seeds else 0
+        self.dataset, self.tests = self.data_for(first)
+
+    def data_for(self, seed: int) -> tuple[FederatedDataset, TestSets]:
+        """(dataset, its test tensors) split as the run with ``seed`` splits it."""
+        if self._given is not None:
+            key: int | None = None
+            params: dict[str, Any] = {}
+        else:
+            name, study_params = self.config.dataset.name, self.config.dataset.params
+            params, split = dataset_params_for_run(name, study_params, seed)
+            if split is not None:
+                self.splits[seed] = split
+            key = split.seed if split is not None and split.follows_run else None
+        if key not in self._loaded:
+            ds = self._given or load_dataset(self.config.dataset.name, **params)
+            self._loaded[key] = (ds, TestSets(ds))
+        return self._loaded[key]
 
     def jobs(self) -> list[_Job]:
         labels = {
@@ -141,9 +181,11 @@ class StudyRunner:
                 )
             )
         add_personalisation_gains(entries)
-        metrics = study_metrics(
-            self.config, DatasetFacts.of(self.dataset), entries, time.perf_counter() - started
-        )
+        for seed in self.config.seeds:  # every seed's split is recorded, whatever ran
+            self.data_for(seed)
+        splits = {s: self.splits[s] for s in self.config.seeds if s in self.splits}
+        facts = DatasetFacts.of(self.dataset, split_facts(splits))
+        metrics = study_metrics(self.config, facts, entries, time.perf_counter() - started)
         if self.config.contributions is not None:
             metrics["contributions"] = self._contributions(self.config.contributions)
         write_study_folder(self.out_dir, self.config, metrics)
@@ -154,7 +196,7 @@ class StudyRunner:
         runs, classes = [], []
         for seed in self.config.seeds:
             t0 = time.perf_counter()
-            result, predicted = majority_run(self.dataset)
+            result, predicted = majority_run(self.data_for(seed)[0])
             runs.append(SeedRun(seed=seed, result=result, wall_time_s=time.perf_counter() - t0))
             classes.append(predicted)
         entry = summarise_strategy(
@@ -165,8 +207,9 @@ class StudyRunner:
 
     def _run_job(self, job: _Job, seed: int) -> SeedRun:
         cfg = self.config
+        dataset, tests = self.data_for(seed)
         module = build_model(
-            cfg.model.name, self.dataset.input_shape, self.dataset.num_classes, **cfg.model.params
+            cfg.model.name, dataset.input_shape, dataset.num_classes, **cfg.model.params
         )
         local = job.strategy.local if job.strategy is not None and job.strategy.local else cfg.local
         if self.on_start is not None:
@@ -181,14 +224,14 @@ class StudyRunner:
         if job.strategy is None:
             result = IsolatedTraining(
                 module=module,
-                dataset=self.dataset,
+                dataset=dataset,
                 spec=local.to_spec(),
                 rounds=cfg.rounds,
                 seed=seed,
                 pooled=job.kind == "pooled",
                 mode=cfg.simulator.mode,
                 eval_every=cfg.simulator.eval_every,
-                test_sets=self.tests,
+                test_sets=tests,
             ).run(hook)
         else:
             strategy = build_strategy(
@@ -196,7 +239,7 @@ class StudyRunner:
             )
             result = FederatedSimulation(
                 module=module,
-                dataset=self.dataset,
+                dataset=dataset,
                 strategy=strategy,
                 spec=local.to_spec(),
                 rounds=cfg.rounds,
@@ -207,7 +250,7 @@ class StudyRunner:
                 mode=cfg.simulator.mode,
                 site_chunk=cfg.simulator.site_chunk,
                 eval_every=cfg.simulator.eval_every,
-                test_sets=self.tests,
+                test_sets=tests,
                 attack=AttackSpec(**cfg.attack.model_dump()) if cfg.attack else None,
             ).run(hook)
         wall = time.perf_counter() - t0
@@ -217,36 +260,37 @@ class StudyRunner:
             job.name,
             seed,
             self.config.model.name,
-            self.dataset.name,
+            dataset.name,
             layout,
             result.final_params,
-            self.dataset.site_names,
+            dataset.site_names,
         )
         return SeedRun(
             seed=seed,
             result=result,
             wall_time_s=wall,
-            importance=self._explain(module, layout, result, seed),
+            importance=self._explain(dataset, module, layout, result, seed),
         )
 
     def _contributions(self, config: ContributionConfig) -> dict[str, Any]:
-        """Shapley and leave-one-out values of each site (one federated run per coalition)."""
+        """Shapley and leave-one-out values of each site (one federated run per coalition),
+        on the split of the contribution run's own seed."""
         cfg = self.config
+        dataset, tests = self.data_for(config.seed)
         utility = CoalitionUtility(
-            dataset=self.dataset,
+            dataset=dataset,
             model=(cfg.model.name, dict(cfg.model.params)),
             spec=cfg.local.to_spec(),
             rounds=cfg.rounds,
             config=config,
-            test_sets=self.tests,
+            test_sets=tests,
         )
-        return site_contributions(utility, list(self.dataset.site_names), config)
+        return site_contributions(utility, list(dataset.site_names), config)
 
     def _explain(
-        self, module: Any, layout: ParamLayout, result: RunResult, seed: int
+        self, ds: FederatedDataset, module: Any, layout: ParamLayout, result: RunResult, seed: int
     ) -> dict[str, ImportanceCounts] | None:
         """Permutation importance at each site, for tabular studies with named features."""
-        ds = self.dataset
         if len(ds.input_shape) != 1 or not ds.feature_names or not self.config.explain:
             return None
         seeds = SeedStream(seed)
@@ -356,7 +400,8 @@ def study_metrics(
             "wall_time_s": wall,
             "config": dumped,
             "description": data.description,
-        },
+        }
+        | ({"split": data.split} if data.split is not None else {}),
         "sites": [dict(s) for s in data.sites],
         "strategies": entries,
     }
