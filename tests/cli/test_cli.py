@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fedcare.cli.main import app
+from fedcare.data.schema import TabularSchema
+from fedcare.data.tabular import validate_sites
+from tests.data.conftest import site_frame
 
 runner = CliRunner()
 
@@ -89,3 +93,75 @@ def test_help_everywhere():
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0
         assert "Usage" in result.output
+
+
+def test_datasets_describe_tabular_documents_every_schema_key():
+    result = runner.invoke(app, ["datasets", "describe", "tabular"])
+    assert result.exit_code == 0, result.output
+    for key in (
+        "target.column",
+        "target.positive",
+        "target.negative",
+        "target.classes",
+        "numeric (numbers",
+        "categories",
+        "min, max",
+        "required",
+        "split_column",
+        "test_fraction",
+        "seed",
+        "missing_indicator",
+        "imputed with the mean of the training rows",
+        "all one class",
+    ):
+        assert key in result.output, key
+    assert "positive: [1]" in result.output and "negative: [0]" in result.output
+
+
+def hospital_export(path):
+    """A small clinical table: numbers with gaps, a text column, a 0/1 outcome, an id."""
+    frame = site_frame(0, 60)
+    frame["outcome"] = (frame["outcome"] == "yes").astype(int)
+    frame["patient"] = [f"P{i:04d}" for i in range(60)]
+    frame.loc[[2, 9], "age"] = None
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_datasets_schema_drafts_a_schema_that_validates_against_its_file(tmp_path):
+    csv = hospital_export(tmp_path / "north.csv")
+    out = tmp_path / "schema.yaml"
+    result = runner.invoke(
+        app, ["datasets", "schema", str(csv), "--target", "outcome", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "check the lines marked CHECK" in result.output
+    schema = TabularSchema.load(out)
+    assert schema.target.class_index == {"0": 0, "1": 1}
+    features = {f.name: f for f in schema.features}
+    assert {n: f.type for n, f in features.items()} == {
+        "age": "numeric",
+        "smoker": "binary",
+        "ward": "categorical",
+        "bmi": "numeric",
+    }
+    assert features["ward"].categories == ["cardio", "icu"]
+    # One hospital's range is a comment to check, never a rule for every site.
+    assert features["age"].min is None and features["age"].max is None
+    text = out.read_text()
+    assert "# 20 to 89 in this file; 2 missing; CHECK: add min/max valid at every site" in text
+    assert "patient" in text.split("features:")[1].split("\n  # - ")[1]  # an id, left out
+    assert validate_sites(schema, {"north": csv}).ok
+    again = runner.invoke(app, ["datasets", "schema", str(csv), "--out", str(out)])
+    assert again.exit_code == 2 and "exists; pass --force" in again.output
+
+
+def test_datasets_schema_prints_yaml_and_names_a_misspelled_target(tmp_path):
+    csv = hospital_export(tmp_path / "north.csv")
+    printed = runner.invoke(app, ["datasets", "schema", str(csv)])
+    assert printed.exit_code == 0
+    assert yaml.safe_load(printed.output)["target"]["column"] == "outcome"
+    assert "CHECK: guessed from its name 'outcome'" in printed.output
+    wrong = runner.invoke(app, ["datasets", "schema", str(csv), "--target", "Outcome"])
+    assert wrong.exit_code == 2
+    assert "--target 'Outcome' is not a column of the file; did you mean 'outcome'?" in wrong.output

@@ -9,7 +9,7 @@ import pytest
 from fedcare.data.schema import TabularSchema
 
 SCHEMA_DICT = {
-    "target": {"column": "outcome", "positive": ["yes"]},
+    "target": {"column": "outcome", "positive": ["yes"], "negative": ["no"]},
     "features": [
         {"name": "age", "type": "numeric", "min": 0, "max": 120},
         {"name": "smoker", "type": "binary"},

@@ -83,3 +83,10 @@ def test_attribution_names_the_principal_investigators_and_license(heart):
     for name in ("Andras Janosi", "William Steinbrunn", "Matthias Pfisterer", "Robert Detrano"):
         assert name in heart.source
     assert heart.extra["license"] == "CC BY 4.0"
+
+
+def test_switzerland_training_rows_are_one_class_a_warning_as_for_user_tables(heart):
+    # The same check and words as a hospital's own table (tests/data/test_table_checks.py).
+    (warning,) = heart.extra["warnings"]
+    assert warning.startswith("site 'switzerland': all 30 training rows are one class ('disease')")
+    assert "local-only baseline learns to predict that class" in warning

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from fedcare.core.errors import DataValidationError
-from fedcare.data.schema import TabularValidationError
+from fedcare.data.schema import TabularSchema, TabularValidationError
 from fedcare.data.tabular import load_tabular_sites, validate_sites
-from tests.data.conftest import site_frame, write_csv
+from tests.data.conftest import SCHEMA_DICT, site_frame, write_csv
 
 
 def drop_age(f: pd.DataFrame) -> None:
@@ -29,8 +29,8 @@ def age_out_of_range(f: pd.DataFrame) -> None:
     f.loc[[0, 7], "age"] = 430
 
 
-def one_class(f: pd.DataFrame) -> None:
-    f["outcome"] = "no"
+def undeclared_label(f: pd.DataFrame) -> None:
+    f.loc[6, "outcome"] = "maybe"
 
 
 def unknown_ward(f: pd.DataFrame) -> None:
@@ -50,7 +50,7 @@ CASES: list[tuple[Callable[[pd.DataFrame], None], str, list[str]]] = [
     (text_in_age, "age", ["non-numeric", "'sixty' in row 5 (line 6)"]),
     (no_smoker_values, "smoker", ["entirely missing"]),
     (age_out_of_range, "age", ["2 value(s) out of the declared range", "430"]),
-    (one_class, "outcome", ["only one class"]),
+    (undeclared_label, "outcome", ["not among the declared values", "'maybe' in row 7 (line 8)"]),
     (unknown_ward, "ward", ["not in the declared list", "burns"]),
     (not_binary, "smoker", ["not binary", "'sometimes'"]),
     (missing_label, "outcome", ["have no label", "row 6"]),
@@ -90,7 +90,7 @@ def test_all_problems_of_all_sites_are_raised_in_one_error(tmp_path, schema):
     frames = {"a": site_frame(0, 30), "b": site_frame(1, 30), "c": site_frame(2, 30)}
     no_smoker_values(frames["a"])
     age_out_of_range(frames["b"])
-    one_class(frames["c"])
+    undeclared_label(frames["c"])
     text_in_age(frames["c"])
     files = {site: write_csv(tmp_path, site, f) for site, f in frames.items()}
     with pytest.raises(DataValidationError, match="4 data problem") as caught:
@@ -121,3 +121,41 @@ def test_an_optional_column_may_be_absent(tmp_path, schema):
     ds = load_tabular_sites(schema, files)
     bmi = ds.feature_names.index("bmi")
     assert np.all(ds.site("a").x_train[:, bmi] == 0)  # imputed with the global mean
+
+
+BINARY_01 = SCHEMA_DICT | {"target": {"column": "outcome", "positive": [1], "negative": [0]}}
+
+
+def test_label_values_outside_the_declared_classes_are_errors_not_negatives(tmp_path):
+    # The user's file: outcome 0/1, but two rows say 2 and yes. Before, both trained as 0.
+    frame = site_frame(0, 40)
+    frame["outcome"] = (frame["outcome"] == "yes").astype(int).astype(object)
+    frame.loc[3, "outcome"] = 2
+    frame.loc[9, "outcome"] = "yes"
+    files = {"north": write_csv(tmp_path, "north", frame)}
+    schema = TabularSchema.parse(BINARY_01)
+    (issue,) = validate_sites(schema, files).errors
+    assert str(issue) == (
+        f"site 'north', file '{files['north']}', column 'outcome': 2 label(s) not among the "
+        "declared values (expected positive ['1'] or negative ['0'], found ['2', 'yes'], "
+        "first '2' in row 4 (line 5))"
+    )
+    with pytest.raises(DataValidationError, match="not among the declared values"):
+        load_tabular_sites(schema, files)
+
+
+def test_a_site_whose_rows_are_all_one_class_is_a_warning_that_says_what_follows(tmp_path):
+    one_class = site_frame(1, 40)
+    one_class["outcome"] = "no"
+    files = {
+        "a": write_csv(tmp_path, "a", site_frame(0, 40)),
+        "b": write_csv(tmp_path, "b", one_class),
+    }
+    schema = TabularSchema.parse(SCHEMA_DICT)
+    assert validate_sites(schema, files).ok
+    ds = load_tabular_sites(schema, files)
+    assert set(ds.site("b").y_train) == {0}
+    (warning,) = ds.extra["warnings"]
+    assert warning.startswith("site 'b': all 28 training rows are one class ('negative')")
+    assert "local-only baseline learns to predict that class" in warning
+    assert "AUC is undefined" in warning

@@ -1,8 +1,11 @@
 import pytest
+import yaml
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, DataValidationError
+from fedcare.data.registry import load_dataset
 from fedcare.study.config import load_config, parse_config
 from fedcare.study.presets import heart_demo_config
+from tests.data.conftest import SCHEMA_DICT, site_frame, write_csv
 
 
 def test_misspelled_key_is_named_with_its_place_and_a_suggestion():
@@ -47,3 +50,49 @@ def test_the_embedded_heart_study_is_a_valid_config():
     assert config.dataset.name == "heart-disease"
     assert config.rounds == 2
     assert {"fedavg", "scaffold", "fedadam", "fedyogi"} <= {s.name for s in config.strategies}
+
+
+def test_relative_paths_in_a_study_yaml_are_relative_to_the_yaml_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "schema.yaml").write_text(yaml.safe_dump(SCHEMA_DICT))
+    write_csv(folder / "data", "north", site_frame(0, 40))
+    write_csv(folder / "data", "south", site_frame(1, 40))
+    params = {
+        "schema": "data/schema.yaml",
+        "files": {"north": "data/north.csv", "south": "data/south.csv"},
+    }
+    study = {
+        "dataset": {"name": "tabular", "params": params},
+        "output": "out",
+        "baselines": ["local"],
+    }
+    (folder / "study.yaml").write_text(yaml.safe_dump(study))
+    monkeypatch.chdir(tmp_path)  # started from elsewhere: the paths still find the files
+    config = load_config("project/study.yaml")
+    assert config.dataset.params["schema"] == str(folder / "data" / "schema.yaml")
+    assert config.dataset.params["files"]["south"] == str(folder / "data" / "south.csv")
+    assert config.output == str(folder / "out")
+    assert load_dataset("tabular", **config.dataset.params).site_names == ["north", "south"]
+
+
+def test_a_missing_schema_or_site_file_shows_the_full_path_tried(tmp_path, monkeypatch):
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {
+                    "name": "tabular",
+                    "params": {"schema": "schema.yaml", "files": {"north": "north.csv"}},
+                }
+            }
+        )
+    )
+    monkeypatch.chdir(tmp_path.parent)
+    config = load_config(tmp_path / "study.yaml")
+    with pytest.raises(ConfigError, match=f"schema file not found: {tmp_path / 'schema.yaml'}$"):
+        load_dataset("tabular", **config.dataset.params)
+    (tmp_path / "schema.yaml").write_text(yaml.safe_dump(SCHEMA_DICT))
+    with pytest.raises(
+        DataValidationError, match=f"file '{tmp_path / 'north.csv'}': file not found"
+    ):
+        load_dataset("tabular", **config.dataset.params)

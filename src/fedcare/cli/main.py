@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedcare.cli.errors import friendly_errors
@@ -46,6 +47,7 @@ def _run_config(config: Any, out: Path) -> None:
     )
     with StudyProgress(console) as progress:
         runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
+        _print_data_warnings(runner.dataset.extra.get("warnings"))
         outcome = runner.run()
     console.print(results_table(outcome.metrics))
     for line in findings_lines(outcome.metrics):
@@ -53,6 +55,12 @@ def _run_config(config: Any, out: Path) -> None:
     console.print(
         f"Study folder: [bold]{outcome.directory}[/] (report.html, metrics.json, metrics.csv, models/)"
     )
+
+
+def _print_data_warnings(warnings: object) -> None:
+    """What the data checks noticed but let through (a detected delimiter, a one-class site)."""
+    for warning in warnings if isinstance(warnings, list) else []:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @app.command()
@@ -139,6 +147,43 @@ def datasets_describe(
         console.print_json(json.dumps(info, default=str))
         return
     print_description(console, info)
+
+
+@datasets_app.command("schema")
+@friendly_errors
+def datasets_schema(
+    file: Annotated[Path, typer.Argument(help="A site's CSV or Parquet file.")],
+    target: Annotated[
+        str | None, typer.Option(help="The label column (default: guessed, marked CHECK).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the draft here (default: print it).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
+) -> None:
+    """Draft a schema from one file, to check and edit (`datasets describe tabular` explains it)."""
+    from fedcare.cli.errors import err_console
+    from fedcare.core.errors import ConfigError
+    from fedcare.data.schema_draft import draft_schema
+    from fedcare.data.table_file import read_table_file
+
+    read = read_table_file(file.stem, file)
+    for warning in read.warnings:  # stderr: stdout may be the YAML itself
+        err_console.print(
+            f"[yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True
+        )
+    text = draft_schema(read.frame, str(file), target)
+    if out is None:
+        console.print(text, markup=False, highlight=False, end="")
+        return
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    out.write_text(text, encoding="utf-8")
+    console.print(
+        f"Wrote [bold]{escape(str(out))}[/]: check the lines marked CHECK, then name it as "
+        "dataset.params.schema in the study YAML",
+        highlight=False,
+    )
 
 
 # Deployment across hospitals: certificates, audit log, coordinator and site agents.

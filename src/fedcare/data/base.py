@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,3 +102,30 @@ class FederatedDataset:
             x_test=np.concatenate([s.x_test for s in self.sites]),
             y_test=np.concatenate([s.y_test for s in self.sites]),
         )
+
+
+ONE_CLASS_CONSEQUENCE = (
+    "training goes on: its local-only baseline learns to predict that class, it still sends "
+    "federated updates (which pull the shared model toward that class), and its own AUC is "
+    "undefined wherever its test rows are one class too"
+)
+
+
+def one_class_problem(
+    train_labels: npt.NDArray[np.int64], class_names: Sequence[str] | None
+) -> str | None:
+    """The warning for training labels that are all one class, else None."""
+    present = np.unique(train_labels)
+    if present.size != 1:
+        return None
+    label = int(present[0])
+    name = class_names[label] if class_names and label < len(class_names) else str(label)
+    return (
+        f"all {train_labels.size} training rows are one class ('{name}'); {ONE_CLASS_CONSEQUENCE}"
+    )
+
+
+def one_class_sites(sites: Sequence[SiteData], class_names: Sequence[str] | None) -> list[str]:
+    """A warning per site whose training labels are all one class (shipped or user data)."""
+    problems = {s.name: one_class_problem(s.y_train, class_names) for s in sites}
+    return [f"site '{name}': {problem}" for name, problem in problems.items() if problem]

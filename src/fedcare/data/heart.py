@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedcare.core.errors import ConfigError, DataValidationError
-from fedcare.data.base import FederatedDataset, SiteData
+from fedcare.data.base import FederatedDataset, SiteData, one_class_sites
 from fedcare.data.files import data_folder
 
 SITES = ("cleveland", "hungarian", "switzerland", "va")
@@ -165,6 +165,7 @@ def load_heart_disease(normalisation: Literal["site", "none"] = "site") -> Feder
                 y_test=(test["num"].to_numpy() > 0).astype(np.int64),
             )
         )
+    class_names = ["no disease", "disease"]
     return FederatedDataset(
         name="heart-disease",
         sites=sites,
@@ -172,11 +173,12 @@ def load_heart_disease(normalisation: Literal["site", "none"] = "site") -> Feder
         num_classes=2,
         input_shape=(len(FEATURES),),
         feature_names=list(FEATURES),
-        class_names=["no disease", "disease"],
+        class_names=class_names,
         description=(
             "Coronary artery disease (angiographic narrowing > 50%) from 13 clinical features, "
             "four hospitals: " + "; ".join(f"{k}: {v}" for k, v in SITE_DESCRIPTIONS.items())
         ),
         source=ATTRIBUTION,
-        extra={"license": "CC BY 4.0"},
+        # Switzerland's training rows are all "disease": a warning, as for a user's table.
+        extra={"license": "CC BY 4.0", "warnings": one_class_sites(sites, class_names)},
     )

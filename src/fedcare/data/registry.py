@@ -15,6 +15,7 @@ from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.heart import load_heart_disease
 from fedcare.data.medmnist import load_medmnist
 from fedcare.data.schema import TabularSchema
+from fedcare.data.schema_guide import SCHEMA_GUIDE
 from fedcare.data.synthetic import make_synthetic
 from fedcare.data.tabular import RunSplit, load_tabular_sites, run_split
 
@@ -87,8 +88,10 @@ def describe_dataset(name: str, **params: Any) -> dict[str, Any]:
             "seed or its split_column fixes it. normalise: site (default; each site z-scores "
             "with its own training rows, as a deployment does) or pooled (statistics of all "
             "sites combined; the simulator alone can run it, a deployment cannot reproduce it).",
+            "schema": SCHEMA_GUIDE,
         }
     ds = load_dataset(name, **params)
+    warnings = ds.extra.get("warnings")  # e.g. a site whose training rows are one class
     return {
         "name": ds.name,
         "task": ds.task,
@@ -101,6 +104,7 @@ def describe_dataset(name: str, **params: Any) -> dict[str, Any]:
         "license": ds.extra.get("license", "-"),
         "description": ds.description,
         "source": ds.source,
+        "warnings": warnings if isinstance(warnings, list) else [],
     }
 
 

@@ -47,9 +47,7 @@ class FeatureSpec(_Strict):
     @classmethod
     def _as_text(cls, value: Any) -> Any:
         # YAML reads `categories: [1, 2, 3]` as ints; categories are compared as text.
-        if isinstance(value, list):
-            return [category_text(v) if isinstance(v, int | float) else v for v in value]
-        return value
+        return _values_as_text(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -65,23 +63,100 @@ class FeatureSpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """Binary with ``positive`` values, or multiclass with an ordered ``classes`` list."""
+    """Binary: the label values of each class (``positive`` and ``negative``, both declared,
+    so a value in neither is an error rather than a silent negative); multiclass: an ordered
+    ``classes`` list. Values are kept as category text ("1", "yes")."""
 
     column: str
-    positive: list[str | int | float] | None = None
-    classes: list[str | int | float] | None = None
+    positive: list[str] | None = None
+    negative: list[str] | None = None
+    classes: list[str] | None = None
+
+    @field_validator("positive", "negative", "classes", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return _values_as_text(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> TargetSpec:
-        if (self.positive is None) == (self.classes is None):
-            raise ValueError("target: give either 'positive' (binary) or 'classes' (multiclass)")
-        if self.classes is not None and len(self.classes) < 2:
-            raise ValueError("target.classes needs at least two classes")
+        binary = self.positive is not None or self.negative is not None
+        if binary and self.classes is not None:
+            raise ValueError(
+                "give either 'positive' and 'negative' (binary) or 'classes' (multiclass), not both"
+            )
+        if not binary and self.classes is None:
+            raise ValueError(
+                f"declare the values of '{self.column}': 'positive' and 'negative' for a "
+                "binary target (e.g. positive: [1] and negative: [0]) or 'classes' for a "
+                "multiclass one (e.g. classes: [low, medium, high])"
+            )
+        if binary:
+            self._both_classes()
+        elif self.classes is not None:
+            if len(self.classes) < 2:
+                raise ValueError("'classes' needs at least two classes")
+            twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if twice:
+                raise ValueError(f"'classes' lists {twice} more than once")
         return self
+
+    def _both_classes(self) -> None:
+        for given, absent in (("positive", "negative"), ("negative", "positive")):
+            if getattr(self, absent) is None:
+                values = getattr(self, given)
+                raise ValueError(
+                    f"a binary target declares both classes: {given} is {values}; add "
+                    f"'{absent}: [...]' listing the value(s) of '{self.column}' that mean "
+                    f"{absent} (e.g. positive: [1] and negative: [0]), so that any other value "
+                    "is reported instead of being read as a class"
+                )
+        for name in ("positive", "negative"):
+            if not getattr(self, name):
+                raise ValueError(f"'{name}' lists no value")
+        both = sorted(set(self.positive or []) & set(self.negative or []))
+        if both:
+            raise ValueError(f"{both} listed as both positive and negative")
 
     @property
     def num_classes(self) -> int:
         return 2 if self.classes is None else len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes) if self.classes is not None else ["negative", "positive"]
+
+    @property
+    def class_index(self) -> dict[str, int]:
+        """Each declared label value (category text) and its class index."""
+        if self.classes is not None:
+            return {c: i for i, c in enumerate(self.classes)}
+        return dict.fromkeys(self.negative or [], 0) | dict.fromkeys(self.positive or [], 1)
+
+    def declared(self) -> str:
+        """The declared values, as an error message shows them."""
+        if self.classes is not None:
+            return f"one of the classes {self.classes}"
+        return f"positive {self.positive} or negative {self.negative}"
+
+
+def _values_as_text(value: Any) -> Any:
+    """Category values as text; YAML's unquoted yes/no/true/false are refused, since the
+    spelling the file uses can no longer be told (yes? True? on?)."""
+    if isinstance(value, str | int | float):  # one value without brackets: a list of one
+        value = [value]
+    if not isinstance(value, list):
+        return value
+    for item in value:
+        if isinstance(item, bool):
+            raise ValueError(
+                "YAML reads an unquoted yes/no/true/false/on/off as a boolean; quote "
+                "the value as the file spells it, e.g. ['yes'] or ['true']"
+            )
+        if not isinstance(item, str | int | float):
+            raise ValueError(
+                f"expected a list of values such as [1, 0] or ['yes', 'no'], found {item!r}"
+            )
+    return [category_text(v) for v in value]
 
 
 class TabularSchema(_Strict):
@@ -110,6 +185,8 @@ class TabularSchema(_Strict):
 
     @classmethod
     def parse(cls, raw: Any, source: str = "schema") -> TabularSchema:
+        if raw is None:
+            raise ConfigError(f"{source}: the schema is empty; it needs 'target' and 'features'")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -118,18 +195,44 @@ class TabularSchema(_Strict):
 
 
 def _describe(err: Any) -> str:
-    where = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        close = difflib.get_close_matches(key, _ALL_KEYS, n=1)
+    """One pydantic error in the schema's own words: keys, never internal class names."""
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"unknown key '{where}'{hint}"
-    return f"'{where}': {str(err['msg']).removeprefix('Value error, ')}"
+        return f"unknown key '{where}'{hint} (allowed here: {', '.join(allowed)})"
+    if kind == "missing":
+        return f"'{where}' is required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        keys = ", ".join(_keys_at(loc))
+        found = type(err.get("input")).__name__
+        return f"'{where or 'schema'}': expected a mapping with the keys {keys}, found {found}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        message = f"expected {message.removeprefix('Input should be ')}, found {err['input']!r}"
+    return f"'{where}': {message}" if where else message
 
 
-_ALL_KEYS = sorted(
-    set(FeatureSpec.model_fields) | set(TargetSpec.model_fields) | set(TabularSchema.model_fields)
-)
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid at ``loc`` (list indices skipped): a suggestion comes from these only."""
+    model: type[BaseModel] = TabularSchema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nested = _NESTED.get((model, str(part)))
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+_NESTED: dict[tuple[type[BaseModel], str], type[BaseModel]] = {
+    (TabularSchema, "target"): TargetSpec,
+    (TabularSchema, "features"): FeatureSpec,
+}
 
 Severity = Literal["error", "warning"]
 

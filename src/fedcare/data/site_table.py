@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from fedcare.core.errors import ConfigError, DataValidationError
-from fedcare.data.base import SiteData
+from fedcare.data.base import SiteData, one_class_problem
 from fedcare.data.harmonise import fixed_encoding, site_encoding
 from fedcare.data.schema import TabularSchema, ValidationIssue
 from fedcare.data.table_checks import check_table
+from fedcare.data.table_file import read_table_file
 from fedcare.data.tabular import (
     SplitSource,
     encode_site,
-    read_site_table,
     run_split,
     split_settings,
     split_site,
@@ -171,6 +173,7 @@ class TableCheck:
     summary: dict[str, Any]
     errors: list[ValidationIssue]
     frame: pd.DataFrame | None  # None when the file could not be read
+    warnings: list[ValidationIssue] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -179,21 +182,25 @@ class TableCheck:
 
 def _unreadable(site: str, path: Path, exc: DataValidationError) -> ValidationIssue:
     return ValidationIssue(
-        "error", exc.problem, site, str(path), expected=exc.expected, found=exc.found
+        "error", exc.problem, site, exc.file or str(path), expected=exc.expected, found=exc.found
     )
 
 
 def read_table(site: str, path: Path) -> TableCheck:
-    """The checks a site can make before it knows the schema: the file exists and parses."""
+    """The checks a site can make before it knows the schema: the file exists and parses.
+
+    The file is read exactly as the simulator reads it (:func:`read_table_file`).
+    """
     try:
-        frame = read_site_table(site, Path(path))
+        read = read_table_file(site, Path(path))
     except DataValidationError as exc:
         return TableCheck({"file": Path(path).name}, [_unreadable(site, path, exc)], None)
+    frame = read.frame
     errors = []
     if frame.empty:
         errors.append(ValidationIssue("error", "the table has no rows", site, str(path)))
     summary = {"file": Path(path).name, "rows": len(frame), "columns": len(frame.columns)}
-    return TableCheck(summary, errors, frame)
+    return TableCheck(summary, errors, frame, read.warnings)
 
 
 def check_site_table(spec: SiteTableSpec, site: str, path: Path, index: int) -> TableCheck:
@@ -204,12 +211,14 @@ def check_site_table(spec: SiteTableSpec, site: str, path: Path, index: int) -> 
     read = read_table(site, path)
     if read.frame is None:
         return read
-    errors = [
-        i for i in check_table(site, str(path), read.frame, spec.schema) if i.severity == "error"
-    ]
+    issues = check_table(site, str(path), read.frame, spec.schema)
+    errors = [i for i in issues if i.severity == "error"]
+    warnings = read.warnings + [i for i in issues if i.severity == "warning"]
     summary = {**read.summary, "schema_hash": spec.hash, "num_features": spec.num_features}
     if not errors:
-        _, test = split_site(read.frame, spec.schema, spec.test_fraction, spec.split_seed, index)
+        labels, test = split_site(
+            read.frame, spec.schema, spec.test_fraction, spec.split_seed, index
+        )
         summary.update(num_train=int((~test).sum()), num_test=int(test.sum()))
         if not (~test).any():
             errors.append(
@@ -222,7 +231,17 @@ def check_site_table(spec: SiteTableSpec, site: str, path: Path, index: int) -> 
                     found=f"{len(read.frame)} row(s)",
                 )
             )
-    return TableCheck(summary, errors, read.frame)
+        warnings += _one_class(spec, site, str(path), labels[~test])
+    return TableCheck(summary, errors, read.frame, warnings)
+
+
+def _one_class(
+    spec: SiteTableSpec, site: str, file: str, train_labels: npt.NDArray[np.int64]
+) -> list[ValidationIssue]:
+    """The simulator's one-class warning, for this site's training rows."""
+    problem = one_class_problem(train_labels, spec.schema.target.class_names)
+    column = spec.schema.target.column
+    return [] if problem is None else [ValidationIssue("warning", problem, site, file, column)]
 
 
 def load_site_table(spec: SiteTableSpec, site: str, path: Path, index: int) -> SiteData:

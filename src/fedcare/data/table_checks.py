@@ -6,11 +6,13 @@ what was found, so the engineer at that hospital can fix it without seeing other
 
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
 import pandas as pd
 
 from fedcare.data.harmonise import binary_values, category_strings
-from fedcare.data.schema import FeatureSpec, TabularSchema, ValidationIssue, category_text
+from fedcare.data.schema import FeatureSpec, TabularSchema, ValidationIssue
 
 
 class _Issues:
@@ -45,14 +47,13 @@ def check_table(
     needed = [schema.target.column] + [f.name for f in schema.features if f.required]
     if schema.split_column:
         needed.append(schema.split_column)
-    for column in needed:
-        if column not in frame.columns:
-            issues.add(
-                "missing column",
-                column,
-                expected="a column of that name",
-                found=f"columns {[str(c) for c in frame.columns][:12]}",
-            )
+    missing = [c for c in needed if c not in frame.columns]
+    if len(frame.columns) == 1 and len(missing) > 1:
+        _one_column(issues, str(frame.columns[0]), missing)
+    else:
+        declared = set(needed) | {f.name for f in schema.features}
+        for column in missing:
+            _missing_column(issues, column, [str(c) for c in frame.columns], declared)
     for feature in schema.features:
         if feature.name in frame.columns:
             _check_feature(issues, feature, frame[feature.name])
@@ -68,6 +69,33 @@ def check_table(
                 str(sorted(values - {"train", "test"})[:5] or "missing values"),
             )
     return issues.items
+
+
+def _missing_column(issues: _Issues, column: str, present: list[str], declared: set[str]) -> None:
+    """One issue per missing column, with the file's closest undeclared column name."""
+    spare = [c for c in present if c not in declared]
+    by_case = {c.casefold(): c for c in spare}
+    close = [by_case[column.casefold()]] if column.casefold() in by_case else []
+    close = close or difflib.get_close_matches(column, spare, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    issues.add(
+        f"missing column{hint}",
+        column,
+        expected="a column of that name",
+        found=f"columns {present[:12]}"
+        + (f" and {len(present) - 12} more" if len(present) > 12 else ""),
+    )
+
+
+def _one_column(issues: _Issues, header: str, missing: list[str]) -> None:
+    """A file read as one column: one issue about the delimiter, not one per column."""
+    issues.add(
+        f"the file was read as a single column, so {len(missing)} declared columns are "
+        "missing; it is probably not separated by a comma, semicolon, tab or pipe",
+        None,
+        expected=f"a header line such as {','.join(missing[:4])}",
+        found=f"the header {header[:80]!r}",
+    )
 
 
 def _check_feature(issues: _Issues, f: FeatureSpec, series: pd.Series) -> None:
@@ -124,25 +152,14 @@ def _check_target(issues: _Issues, schema: TabularSchema, labels: pd.Series) -> 
             "a label in every row",
             f"first in {issues.where(first)}",
         )
-    present = set(category_strings(labels))
-    if schema.target.classes is not None:
-        declared = [category_text(c) for c in schema.target.classes]
-        unknown = sorted(present - set(declared))
-        if unknown:
-            issues.add(
-                "label not among the declared classes",
-                column,
-                f"one of {declared}",
-                str(unknown[:5]),
-            )
-        distinct = len(present & set(declared))
-    else:
-        positive = {category_text(v) for v in schema.target.positive or []}
-        distinct = len({value in positive for value in present})
-    if present and distinct < 2:
+    text = category_strings(labels)
+    undeclared = text[~text.isin(list(schema.target.class_index))]
+    if not undeclared.empty:
+        # Never a silent negative: every value must be one the schema declares.
+        first = int(undeclared.index[0])
         issues.add(
-            "the label has only one class at this site",
+            f"{len(undeclared)} label(s) not among the declared values",
             column,
-            "at least two classes",
-            f"only {sorted(present)[:3]}",
+            schema.target.declared(),
+            f"{sorted(set(undeclared))[:5]}, first {labels.iloc[first]!r} in {issues.where(first)}",
         )

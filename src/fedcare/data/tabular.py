@@ -29,7 +29,7 @@ import pandas as pd
 
 from fedcare.core.errors import ConfigError, DataValidationError
 from fedcare.core.seeds import SeedStream
-from fedcare.data.base import FederatedDataset, SiteData
+from fedcare.data.base import FederatedDataset, SiteData, one_class_sites
 from fedcare.data.harmonise import (
     GlobalEncoding,
     category_strings,
@@ -45,45 +45,32 @@ from fedcare.data.schema import (
     TabularSchema,
     ValidationIssue,
     ValidationReport,
-    category_text,
 )
 from fedcare.data.table_checks import check_table
+from fedcare.data.table_file import read_table_file
 
 Normalise = Literal["pooled", "site"]
 NORMALISE: tuple[Normalise, ...] = ("pooled", "site")
-_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
-
-
-def read_site_table(site: str, path: Path) -> pd.DataFrame:
-    """One site's file as a DataFrame; any failure is a DataValidationError naming it."""
-    if not path.is_file():
-        raise DataValidationError("file not found", site=site, file=str(path))
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataValidationError(
-            "unsupported file type",
-            site=site,
-            file=str(path),
-            expected=".csv or .parquet",
-            found=path.suffix or "no extension",
-        )
-    try:
-        frame: pd.DataFrame = reader(path)  # type: ignore[operator]
-    except Exception as exc:  # any parser failure is a data problem, reported in one line
-        raise DataValidationError(
-            f"cannot read the file ({type(exc).__name__}: {exc})", site=site, file=str(path)
-        ) from exc
-    return frame.reset_index(drop=True)
 
 
 def label_array(frame: pd.DataFrame, schema: TabularSchema) -> npt.NDArray[np.int64]:
-    """Class indices from the target column (validation rejects missing/unknown labels first)."""
-    text = category_strings(frame[schema.target.column]).reindex(frame.index)
-    if schema.target.positive is not None:
-        positive = {category_text(v) for v in schema.target.positive}
-        return np.asarray(text.isin(positive), dtype=np.int64)
-    index = {category_text(c): i for i, c in enumerate(schema.target.classes or [])}
-    return np.asarray(text.map(index), dtype=np.int64)
+    """Class indices from the target column, by the declared values of each class.
+
+    Validation reports missing and undeclared labels first; should one get here anyway it
+    is an error, never a silent negative.
+    """
+    column = schema.target.column
+    index = schema.target.class_index
+    classes = category_strings(frame[column]).reindex(frame.index).map(index)
+    if classes.isna().any():
+        row = int(np.flatnonzero(classes.isna().to_numpy())[0])
+        raise DataValidationError(
+            f"label missing or not declared in row {row + 1}",
+            column=column,
+            expected=schema.target.declared(),
+            found=repr(frame[column].iloc[row]),
+        )
+    return np.asarray(classes, dtype=np.int64)
 
 
 def _read_and_validate(
@@ -93,15 +80,16 @@ def _read_and_validate(
     frames: dict[str, pd.DataFrame] = {}
     for site, path in files.items():
         try:
-            frames[site] = read_site_table(site, Path(path))
+            read = read_table_file(site, Path(path))
         except DataValidationError as exc:
             report.issues.append(
                 ValidationIssue(
-                    "error", exc.problem, site, str(path), expected=exc.expected, found=exc.found
+                    "error", exc.problem, site, exc.file or str(path), None, exc.expected, exc.found
                 )
             )
             continue
-        report.issues += check_table(site, str(path), frames[site], schema)
+        frames[site] = read.frame
+        report.issues += read.warnings + check_table(site, str(path), read.frame, schema)
     # Cross-site checks use aggregates only, exactly what the deployed coordinator sees.
     aggregates = [site_aggregates(site, frame, schema) for site, frame in frames.items()]
     severity: Severity = "error" if strict else "warning"
@@ -252,8 +240,8 @@ def load_tabular_sites(
         for site, frame in frames.items()
     ]
     encoding = next(iter(encodings.values()))
-    classes = schema.target.classes
     num_classes = schema.target.num_classes
+    class_names = schema.target.class_names
     return FederatedDataset(
         name=name,
         sites=sites,
@@ -261,7 +249,7 @@ def load_tabular_sites(
         num_classes=num_classes,
         input_shape=(sites[0].x_train.shape[1],),
         feature_names=encoding.feature_names(schema),
-        class_names=[category_text(c) for c in classes] if classes else ["negative", "positive"],
+        class_names=class_names,
         description=f"User tables from {len(sites)} sites: "
         + ", ".join(f"{s}={Path(p).name}" for s, p in files.items()),
         source="user-provided data",
@@ -270,6 +258,6 @@ def load_tabular_sites(
             if normalise == "pooled"
             else {s: e.to_dict() for s, e in encodings.items()},
             "normalise": normalise,
-            "warnings": [str(w) for w in report.warnings],
+            "warnings": [str(w) for w in report.warnings] + one_class_sites(sites, class_names),
         },
     )

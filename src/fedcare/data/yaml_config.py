@@ -14,7 +14,7 @@ def read_yaml(path: Path | str, what: str) -> Any:
     """Parsed YAML of ``path``; a missing file or bad YAML is a ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
+        raise ConfigError(f"{what} not found: {path.absolute()}")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

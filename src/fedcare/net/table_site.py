@@ -122,6 +122,8 @@ class TableSiteMachine(SiteMachine):
             f"data check passed for '{self.name}' against the plan's schema "
             f"{spec.hash[:16]}…: {check.summary}"
         )
+        for warning in check.warnings:  # e.g. a detected delimiter, one-class training rows
+            self.table_log(f"warning: {warning}")
         return None
 
     def _refuse_table(self, summary: dict[str, Any], problems: list[str]) -> list[Envelope]:

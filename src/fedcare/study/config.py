@@ -226,7 +226,35 @@ def load_config(path: Path | str) -> StudyConfig:
         raise ConfigError(
             f"{path}: expected a mapping of settings at the top level, found {type(raw).__name__}"
         )
-    return parse_config(raw, source=str(path))
+    return parse_config(resolve_paths(raw, Path(path).parent), source=str(path))
+
+
+def resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config with its relative paths made absolute from ``folder`` (the YAML's own).
+
+    Path keys: ``dataset.params.schema``, each of ``dataset.params.files`` and ``output``, so
+    a study reads the same files whatever directory it is started from.
+    """
+    out = dict(raw)
+    dataset = out.get("dataset")
+    if isinstance(dataset, dict) and isinstance(dataset.get("params"), dict):
+        params = dict(dataset["params"])
+        if isinstance(params.get("schema"), str):
+            params["schema"] = _beside(folder, params["schema"])
+        if isinstance(params.get("files"), dict):
+            params["files"] = {
+                site: _beside(folder, file) if isinstance(file, str) else file
+                for site, file in params["files"].items()
+            }
+        out["dataset"] = {**dataset, "params": params}
+    if isinstance(out.get("output"), str):
+        out["output"] = _beside(folder, out["output"])
+    return out
+
+
+def _beside(folder: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (folder / path).absolute())
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> StudyConfig:
