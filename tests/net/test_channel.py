@@ -22,6 +22,7 @@ from fedcare.net.channel import (
     Link,
     TransportError,
     TransportLimits,
+    _transport_error,
     open_session,
 )
 from fedcare.net.proto import fedcare_pb2 as pb
@@ -465,3 +466,113 @@ def test_limits_validate_the_read_ahead() -> None:
     assert TransportLimits(lookahead_bytes=1 << 16).read_ahead_bytes == 1 << 16
     with pytest.raises(ConfigError, match="lookahead_bytes"):
         TransportLimits(lookahead_bytes=10)
+
+
+@dataclass
+class Holding(Echo):
+    """Keeps each site's link, so a test can end the stream from the coordinator's side."""
+
+    links: list[Link] = field(default_factory=list)
+
+    def connected(self, link: Link) -> None:
+        super().connected(link)
+        self.links.append(link)
+
+
+def _reason_when(study: Study, end: Callable[[Holding, CoordinatorServer, object], None]) -> str:
+    """Open a stream, say hello, end it with ``end(handler, server, session)``; the reason
+    the coordinator's side gives for the disconnect."""
+    handler = Holding()
+    srv = serve(study, handler)
+    target = f"127.0.0.1:{srv.start()}"
+    try:
+        session = open_session(target, tls=study.bundles["cleveland"], limits=LIMITS)
+        session.send(Envelope.create("hello", "run-1", 0))
+        next(iter(session))  # the echo: the stream is up
+        end(handler, srv, session)
+        assert handler.disconnected_event.wait(10)
+    finally:
+        srv.stop(0)
+        session.cancel()
+    return handler.gone[0]
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("site closes", "the site closed the stream"),
+        (
+            "site vanishes",
+            "connection lost: the site's stream ended without a goodbye (its agent stopped or "
+            "crashed, or the network dropped)",
+        ),
+        (
+            "coordinator closes",
+            "the coordinator closed the stream (the run is over or the site reconnected)",
+        ),
+        ("coordinator stops", "the coordinator is shutting down"),
+    ],
+)
+def test_every_way_a_stream_ends_gives_the_coordinator_a_reason(
+    study: Study, how: str, expected: str
+) -> None:
+    # gRPC reports a cancelled or vanished site as a bare RpcError with no text: the
+    # coordinator's log used to read "disconnected: connection lost: ".
+    def end(handler: Holding, srv: CoordinatorServer, session: object) -> None:
+        if how == "site closes":
+            session.close()  # type: ignore[attr-defined]
+        elif how == "site vanishes":  # like kill -9: the call is cut, no half-close
+            session.cancel()  # type: ignore[attr-defined]
+        elif how == "coordinator closes":
+            handler.links[0].close()
+        else:
+            srv.stop(0.5)
+
+    assert _reason_when(study, end) == expected
+
+
+class _SilentCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A failed call that carries a status code but no details, as gRPC sometimes does."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return ""
+
+    def initial_metadata(self) -> None:
+        return None
+
+    def trailing_metadata(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        (grpc.StatusCode.CANCELLED, "the stream was cancelled (the coordinator stopped or"),
+        (grpc.StatusCode.UNAVAILABLE, "the coordinator is unreachable"),
+        (grpc.StatusCode.DATA_LOSS, "gRPC gave no details"),
+    ],
+)
+def test_a_site_names_a_real_reason_when_grpc_gives_no_details(
+    code: grpc.StatusCode, meaning: str
+) -> None:
+    error = _transport_error(_SilentCall(code))
+    assert str(error).startswith(f"coordinator connection {code.name}: {meaning}")
+    assert error.code == code.name

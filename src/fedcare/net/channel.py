@@ -29,6 +29,7 @@ import queue
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
@@ -256,6 +257,7 @@ class Link:
         self._context = context
         self._outbox: queue.Queue[Any] = queue.Queue()
         self.closed = threading.Event()
+        self.closed_here = threading.Event()  # the coordinator ended the stream itself
 
     def send(self, env: Outgoing) -> None:
         if not self.closed.is_set():
@@ -263,6 +265,8 @@ class Link:
 
     def close(self) -> None:
         """End the stream after what was already queued has been sent."""
+        if not self.closed.is_set():
+            self.closed_here.set()
         self._outbox.put(_CLOSE)
 
     def _outgoing(self, chunk_bytes: int) -> Iterator[bytes]:
@@ -341,6 +345,7 @@ class _Servicer:
         self.limits = limits
         self.peer_check = peer_check
         self.budget = budget
+        self.stopping = threading.Event()  # the server is shutting down
 
     def _identify(self, context: grpc.ServicerContext) -> str:
         if self.peer_check is None:  # --insecure loopback only
@@ -374,7 +379,7 @@ class _Servicer:
             return cast(ChunkSink | None, chunking(link, stamped))
 
         def read() -> None:
-            reason = "site closed the stream"
+            reason = "the site closed the stream"
             try:
                 _read_stream(
                     request_iterator,
@@ -383,12 +388,15 @@ class _Servicer:
                     lambda env: self.handler.received(link, env.from_peer(link.identity)),
                     begin,
                 )
+                reason = self._ended_here(link) or (
+                    _lost(grpc.RpcError()) if _cancelled(context) else reason
+                )
             except ProtocolError as exc:
-                reason = f"malformed stream: {exc}"
+                reason = f"malformed stream: {_text(exc)}"
             except grpc.RpcError as exc:
-                reason = f"connection lost: {exc}"
+                reason = self._ended_here(link) or _lost(exc)
             except Exception as exc:  # a bug in the handler must not kill the server
-                reason = f"internal error: {type(exc).__name__}: {exc}"
+                reason = f"internal error: {type(exc).__name__}: {_text(exc)}"
             finally:
                 link.closed.set()
                 link.close()
@@ -397,9 +405,45 @@ class _Servicer:
         threading.Thread(target=read, name=f"read-{link.identity}", daemon=True).start()
         yield from link._outgoing(self.limits.chunk_bytes)
 
+    def _ended_here(self, link: Link) -> str:
+        """Why a stream ended from this side ("" if the site ended it)."""
+        if self.stopping.is_set():
+            return "the coordinator is shutting down"
+        if link.closed_here.is_set():
+            return "the coordinator closed the stream (the run is over or the site reconnected)"
+        return ""
+
     def generic_handler(self) -> grpc.GenericRpcHandler:
         connect = grpc.stream_stream_rpc_method_handler(self.connect)  # bytes in, bytes out
         return grpc.method_handlers_generic_handler(SERVICE, {"Connect": connect})
+
+
+def _text(exc: BaseException) -> str:
+    """An exception's message, or its type when it has none (a reason is never empty)."""
+    return str(exc).strip() or type(exc).__name__
+
+
+def _cancelled(context: grpc.ServicerContext, wait_s: float = 0.2) -> bool:
+    """Whether a request stream that just ended was cut rather than closed: gRPC can end
+    the iterator quietly before it marks a cancelled call inactive."""
+    deadline = time.monotonic() + wait_s
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _lost(exc: grpc.RpcError) -> str:
+    """Why a site's stream broke. gRPC's server side raises a bare RpcError, without code
+    or details, when the site cancels its call or its process or network goes away."""
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if details and details.strip():
+        return f"connection lost: {details.strip()}"
+    return (
+        "connection lost: the site's stream ended without a goodbye (its agent stopped or "
+        "crashed, or the network dropped)"
+    )
 
 
 class CoordinatorServer:
@@ -427,6 +471,7 @@ class CoordinatorServer:
         tame_allocator()
         self.budget = ByteBudget(self.limits.inflight_bytes)
         servicer = _Servicer(handler, self.limits, None if insecure else peer_check, self.budget)
+        self._servicer = servicer
         # Each site holds two threads: the response generator and its reader.
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_sites + 4, thread_name_prefix="grpc"),
@@ -451,6 +496,7 @@ class CoordinatorServer:
         return self.port
 
     def stop(self, grace_s: float | None = 1.0) -> None:
+        self._servicer.stopping.set()
         self._server.stop(grace_s).wait()
 
 
@@ -489,11 +535,21 @@ class SiteSession:
         self._channel.close()
 
 
+# What a gRPC status means for a site's stream, when gRPC gives no details.
+_STATUS_MEANING = {
+    "CANCELLED": "the stream was cancelled (the coordinator stopped or ended it)",
+    "UNAVAILABLE": "the coordinator is unreachable (stopped, restarting, or the network dropped)",
+    "DEADLINE_EXCEEDED": "the coordinator did not answer in time",
+    "INTERNAL": "the connection failed inside gRPC",
+}
+
+
 def _transport_error(exc: grpc.RpcError) -> TransportError:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     name = code.name if code is not None else "UNKNOWN"
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    return TransportError(f"coordinator connection {name}: {details}", name)
+    details = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    reason = details.strip() or _STATUS_MEANING.get(name, "gRPC gave no details")
+    return TransportError(f"coordinator connection {name}: {reason}", name)
 
 
 def open_session(
