@@ -67,6 +67,7 @@ def test_a_site_that_disconnects_mid_round_is_dropped_and_rejoins_next_round(toy
     net.run(stop=lambda: len(net.coordinator.history) == 1)
     first = net.coordinator.history[0]
     assert victim not in first["participants"] and len(first["participants"]) == 3
+    assert first["missing"] == {victim: "disconnected during the round"}
     dropped = [e for e in events(net) if e.kind == "site_dropped"]
     assert [(e.site, e.detail["reason"]) for e in dropped] == [
         (victim, "disconnected during the round")
@@ -273,28 +274,140 @@ def test_the_run_waits_for_approval_and_lists_the_sites_that_wait(toy, tmp_path)
     assert net.coordinator.waiting_for_approval() == []
 
 
-def test_a_site_whose_data_fails_the_check_is_left_out_after_the_grace_period(toy, tmp_path):
+def approve(net: Loopback, plan, *names: str) -> None:
+    """Owners approve; each site re-reads its approval store on its next tick."""
+    for name in names:
+        net.sites[name].approvals.approve(plan.hash, by=f"owner of {name}")
+
+
+def test_round_one_waits_for_every_connected_owner_even_after_the_start_grace(toy, tmp_path):
+    # Owners approve by hand, a while apart: the start grace (for absent sites) has long
+    # passed when the first one approves, yet round 1 must still have every site.
+    plan = heart_plan(toy, "fedavg", rounds=1)
     options = CoordinatorOptions(start_grace_s=10.0)
-    net = deploy(toy, heart_plan(toy, "fedavg", rounds=1), tmp_path, options)
+    net = deploy(toy, plan, tmp_path, options, approve=False)
+    connect_all(net)
+    net.run()
+    net.tick(30.0)
+    first, *others = toy.site_names
+    approve(net, plan, first)
+    net.tick(1.0)
+    net.run()
+    assert net.coordinator.phase is Phase.WAITING
+    assert sorted(net.coordinator.waiting_for_approval()) == sorted(others)
+    approve(net, plan, *others)
+    net.tick(1.0)
+    net.run()
+    assert net.coordinator.phase is Phase.FINISHED
+    (record,) = net.coordinator.history
+    assert record["participants"] == list(toy.site_names) and record["missing"] == {}
+    assert not [e for e in events(net) if e.kind == "round_short"]
+
+
+def test_after_the_approval_deadline_a_round_goes_on_without_the_site_and_says_it_ran_short(
+    toy, tmp_path
+):
+    plan = heart_plan(toy, "fedavg", rounds=1)
+    options = CoordinatorOptions(start_grace_s=10.0, approval_timeout_s=100.0)
+    net = deploy(toy, plan, tmp_path, options, approve=False)
+    slow = toy.site_names[3]
+    approve(net, plan, *toy.site_names[:3])
+    connect_all(net)
+    net.run()
+    net.tick(99.0)
+    net.run()
+    assert net.coordinator.phase is Phase.WAITING  # past the grace, within the deadline
+    net.tick(2.0)
+    net.run()
+    assert net.coordinator.phase is Phase.FINISHED
+    (record,) = net.coordinator.history
+    why = "waiting for its owner to approve the plan (the approval deadline of 100 s passed)"
+    assert record["sampled"] == list(toy.site_names)
+    assert record["missing"] == {slow: why}
+    (short,) = [e for e in events(net) if e.kind == "round_short"]
+    assert short.detail == {
+        "round": 1,
+        "sampled": list(toy.site_names),
+        "contributed": list(toy.site_names[:3]),
+        "missing": {slow: why},
+    }
+
+
+def test_a_site_whose_data_fails_is_out_of_the_run_until_it_returns_with_fixed_data(toy, tmp_path):
+    options = CoordinatorOptions(start_grace_s=1000.0)  # no round may wait for it at all
+    net = deploy(toy, heart_plan(toy, "fedavg", rounds=4), tmp_path, options)
     broken = toy.site_names[2]
+    fixed_check = net.sites[broken].data
     net.sites[broken].data = DataCheck(False, {}, ["column 'age' is missing"])
     acknowledged = []
     handle = net.sites[broken].handle
     net.sites[broken].handle = lambda env, now: acknowledged.append(env) or handle(env, now)
     connect_all(net)
-    net.run()
-    assert net.coordinator.phase is Phase.WAITING  # waits for every sampled site first
+    net.run(stop=lambda: bool(acknowledged))
+    net.disconnect(broken)  # its agent stops once told
+    net.run(stop=lambda: len(net.coordinator.history) == 2)
     # The site is told it takes no part (so its agent can stop instead of waiting).
     assert [(e.kind, e.header["code"]) for e in acknowledged] == [("error_report", "data_invalid")]
-    problems = [e for e in events(net) if e.kind == "data_problem"]
-    assert problems[0].site == broken and problems[0].detail["problems"] == [
-        "column 'age' is missing"
-    ]
-    net.tick(11.0)
+    why = (
+        "data failed its check: column 'age' is missing; out until its agent restarts with "
+        "fixed data"
+    )
+    assert [r["missing"] for r in net.coordinator.history] == [{broken: why}, {broken: why}]
+    assert net.coordinator.sites[broken].why_not_ready() == why
+    seen = events(net)
+    problem = next(e for e in seen if e.kind == "data_problem")
+    assert problem.detail == {"problems": ["column 'age' is missing"], "reason": why}
+    gone = next(e for e in seen if e.kind == "site_disconnected")
+    assert gone.detail == {"reason": "the connection closed", "out": why}
+
+    # The hospital fixes its file and restarts its agent (round 3 is under way without it):
+    # back from the next round on.
+    net.sites[broken] = SiteMachine(
+        broken, net.sites[broken].approvals, fixed_check, net.sites[broken].work_factory
+    )
+    net.connect(broken)
     net.run()
     assert net.coordinator.phase is Phase.FINISHED
-    started = next(e for e in events(net) if e.kind == "round_started")
-    assert started.detail["dropped"] == {broken: "data did not pass the schema check"}
+    assert [broken in r["participants"] for r in net.coordinator.history] == [
+        False, False, False, True
+    ]  # fmt: skip
+    assert net.coordinator.history[-1]["missing"] == {}
+    assert [e.site for e in events(net) if e.kind == "site_readmitted"] == [broken]
+
+
+@pytest.mark.parametrize(("failing", "min_sites"), [(4, 1), (3, 2)])
+def test_the_run_stops_naming_each_site_when_too_few_usable_sites_remain(
+    toy, tmp_path, failing, min_sites
+):
+    plan = heart_plan(toy, "fedavg", rounds=2, participation=Participation(1.0, min_sites))
+    net = deploy(toy, plan, tmp_path, CoordinatorOptions(start_grace_s=1000.0))
+    broken = toy.site_names[:failing]
+    for name in broken:
+        net.sites[name].data = DataCheck(
+            False, {}, [f"{name}.csv row 3, column 'age': not a number"]
+        )
+    told = []
+    for name in toy.site_names[failing:]:
+        handle = net.sites[name].handle
+        net.sites[name].handle = lambda env, now, h=handle: told.append(env) or h(env, now)
+    connect_all(net)
+    net.run()  # no tick: it does not wait for anything
+    coordinator = net.coordinator
+    assert coordinator.phase is Phase.FAILED and coordinator.round == 0
+    needed = f"needs updates from at least {min_sites} site(s) (--min-sites)"
+    usable = 4 - failing
+    assert f"stopped before round 1: a round {needed}, but only {usable} of the 4" in (
+        coordinator.failure
+    )
+    for name in broken:
+        assert f"'{name}': data failed its check: {name}.csv row 3, column 'age'" in (
+            coordinator.failure
+        )
+    (failed,) = [e for e in events(net) if e.kind == "run_failed"]
+    assert sorted(failed.detail["sites"]) == sorted(broken)
+    # A site with good data is told the run is over.
+    assert len(told) >= 4 - failing
+    assert all((e.kind, e.header["status"]) == ("run_finished", "failed") for e in told)
 
 
 @pytest.mark.parametrize("crash_mid_round", [False, True])

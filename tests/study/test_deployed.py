@@ -276,8 +276,10 @@ def test_a_site_whose_table_has_a_bad_column_is_refused_and_the_coordinator_is_t
     write_deployed_study(tmp_path / "deployed")
     metrics = json.loads((tmp_path / "deployed" / "metrics.json").read_text())
     assert [s["name"] for s in metrics["sites"]] == ["north", "south"]
-    last = metrics["deployment"]["runs"][0]["rounds"][-1]
-    assert last["dropped"] == {"east": "data did not pass the schema check"}
+    (run,) = metrics["deployment"]["runs"]
+    why = run["rounds"][-1]["dropped"]["east"]
+    assert why.startswith("data failed its check: ") and "'ward'" in why
+    assert [r["missing"] for r in run["short_rounds"]] == [{"east": why}] * 3
 
 
 def test_a_simulated_studys_results_are_not_overwritten_by_deployed_ones(tmp_path):

@@ -70,11 +70,19 @@ def _log(text: str) -> None:
     console.print(f"[dim]{stamp}[/] {text}", highlight=False, soft_wrap=True)
 
 
+# Runtime lines that must stand out (see fedcare.net.coordinator_server.WARNING/STOPPED).
+LOUD_PREFIXES = {"WARNING: ": "bold yellow", "STOPPED: ": "bold red"}
+
+
 def _plain_log(text: str) -> None:
     """For messages from the runtime: text in brackets (a found value, a list of columns)
-    is printed as is, never taken for console markup."""
+    is printed as is, never taken for console markup; warnings and stops in colour."""
     from rich.markup import escape
 
+    for prefix, style in LOUD_PREFIXES.items():
+        if text.startswith(prefix):
+            _log(f"[{style}]{escape(text)}[/]")
+            return
     _log(escape(text))
 
 
@@ -520,6 +528,15 @@ def coordinator_start(
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
     port_file: PortFile = None,
+    approval_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds a connected site's data owner has to approve the plan (from when it "
+            "reached the site). Until then no round starts without that site; after it, "
+            "rounds go on without it and say so.",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Deploy a study: every strategy x seed it lists, one run after another, under one
     study plan each data owner approves once."""
@@ -533,7 +550,10 @@ def coordinator_start(
     limits = _limits(chunk_mib, max_model_gib)
     selection = study_from_config(cfg, strategy, seed, rounds, min_sites)
     options = CoordinatorOptions(
-        round_timeout_s=round_timeout, start_grace_s=start_grace, max_update_norm=max_update_norm
+        round_timeout_s=round_timeout,
+        start_grace_s=start_grace,
+        approval_timeout_s=approval_timeout,
+        max_update_norm=max_update_norm,
     )
     if cfg.dataset.name == "tabular" and cfg.dataset.params.get("normalise", "pooled") != "site":
         _log(
@@ -676,11 +696,18 @@ def _print_status(store_type: Any, out: Path, run: str | None) -> None:
     with store_type.in_folder(out) as store:
         runs = store.runs()
         table = Table(title=f"runs in {out}")
-        for col in ("run", "status", "plan hash", "rounds done"):
+        for col in ("run", "status", "plan hash", "rounds done", "rounds short"):
             table.add_column(col)
         for r in runs:
-            done = sum(1 for x in store.rounds(r.run_id) if x.status == "finished")
-            table.add_row(r.run_id, r.status, r.plan_hash[:16], str(done))
+            done = [x for x in store.rounds(r.run_id) if x.status == "finished"]
+            short = sum(1 for x in done if x.missing())
+            table.add_row(
+                r.run_id,
+                r.status,
+                r.plan_hash[:16],
+                str(len(done)),
+                f"[bold yellow]{short}[/]" if short else "0",
+            )
         console.print(table)
         if not runs:
             return
@@ -715,6 +742,7 @@ def _print_status(store_type: Any, out: Path, run: str | None) -> None:
                 f"waiting for approval of plan {chosen.plan_hash}: {', '.join(waiting)}",
                 highlight=False,
             )
+        _print_short_rounds(store, chosen.run_id)
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -729,6 +757,20 @@ def _site_data(spec: str) -> Any:
     """``DATASET:SITE`` for a dataset that ships with fedcare, checked before anything runs."""
     from fedcare.core.errors import DataValidationError
     from fedcare.data.registry import load_dataset
+def _print_short_rounds(store: Any, run_id: str) -> None:
+    """Loud lines: each round of the run that ran short and why; why the run stopped."""
+    from rich.markup import escape
+
+    from fedcare.net.coordinator_server import short_round_line
+
+    for x in store.rounds(run_id):
+        short = x.short()
+        if short is not None:
+            console.print(f"[bold yellow]{escape(short_round_line(short))}[/]")
+    for ev in store.events(run_id, "run_failed"):
+        console.print(f"[bold red]run {run_id} failed: {escape(str(ev.detail.get('reason')))}[/]")
+
+
     from fedcare.runtime.site import DataCheck
 
     name, sep, site = spec.partition(":")

@@ -71,6 +71,11 @@ from fedcare.runtime.rounds import RunPlan, StudyPlan
 
 Log = Callable[[str], None]
 
+# Lines that must stand out in the coordinator's terminal start with one of these (the CLI
+# colours them): a round that ran short, a site left out; a run that stopped.
+WARNING = "WARNING: "
+STOPPED = "STOPPED: "
+
 # Machine events that become signed audit entries (the rest go to the run store only).
 AUDITED = {
     "round_started",
@@ -155,7 +160,10 @@ class CoordinatorDriver:
             old = self.links.get(link.identity)
             if old is not None:  # a restarted site: the new stream replaces the old one
                 old.close()
-                self._apply(self.machine.site_disconnected(link.identity, time.monotonic()))
+                replaced = "replaced by a new connection from the same site (agent restarted)"
+                self._apply(
+                    self.machine.site_disconnected(link.identity, time.monotonic(), replaced)
+                )
             self.links[link.identity] = link
             self.log(f"site '{link.identity}' connected")
             self._apply(self.machine.site_connected(link.identity, time.monotonic()))
@@ -173,7 +181,7 @@ class CoordinatorDriver:
             del self.links[link.identity]
             self.log(f"site '{link.identity}' disconnected: {reason}")
             self.store.record_event(self.run_id, "stream_closed", link.identity, {"reason": reason})
-            self._apply(self.machine.site_disconnected(link.identity, time.monotonic()))
+            self._apply(self.machine.site_disconnected(link.identity, time.monotonic(), reason))
 
     def tick(self) -> None:
         with self.lock:
@@ -203,6 +211,9 @@ class CoordinatorDriver:
             for s in detail.get("requested", []):
                 store.record_participant(run, ev.round, s, "requested")
             self.log(f"round {ev.round + 1}: training at {', '.join(detail.get('requested', []))}")
+            left_out = dict(detail.get("dropped", {}))
+            if left_out:
+                self.log(f"{WARNING}round {ev.round + 1} starts without {_reasons(left_out)}")
         elif ev.kind == "update_accepted":
             store.record_participant(
                 run, ev.round, ev.site, "contributed", "", detail.get("update_hash"),
@@ -231,9 +242,13 @@ class CoordinatorDriver:
             )
         elif ev.kind in {"waiting_approval", "site_approved", "data_problem"}:
             status = {"waiting_approval": "waiting for approval", "site_approved": "approved"}
-            text = json.dumps(detail.get("problems") or detail.get("plan_hash", ""))
+            text = detail.get("reason") or json.dumps(
+                detail.get("problems") or detail.get("plan_hash", "")
+            )
             store.set_site_status(run, ev.site, status.get(ev.kind, "data problem"), text)
-            if ev.kind == "waiting_approval":
+            if ev.kind == "site_approved":
+                self.log(f"site '{ev.site}' approved the plan")
+            elif ev.kind == "waiting_approval":
                 self.log(
                     f"site '{ev.site}' is waiting for its data owner to run: "
                     f"fedcare site approve {self.machine.study_hash or detail.get('plan_hash')}"
@@ -248,8 +263,22 @@ class CoordinatorDriver:
                 f"round {ev.round}: privacy spent so far epsilon {detail['epsilon']:.4g} "
                 f"at delta {detail['delta']:g}"
             )
-        elif ev.kind in {"site_connected", "site_disconnected"}:
-            store.set_site_status(run, ev.site, ev.kind.removeprefix("site_"))
+        elif ev.kind == "site_connected":
+            store.set_site_status(run, ev.site, "connected")
+        elif ev.kind == "site_disconnected":
+            reason = str(detail.get("reason") or "the connection closed")
+            if detail.get("out"):  # still out of the run: keep saying why
+                store.set_site_status(
+                    run, ev.site, "data problem", f"{detail['out']} (disconnected: {reason})"
+                )
+            else:
+                store.set_site_status(run, ev.site, "disconnected", reason)
+        elif ev.kind == "site_readmitted":
+            self.log(f"site '{ev.site}' is back in the run: its data passes the check now")
+        elif ev.kind == "round_short":
+            self.log(f"{WARNING}{short_round_line(detail)}")
+        elif ev.kind == "run_failed":
+            self.log(f"{STOPPED}run {run}: {detail.get('reason')}")
         elif ev.kind == "message_rejected":
             self.log(f"message from '{ev.site}' rejected: {detail}")
         if ev.kind in AUDITED:
@@ -314,6 +343,19 @@ class CoordinatorDriver:
         status = {Phase.FINISHED: "finished", Phase.FAILED: "failed"}.get(m.phase, "stopped")
         history = m.checkpoint()[1]["history"]
         return RunOutcome(self.run_id, status, m.round, m.final_params, history, m.failure)
+
+
+def _reasons(missing: Mapping[str, Any]) -> str:
+    return "; ".join(f"'{site}' ({why})" for site, why in missing.items())
+
+
+def short_round_line(short: Mapping[str, Any]) -> str:
+    """One line for a round that ran short: ``{round, sampled, contributed, missing}``."""
+    sampled, contributed = list(short.get("sampled", [])), list(short.get("contributed", []))
+    return (
+        f"round {short.get('round')} ran short: {len(contributed)} of {len(sampled)} sampled "
+        f"site(s) contributed; missing {_reasons(dict(short.get('missing', {})))}"
+    )
 
 
 def _join_study(machine: CoordinatorMachine, study_plan: StudyPlan | None) -> None:

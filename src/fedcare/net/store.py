@@ -145,6 +145,34 @@ class RoundRecord:
     def by_status(self, status: str) -> list[str]:
         return [p.site for p in self.participants if p.status == status]
 
+    def missing(self) -> dict[str, str]:
+        """Sampled sites that did not contribute to this finished round, with why (from
+        the coordinator's round record; for older runs, from the participants)."""
+        if self.status != "finished":
+            return {}
+        recorded = self.metrics.get("missing")
+        if isinstance(recorded, dict):
+            return {str(site): str(why) for site, why in recorded.items()}
+        contributed = set(self.by_status("contributed"))
+        return {
+            p.site: f"{p.status}: {p.reason}" if p.reason else p.status
+            for p in self.participants
+            if p.site in self.sites and p.site not in contributed
+        }
+
+    def short(self) -> dict[str, Any] | None:
+        """``{round, sampled, contributed, missing}`` (round from 1) if the round ran short."""
+        missing = self.missing()
+        if not missing:
+            return None
+        contributed = self.by_status("contributed")
+        return {
+            "round": self.round + 1,
+            "sampled": list(self.sites),
+            "contributed": contributed,
+            "missing": missing,
+        }
+
 
 @dataclass(frozen=True)
 class EventRecord:

@@ -52,6 +52,24 @@ def _span(first: Any, last: Any) -> str:
     return _e(first) if first == last else f"{_e(first)}–{_e(last)}"
 
 
+def _short_rounds(run: dict[str, Any]) -> str:
+    """A warning naming each round of the run that ran short and the sites it missed."""
+    short = [r for r in run.get("short_rounds") or [] if isinstance(r, dict)]
+    if not short:
+        return ""
+    items = "".join(
+        f"<li>round {_e(r.get('round'))}: {len(r.get('contributed') or [])} of "
+        f"{len(r.get('sampled') or [])} sampled sites contributed; missing "
+        f"{_reasons(r.get('missing'))}</li>"
+        for r in short
+    )
+    return (
+        f"<div class='alert'><strong>Run <code>{_e(run.get('run_id'))}</code>: "
+        f"{len(short)} round(s) ran short</strong> (fewer sites contributed than were "
+        f"sampled, so its model differs from the simulator's)<ul>{items}</ul></div>"
+    )
+
+
 def deployment_section(extra: dict[str, object]) -> str:
     block = extra.get(DEPLOYMENT_KEY)
     if not isinstance(block, dict) or not isinstance(block.get("runs"), list):
@@ -67,6 +85,7 @@ def deployment_section(extra: dict[str, object]) -> str:
     )
     details = []
     for r in runs:
+        details.append(_short_rounds(r))
         rows = "".join(
             f"<tr><td class='num'>{span}</td><td>{who}</td><td>{rejected or '—'}</td>"
             f"<td>{dropped or '—'}</td></tr>"

@@ -41,6 +41,8 @@ svg.series { margin-right: 8px; vertical-align: middle; }
 .findings { margin: 14px 0 0; padding: 10px 14px 10px 30px; background: var(--soft);
   border: 1px solid var(--line); border-radius: 6px; }
 .findings li { margin: 2px 0; }
+.alert { margin: 8px 0 12px; padding: 8px 12px; background: #fff8e6; color: #7a2e0e;
+  border: 1px solid #f0c36d; border-left: 4px solid #b54708; border-radius: 6px; }
 .kind { display: inline-block; margin-left: 6px; padding: 0 6px; border-radius: 9px;
   font-size: 11px; font-weight: 600; color: var(--muted); background: var(--soft);
   border: 1px solid var(--line); vertical-align: 1px; }

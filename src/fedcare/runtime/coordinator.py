@@ -7,10 +7,17 @@ simulator's seeds: the same sites sampled per round, the same strategy halves, t
 streaming aggregation, so with every site answering it reaches the simulator's model.
 
 Phases: WAITING (for sites) -> TRAINING -> [EVALUATING] -> WAITING ... -> FINISHED or FAILED.
-A round starts once every sampled site is ready (connected, data valid, plan approved) or,
-after ``start_grace_s``, with those that are. Stragglers past the deadline, sites that
-disconnect and rejected updates are left out of that round only; a site that reconnects
-says Hello, approves again and is sampled as usual from the next round on.
+A round starts once every sampled site is ready (connected, data valid, plan approved).
+It waits for a connected site whose owner has not approved the plan yet until
+``approval_timeout_s`` after the plan was sent to it (owners approve by hand, so the
+start grace never cuts that short), and for an absent site until ``start_grace_s``.
+A site whose data failed its check is out of the run, never waited for, until it
+reconnects and its Hello passes; when fewer sampled sites than a round needs can take
+part, the run stops (FAILED) naming each site and why. Stragglers past the deadline,
+sites that disconnect and rejected updates are left out of that round only; a site that
+reconnects says Hello, approves again and is sampled as usual from the next round on.
+A round that ends with fewer contributors than sampled sites records which are missing
+and why (``missing`` in its history record, and a ``round_short`` event).
 
 Client-level DP (``dp`` in the strategy params, central mode): each decoded update is
 clipped here and the round releases the noised mean over the expected number of sites,
@@ -91,6 +98,9 @@ class CoordinatorOptions:
     round_timeout_s: float = 600.0  # a sampled site's time to answer a train request
     eval_timeout_s: float = 300.0
     start_grace_s: float = 60.0  # wait this long for absent sampled sites before starting
+    # A connected site's owner has this long (from the plan reaching the site) to approve
+    # it before rounds start without that site.
+    approval_timeout_s: float = 3600.0
     max_update_norm: float | None = None  # optional L2 bound on every update
     max_attempts: int = 5  # tries of one round that ends with too few updates
     secure_stage_timeout_s: float = 120.0  # each secure-aggregation stage after training
@@ -120,6 +130,9 @@ class SiteStatus:
     approved: bool = False
     waiting_approval: bool = False
     refused: str = ""  # why the site refused the plan (its privacy budget), if it did
+    # Why its data keeps it out of the run (kept across reconnects until a Hello passes).
+    excluded: str = ""
+    plan_sent_at: float | None = None  # when its job plan went out, while not approved
     data: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -127,16 +140,32 @@ class SiteStatus:
     def ready(self) -> bool:
         return self.connected and self.data_ok and self.approved
 
+    @property
+    def out(self) -> str:
+        """Why the site cannot take part until it reconnects ("" if it can)."""
+        return self.excluded or (f"refused the plan: {self.refused}" if self.refused else "")
+
     def why_not_ready(self) -> str:
+        if self.excluded:
+            return self.excluded
         if not self.connected:
             return "not connected"
         if not self.data_ok:
-            return "data did not pass the schema check" if self.problems else "no hello yet"
+            return "no hello yet"
         if self.refused:
             return f"refused the plan: {self.refused}"
         if self.waiting_approval:
             return "waiting for its owner to approve the plan"
         return "has not answered the job plan"
+
+
+def data_failure(problems: list[str]) -> str:
+    """Why a site whose data failed its check is out of the run (status and round logs)."""
+    if len(problems) == 1:
+        found = f": {problems[0]}"
+    else:
+        found = f" ({len(problems)} problems, first: {problems[0]})" if problems else ""
+    return f"data failed its check{found}; out until its agent restarts with fixed data"
 
 
 def _json_safe(value: Any) -> Any:
@@ -354,17 +383,27 @@ class CoordinatorMachine:
         if name not in self.sites:
             self._event("unknown_site", name, {"reason": "not in the job plan"})
             return []
-        self.sites[name] = SiteStatus(connected=True)
+        previous = self.sites[name]  # a data failure stays until a Hello passes
+        self.sites[name] = SiteStatus(
+            connected=True, excluded=previous.excluded, problems=previous.problems
+        )
         self._event("site_connected", name)
         return []  # the site speaks first (Hello)
 
-    def site_disconnected(self, name: str, now: float) -> list[Outgoing]:
+    def site_disconnected(
+        self, name: str, now: float, reason: str = "the connection closed"
+    ) -> list[Outgoing]:
+        """``reason``: what the transport saw (never empty in the event)."""
         self._now = now
         status = self.sites.get(name)
         if status is None:
             return []
         status.connected = status.approved = status.waiting_approval = False
-        self._event("site_disconnected", name)
+        status.plan_sent_at = None
+        detail = {"reason": reason or "the connection closed"}
+        if status.excluded:
+            detail["out"] = status.excluded
+        self._event("site_disconnected", name, detail)
         if self.secure_sum is not None and self.phase is Phase.TRAINING:
             return self._secure_drop(name, "disconnected during the round")
         if self.phase is Phase.TRAINING and self.current and name in self.current.pending:
@@ -447,20 +486,26 @@ class CoordinatorMachine:
         status.connected = True
         status.data, status.problems, status.data_ok = hello.data, hello.problems, hello.data_ok
         if not hello.data_ok:
-            # Acknowledged, so the site can stop (it would wait for a plan that never comes).
-            self._event("data_problem", site, {"problems": hello.problems})
+            # Out of the run (no round waits for it); acknowledged, so the site can stop
+            # (it would wait for a plan that never comes).
+            status.approved = status.waiting_approval = False
+            status.excluded = data_failure(hello.problems)
+            self._event(
+                "data_problem", site, {"problems": hello.problems, "reason": status.excluded}
+            )
             text = (
                 f"run {self.run_id}: this site's data failed its check ({len(hello.problems)} "
                 "problem(s)); it takes no part until the data is fixed and the agent restarted"
             )
-            return [
-                Outgoing(
-                    site, ErrorReport(self.run_id, self.round, DATA_INVALID, text).to_envelope()
-                )
-            ]
+            told = ErrorReport(self.run_id, self.round, DATA_INVALID, text).to_envelope()
+            return [Outgoing(site, told), *self._maybe_start_round()]
+        if status.excluded:
+            self._event("site_readmitted", site, {"was": status.excluded})
+            status.excluded = ""
         self._event("site_hello", site, {"data": hello.data})
         if self.done:
             return [self._finished_message(site)]
+        status.plan_sent_at = self._now
         plan = JobPlan(
             self.run_id,
             self.round,
@@ -484,6 +529,8 @@ class CoordinatorMachine:
         status = self.sites[site]
         status.approved = status_msg.approved
         status.waiting_approval = not status_msg.approved
+        if status.plan_sent_at is None:  # an answer before any plan: its deadline starts now
+            status.plan_sent_at = self._now
         kind = "site_approved" if status_msg.approved else "waiting_approval"
         self._event(kind, site, {"plan_hash": self.plan_hash, "detail": status_msg.detail})
         return self._maybe_start_round() if self.phase is Phase.WAITING else []
@@ -523,18 +570,63 @@ class CoordinatorMachine:
             self.plan.sites[int(i)]
             for i in sample_sites(len(self.plan.sites), self.plan.participation, self.seeds, r)
         ]
+        stop = self._too_few_usable(sampled)
+        if stop:
+            return self._stop(stop)
         ready = [s for s in sampled if self.sites[s].ready]
-        # A site that refused the plan (its privacy budget) is not waited for.
-        awaited = [s for s in sampled if not self.sites[s].refused]
         if self.waiting_since is None:
             self.waiting_since = self._now
-        waited = self._now - self.waiting_since >= self.options.start_grace_s
-        # A secure sum needs two inputs at least, or the "sum" is one site's update.
-        enough = len(ready) >= max(self.min_updates, 2 if self.strategy.secure else 1)
-        if not (enough and (len(ready) >= len(awaited) or waited)):
+        grace_over = self._now - self.waiting_since >= self.options.start_grace_s
+        awaited = [s for s in sampled if not self.sites[s].ready and self._awaits(s, grace_over)]
+        if len(ready) < self._needed() or awaited:
             return []
         self.waiting_since = None
         return self._start_round(sampled, ready)
+
+    def _needed(self) -> int:
+        """Updates a round needs: --min-sites; a secure sum needs two inputs at least, or
+        the "sum" is one site's update."""
+        return max(self.min_updates, 2 if self.strategy.secure else 1)
+
+    def _awaits(self, site: str, grace_over: bool) -> bool:
+        """Whether the round still waits for this sampled site, which is not ready."""
+        status = self.sites[site]
+        if status.out:  # its data failed, or it refused the plan: never waited for
+            return False
+        if status.plan_sent_at is not None:  # its owner is deciding: until the deadline
+            return self._now < status.plan_sent_at + self.options.approval_timeout_s
+        return not grace_over  # absent (or no Hello yet): the start grace
+
+    def _left_out(self, site: str) -> str:
+        """Why a sampled site is not asked to train in the round that starts now."""
+        status = self.sites[site]
+        why = status.why_not_ready()
+        if not status.out and status.plan_sent_at is not None:
+            waited = self.options.approval_timeout_s
+            return f"{why} (the approval deadline of {waited:g} s passed)"
+        return why
+
+    def _too_few_usable(self, sampled: list[str]) -> str:
+        """Why the run must stop: fewer sampled sites can take part than a round needs
+        ("" while enough can)."""
+        out = {s: self.sites[s].out for s in sampled if self.sites[s].out}
+        usable = len(sampled) - len(out)
+        needed = self._needed()
+        if usable >= needed:
+            return ""
+        reasons = "; ".join(f"'{s}': {why}" for s, why in out.items())
+        return (
+            f"stopped before round {self.round + 1}: a round needs updates from at least "
+            f"{needed} site(s) (--min-sites), but only {usable} of the {len(sampled)} "
+            f"site(s) sampled for it can take part; {reasons}"
+        )
+
+    def _stop(self, reason: str) -> list[Outgoing]:
+        self.phase = Phase.FAILED
+        self.failure = reason
+        out = {s: st.out for s, st in self.sites.items() if st.out}
+        self._event("run_failed", detail={"reason": reason, "sites": out})
+        return self._finish_messages()
 
     def _start_round(self, sampled: list[str], ready: list[str]) -> list[Outgoing]:
         r = self.round
@@ -551,7 +643,7 @@ class CoordinatorMachine:
         )
         for site in sampled:
             if site not in ready:
-                progress.dropped[site] = self.sites[site].why_not_ready()
+                progress.dropped[site] = self._left_out(site)
         self.current = progress
         self.phase = Phase.TRAINING
         if self.private is not None:
@@ -881,6 +973,18 @@ class CoordinatorMachine:
         self.phase = Phase.WAITING
         return self._maybe_start_round()
 
+    def _missing(self, progress: RoundProgress) -> dict[str, str]:
+        """Sampled sites that did not contribute to the round, with why."""
+        missing = {}
+        for site in progress.sampled:
+            if site in progress.accepted:
+                continue
+            if site in progress.rejected:
+                missing[site] = f"update rejected: {progress.rejected[site]}"
+            else:
+                missing[site] = progress.dropped.get(site) or "did not contribute"
+        return missing
+
     def _in_site_order(self, names: Mapping[str, Any] | list[str]) -> list[str]:
         return [s for s in self.plan.sites if s in names]
 
@@ -968,8 +1072,20 @@ class CoordinatorMachine:
             record["epsilon"] = self.private.epsilon()
         if self.sample_epsilon is not None:
             record[SAMPLE_EPSILON] = dict(self.sample_epsilon)
+        record["sampled"] = list(progress.sampled)
+        record["missing"] = self._missing(progress)
         self.history.append(record)
         self.current = None
+        if record["missing"]:
+            self._event(
+                "round_short",
+                detail={
+                    "round": self.round,
+                    "sampled": record["sampled"],
+                    "contributed": record["participants"],
+                    "missing": record["missing"],
+                },
+            )
         self._event(
             "round_finished",
             detail=_json_safe(

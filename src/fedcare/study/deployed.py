@@ -7,7 +7,8 @@ and writes the study folder through the simulator's own writer: ``metrics.json``
 structure: per-round history, per-site final evaluation, privacy, bytes per site and round),
 ``metrics.csv``, ``report.html``, ``config.yaml`` and ``models/``. A ``deployment`` block marks
 it as deployed: each run's id, status, and per round the sites sampled, those that
-contributed, and those rejected or dropped with the reason.
+contributed, and those rejected or dropped with the reason; ``short_rounds`` lists the
+rounds that ran with fewer contributors than sampled sites, each missing site with why.
 
 Runs of the same strategy label and plan (seed aside) are the seeds of one strategy entry,
 summarised over seeds (mean ± std) as the simulator does; for a seed run twice the later run
@@ -178,13 +179,16 @@ def _round_log(rounds: Sequence[StoredRound]) -> list[dict[str, Any]]:
 
 def _run_block(store: RunStore, record: RunRecord, name: str | None, note: str) -> dict[str, Any]:
     plan = record.config.get("plan", {})
+    rounds = store.rounds(record.run_id)
     block: dict[str, Any] = {
         "run_id": record.run_id,
         "strategy": name,
         "seed": plan.get("seed"),
         "status": record.status,
         "plan_hash": record.plan_hash,
-        "rounds": _round_log(store.rounds(record.run_id)),
+        "rounds": _round_log(rounds),
+        # Rounds with fewer contributors than sampled sites: which were missing and why.
+        "short_rounds": [short for r in rounds if (short := r.short()) is not None],
         "sites": {
             s.site: {"status": s.status, "detail": s.detail} for s in store.sites(record.run_id)
         },
