@@ -517,6 +517,15 @@ def coordinator_start(
         float,
         typer.Option(help="Seconds to wait for absent sites before starting a round without them."),
     ] = 60.0,
+    approval_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds a connected site's data owner has to approve the plan (from when it "
+            "reached the site). Until then no round starts without that site; after it, "
+            "rounds go on without it and say so.",
+        ),
+    ] = 3600.0,
     max_update_norm: Annotated[
         float | None, typer.Option(help="Reject updates with a larger L2 norm.")
     ] = None,
@@ -528,15 +537,6 @@ def coordinator_start(
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
     port_file: PortFile = None,
-    approval_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            help="Seconds a connected site's data owner has to approve the plan (from when it "
-            "reached the site). Until then no round starts without that site; after it, "
-            "rounds go on without it and say so.",
-        ),
-    ] = 3600.0,
 ) -> None:
     """Deploy a study: every strategy x seed it lists, one run after another, under one
     study plan each data owner approves once."""
@@ -730,6 +730,7 @@ def _print_status(store_type: Any, out: Path, run: str | None) -> None:
                 "-" if acc is None else f"{acc:.3f}",
             )
         console.print(rounds)
+        _print_short_rounds(store, chosen.run_id)
         sites = Table(title="sites")
         for col in ("site", "status", "detail"):
             sites.add_column(col)
@@ -742,21 +743,8 @@ def _print_status(store_type: Any, out: Path, run: str | None) -> None:
                 f"waiting for approval of plan {chosen.plan_hash}: {', '.join(waiting)}",
                 highlight=False,
             )
-        _print_short_rounds(store, chosen.run_id)
 
 
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-def _is_table(spec: str) -> bool:
-    """``--data`` names a hospital's own file (vs ``DATASET:SITE``)."""
-    return Path(spec).suffix.lower() in TABLE_SUFFIXES
-
-
-def _site_data(spec: str) -> Any:
-    """``DATASET:SITE`` for a dataset that ships with fedcare, checked before anything runs."""
-    from fedcare.core.errors import DataValidationError
-    from fedcare.data.registry import load_dataset
 def _print_short_rounds(store: Any, run_id: str) -> None:
     """Loud lines: each round of the run that ran short and why; why the run stopped."""
     from rich.markup import escape
@@ -771,6 +759,18 @@ def _print_short_rounds(store: Any, run_id: str) -> None:
         console.print(f"[bold red]run {run_id} failed: {escape(str(ev.detail.get('reason')))}[/]")
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _is_table(spec: str) -> bool:
+    """``--data`` names a hospital's own file (vs ``DATASET:SITE``)."""
+    return Path(spec).suffix.lower() in TABLE_SUFFIXES
+
+
+def _site_data(spec: str) -> Any:
+    """``DATASET:SITE`` for a dataset that ships with fedcare, checked before anything runs."""
+    from fedcare.core.errors import DataValidationError
+    from fedcare.data.registry import load_dataset
     from fedcare.runtime.site import DataCheck
 
     name, sep, site = spec.partition(":")
