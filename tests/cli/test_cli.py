@@ -34,6 +34,8 @@ def test_simulate_runs_a_small_study_and_writes_its_folder(tmp_path):
     result = runner.invoke(app, ["simulate", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "scaffold" in result.output
+    # Printed before training: the shipped data has a site whose training rows are one class.
+    assert "warning: site 'switzerland': all 30 training rows are one class" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [s["name"] for s in metrics["sites"]] == ["cleveland", "hungarian", "switzerland", "va"]
     assert (tmp_path / "out" / "report.html").stat().st_size > 10_000

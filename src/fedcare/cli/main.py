@@ -60,7 +60,7 @@ def _run_config(config: Any, out: Path) -> None:
 def _print_data_warnings(warnings: object) -> None:
     """What the data checks noticed but let through (a detected delimiter, a one-class site)."""
     for warning in warnings if isinstance(warnings, list) else []:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
 
 
 @app.command()
