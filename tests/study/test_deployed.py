@@ -326,6 +326,39 @@ def test_a_site_whose_file_cannot_be_read_says_so_before_any_plan(tmp_path):
     assert [e.kind for e in site.drain_events()] == ["data_invalid"]
 
 
+def test_each_deployed_seed_splits_a_hospitals_table_as_the_simulator_does_for_that_seed(
+    tmp_path,
+):
+    raw = tabular_config(tmp_path, test_fraction=0.25)
+    del raw["dataset"]["params"]["normalise"]  # the default, per site, is what deploys
+    config = parse_config(raw | {"seeds": [1, 2]})
+    folder = tmp_path / "deployed"
+    files = config.dataset.params["files"]
+    for seed in (1, 2):
+        one_seed = config.model_copy(update={"seeds": [seed]})
+        plan = plan_and_facts(one_seed, None, None, None, None)[0]
+        assert (plan.seed, plan.data["split"]["seed"]) == (seed, seed)
+        deploy(
+            folder, one_seed, table_sites(tmp_path, one_seed, plan.hash, files), run_id=f"s{seed}"
+        )
+    write_deployed_study(folder)
+    StudyRunner(config.model_copy(update={"explain": False}), tmp_path / "simulated").run()
+
+    deployed = json.loads((folder / "metrics.json").read_text())
+    simulated = json.loads((tmp_path / "simulated" / "metrics.json").read_text())
+    (dep,) = deployed["strategies"]  # the two seeds are one strategy
+    assert dep["deployed_runs"] == ["s1", "s2"]
+    assert deployed["study"]["split"] == simulated["study"]["split"]
+    assert deployed["study"]["split"]["runs"] == [
+        {"seed": 1, "split_seed": 1},
+        {"seed": 2, "split_seed": 2},
+    ]
+    sim = next(s for s in simulated["strategies"] if s["name"] == "fedavg")
+    for site, stats in sim["per_site"].items():
+        values = dep["per_site"][site]["accuracy"]["values"]
+        assert values == pytest.approx(stats["accuracy"]["values"], abs=1e-6)
+
+
 def drive(driver, machines: dict) -> None:
     """One run of a study with the sites' machines as they are (they outlive the run)."""
     queue: deque = deque()

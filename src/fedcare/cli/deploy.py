@@ -162,12 +162,23 @@ class _Data:
     num_classes: int
     data: dict[str, Any]  # a hospital's own table: schema, feature space, split
     facts: dict[str, Any]  # name, description, source, for the study folder
+    table: dict[str, Any] | None = None  # a hospital's own table: the study's dataset.params
+
+    def for_seed(self, seed: int) -> dict[str, Any]:
+        """The plan's data section for the run with ``seed``: its split is the simulator's
+        for that seed (the run seed, unless the study or schema pins one)."""
+        if self.table is None:
+            return self.data
+        from fedcare.data.site_table import SiteTableSpec
+
+        return dict(SiteTableSpec.from_study(self.table, run_seed=seed).to_dict())
 
 
 def _study_data(config: Any) -> _Data:
     if config.dataset.name == "tabular":
         sites, spec, facts = _tabular_sites(config)
-        return _Data(sites, (spec.num_features,), spec.num_classes, spec.to_dict(), facts)
+        table = dict(config.dataset.params)
+        return _Data(sites, (spec.num_features,), spec.num_classes, spec.to_dict(), facts, table)
     from fedcare.data.registry import load_dataset
 
     dataset = load_dataset(config.dataset.name, **config.dataset.params)
@@ -201,7 +212,7 @@ def _run_plan(
         eval_every=config.simulator.eval_every,
         study=config.name,
         dataset=str(data.facts["name"]),
-        data=data.data,
+        data=data.for_seed(seed),
     )
 
 
@@ -555,11 +566,12 @@ def coordinator_start(
         approval_timeout_s=approval_timeout,
         max_update_norm=max_update_norm,
     )
-    if cfg.dataset.name == "tabular" and cfg.dataset.params.get("normalise", "pooled") != "site":
+    if cfg.dataset.name == "tabular" and cfg.dataset.params.get("normalise", "site") != "site":
         _log(
-            "[yellow]note[/]: in deployment each site z-scores its features with its own "
-            "training rows (no statistic leaves a hospital); the simulator pools them unless "
-            "the study sets dataset.params.normalise: site, which simulates exactly this"
+            "[yellow]note[/]: the study sets dataset.params.normalise: pooled, which only the "
+            "simulator can run; deployed, each site z-scores its features with its own "
+            "training rows (no statistic leaves a hospital), so results will differ from the "
+            "simulated ones. Drop the key (default: site) to simulate exactly what deploys"
         )
     about = {
         "config": cfg.model_dump(mode="json"),
