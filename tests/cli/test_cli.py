@@ -97,6 +97,14 @@ def test_help_everywhere():
         assert "Usage" in result.output
 
 
+def test_coordinator_start_help_documents_the_approval_deadline():
+    result = runner.invoke(app, ["coordinator", "start", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # help panels wrap in boxes
+    assert "--approval-timeout" in text
+    assert "Until then no round starts without that site" in text
+
+
 def test_datasets_describe_tabular_documents_every_schema_key():
     result = runner.invoke(app, ["datasets", "describe", "tabular"])
     assert result.exit_code == 0, result.output
