@@ -38,7 +38,12 @@ def test_simulate_runs_a_small_study_and_writes_its_folder(tmp_path):
     assert "warning: site 'switzerland': all 30 training rows are one class" in result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [s["name"] for s in metrics["sites"]] == ["cleveland", "hungarian", "switzerland", "va"]
-    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    # The warning stays with the results: in metrics.json and as an alert in the report.
+    (warning,) = metrics["study"]["data_warnings"]
+    assert warning.startswith("site 'switzerland': all 30 training rows are one class")
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert len(report) > 10_000
+    assert "Data warnings" in report and "all 30 training rows are one class" in report
 
 
 def test_report_rerenders_from_metrics(tmp_path):
@@ -175,3 +180,20 @@ def test_datasets_schema_prints_yaml_and_names_a_misspelled_target(tmp_path):
     wrong = runner.invoke(app, ["datasets", "schema", str(csv), "--target", "Outcome"])
     assert wrong.exit_code == 2
     assert "--target 'Outcome' is not a column of the file; did you mean 'outcome'?" in wrong.output
+
+
+def test_coordinator_start_refuses_a_folder_with_simulated_results_before_writing(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(SMALL_STUDY)
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["simulate", str(config), "--out", str(out)]).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    result = runner.invoke(
+        app,
+        ["coordinator", "start", "--study", str(config), "--out", str(out), "--insecure",
+         "--address", "127.0.0.1:0"],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    text = " ".join(result.output.split())
+    assert "holds a simulated study's results" in text and f"--out {out}-deployed" in text
+    assert sorted(p.name for p in out.iterdir()) == before  # no plan, run store or audit

@@ -240,7 +240,7 @@ def test_sites_wait_for_approval_then_a_site_killed_mid_round_is_dropped_and_rej
         dep.wait_log("coordinator", f"site '{site}' is waiting for its data owner")
         dep.wait_log(site, f"fedcare site approve {study_hash}")
     status = cli(dep, "coordinator", "status", "--out", str(dep.out))
-    assert "waiting for approval" in status
+    assert f"waiting for approval (fedcare site approve {study_hash})" in status
     assert "training at" not in dep.log("coordinator").read_text()
     cli(dep, "site", "approve", study_hash, "--state", "sites/cleveland", "--by", "dr. owner")
     for site in SITES[1:]:

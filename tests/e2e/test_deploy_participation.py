@@ -78,7 +78,7 @@ def test_a_hospital_whose_file_fails_is_not_waited_for_and_status_says_why(
     log = dep.log("coordinator").read_text()
     assert "WARNING: round 1 ran short: 1 of 2 sampled site(s) contributed; missing 'east' " in log
     assert "data failed its check" in log and "column 'ward'" in log
-    assert "disconnected: " in log
+    assert "site 'east' disconnected after reporting data problems" in log
     assert not [line for line in log.splitlines() if line.rstrip().endswith("disconnected:")]
     with RunStore.in_folder(dep.out) as store:
         rounds = store.rounds("without-east")

@@ -375,6 +375,29 @@ def test_a_site_whose_data_fails_is_out_of_the_run_until_it_returns_with_fixed_d
     assert [e.site for e in events(net) if e.kind == "site_readmitted"] == [broken]
 
 
+def test_a_site_whose_data_failed_stays_out_of_the_studys_next_run(toy, tmp_path):
+    # A deployed study serves its runs one after another; the hospital whose file failed
+    # in run 1 has not restarted its agent, so run 2 must not wait for it either.
+    options = CoordinatorOptions(start_grace_s=1000.0)
+    first = deploy(toy, heart_plan(toy, "fedavg", rounds=2), tmp_path / "one", options)
+    broken = toy.site_names[2]
+    first.sites[broken].data = DataCheck(False, {}, ["column 'age' is missing"])
+    connect_all(first)
+    first.run()
+    assert first.coordinator.phase is Phase.FINISHED
+
+    second = deploy(toy, heart_plan(toy, "fedavg", rounds=2, seed=8), tmp_path / "two", options)
+    second.coordinator.carry_data_failures(first.coordinator.sites)
+    carried = next(e for e in events(second) if e.kind == "data_problem")
+    assert carried.site == broken and carried.detail["carried"] is True
+    for name in toy.site_names:
+        if name != broken:
+            second.connect(name)
+    second.run()  # no tick, no grace: nothing waits for the broken site
+    assert second.coordinator.phase is Phase.FINISHED
+    assert all(broken in r["missing"] for r in second.coordinator.history)
+
+
 @pytest.mark.parametrize(("failing", "min_sites"), [(4, 1), (3, 2)])
 def test_the_run_stops_naming_each_site_when_too_few_usable_sites_remain(
     toy, tmp_path, failing, min_sites

@@ -338,3 +338,17 @@ def test_a_failed_run_ends_the_study_at_the_site(store):
     assert reply(site, study_job(plan(), study))[0].approved
     reply(site, as_coordinator(RunFinished("run-1", 1, "failed", "")))
     assert site.phase is SitePhase.FINISHED
+
+
+def test_a_site_that_never_got_a_plan_stops_when_the_coordinator_stops_the_run(store):
+    # e.g. every other hospital failed its data check: the run fails before this site's
+    # plan went out; the site must not keep reconnecting to a run that is over.
+    site, built = machine(store)
+    assert reply(site, as_coordinator(RunFinished("run-1", 0, "failed", ""))) == []
+    assert site.phase is SitePhase.FINISHED and not built
+
+
+def test_a_site_without_a_plan_keeps_waiting_when_a_run_finished_normally(store):
+    site, _ = machine(store)
+    reply(site, as_coordinator(RunFinished("run-1", 3, "finished", "ab" * 32)))
+    assert site.phase is SitePhase.WAITING_PLAN

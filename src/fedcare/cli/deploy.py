@@ -554,9 +554,11 @@ def coordinator_start(
     from fedcare.net.study_files import DeployedStudy, save_study
     from fedcare.runtime.coordinator import CoordinatorOptions
     from fedcare.study.config import load_config
+    from fedcare.study.deployed import refuse_simulated_folder
 
     cfg = load_config(study)
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
+    refuse_simulated_folder(folder)  # before anything is written
     security = _security(bundle, ca, insecure)
     limits = _limits(chunk_mib, max_model_gib)
     selection = study_from_config(cfg, strategy, seed, rounds, min_sites)
@@ -752,9 +754,20 @@ def _print_status(store_type: Any, out: Path, run: str | None) -> None:
         waiting = [s.site for s in store.sites(chosen.run_id) if s.status == "waiting for approval"]
         if waiting:
             console.print(
-                f"waiting for approval of plan {chosen.plan_hash}: {', '.join(waiting)}",
+                f"waiting for approval ({_approval_command(out, chosen)}): {', '.join(waiting)}",
                 highlight=False,
             )
+
+
+def _approval_command(out: Path, run: Any) -> str:
+    """What an owner types: a run of a study is approved by the study's hash, not its own."""
+    from fedcare.net.run_files import read_plan_file
+
+    try:
+        study_hash = read_plan_file(out, run.run_id).get("study", {}).get("study_hash")
+    except (ConfigError, OSError, ValueError):
+        study_hash = None
+    return f"fedcare site approve {study_hash or run.plan_hash}"
 
 
 def _print_short_rounds(store: Any, run_id: str) -> None:

@@ -179,7 +179,17 @@ class CoordinatorDriver:
             if self.links.get(link.identity) is not link:
                 return
             del self.links[link.identity]
-            self.log(f"site '{link.identity}' disconnected: {reason}")
+            known = self.machine.sites.get(link.identity)
+            if self.machine.done:
+                self.log(f"site '{link.identity}' left: the run is over ({reason})")
+            elif known is not None and known.excluded:
+                # The agent stops by design once its data problems are acknowledged.
+                self.log(
+                    f"site '{link.identity}' disconnected after reporting data problems; it "
+                    "stays out of the run until its agent reconnects with a fixed file"
+                )
+            else:
+                self.log(f"site '{link.identity}' disconnected: {reason}")
             self.store.record_event(self.run_id, "stream_closed", link.identity, {"reason": reason})
             self._apply(self.machine.site_disconnected(link.identity, time.monotonic(), reason))
 
@@ -242,9 +252,11 @@ class CoordinatorDriver:
             )
         elif ev.kind in {"waiting_approval", "site_approved", "data_problem"}:
             status = {"waiting_approval": "waiting for approval", "site_approved": "approved"}
-            text = detail.get("reason") or json.dumps(
-                detail.get("problems") or detail.get("plan_hash", "")
-            )
+            if ev.kind == "waiting_approval":
+                hash_ = self.machine.study_hash or detail.get("plan_hash", "")
+                text = f"its owner approves with: fedcare site approve {hash_}"
+            else:
+                text = str(detail.get("reason") or "; ".join(detail.get("problems") or []))
             store.set_site_status(run, ev.site, status.get(ev.kind, "data problem"), text)
             if ev.kind == "site_approved":
                 self.log(f"site '{ev.site}' approved the plan")
@@ -253,8 +265,18 @@ class CoordinatorDriver:
                     f"site '{ev.site}' is waiting for its data owner to run: "
                     f"fedcare site approve {self.machine.study_hash or detail.get('plan_hash')}"
                 )
+            elif ev.kind == "data_problem" and detail.get("carried"):
+                self.log(
+                    f"site '{ev.site}' stays out of this run until its agent reconnects with "
+                    f"a fixed file: {detail.get('reason')}"
+                )
             elif ev.kind == "data_problem":
-                self.log(f"site '{ev.site}' reports data problems: {detail.get('problems')}")
+                problems = detail.get("problems") or []
+                self.log(
+                    f"site '{ev.site}' reports {len(problems)} data problem(s); it is out of "
+                    "the run until its agent reconnects with a fixed file:"
+                    + "".join(f"\n  - {p}" for p in problems)
+                )
         elif ev.kind == "plan_refused":
             store.set_site_status(run, ev.site, "refused", str(detail.get("reason", "")))
             self.log(f"site '{ev.site}' refused the plan: {detail.get('reason')}")
@@ -545,6 +567,9 @@ def _serve_one(
     following = next_run(outcome) if outcome.status == "finished" and not stop.is_set() else None
     with driver.lock:
         if following is not None:
+            with following.lock:
+                following.machine.carry_data_failures(driver.machine.sites)
+                following._apply([])
             handler.driver = following
             following.log(
                 f"run {following.run_id} (next of the study) takes over; the sites reconnect to it"

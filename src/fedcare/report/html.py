@@ -271,7 +271,15 @@ def _summary(results: StudyResults) -> str:
     cards = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
     found = "".join(f"<li>{_e(line)}</li>" for line in findings(results))
     listed = f'<ul class="findings">{found}</ul>' if found else ""
-    return f'<dl class="summary">{cards}</dl>{listed}'
+    return f'<dl class="summary">{cards}</dl>{_data_warnings(study)}{listed}'
+
+
+def _data_warnings(study: StudyInfo) -> str:
+    """What the data checks warned about: the results stand, but read them with this."""
+    if not study.data_warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in study.data_warnings)
+    return f"<div class='alert'><strong>Data warnings</strong><ul>{items}</ul></div>"
 
 
 def _results_note(results: StudyResults) -> str:

@@ -114,6 +114,7 @@ class StudyInfo:
     wall_time_s: float | None
     config: dict[str, object]
     split: SplitInfo | None = None
+    data_warnings: tuple[str, ...] = ()  # what the data checks warned about (not errors)
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,7 @@ def _study(node: _Node) -> StudyInfo:
 
     wall = node.opt("wall_time_s")
     config = node.opt("config")
+    warnings = node.opt("data_warnings")
     return StudyInfo(
         name=node.req("name").text(),
         dataset=node.req("dataset").text(),
@@ -309,6 +311,7 @@ def _study(node: _Node) -> StudyInfo:
         wall_time_s=wall.number() if wall else None,
         config=config.mapping() if config else {},
         split=_split(node.opt("split")),
+        data_warnings=tuple(w.text() for w in warnings.elements()) if warnings else (),
     )
 
 

@@ -390,6 +390,17 @@ class CoordinatorMachine:
         self._event("site_connected", name)
         return []  # the site speaks first (Hello)
 
+    def carry_data_failures(self, previous: Mapping[str, SiteStatus]) -> None:
+        """The study's next run: a site whose data failed its check in the previous run
+        stays out (no round waits for it) until its agent reconnects with data that passes."""
+        for name, before in previous.items():
+            status = self.sites.get(name)
+            if status is None or not before.excluded:
+                continue
+            status.excluded, status.problems = before.excluded, list(before.problems)
+            detail = {"problems": status.problems, "reason": status.excluded, "carried": True}
+            self._event("data_problem", name, detail)
+
     def site_disconnected(
         self, name: str, now: float, reason: str = "the connection closed"
     ) -> list[Outgoing]:

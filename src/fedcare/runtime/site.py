@@ -264,6 +264,8 @@ class SiteMachine:
         if isinstance(message, ErrorReport):
             self._event("coordinator_error", {"code": message.code, "message": message.message})
             return []
+        if isinstance(message, RunFinished) and self.run_id == NO_RUN:
+            return self._on_run_ended_before_joining(env, message)
         if self.phase is not SitePhase.READY and not isinstance(message, RunFinished):
             return self._refuse(env, "not_ready", f"site is {self.phase.value}")
         rejection = self.guard.check(env, round_bound=False)
@@ -288,6 +290,24 @@ class SiteMachine:
             self._event("run_finished", detail)
             return []
         return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
+
+    def _on_run_ended_before_joining(self, env: Envelope, message: RunFinished) -> list[Envelope]:
+        """The coordinator (authenticated by mTLS) stopped a run this site never received a
+        plan for, e.g. too few hospitals passed their data checks. A failed run has no next
+        run to wait for, so the site stops instead of reconnecting forever; a finished one
+        is followed by the study's next plan."""
+        if message.status == "finished":
+            return []
+        self.phase = SitePhase.FINISHED
+        self._event(
+            "run_finished",
+            {
+                "status": message.status,
+                "run_id": env.run_id,
+                "detail": "the coordinator stopped the run before this site received its plan",
+            },
+        )
+        return []
 
     def tick(self, now: float) -> list[Envelope]:
         """Re-ask the approval store while a plan waits (the owner approves from a terminal)."""

@@ -347,6 +347,23 @@ def _entry(
     return entry
 
 
+def refuse_simulated_folder(folder: Path) -> None:
+    """ConfigError if ``folder`` holds a simulated study's results: a deployment would write
+    its own over them. Checked before a deployment starts, and again before writing."""
+    existing = Path(folder) / "metrics.json"
+    if not existing.is_file():
+        return
+    try:
+        previous = json.loads(existing.read_text())
+    except json.JSONDecodeError:
+        previous = {}
+    if isinstance(previous, dict) and previous and DEPLOYMENT_KEY not in previous:
+        raise ConfigError(
+            f"{existing} holds a simulated study's results; a deployment does not write its "
+            f"results over them: deploy into another folder (--out {folder}-deployed)"
+        )
+
+
 def write_deployed_study(folder: Path) -> Path | None:
     """Write the study folder from its finished deployed runs; the report's path, or None
     when no run has finished yet.
@@ -355,17 +372,7 @@ def write_deployed_study(folder: Path) -> Path | None:
     deployed runs' results would otherwise replace a simulated study's.
     """
     folder = Path(folder)
-    existing = folder / "metrics.json"
-    if existing.is_file():
-        try:
-            previous = json.loads(existing.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if isinstance(previous, dict) and previous and DEPLOYMENT_KEY not in previous:
-            raise ConfigError(
-                f"{existing} holds a simulated study's results; deployed results are not "
-                f"written over them (they stay in {folder / 'deploy'}); deploy into another --out"
-            )
+    refuse_simulated_folder(folder)
     built = deployed_metrics(folder)
     if built is None:
         return None

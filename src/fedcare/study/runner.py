@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class DatasetFacts:
     source: str = ""
     feature_names: list[str] | None = None
     split: dict[str, Any] | None = None  # which split each seed used (see split_facts)
+    warnings: list[str] = field(default_factory=list)  # e.g. a site with one-class training rows
 
     @classmethod
     def of(cls, ds: FederatedDataset, split: dict[str, Any] | None = None) -> DatasetFacts:
@@ -76,11 +77,16 @@ class DatasetFacts:
             source=ds.source,
             feature_names=ds.feature_names,
             split=split,
+            warnings=[str(w) for w in _listed(ds.extra.get("warnings"))],
         )
 
     @property
     def site_names(self) -> list[str]:
         return [str(s["name"]) for s in self.sites]
+
+
+def _listed(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 def split_facts(splits: dict[int, RunSplit]) -> dict[str, Any] | None:
@@ -401,7 +407,8 @@ def study_metrics(
             "config": dumped,
             "description": data.description,
         }
-        | ({"split": data.split} if data.split is not None else {}),
+        | ({"split": data.split} if data.split is not None else {})
+        | ({"data_warnings": list(data.warnings)} if data.warnings else {}),
         "sites": [dict(s) for s in data.sites],
         "strategies": entries,
     }
