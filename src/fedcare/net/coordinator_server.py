@@ -185,8 +185,9 @@ class CoordinatorDriver:
             elif known is not None and known.excluded:
                 # The agent stops by design once its data problems are acknowledged.
                 self.log(
-                    f"site '{link.identity}' disconnected after reporting data problems; it "
-                    "stays out of the run until its agent reconnects with a fixed file"
+                    f"site '{link.identity}' disconnected after reporting data problems "
+                    f"({reason}); it stays out of the run until its agent reconnects with a "
+                    "fixed file"
                 )
             else:
                 self.log(f"site '{link.identity}' disconnected: {reason}")
