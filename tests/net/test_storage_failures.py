@@ -311,3 +311,27 @@ class _Lines(list[str]):
     def append(self, line: str) -> None:
         super().append(line)
         self.hook(line)
+
+
+def test_coordinator_resume_refuses_an_immutable_runs_db_before_writing_anything(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from fedcare.cli.main import app
+
+    folder = tmp_path / "study"
+    RunStore.in_folder(folder).close()
+    db = folder / "runs.db"
+    before = sorted(p.name for p in folder.iterdir())
+    _chattr("+i", db)
+    try:
+        result = CliRunner().invoke(
+            app, ["coordinator", "resume", "run-1", "--out", str(folder), "--insecure"]
+        )
+    finally:
+        _chattr("-i", db)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert f"cannot write the study folder's runs.db '{db}'" in output
+    assert sorted(p.name for p in folder.iterdir()) == before

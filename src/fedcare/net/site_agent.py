@@ -196,7 +196,7 @@ class SiteAgent:
         except TransportError:
             raise
         except (OSError, FedcareError) as exc:
-            failure = storage_failure(exc, self.state_dir, "write the site's state")
+            failure = storage_failure(exc, self.state_dir)
             if failure is None:
                 raise
             self._stop_on_storage(failure, stop)
@@ -333,7 +333,7 @@ class SiteAgent:
                     if self.session is not None:
                         self._send(self.machine.tick(time.monotonic()))
             except (OSError, FedcareError) as exc:
-                failure = storage_failure(exc, self.state_dir, "write the site's state")
+                failure = storage_failure(exc, self.state_dir)
                 if failure is None:
                     raise
                 self._stop_on_storage(failure, stop)
