@@ -7,14 +7,16 @@
     fedcare audit show studies/heart/audit.log --site va --last 20
 
 ``verify`` exits 0 when the log is intact, 1 when it found tampering (each problem named
-by entry index), 2 on a usage error.
+by entry index), 2 on a usage error. A coordinator's log in a study folder is also checked
+against the folder's ``runs.db``: entries cut from the end of the log, and runs, rounds
+and counted updates the store recorded without their audit entry, are named.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +27,9 @@ from rich.table import Table
 from fedcare.cli.certs import console
 from fedcare.cli.errors import user_errors
 from fedcare.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedcare.runtime.audit import AuditProblem
 
 app = typer.Typer(help="Verify and read hash-chained, signed audit logs.", no_args_is_help=True)
 
@@ -127,6 +132,8 @@ def verify_cmd(
         problems = list(report.problems)
         if against is not None and copy is not None:
             problems += compare(against, log, copy)
+        if copy is None:
+            problems += _cross_check(log)
     if not problems:
         console.print(f"[green]ok[/] {report.summary()}", highlight=False)
         return
@@ -137,6 +144,19 @@ def verify_cmd(
     for problem in problems:
         console.print(f"  - {problem.message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def _cross_check(log: Path) -> list[AuditProblem]:
+    """A coordinator's log in a study folder: what its run store says the log must hold."""
+    from fedcare.net.audit_crosscheck import cross_check, store_beside
+    from fedcare.net.store import RunStore
+
+    found = store_beside(log)
+    if found is None:
+        return []
+    console.print(f"[dim]cross-checked with:[/] {escape(str(found))}", highlight=False)
+    with RunStore.in_folder(found.parent, found.name) as store:
+        return cross_check(log, store)
 
 
 @app.command("show")

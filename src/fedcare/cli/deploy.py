@@ -551,6 +551,7 @@ def coordinator_start(
 ) -> None:
     """Deploy a study: every strategy x seed it lists, one run after another, under one
     study plan each data owner approves once."""
+    from fedcare.net.storage_checks import check_study_folder
     from fedcare.net.study_files import DeployedStudy, save_study
     from fedcare.runtime.coordinator import CoordinatorOptions
     from fedcare.study.config import load_config
@@ -559,6 +560,7 @@ def coordinator_start(
     cfg = load_config(study)
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
     refuse_simulated_folder(folder)  # before anything is written
+    check_study_folder(folder)
     security = _security(bundle, ca, insecure)
     limits = _limits(chunk_mib, max_model_gib)
     selection = study_from_config(cfg, strategy, seed, rounds, min_sites)
@@ -613,8 +615,10 @@ def coordinator_resume(
     """Continue a deployed study after the coordinator stopped or crashed: the unfinished
     run from its last checkpoint, then the study's runs that had not started."""
     from fedcare.net.coordinator_server import resume_run
+    from fedcare.net.storage_checks import check_study_folder
     from fedcare.net.study_files import load_studies, study_of_run
 
+    check_study_folder(out)
     security, limits = _security(bundle, ca, insecure), _limits(chunk_mib, max_model_gib)
     deployed = study_of_run(out, run) if run else next(reversed(load_studies(out)), None)
     if deployed is None:
@@ -875,6 +879,7 @@ def site_start(
     """Connect this hospital to the coordinator and work on approved plans until the run ends."""
     from fedcare.net.site_agent import SiteAgent, open_budget
     from fedcare.net.site_training import site_training
+    from fedcare.net.storage_checks import check_site_folder
     from fedcare.net.table_site import TableSiteMachine
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
@@ -898,6 +903,7 @@ def site_start(
     if table is None:
         rows, check = _site_data(data)
     dataset_key = str(table.resolve()) if table is not None else data
+    check_site_folder(state)
     budget = open_budget(state, site_name, dataset_key, budget_epsilon, budget_delta)
     if budget is not None:
         total, (eps_left, delta_left) = budget.ledger.budget, budget.remaining()

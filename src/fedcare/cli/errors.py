@@ -1,6 +1,6 @@
 """How every fedcare command reports an expected failure: one red line, exit code 2.
 
-A bad config, a missing file or a refused certificate is the user's to fix, so it gets a
+A bad config, a missing file, a full disk or a refused certificate is the user's to fix, so it gets a
 message, not a traceback. Unexpected exceptions still show their traceback.
 """
 
@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from fedcare.core.errors import FedcareError
+from fedcare.core.storage import storage_failure
 
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,6 +29,12 @@ def user_errors() -> Iterator[None]:
         yield
     except EXPECTED as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except OSError as exc:  # a full disk or read-only file is the user's to fix, too
+        failure = storage_failure(exc)
+        if failure is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {failure}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

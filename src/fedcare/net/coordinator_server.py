@@ -4,7 +4,10 @@ One lock serialises every call into the sans-IO machine (site streams are read o
 own threads; a timer thread calls ``tick`` for deadlines). After each call the driver, in
 this order: writes the machine's events to the run store and the signed audit log, writes
 an atomic checkpoint when a round finished, and only then sends the machine's messages, so
-no site sees round r+1 from a coordinator that could come back at round r. Updates are
+no site sees round r+1 from a coordinator that could come back at round r. A write the
+storage refuses (full disk, read-only or immutable file) stops the run there with a
+message naming the file (``CoordinatorDriver._stop_on_storage``): nothing that depends on
+it is sent, and ``coordinator resume`` continues once the storage is fixed. Updates are
 added to the streaming aggregate one at a time as they arrive (the channel's in-flight
 budget holds the others back), so memory does not grow with the number of sites.
 
@@ -39,12 +42,14 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.storage import StorageError, storage_failure
 from fedcare.core.vectors import FloatVector
 from fedcare.net.audit_signers import record_signer
 from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.recorded_audit import RecordedAuditLog
 from fedcare.net.run_files import (
     eval_counts,
     eval_from_counts,
@@ -53,9 +58,10 @@ from fedcare.net.run_files import (
     read_plan_file,
     run_dir,
     save_plan,
+    write_bytes_atomic,
     write_json_atomic,
 )
-from fedcare.net.store import RunStore
+from fedcare.net.store import RunStore, StoreError
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditEntry, AuditLog
 from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
@@ -144,7 +150,7 @@ class CoordinatorDriver:
         self.run_id = machine.run_id
         self.security = security
         self.store = store or RunStore.in_folder(self.folder)
-        self.audit = AuditLog(self.folder / "audit.log")
+        self.audit: AuditLog = RecordedAuditLog(self.folder / "audit.log", self.store)
         self.signing_key = security.signing_key()
         if security.bundle is not None:  # so `fedcare audit verify` needs only the log
             record_signer(self.folder, security.bundle)
@@ -152,6 +158,7 @@ class CoordinatorDriver:
         self.links: dict[str, Link] = {}
         self.lock = threading.RLock()
         self.finished = threading.Event()
+        self.storage_failure: StorageError | None = None  # set: stopped, see _stop_on_storage
 
     # -- LinkHandler (called from the channel's reader threads) ----------------------------
 
@@ -191,7 +198,15 @@ class CoordinatorDriver:
                 )
             else:
                 self.log(f"site '{link.identity}' disconnected: {reason}")
-            self.store.record_event(self.run_id, "stream_closed", link.identity, {"reason": reason})
+            if self.storage_failure is not None:
+                return
+            try:
+                self.store.record_event(
+                    self.run_id, "stream_closed", link.identity, {"reason": reason}
+                )
+            except (OSError, StoreError) as exc:
+                self._stop_on_storage(exc)
+                return
             self._apply(self.machine.site_disconnected(link.identity, time.monotonic(), reason))
 
     def tick(self) -> None:
@@ -201,14 +216,40 @@ class CoordinatorDriver:
     # -- persistence, then sending --------------------------------------------------------
 
     def _apply(self, outgoing: list[Outgoing]) -> None:
-        for event in self.machine.drain_events():
-            self._persist(event)
+        if self.storage_failure is not None:
+            return  # stopped: the machine is ahead of what is durable; nothing more goes out
+        try:
+            for event in self.machine.drain_events():
+                self._persist(event)
+        except (OSError, StoreError) as exc:
+            self._stop_on_storage(exc)
+            return
         for recipient, env in outgoing:
             link = self.links.get(recipient)
             if link is not None:
                 link.send(env)
         if self.machine.done and not self.finished.is_set():
-            self._finish()
+            try:
+                self._finish()
+            except (OSError, StoreError) as exc:
+                self._stop_on_storage(exc)
+
+    def _stop_on_storage(self, exc: OSError | StoreError) -> None:
+        """A write the run depends on failed (full disk, read-only or immutable file): stop
+        the run here. The messages that depended on it are not sent, nothing more is
+        written, and what was written before stays as it was, so ``coordinator resume``
+        continues from the last durable state once the storage is fixed."""
+        failure = storage_failure(exc, self.store.path)
+        if failure is None:
+            raise exc  # not the storage: a bug, keep its traceback
+        self.storage_failure = failure
+        self.log(
+            f"{STOPPED}run {self.run_id} at round {self.machine.round + 1}: {failure}. "
+            "Nothing that depends on this write was sent to the sites, and everything written "
+            f"before it is intact; then run: fedcare coordinator resume --out {self.folder} "
+            "(with this command's --bundle, --ca and --address)"
+        )
+        self.finished.set()
 
     def _persist(self, ev: RuntimeEvent) -> None:
         store, run = self.store, self.run_id
@@ -334,9 +375,8 @@ class CoordinatorDriver:
         machine = self.machine
         status = "finished" if machine.phase is Phase.FINISHED else "failed"
         folder = run_dir(self.folder, self.run_id)
-        save_file(
-            {"params": np.ascontiguousarray(machine.final_params)}, folder / "model.safetensors"
-        )
+        model = save({"params": np.ascontiguousarray(machine.final_params)})
+        write_bytes_atomic(folder / "model.safetensors", model)
         write_json_atomic(
             folder / "result.json",
             {
@@ -365,6 +405,9 @@ class CoordinatorDriver:
         m = self.machine
         status = {Phase.FINISHED: "finished", Phase.FAILED: "failed"}.get(m.phase, "stopped")
         history = m.checkpoint()[1]["history"]
+        if self.storage_failure is not None:  # what is in memory never became durable
+            failure = str(self.storage_failure)
+            return RunOutcome(self.run_id, "stopped", m.round, m.final_params, history, failure)
         return RunOutcome(self.run_id, status, m.round, m.final_params, history, m.failure)
 
 
@@ -449,7 +492,25 @@ def resume_run(
     _join_study(machine, study_plan)
     store.record_event(run_id, "run_resumed", None, {"round": machine.round})
     store.set_status(run_id, "waiting")
-    return CoordinatorDriver(folder, machine, security, store=store, log=log)
+    driver = CoordinatorDriver(folder, machine, security, store=store, log=log)
+    _resubmit_if_lost(driver, plan, study_plan)
+    return driver
+
+
+def _resubmit_if_lost(
+    driver: CoordinatorDriver, plan: RunPlan, study_plan: StudyPlan | None
+) -> None:
+    """A run registered in the store whose 'job_submitted' entry never reached the audit
+    log (the disk was full at that append): write it now, so the log is complete."""
+    run_id = driver.run_id
+    entries = driver.audit.entries() if driver.audit.path.exists() else []
+    if any(e.kind == "job_submitted" and e.body.get("run_id") == run_id for e in entries):
+        return
+    submitted = {"run_id": run_id, "plan_hash": plan.hash, "sites": list(plan.sites)}
+    if study_plan is not None:
+        submitted["study_hash"] = study_plan.hash
+    driver.audit.append("job_submitted", driver.security.author, submitted, driver.signing_key)
+    driver.log(f"run {run_id}: its job_submitted audit entry was missing; written now")
 
 
 def save_initial(folder: Path, run_id: str, params: FloatVector) -> None:

@@ -27,13 +27,26 @@ def run_dir(study_dir: Path, run_id: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, json.dumps(data, indent=2, allow_nan=False).encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, rename: ``path`` is the old file or the new one.
+    A refused write (full disk) removes the temporary file and raises an OSError naming
+    ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:

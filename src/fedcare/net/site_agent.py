@@ -25,14 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
+from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.core.storage import StorageError, storage_failure
 from fedcare.net.channel import Backoff, SiteSession, TransportError, TransportLimits, open_session
 from fedcare.net.tls import TlsBundle, check_peer_certificate, signing_key_of
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.privacy.client_level import SiteBudget
 from fedcare.runtime.audit import SiteAuditCopy
+from fedcare.runtime.checkpoint import write_durably
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import AuditCopy
 from fedcare.runtime.site import SiteMachine, SitePhase
@@ -41,6 +44,11 @@ Log = Callable[[str], None]
 STATE_FILE = "site-state.safetensors"
 LEDGER_FILE = "privacy-ledger.sqlite"
 AUDIT_COPY_FILE = "audit-copy.log"  # the coordinator's signed entries that concern this site
+STATE_POINT = faults.declare(
+    "site.state.write",
+    "the site's algorithm state is about to be written to its temporary file: the previous "
+    "state file is still in place and nothing that depends on the new state was sent",
+)
 
 
 def open_budget(
@@ -90,9 +98,8 @@ def save_site_state(directory: Path, machine: SiteMachine) -> None:
     os.close(fd)
     try:
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        save_file(arrays, tmp, metadata={"meta": json.dumps(meta)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        data = save(arrays, metadata={"meta": json.dumps(meta)})
+        write_durably(tmp, data, STATE_POINT, name=directory / STATE_FILE)
         os.replace(tmp, directory / STATE_FILE)
     finally:
         if os.path.exists(tmp):
@@ -141,6 +148,7 @@ class SiteAgent:
         self.lock = threading.Lock()
         self.session: SiteSession | None = None
         self._saved = ""
+        self.storage_failure: StorageError | None = None  # set: stopped, see _stop_on_storage
         self.audit_copy = SiteAuditCopy(self.state_dir / AUDIT_COPY_FILE, machine.name)
         if load_site_state(self.state_dir, machine):
             log(f"restored this site's algorithm state from {self.state_dir / STATE_FILE}")
@@ -156,7 +164,7 @@ class SiteAgent:
         try:
             while not stop.is_set():
                 try:
-                    self._connect_once(stop)
+                    self._connect_guarded(stop)
                 except TransportError as exc:
                     if exc.refused:
                         self.log(f"the coordinator refused this site: {exc}")
@@ -180,6 +188,37 @@ class SiteAgent:
             stop.set()
             ticker.join(timeout=2)
         return self.machine.phase
+
+    def _connect_guarded(self, stop: threading.Event) -> None:
+        """One connection; a write the storage refuses stops the agent (StorageError)."""
+        try:
+            self._connect_once(stop)
+        except TransportError:
+            raise
+        except (OSError, FedcareError) as exc:
+            failure = storage_failure(exc, self.state_dir)
+            if failure is None:
+                raise
+            self._stop_on_storage(failure, stop)
+        if self.storage_failure is not None:
+            raise self.storage_failure
+
+    def _stop_on_storage(self, failure: StorageError, stop: threading.Event) -> None:
+        """Stop here: the state or audit copy could not be made durable, so nothing that
+        depends on it is sent; what was written before stays intact."""
+        with self.lock:
+            if self.storage_failure is not None:
+                return
+            self.storage_failure = failure
+            session, self.session = self.session, None
+        self.log(
+            f"STOPPED: site '{self.machine.name}': {failure}. Nothing that depends on this "
+            "write was sent to the coordinator and what was written before is intact; then "
+            "start this agent again (fedcare site start ...): it rejoins the run"
+        )
+        stop.set()
+        if session is not None:
+            session.cancel()
 
     def _connect_once(self, stop: threading.Event) -> None:
         session = open_session(
@@ -289,6 +328,12 @@ class SiteAgent:
 
     def _tick_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.tick_s):
-            with self.lock:
-                if self.session is not None:
-                    self._send(self.machine.tick(time.monotonic()))
+            try:
+                with self.lock:
+                    if self.session is not None:
+                        self._send(self.machine.tick(time.monotonic()))
+            except (OSError, FedcareError) as exc:
+                failure = storage_failure(exc, self.state_dir)
+                if failure is None:
+                    raise
+                self._stop_on_storage(failure, stop)

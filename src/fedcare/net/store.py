@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
 
 _meta = MetaData()
@@ -103,6 +104,39 @@ sites_table = Table(
     Column("detail", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# How far the study's audit log reached, recorded after each append: an audit log cut
+# short (at the end too) no longer reaches this head, and `fedcare audit verify` says so.
+audit_heads_table = Table(
+    "audit_heads",
+    _meta,
+    Column("log", String(256), primary_key=True),
+    Column("entries", Integer, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+def _commit_point(what: str) -> str:
+    return faults.declare(
+        f"coordinator.store.{what}",
+        f"the run store's {what} transaction is about to commit: none of it is durable yet",
+    )
+
+
+COMMIT_POINTS = {
+    name: _commit_point(name)
+    for name in (
+        "create_run",
+        "set_status",
+        "start_round",
+        "record_participant",
+        "finish_round",
+        "record_event",
+        "set_site_status",
+        "record_audit_head",
+    )
+}
 
 RUN_STATUSES = frozenset({"created", "waiting", "running", "finished", "failed", "stopped"})
 
@@ -260,12 +294,23 @@ class RunStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file (None for a server database such as PostgreSQL)."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, commit: str | None = None) -> Iterator[Connection]:
+        """One transaction; ``commit`` names the fault point reached just before it commits."""
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except SQLAlchemyError as exc:
+                if commit is not None:
+                    faults.reach(COMMIT_POINTS[commit])
+        except (SQLAlchemyError, OSError) as exc:  # OSError: the disk refused the commit
             raise StoreError(f"run store {self.url!r}: {exc}") from exc
 
     @property
@@ -291,7 +336,7 @@ class RunStore:
             "created_at": now,
             "updated_at": now,
         }
-        with self._tx() as conn:
+        with self._tx("create_run") as conn:
             if conn.execute(
                 select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
             ).first():
@@ -304,7 +349,7 @@ class RunStore:
     def set_status(self, run_id: str, status: str) -> None:
         if status not in RUN_STATUSES:
             raise ConfigError(f"run status must be one of {sorted(RUN_STATUSES)}, found {status!r}")
-        with self._tx() as conn:
+        with self._tx("set_status") as conn:
             result = conn.execute(
                 runs_table.update()
                 .where(runs_table.c.run_id == run_id)
@@ -339,7 +384,7 @@ class RunStore:
         round again (after a coordinator restart) resets it; a finished round is final."""
         now = time.time()
         key = (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
-        with self._tx() as conn:
+        with self._tx("start_round") as conn:
             self._require_run(conn, run_id)
             existing = conn.execute(select(rounds_table.c.status).where(key)).first()
             if existing is not None:
@@ -403,7 +448,7 @@ class RunStore:
             & (participants_table.c.round == round)
             & (participants_table.c.site == site)
         )
-        with self._tx() as conn:
+        with self._tx("record_participant") as conn:
             if not conn.execute(
                 select(rounds_table.c.round).where(
                     (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
@@ -422,7 +467,7 @@ class RunStore:
         per site) as a row of the metrics table."""
         payload = _json(dict(metrics), f"run '{run_id}' round {round} metrics")
         key = (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
-        with self._tx() as conn:
+        with self._tx("finish_round") as conn:
             result = conn.execute(
                 rounds_table.update()
                 .where(key)
@@ -496,7 +541,7 @@ class RunStore:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         payload = _json(dict(detail or {}), f"event '{kind}' detail")
-        with self._tx() as conn:
+        with self._tx("record_event") as conn:
             self._require_run(conn, run_id)
             conn.execute(
                 events_table.insert().values(
@@ -517,7 +562,7 @@ class RunStore:
         sites wait for their data owner's approval)."""
         now = time.time()
         key = (sites_table.c.run_id == run_id) & (sites_table.c.site == site)
-        with self._tx() as conn:
+        with self._tx("set_site_status") as conn:
             self._require_run(conn, run_id)
             values = {"status": status, "detail": detail, "updated_at": now}
             if conn.execute(sites_table.update().where(key).values(**values)).rowcount == 0:
@@ -531,6 +576,33 @@ class RunStore:
                 .order_by(sites_table.c.site)
             ).all()
         return [SiteStatusRecord(r.site, r.status, r.detail, r.updated_at) for r in rows]
+
+    # -- the audit log's head ------------------------------------------------------------
+
+    def record_audit_head(self, log: str, entries: int, head: str) -> None:
+        """The audit log ``log`` (its file name) now holds ``entries`` entries ending in
+        ``head``. Never moves back: a resumed coordinator appends after the recorded head."""
+        now = time.time()
+        key = audit_heads_table.c.log == log
+        with self._tx("record_audit_head") as conn:
+            values = {"entries": int(entries), "head": head, "updated_at": now}
+            updated = conn.execute(
+                audit_heads_table.update()
+                .where(key & (audit_heads_table.c.entries <= int(entries)))
+                .values(**values)
+            ).rowcount
+            if not updated and not conn.execute(select(audit_heads_table.c.log).where(key)).first():
+                conn.execute(audit_heads_table.insert().values(log=log, **values))
+
+    def audit_head(self, log: str) -> tuple[int, str] | None:
+        """``(entries, head hash)`` last recorded for the audit log ``log``, or None."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(audit_heads_table.c.entries, audit_heads_table.c.head).where(
+                    audit_heads_table.c.log == log
+                )
+            ).first()
+        return None if row is None else (int(row.entries), str(row.head))
 
 
 def _run(row: RowMapping) -> RunRecord:

@@ -34,8 +34,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from fedcare.core import faults
 from fedcare.core.errors import FedcareError, ProtocolError
 from fedcare.runtime.approvals import canonical, canonical_json
+
+APPEND_POINT = faults.declare(
+    "coordinator.audit.append",
+    "an audit entry is about to be written to audit.log: it is not in the log yet",
+)
+COPY_POINT = faults.declare(
+    "site.audit.append",
+    "an entry is about to be written to the site's audit copy: it is not in the copy yet",
+)
 
 GENESIS = "0" * 64
 _DOMAIN = b"fedcare-audit-v1\n"
@@ -65,6 +75,7 @@ ProblemKind = Literal[
     "truncated",
     "not_concerned",
     "differs",
+    "missing",
 ]
 
 
@@ -179,6 +190,24 @@ def _last_line(fh: Any) -> tuple[bytes, int]:
     return b"", 0
 
 
+def _append_line(fh: Any, line: bytes, path: Path, point: str) -> None:
+    """Write one entry line and fsync it; if the disk refuses (full, read-only), cut the
+    file back to where it was, so a failed append leaves no torn line, and re-raise the
+    error naming the file."""
+    end = fh.seek(0, os.SEEK_END)
+    try:
+        faults.reach(point)
+        view = memoryview(line)
+        while view:  # unbuffered, so nothing half-written is left to flush on close
+            view = view[os.write(fh.fileno(), view) :]
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # shrinking a file needs no space
+            fh.truncate(end)
+            os.fsync(fh.fileno())
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 class AuditLog:
     """The coordinator's (or a site's own) audit log: one chain, one JSON entry per line."""
 
@@ -230,10 +259,7 @@ class AuditLog:
             digest = entry_hash(index, stamp, kind, author, clean, prev)
             signature = signing_key.sign(bytes.fromhex(digest)).hex()
             entry = AuditEntry(index, stamp, kind, author, clean, prev, digest, signature)
-            fh.seek(0, os.SEEK_END)
-            fh.write(entry.to_json().encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            _append_line(fh, entry.to_json().encode() + b"\n", self.path, APPEND_POINT)
         return entry
 
     def entries(self) -> list[AuditEntry]:
@@ -288,10 +314,7 @@ class SiteAuditCopy:
                         f"audit entry {entry.index} arrived after entry {last.index}; "
                         "the coordinator re-sent or reordered its log"
                     )
-            fh.seek(0, os.SEEK_END)
-            fh.write(entry.to_json().encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            _append_line(fh, entry.to_json().encode() + b"\n", self.path, COPY_POINT)
         return entry
 
     def entries(self) -> list[AuditEntry]:

@@ -17,12 +17,18 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
+from fedcare.core import faults
 from fedcare.core.errors import FedcareError
 from fedcare.core.records import ServerState, SiteState
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+WRITE_POINT = faults.declare(
+    "coordinator.checkpoint.write",
+    "the round's checkpoint is about to be written to its temporary file: the previous "
+    "checkpoint is still the one in place",
+)
 
 
 class CheckpointError(FedcareError):
@@ -50,14 +56,26 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+        write_durably(tmp, data, WRITE_POINT, name=target)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def write_durably(path: str | Path, data: bytes, point: str, *, name: str | Path) -> None:
+    """Write ``data`` to ``path`` and fsync it; a refused write (full disk, read-only file
+    system) is an OSError naming ``name``, the file the caller is replacing."""
+    try:
+        faults.reach(point)
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(name)) from exc
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
