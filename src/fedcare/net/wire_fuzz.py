@@ -85,6 +85,7 @@ from fedcare.transforms.pipeline import compression_stage, stage_dict, to_wire
 SITES = ("north", "east", "south", "west")
 MODEL_SIZE = 4096  # parameters of the fuzzed plans' model
 CHUNK_BYTES = 4096  # small chunks, so vectors span several frames
+HEADER_LIMIT = 64 << 10  # twice the largest valid header of the corpus (a job plan)
 RUN_ID = "fuzz-run"
 COORDINATOR = "coordinator"
 
@@ -238,8 +239,9 @@ class DecoderBench:
     message, and each case gets a deep copy, so one case cannot change the next.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, max_header_bytes: int = HEADER_LIMIT) -> None:
         rng = np.random.default_rng(seed)
+        self.header_limit = max_header_bytes
         self.machines: dict[str, CoordinatorMachine] = {}
         self.sent: dict[str, list[Envelope]] = {}
         self.he_keys = _he_keys()
@@ -271,7 +273,9 @@ class DecoderBench:
             Hello(True, {"num_train": 40, "num_test": 10}),
             ApprovalStatus(RUN_ID, 0, self.machines["waiting"].plan_hash, False, "waiting"),
             ErrorReport(RUN_ID, 0, "budget_exceeded", "over budget"),
-            EvalResult(RUN_ID, 0, {"global": _eval_stats(rng), "personal": _eval_stats(rng)}),
+            EvalResult(
+                RUN_ID, evaluating.round, {"global": _eval_stats(rng), "personal": _eval_stats(rng)}
+            ),
         ]
         seeds += [Seed(COORDINATOR, m.to_envelope()) for m in site_msgs]
         for name in ("scaffold", "quantize"):
@@ -321,7 +325,7 @@ class DecoderBench:
         return seeds
 
     def assembler(self) -> FrameAssembler:
-        return FrameAssembler(max_vector_bytes=self.limit)
+        return FrameAssembler(self.limit, self.header_limit)
 
     def machine_for(self, env: Envelope) -> CoordinatorMachine:
         """A fresh copy of the coordinator that would receive ``env`` from a site (copied
