@@ -27,7 +27,7 @@ from fedcare.net.channel import (
 )
 from fedcare.net.proto import fedcare_pb2 as pb
 from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
-from fedcare.net.serde import VectorHead, frames_to_envelopes, wire_frames
+from fedcare.net.serde import FrameAssembler, VectorHead, frames_to_envelopes, wire_frames
 from fedcare.net.tls import (
     TlsBundle,
     check_peer_certificate,
@@ -450,7 +450,7 @@ def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
     frames = list(wire_frames(env, LIMITS.chunk_bytes))[:3]  # head + 2 of 7 chunks, then end
     try:
         with raw_channel(study, port) as channel:
-            assert list(channel.stream_stream(CONNECT)(iter(frames))) == []
+            (reply,) = channel.stream_stream(CONNECT)(iter(frames))  # the site is told why
         assert handler.disconnected_event.wait(5)
     finally:
         srv.stop(0)
@@ -458,6 +458,8 @@ def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
     assert sink.aborted and "ended in the middle of a message" in sink.aborted[0]
     assert len(sink.pieces) == 2
     assert "malformed stream" in handler.gone[0]
+    told = FrameAssembler().feed_bytes(reply)
+    assert told is not None and "ended in the middle of a message" in told.header["message"]
 
 
 def test_a_slow_sink_holds_the_sender_back_to_a_few_chunks(study: Study) -> None:
