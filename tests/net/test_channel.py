@@ -27,7 +27,7 @@ from fedcare.net.channel import (
 )
 from fedcare.net.proto import fedcare_pb2 as pb
 from fedcare.net.proto import fedcare_pb2_grpc as pb_grpc
-from fedcare.net.serde import VectorHead, wire_frames
+from fedcare.net.serde import FrameAssembler, VectorHead, frames_to_envelopes, wire_frames
 from fedcare.net.tls import (
     TlsBundle,
     check_peer_certificate,
@@ -37,6 +37,7 @@ from fedcare.net.tls import (
     revoke,
 )
 from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import ErrorReport
 
 LIMITS = TransportLimits(chunk_bytes=64 << 10, keepalive_s=5)
 
@@ -227,9 +228,39 @@ def test_malformed_stream_is_cut_and_reported(
     with grpc.secure_channel(target, creds) as channel:
         orphan = pb.Frame(chunk=pb.Chunk(offset=0, data=b"\0" * 8))
         replies = pb_grpc.FederationStub(channel).Connect(iter([orphan]))
-        assert list(replies) == []
+        (told,) = frames_to_envelopes(iter(replies))  # the site is told why, then cut
     assert echo.disconnected_event.wait(5)
     assert "malformed stream" in echo.gone[0] and "no message head" in echo.gone[0]
+    report = ErrorReport.from_envelope(told)
+    assert report.code == "malformed" and "no message head" in report.message
+
+
+def test_a_deeply_nested_header_gets_a_typed_error_back_and_other_sites_go_on(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    """The fuzzing find of issue 11: 100,000 nested lists in a header once raised
+    RecursionError (an "internal error"); now the site is told what was wrong, and an
+    honest site's stream carries on."""
+    _, echo, target = server
+    honest = open_session(target, tls=study.bundles["hungary"], limits=LIMITS)
+    honest.send(Envelope.create("update", "run-1", 0, {"n": 1}))
+    replies = iter(honest)
+    assert next(replies).header == {"sender": "hungary"}
+    env = Envelope.create("update", "run-1", 0)
+    nested = "[" * 100_000 + "]" * 100_000
+    head = pb.Head(kind="update", run_id="run-1", nonce=env.nonce, header_json=f'{{"a":{nested}}}')
+    bundle = study.bundles["cleveland"]
+    creds = grpc.ssl_channel_credentials(bundle.ca_pem, bundle.key_pem, bundle.cert_pem)
+    with grpc.secure_channel(target, creds) as channel:
+        answer = pb_grpc.FederationStub(channel).Connect(iter([pb.Frame(head=head)]))
+        (told,) = frames_to_envelopes(iter(answer))
+    report = ErrorReport.from_envelope(told)
+    assert report.code == "malformed"
+    assert "nested 100001 levels deep; at most 32 are allowed" in report.message
+    honest.send(Envelope.create("update", "run-1", 0, {"n": 2}))
+    assert next(replies).header == {"sender": "hungary"}
+    honest.close()
+    assert [e.header for e in echo.got] == [{"n": 1}, {"n": 2}]
 
 
 def test_frames_above_the_message_limit_are_refused(
@@ -419,7 +450,7 @@ def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
     frames = list(wire_frames(env, LIMITS.chunk_bytes))[:3]  # head + 2 of 7 chunks, then end
     try:
         with raw_channel(study, port) as channel:
-            assert list(channel.stream_stream(CONNECT)(iter(frames))) == []
+            (reply,) = channel.stream_stream(CONNECT)(iter(frames))  # the site is told why
         assert handler.disconnected_event.wait(5)
     finally:
         srv.stop(0)
@@ -427,6 +458,8 @@ def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
     assert sink.aborted and "ended in the middle of a message" in sink.aborted[0]
     assert len(sink.pieces) == 2
     assert "malformed stream" in handler.gone[0]
+    told = FrameAssembler().feed_bytes(reply)
+    assert told is not None and "ended in the middle of a message" in told.header["message"]
 
 
 def test_a_slow_sink_holds_the_sender_back_to_a_few_chunks(study: Study) -> None:

@@ -42,7 +42,9 @@ def wire(frames: list[pb.Frame]) -> list[pb.Frame]:
     length=st.integers(0, 3000),
     chunk_bytes=st.integers(1, 5000),
     round_=st.integers(0, 2**40),
-    header=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=8), max_size=4),
+    header=st.dictionaries(
+        st.text(max_size=5), st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8), max_size=4
+    ),
 )
 def test_any_envelope_survives_the_wire_whatever_the_chunk_size(
     dtype: str, length: int, chunk_bytes: int, round_: int, header: dict

@@ -48,6 +48,7 @@ from fedcare.net.serde import (
     VectorHead,
 )
 from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import ErrorReport
 
 INSECURE_IDENTITY_KEY = "fedcare-insecure-site"  # metadata, honoured only by an --insecure server
 INSECURE_WARNING = (
@@ -393,6 +394,7 @@ class _Servicer:
                 )
             except ProtocolError as exc:
                 reason = f"malformed stream: {_text(exc)}"
+                link.send(malformed_report(reason))  # the site learns why, then the stream ends
             except grpc.RpcError as exc:
                 reason = self._ended_here(link) or _lost(exc)
             except Exception as exc:  # a bug in the handler must not kill the server
@@ -416,6 +418,12 @@ class _Servicer:
     def generic_handler(self) -> grpc.GenericRpcHandler:
         connect = grpc.stream_stream_rpc_method_handler(self.connect)  # bytes in, bytes out
         return grpc.method_handlers_generic_handler(SERVICE, {"Connect": connect})
+
+
+def malformed_report(reason: str) -> Envelope:
+    """What a site is told before its stream is cut for a frame the coordinator could not
+    decode (no run is named: the frame may not have said which)."""
+    return ErrorReport("", 0, "malformed", reason).to_envelope()
 
 
 def _text(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from fedcare.core.errors import ProtocolError
+from fedcare.net.header_json import decode_header
 from fedcare.net.proto import fedcare_pb2 as pb
 from fedcare.runtime.envelope import PAYLOAD_DTYPES, Envelope
 
@@ -43,24 +44,8 @@ _CHUNK_OFFSET = 0x08
 _CHUNK_DATA = 0x12
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} is not allowed in a header")
-
-
 def encode_header(header: dict[str, Any]) -> str:
     return json.dumps(header, allow_nan=False, separators=(",", ":"), sort_keys=True)
-
-
-def decode_header(text: str, kind: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}", parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ProtocolError(f"message '{kind}': header is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ProtocolError(
-            f"message '{kind}': header must be a JSON object, found {type(value).__name__}"
-        )
-    return value
 
 
 def _little_endian(vector: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -358,7 +343,7 @@ class FrameAssembler:
             run_id=head.run_id,
             round=int(head.round),
             nonce=bytes(head.nonce),
-            header=decode_header(head.header_json, head.kind),
+            header=decode_header(head.header_json, head.kind, self.max_header_bytes),
         )
         envelope.validate()
         self._head, self._envelope, self._nbytes = head, envelope, nbytes

@@ -22,6 +22,8 @@ import numpy.typing as npt
 from fedcare.core.errors import ProtocolError
 
 NONCE_BYTES = 16
+MAX_HEADER_DEPTH = 32  # nesting of a header's JSON; real ones (a study plan) stay under 12
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # header integers: int64 or uint64
 
 # dtypes a vector payload may carry: float32 parameters, ring elements for secure
 # aggregation, bytes for ciphertexts. Anything else is refused before it is decoded.
@@ -78,6 +80,9 @@ class Envelope:
             raise ProtocolError(
                 f"envelope '{self.kind}' nonce must be {NONCE_BYTES} bytes, found {len(self.nonce)}"
             )
+        problem = header_problem(self.header)
+        if problem is not None:
+            raise ProtocolError(f"envelope '{self.kind}' header {problem}")
         try:
             json.dumps(self.header, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -97,6 +102,24 @@ class Envelope:
     def nbytes(self) -> int:
         """Bytes of the vector payload (what dominates traffic)."""
         return 0 if self.vector is None else int(self.vector.nbytes)
+
+
+def header_problem(header: dict[str, Any]) -> str | None:
+    """What makes ``header`` unfit for the wire, or None: nesting deeper than
+    MAX_HEADER_DEPTH, or an integer outside 64 bits (what every receiver refuses). Walked
+    without recursion: a header nested deeper than the stack must be refused, not crash."""
+    stack: list[tuple[Any, int]] = [(header, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            if depth + 1 > MAX_HEADER_DEPTH:
+                return f"is nested more than {MAX_HEADER_DEPTH} levels deep"
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, int) and not INT_MIN <= item <= INT_MAX:
+            return f"holds an integer of {item.bit_length()} bits; at most 64 are allowed"
+    return None
 
 
 def as_float32(env: Envelope) -> npt.NDArray[np.float32]:

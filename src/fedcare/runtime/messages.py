@@ -17,8 +17,8 @@ where the transport set it from the peer's certificate, never from a header fiel
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
@@ -86,6 +86,19 @@ def unpack_segments(
     return out
 
 
+INT64_MAX = 2**63 - 1  # the largest integer a header field may hold
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number (not a bool) that is a finite float: 10**400 is not, NaN is not."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 class _Header:
     """Typed access to an envelope's header; every failure names the message and the field."""
 
@@ -107,15 +120,16 @@ class _Header:
         return value
 
     def integer(self, name: str, minimum: int = 0) -> int:
-        value = self.raw.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self._fail(name, f"an integer >= {minimum}")
-        return value
+        value: Any = self.raw.get(name)
+        if not _count(value, minimum):
+            raise self._fail(name, f"an integer from {minimum} to {INT64_MAX}")
+        return int(value)
 
-    def number(self, name: str) -> float:
-        value = self.raw.get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self._fail(name, "a number")
+    def number(self, name: str, minimum: float | None = None) -> float:
+        value: Any = self.raw.get(name)
+        if not _finite(value) or (minimum is not None and float(value) < minimum):
+            at_least = "" if minimum is None else f" >= {minimum}"
+            raise self._fail(name, f"a finite number{at_least}")
         return float(value)
 
     def flag(self, name: str) -> bool:
@@ -138,8 +152,8 @@ class _Header:
 
     def numbers(self, name: str) -> dict[str, float]:
         value = self.mapping(name)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()):
-            raise self._fail(name, "a mapping of names to numbers")
+        if not all(_finite(v) for v in value.values()):
+            raise self._fail(name, "a mapping of names to finite numbers")
         return {k: float(v) for k, v in value.items()}
 
     def segments(self, name: str = "segments") -> Segments:
@@ -330,7 +344,7 @@ class TrainRequest:
             h.integer("site_index"),
             h.strings("sampled"),
             h.integer("attempt"),
-            h.number("deadline_s"),
+            h.number("deadline_s", minimum=0.0),
             h.integer("contributed", minimum=-1),
             secure,
             env.sender,
@@ -340,17 +354,24 @@ class TrainRequest:
 def _secure_round(env: Envelope) -> SecureRound:
     raw = env.header["secure"]
     try:
-        session = base64.b64decode(raw["session"], validate=True)
-        members = tuple(int(m) for m in raw["members"])
-        scale = float(raw["weight_scale"])
-        if len(session) < 16 or not members or not scale > 0 or min(members) < 0:
+        if not isinstance(raw, dict):
+            raise TypeError(f"found {type(raw).__name__}, not a mapping")
+        text: Any = raw.get("session")
+        members: Any = raw.get("members")
+        scale: Any = raw.get("weight_scale")
+        if not isinstance(text, str):
+            raise TypeError("'session' is not text")
+        session = base64.b64decode(text, validate=True)
+        if not isinstance(members, list) or not all(_count(m, 0) for m in members):
+            raise TypeError("'members' is not a list of site indices")
+        if not _finite(scale) or not scale > 0 or len(session) < 16 or not members:
             raise ValueError("empty or out of range")
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise ProtocolError(
             "train request: field 'secure' must hold a base64 'session' of >= 16 bytes, "
             f"'members' (site indices) and a positive 'weight_scale' ({exc})"
         ) from exc
-    return SecureRound(session, members, scale)
+    return SecureRound(session, tuple(int(m) for m in members), float(scale))
 
 
 @dataclass(frozen=True)
@@ -470,16 +491,16 @@ def _wire_parts(env: Envelope, h: _Header) -> tuple[WireDelta, dict[str, FloatVe
     if vector is None or vector.dtype != np.uint8:
         found = "no vector" if vector is None else f"dtype {vector.dtype}"
         raise ProtocolError(f"{what}: a compressed update travels as uint8 bytes, found {found}")
-    stage, length, delta_bytes = spec.get("stage"), spec.get("length"), spec.get("delta_bytes")
-    if (
-        not isinstance(stage, dict)
-        or not isinstance(length, int)
-        or not isinstance(delta_bytes, int)
-    ):
+    stage = spec.get("stage")
+    if not isinstance(stage, dict) or not _count(spec.get("length"), 0):
         raise ProtocolError(
             f"{what}: header field 'wire' needs a 'stage' mapping and integer 'length' and "
             f"'delta_bytes', found {spec!r}"
         )
+    length: int = spec["length"]
+    delta_bytes: Any = spec.get("delta_bytes")
+    if not _count(delta_bytes, 0):
+        raise ProtocolError(f"{what}: 'wire' field 'delta_bytes' must be an integer >= 0")
     if not 0 <= delta_bytes <= vector.size or (vector.size - delta_bytes) % 4:
         raise ProtocolError(
             f"{what}: 'delta_bytes' {delta_bytes} does not split the {vector.size}-byte vector "
@@ -554,7 +575,7 @@ class EvalRequest:
             env.round,
             as_float32(env),
             h.flag("final"),
-            h.number("deadline_s"),
+            h.number("deadline_s", minimum=0.0),
             h.integer("contributed", minimum=-1),
             env.sender,
         )
@@ -599,34 +620,45 @@ class EvalResult:
             raise ProtocolError(f"{who}: header field 'models' must be a list")
         stats: dict[str, EvalStats] = {}
         for entry in models:
-            stats[_model_name(entry, who)] = _eval_stats(entry, parts, who)
+            name = _model_name(entry, who)  # checked before anything else reads the entry
+            if name in stats:
+                raise ProtocolError(f"{who}: model '{name}' appears twice in 'models'")
+            stats[name] = _eval_stats(name, entry, parts, who)
         return cls(env.run_id, env.round, stats, env.sender)
 
 
 def _model_name(entry: Any, who: str) -> str:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ProtocolError(f"{who}: each entry of 'models' needs a 'name'")
+        found = type(entry).__name__ if not isinstance(entry, dict) else "no string 'name'"
+        raise ProtocolError(
+            f"{who}: each entry of 'models' must be a mapping with a 'name', found {found}"
+        )
     return str(entry["name"])
 
 
-def _eval_stats(entry: dict[str, Any], parts: dict[str, npt.NDArray[Any]], who: str) -> EvalStats:
-    name = entry["name"]
-    c, count, loss = entry.get("num_classes"), entry.get("count"), entry.get("loss")
-    if not (isinstance(c, int) and c >= 2 and isinstance(count, int) and count >= 0):
+def _count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= INT64_MAX
+
+
+def _eval_stats(
+    name: str, entry: dict[str, Any], parts: dict[str, npt.NDArray[Any]], who: str
+) -> EvalStats:
+    if not (_count(entry.get("num_classes"), 2) and _count(entry.get("count"), 0)):
         raise ProtocolError(f"{who}: model '{name}' needs num_classes >= 2 and count >= 0")
-    if not isinstance(loss, int | float) or not np.isfinite(loss):
+    if not _finite(entry.get("loss")):
         raise ProtocolError(f"{who}: model '{name}' has a non-finite loss sum")
+    c, count, loss = int(entry["num_classes"]), int(entry["count"]), float(entry["loss"])
     rows = 1 if c == 2 else c
     shapes = {"confusion": (c, c), "score_hist": (rows, 2, AUC_BINS)}
     arrays = {}
     for part, shape in shapes.items():
         values = parts.get(f"{name}/{part}")
-        if values is None or values.size != int(np.prod(shape)):
+        if values is None or values.size != math.prod(shape):  # exact: no int64 overflow
             raise ProtocolError(f"{who}: model '{name}' {part} must have shape {shape}")
         if (values < 0).any():
             raise ProtocolError(f"{who}: model '{name}' {part} has negative counts")
         arrays[part] = values.reshape(shape).copy()
-    return EvalStats(c, count, float(loss), arrays["confusion"], arrays["score_hist"])
+    return EvalStats(c, count, loss, arrays["confusion"], arrays["score_hist"])
 
 
 @dataclass(frozen=True, eq=False)

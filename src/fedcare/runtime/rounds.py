@@ -201,11 +201,12 @@ class RunPlan:
                 code=str(raw.get("code", "")),
                 data=dict(raw.get("data", {})),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            plan.build_strategy()
+            if plan.data:
+                SiteTableSpec.from_dict(plan.data)  # a malformed data section fails here
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # A plan comes from the coordinator: whatever a field holds, the site says so.
             raise ConfigError(f"job plan is malformed: {type(exc).__name__} {exc}") from exc
-        plan.build_strategy()
-        if plan.data:
-            SiteTableSpec.from_dict(plan.data)  # a malformed data section fails here
         return plan
 
 

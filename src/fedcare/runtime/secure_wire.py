@@ -11,7 +11,6 @@ site cannot speak for another. Anything malformed raises ProtocolError naming th
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import numpy as np
@@ -72,7 +71,7 @@ class _Fields:
             if not isinstance(value, str):
                 raise TypeError
             return base64.b64decode(value, validate=True)
-        except (TypeError, binascii.Error) as exc:
+        except (TypeError, ValueError) as exc:  # binascii.Error; non-ASCII text
             raise self.fail(name, "base64 text") from exc
 
     def integer(self, name: str, value: Any = None) -> int:
