@@ -129,3 +129,46 @@ def test_simulate_refuses_an_empty_study_before_making_its_folder(tmp_path, monk
         "study.yaml: the study file is empty; a study needs the keys name, dataset, model" in text
     )
     assert not (tmp_path / "studies").exists()
+
+
+def test_site_pending_says_which_module_a_plan_would_import_and_allow_model_lets_it(tmp_path):
+    from fedcare.core.records import TrainSpec
+    from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.rounds import RunPlan
+
+    state = tmp_path / "site"
+    plan = RunPlan(
+        sites=("north",),
+        strategy="fedavg",
+        spec=TrainSpec(),
+        rounds=1,
+        seed=0,
+        input_shape=(5,),
+        num_classes=2,
+        model="hospital.models:Net",
+    )
+    ApprovalStore(state / "approvals.json").request(plan.to_dict(), from_="coordinator")
+
+    shown = " ".join(runner.invoke(app, ["site", "pending", "--state", str(state)]).output.split())
+    assert (
+        "builds model 'hospital.models:Net': would import module 'hospital.models', NOT on "
+        "this site's allow-list (refused; to allow it: fedcare site allow-model "
+        f"hospital.models:Net --state {state})" in shown
+    )
+
+    added = runner.invoke(
+        app, ["site", "allow-model", "hospital.models:Net", "--state", str(state), "--by", "Dr. O"]
+    )
+    assert added.exit_code == 0, added.output
+    shown = " ".join(runner.invoke(app, ["site", "pending", "--state", str(state)]).output.split())
+    assert "this site would import module 'hospital.models' (allowed by Dr. O)" in shown
+    assert (
+        runner.invoke(
+            app, ["site", "disallow-model", "hospital.models:Net", "--state", str(state)]
+        ).exit_code
+        == 0
+    )
+    gone = runner.invoke(
+        app, ["site", "disallow-model", "hospital.models:Net", "--state", str(state)]
+    )
+    assert gone.exit_code == 2 and "is not on the model allow-list" in gone.output

@@ -213,3 +213,29 @@ def test_the_allow_list_refuses_built_in_names_and_a_broken_file(tmp_path):
     allow.path.write_text("[]")
     with pytest.raises(ConfigError, match="is not a version-1 fedcare allow-list"):
         allow.entries()
+
+
+def test_the_coordinator_stops_waiting_for_a_site_that_refuses_the_models_code(tmp_path):
+    from tests.conftest import make_sites
+    from tests.runtime.test_protocol_study import deploy, heart_plan
+
+    toy = make_sites([40, 24, 12, 30], num_features=5, test_rows=12, seed=1)
+    path = "fedcare.models.logistic:LogisticRegression"  # an import path all the same
+    plan = heart_plan(toy, "fedavg", rounds=1, model=path)
+    net = deploy(toy, plan, tmp_path)
+    refuser, *others = toy.site_names
+    for name in others:
+        allow = ModelAllowList.in_folder(tmp_path / name)
+        allow.allow(path, by=f"owner of {name}")
+        net.sites[name].models = allow
+    for name in net.sites:
+        net.connect(name)
+    net.run()
+    for _ in range(3):  # past the start grace: rounds go on without the refusing site
+        net.tick(120.0)
+        net.run()
+    assert net.coordinator.done
+    refused = [e for e in net.coordinator.drain_events() if e.kind == "plan_refused"]
+    assert [e.site for e in refused] == [refuser]
+    assert refused[0].detail["reason"].startswith("model_not_allowed: model " + repr(path))
+    assert all(refuser not in r["participants"] for r in net.coordinator.history)
