@@ -51,7 +51,10 @@ def test_an_error_before_training_is_not_preceded_by_a_blank_line(tmp_path):
     # The progress display used to start (and, off a terminal, print an empty line) before
     # the data loaded.
     config = tmp_path / "study.yaml"
-    config.write_text("name: x\ndataset: {name: heart-disease, params: {bogus: 1}}\n")
+    config.write_text(
+        "name: x\ndataset: {name: heart-disease, params: {bogus: 1}}\nmodel: {name: logistic}\n"
+        "baselines: [local]\n"
+    )
 
     result = runner.invoke(app, ["simulate", str(config)])
 

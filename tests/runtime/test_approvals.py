@@ -125,5 +125,5 @@ def test_malformed_allow_rules_are_refused(tmp_path, rule):
 def test_a_corrupt_approval_file_is_an_error_naming_it(tmp_path):
     path = tmp_path / "approvals.json"
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match=r"approvals\.json' is unreadable"):
+    with pytest.raises(ConfigError, match=r"approvals\.json' is not valid JSON"):
         ApprovalStore(path).is_approved("0" * 64)

@@ -63,6 +63,8 @@ def test_relative_paths_in_a_study_yaml_are_relative_to_the_yaml_folder(tmp_path
         "files": {"north": "data/north.csv", "south": "data/south.csv"},
     }
     study = {
+        "name": "relative",
+        "model": {"name": "logistic"},
         "dataset": {"name": "tabular", "params": params},
         "output": "out",
         "baselines": ["local"],
@@ -80,10 +82,13 @@ def test_a_missing_schema_or_site_file_shows_the_full_path_tried(tmp_path, monke
     (tmp_path / "study.yaml").write_text(
         yaml.safe_dump(
             {
+                "name": "missing-files",
+                "model": {"name": "logistic"},
+                "baselines": ["local"],
                 "dataset": {
                     "name": "tabular",
                     "params": {"schema": "schema.yaml", "files": {"north": "north.csv"}},
-                }
+                },
             }
         )
     )
@@ -96,3 +101,36 @@ def test_a_missing_schema_or_site_file_shows_the_full_path_tried(tmp_path, monke
         DataValidationError, match=f"file '{tmp_path / 'north.csv'}': file not found"
     ):
         load_dataset("tabular", **config.dataset.params)
+
+
+def test_an_empty_study_file_names_the_file_and_the_keys_a_study_needs(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(
+        f"{path}: the study file is empty; a study needs the keys name, dataset, model and "
+        "one of strategies, baselines, epsilon_sweep"
+    )
+
+
+def test_a_study_without_a_dataset_is_an_error_not_the_heart_default(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: mine\nmodel: {name: logistic}\nstrategies: [{name: fedavg}]\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: missing required key\(s\): dataset\. "):
+        load_config(path)
+    path.write_text("name: mine\ndataset: {params: {}}\nmodel: {}\nbaselines: [local]\n")
+    with pytest.raises(ConfigError, match=r"missing required key\(s\): dataset.name; model.name"):
+        load_config(path)
+
+
+def test_a_misspelled_required_key_gets_both_the_hint_and_the_missing_key(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: mine\ndataste: {name: heart-disease}\nmodel: {name: logistic}\n"
+        "strategies: [{name: fedavg}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "unknown key 'dataste'; did you mean 'dataset'?" in str(err.value)
+    assert "missing required key(s): dataset." in str(err.value)

@@ -94,6 +94,26 @@ def _limits(chunk_mib: float, max_model_gib: float) -> Any:
     )
 
 
+def _listen_address(address: str, insecure: bool) -> str:
+    """``--address`` checked (host syntax, port 0-65535) and, with ``--insecure``, on
+    loopback: refused here, before the study folder is touched."""
+    from fedcare.net.address import parse_address
+
+    parsed = parse_address(address, "--address", any_port=True)
+    _insecure_on_loopback(parsed.host, "--address", insecure)
+    return str(parsed)
+
+
+def _insecure_on_loopback(host: str, option: str, insecure: bool) -> None:
+    from fedcare.net.channel import is_loopback
+
+    if insecure and not is_loopback(host):
+        raise ConfigError(
+            f"--insecure is only allowed on loopback (localhost, 127.0.0.1, ::1); {option} "
+            f"names '{host}': use the study certificates instead"
+        )
+
+
 def _security(bundle: Path | None, ca: Path | None, insecure: bool) -> Any:
     from fedcare.net.coordinator_server import Security
     from fedcare.net.tls import REVOKED, TlsBundle
@@ -381,12 +401,13 @@ class _Serving:
     port_file: Path | None
 
 
-def _new_study_run(where: _Serving, deployed: Any, index: int) -> Any:
-    """Register run ``index`` of the study and its driver (initial model kept for resume)."""
+def _new_study_run(where: _Serving, deployed: Any, index: int, init: Any = None) -> Any:
+    """Register run ``index`` of the study and its driver (initial model kept for resume;
+    ``init``: that model, when it was built before anything was written)."""
     from fedcare.net.coordinator_server import new_run, save_initial
 
     plan, run_id = deployed.plan.runs[index], deployed.run_ids[index]
-    init = initial_model(plan)
+    init = initial_model(plan) if init is None else init
     driver = new_run(
         where.folder,
         run_id,
@@ -557,13 +578,18 @@ def coordinator_start(
     from fedcare.study.config import load_config
     from fedcare.study.deployed import refuse_simulated_folder
 
+    # Everything is checked before anything is written: a refused start leaves the study
+    # folder as it was (no plan files, no runs.db row, no audit entry).
+    address = _listen_address(address, insecure)
     cfg = load_config(study)
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
+    _check_folder(folder)
     refuse_simulated_folder(folder)  # before anything is written
     check_study_folder(folder)
     security = _security(bundle, ca, insecure)
     limits = _limits(chunk_mib, max_model_gib)
     selection = study_from_config(cfg, strategy, seed, rounds, min_sites)
+    first_model = initial_model(selection.plan.runs[0])  # the model builds (or says why)
     options = CoordinatorOptions(
         round_timeout_s=round_timeout,
         start_grace_s=start_grace,
@@ -589,7 +615,22 @@ def coordinator_start(
     _announce(deployed)
     where = _Serving(folder, security, address, insecure, limits, port_file)
     todo = range(len(deployed.run_ids))
-    _serve_study(where, deployed, _new_study_run(where, deployed, 0), todo)
+    _serve_study(where, deployed, _new_study_run(where, deployed, 0, first_model), todo)
+
+
+def _check_folder(folder: Path) -> None:
+    """The study folder is a folder (or can become one) that this user may write."""
+    import os
+
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if existing is None:
+        return
+    if existing == folder and not folder.is_dir():
+        raise ConfigError(f"study folder '{folder}' is a file, not a folder")
+    if existing != folder and not existing.is_dir():
+        raise ConfigError(f"study folder '{folder}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"study folder '{folder}': '{existing}' is not writable by this user")
 
 
 @coordinator_app.command("resume")
@@ -618,6 +659,7 @@ def coordinator_resume(
     from fedcare.net.storage_checks import check_study_folder
     from fedcare.net.study_files import load_studies, study_of_run
 
+    address = _listen_address(address, insecure)
     check_study_folder(out)
     security, limits = _security(bundle, ca, insecure), _limits(chunk_mib, max_model_gib)
     deployed = study_of_run(out, run) if run else next(reversed(load_studies(out)), None)
@@ -883,8 +925,11 @@ def site_start(
     from fedcare.net.table_site import TableSiteMachine
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.model_allow import ModelAllowList
     from fedcare.runtime.site import SiteMachine, SitePhase
 
+    # Every option is checked before anything is written to --state (budget ledger, ...).
+    coordinator = _coordinator_address(coordinator, insecure)
     if insecure:
         if not name:
             raise ConfigError("--insecure needs --name (there is no certificate to name the site)")
@@ -904,6 +949,13 @@ def site_start(
         rows, check = _site_data(data)
     dataset_key = str(table.resolve()) if table is not None else data
     check_site_folder(state)
+    keys = None
+    if he_keys is not None:
+        from fedcare.he.key_files import read_key_set
+
+        keys = read_key_set(he_keys)
+    models = ModelAllowList.in_folder(state)
+    models.entries()  # an unreadable allow-list stops the agent now, not at the first plan
     budget = open_budget(state, site_name, dataset_key, budget_epsilon, budget_delta)
     if budget is not None:
         total, (eps_left, delta_left) = budget.ledger.budget, budget.remaining()
@@ -912,11 +964,7 @@ def site_start(
             f"left: epsilon {eps_left:.4g}, delta {delta_left:.3g} (ledger in {state})"
         )
     approvals = ApprovalStore(state / "approvals.json")
-    keys = None
-    if he_keys is not None:
-        from fedcare.he.key_files import read_key_set
-
-        keys = read_key_set(he_keys)
+    if keys is not None:
         _log(f"CKKS key set {keys.key_id.hex()} loaded from {he_keys}")
     machine: Any
     if table is not None:
@@ -929,6 +977,7 @@ def site_start(
             coordinator="coordinator",
             budget=budget,
             he_keys=keys,
+            models=models,
         )
         check = machine.data
     else:
@@ -946,6 +995,7 @@ def site_start(
             coordinator="coordinator",
             budget=budget,
             he_keys=keys,
+            models=models,
         )
     if check.ok and table is not None:
         _log(
@@ -973,6 +1023,15 @@ def site_start(
             "(each problem is listed above and was reported to the coordinator)"
         )
     console.print(f"site '{site_name}': run over ({phase.value})")
+
+
+def _coordinator_address(coordinator: str, insecure: bool) -> str:
+    """``--coordinator`` checked: host syntax, port 1-65535, loopback with ``--insecure``."""
+    from fedcare.net.address import parse_address
+
+    parsed = parse_address(coordinator, "--coordinator")
+    _insecure_on_loopback(parsed.host, "--coordinator", insecure)
+    return str(parsed)
 
 
 @site_app.command("approve")
@@ -1016,14 +1075,18 @@ def site_pending(
     from rich.markup import escape
 
     from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.model_allow import ModelAllowList, plan_models
     from fedcare.runtime.rounds import StudyPlan
 
     pending = ApprovalStore(state / "approvals.json").pending()
+    models = ModelAllowList.in_folder(state)
     if not pending:
         console.print("no plan is waiting for approval")
     for hash_, entry in pending.items():
         console.print(f"[bold]{hash_}[/]")
         plan = entry.get("plan", {})
+        for model in plan_models(plan):  # the code approving it would run at this site
+            console.print(f"  builds {escape(models.describe(model))}", highlight=False)
         if "runs" in plan:  # a study: one approval covers every run listed
             study = StudyPlan.from_dict(plan)
             console.print(

@@ -192,6 +192,7 @@ from fedcare.cli.audit import app as audit_app  # noqa: E402
 from fedcare.cli.certs import app as certs_app  # noqa: E402
 from fedcare.cli.deploy import coordinator_app, site_app  # noqa: E402
 from fedcare.cli.he_keys import app as he_keys_app  # noqa: E402
+from fedcare.cli.site_models import allow_model  # noqa: E402, F401 - registers commands
 
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")

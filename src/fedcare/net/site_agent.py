@@ -284,6 +284,8 @@ class SiteAgent:
             self.log("DATA CHECK FAILED; nothing will run on this site's data:")
             for problem in detail.get("problems", []):
                 self.log(f"  - {problem}")
+        elif kind == "model_refused":
+            self.log(f"PLAN REFUSED: job plan {detail.get('plan_hash')}: {detail.get('detail')}")
         elif kind == "waiting_approval" and detail.get("study_hash"):
             self.log(
                 f"study '{detail.get('study')}' waits for approval: {len(detail['runs'])} runs "
@@ -325,6 +327,9 @@ class SiteAgent:
             )
         elif kind in {"trained", "update_sent"}:
             self.log(f"round {round_ + 1}: {kind.replace('_', ' ')}")
+        if kind == "waiting_approval":  # the code that approving it would run here
+            for line in detail.get("models", []):
+                self.log(f"  the plan builds {line}")
 
     def _tick_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.tick_s):

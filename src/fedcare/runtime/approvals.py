@@ -33,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.data.json_file import read_json
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _FORMAT_VERSION = 1
+# Every plan ever approved or offered is kept; a study plan is a few KiB per run.
+MAX_APPROVALS_BYTES = 64 << 20
 
 
 def canonical(value: Any, where: str = "plan") -> Any:
@@ -170,10 +173,7 @@ class ApprovalStore:
     def _load(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"version": _FORMAT_VERSION, "approved": {}, "allow": [], "pending": {}}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"approval file '{self.path}' is unreadable: {exc}") from exc
+        data = read_json(self.path, "approval file", MAX_APPROVALS_BYTES)
         if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
             raise ConfigError(
                 f"approval file '{self.path}' is not a version-{_FORMAT_VERSION} fedcare approval file"

@@ -69,6 +69,7 @@ from fedcare.runtime.messages import (
     parse_message,
     vector_digest,
 )
+from fedcare.runtime.model_allow import MODEL_NOT_ALLOWED
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
 from fedcare.runtime.sampling import sample_sites
@@ -552,9 +553,9 @@ class CoordinatorMachine:
         site = env.sender
         self._event("site_error", site, {"code": report.code, "message": report.message})
         reason = f"{report.code}: {report.message}"
-        if report.code == BUDGET_EXCEEDED:
-            # Its privacy budget cannot pay for (more of) this run: not asked again until
-            # it reconnects and re-checks the plan.
+        if report.code in (BUDGET_EXCEEDED, MODEL_NOT_ALLOWED):
+            # Its privacy budget cannot pay for (more of) this run, or its owner does not
+            # allow the model's code: not asked again until it reconnects and re-checks.
             status = self.sites[site]
             status.approved, status.waiting_approval, status.refused = False, False, report.message
             self._event("plan_refused", site, {"plan_hash": self.plan_hash, "reason": reason})

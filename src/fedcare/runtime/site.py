@@ -83,6 +83,13 @@ from fedcare.runtime.messages import (
     parse_message,
     vector_digest,
 )
+from fedcare.runtime.model_allow import (
+    MODEL_NOT_ALLOWED,
+    ModelAllowList,
+    ModelNotAllowedError,
+    model_lines,
+    plan_models,
+)
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import RunPlan, StudyPlan
 from fedcare.runtime.secure_round import secagg_config, secure_input
@@ -199,6 +206,7 @@ class SiteMachine:
         coordinator: str | None = None,
         budget: SiteBudget | None = None,
         he_keys: CkksKeys | None = None,
+        models: ModelAllowList | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
@@ -207,6 +215,7 @@ class SiteMachine:
         self.coordinator = coordinator  # expected sender identity; None accepts any
         self.budget = budget
         self.he_keys = he_keys  # the CKKS key set the hospitals share (never the coordinator)
+        self.models = models  # import paths this site may import; None: built-in models only
         self.job_cost: JobCost | None = None  # what the approved plan spends per record
         self._costs: dict[str, JobPrivacy | None] = {}  # client-level DP, by plan hash
         self._budget_costs: dict[str, JobCost | None] = {}
@@ -385,6 +394,12 @@ class SiteMachine:
             plan = RunPlan.from_dict(message.plan)
             plan.site_index(self.name)
             study = self._study_of(message, computed)
+            imports = self._model_lines(message.study or message.plan)
+        except ModelNotAllowedError as exc:  # before approval is asked: nothing was imported
+            self._event("model_refused", {"plan_hash": computed, "detail": str(exc)})
+            return [
+                ErrorReport(message.run_id, env.round, MODEL_NOT_ALLOWED, str(exc)).to_envelope()
+            ]
         except FedcareError as exc:
             return self._refuse(env, "plan_refused", str(exc))
         if message.run_id != self.run_id:
@@ -401,7 +416,11 @@ class SiteMachine:
         if not decision.approved:
             self.phase = SitePhase.WAITING_APPROVAL
             self.offered = offer
-            waiting: dict[str, Any] = {"plan_hash": computed, "detail": decision.reason}
+            waiting: dict[str, Any] = {
+                "plan_hash": computed,
+                "detail": decision.reason,
+                "models": imports,
+            }
             if study is not None:
                 waiting.update(study_hash=study.hash, study=study.study, runs=study.describe())
             self._event("waiting_approval", waiting)
@@ -423,6 +442,11 @@ class SiteMachine:
         study.position(run_hash)
         return study
 
+    def _model_lines(self, plan: dict[str, Any]) -> list[str]:
+        """For each model the plan (or every run of its study) builds: built in, or which
+        module it imports; ModelNotAllowedError for a module off the site's allow-list."""
+        return model_lines(plan_models(plan), self.models)
+
     def _apply_decision(
         self, offer: Offer, decision: Decision, *, recheck: bool = True
     ) -> list[Envelope]:
@@ -430,6 +454,12 @@ class SiteMachine:
         refusal = self._over_budget(plan, hash_, self.last_round) if recheck else None
         if refusal is not None:  # another job may have spent the budget while it waited
             return refusal
+        try:
+            self._model_lines(offer.plan)  # the list may have changed while it waited
+        except ModelNotAllowedError as exc:
+            self._event("model_refused", {"plan_hash": hash_, "detail": str(exc)})
+            self.offered = None
+            return [ErrorReport(self.run_id, 0, MODEL_NOT_ALLOWED, str(exc)).to_envelope()]
         try:
             secure = plan.build_strategy().secure
             if secure is not None and secure.kind == "encrypt" and self.he_keys is None:

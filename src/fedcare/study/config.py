@@ -217,16 +217,51 @@ class StudyConfig(_Strict):
         return self
 
 
+# What a study file must say: no default stands in for what the study is about.
+REQUIRED_KEYS = ("name", "dataset", "model")
+RUNS_KEYS = ("strategies", "baselines", "epsilon_sweep")  # at least one: what to train
+_EXAMPLE = "e.g. name: heart, dataset: {name: heart-disease}, model: {name: logistic}, strategies: [{name: fedavg}]"
+
+
 def load_config(path: Path | str) -> StudyConfig:
     """Read and validate a study YAML file; every problem is a ConfigError naming the file."""
     raw = read_yaml(path, "config file")
     if raw is None:
-        raw = {}
+        raise ConfigError(
+            f"{path}: the study file is empty; a study needs the keys "
+            f"{', '.join(REQUIRED_KEYS)} and one of {', '.join(RUNS_KEYS)} ({_EXAMPLE})"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{path}: expected a mapping of settings at the top level, found {type(raw).__name__}"
         )
-    return parse_config(resolve_paths(raw, Path(path).parent), source=str(path))
+    missing = missing_keys(raw)
+    try:
+        config = parse_config(resolve_paths(raw, Path(path).parent), source=str(path))
+    except ConfigError as exc:  # a misspelled key is also a missing one: say both
+        raise ConfigError(f"{exc}; {missing}" if missing else str(exc)) from None
+    if missing:
+        raise ConfigError(f"{path}: {missing}")
+    return config
+
+
+def missing_keys(raw: dict[str, Any]) -> str:
+    """What a study file must say and does not ("" when nothing is missing): it names
+    itself, its dataset, its model and what to train; no default stands in for them."""
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    missing += [
+        f"{key}.name"
+        for key in ("dataset", "model")
+        if isinstance(raw.get(key), dict) and "name" not in raw[key]
+    ]
+    if not any(key in raw for key in RUNS_KEYS):
+        missing.append(" or ".join(RUNS_KEYS))
+    if not missing:
+        return ""
+    return (
+        f"missing required key(s): {'; '.join(missing)}. A study needs "
+        f"{', '.join(REQUIRED_KEYS)} and one of {', '.join(RUNS_KEYS)} ({_EXAMPLE})"
+    )
 
 
 def resolve_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
