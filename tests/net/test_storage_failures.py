@@ -327,8 +327,10 @@ def test_coordinator_resume_refuses_an_immutable_runs_db_before_writing_anything
     _chattr("+i", db)
     try:
         result = CliRunner().invoke(
-            app, ["coordinator", "resume", "run-1", "--out", str(folder), "--insecure"]
-        )
+            app,
+            ["coordinator", "resume", "run-1", "--out", str(folder), "--insecure",
+             "--address", "127.0.0.1:0"],
+        )  # fmt: skip
     finally:
         _chattr("-i", db)
     output = " ".join(result.output.split())
