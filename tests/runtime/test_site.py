@@ -224,7 +224,8 @@ def test_scaffold_state_commits_only_when_the_coordinator_counts_the_update(stor
     # c_i = 0 - 0.5 + 0.3 / (2 steps * lr 0.1) = 1, so the correction c - c_i is -0.5
     np.testing.assert_allclose(built[0].tasks[-1].objective.correction, -0.5)
     (refusal,) = reply(site, train(p, round=1, contributed=1))
-    assert refusal.code == "train_refused" and "late" in refusal.message
+    # Said with its own code: the coordinator stops the run rather than train without it.
+    assert refusal.code == "already_counted" and "late" in refusal.message
 
 
 def test_a_restarted_site_restores_its_state_and_trains_as_if_it_never_stopped(store, tmp_path):

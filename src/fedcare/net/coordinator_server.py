@@ -1,10 +1,19 @@
 """The coordinator process: drives a CoordinatorMachine over gRPC, persists what happens.
 
 One lock serialises every call into the sans-IO machine (site streams are read on their
-own threads; a timer thread calls ``tick`` for deadlines). After each call the driver, in
-this order: writes the machine's events to the run store and the signed audit log, writes
-an atomic checkpoint when a round finished, and only then sends the machine's messages, so
-no site sees round r+1 from a coordinator that could come back at round r. A write the
+own threads; a timer thread calls ``tick`` for deadlines). The rule: a fact is sent or
+acted on only after it is durable. After each call the driver takes the machine's events
+in order; for an event that carries a checkpoint (a round aggregated before its
+evaluation, a round finished) it first writes the checkpoint (temporary file, fsync,
+rename, folder fsync) and its ``checkpoint_saved`` audit entry (SHA-256 digest and the
+digest it replaced), then records the event in the run store and the signed audit log;
+only after every event is recorded does it send the machine's messages. So no site hears
+that a round counted (``contributed``) before the coordinator could come back with that
+round, and after a crash anywhere the checkpoint is either the last one the audit log
+names or the one right after it: :mod:`fedcare.net.reconcile` completes the records a
+crash cut short, and refuses a checkpoint that was changed, deleted or rolled back. Every
+write and send is a named fault point (``faults.points_of("coordinator")``) that the
+crash tests kill at. A write the
 storage refuses (full disk, read-only or immutable file) stops the run there with a
 message naming the file (``CoordinatorDriver._stop_on_storage``): nothing that depends on
 it is sent, and ``coordinator resume`` continues once the storage is fixed. Updates are
@@ -44,11 +53,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import save
 
+from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.storage import StorageError, storage_failure
 from fedcare.core.vectors import FloatVector
 from fedcare.net.audit_signers import record_signer
 from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.reconcile import CHECKPOINT_SAVED, Reconciler, audit_body, checkpoint_body
 from fedcare.net.recorded_audit import RecordedAuditLog
 from fedcare.net.run_files import (
     eval_counts,
@@ -64,7 +75,7 @@ from fedcare.net.run_files import (
 from fedcare.net.store import RunStore, StoreError
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditEntry, AuditLog
-from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fedcare.runtime.checkpoint import remove_stale_temporaries, save_checkpoint
 from fedcare.runtime.coordinator import (
     CoordinatorMachine,
     CoordinatorOptions,
@@ -81,6 +92,45 @@ Log = Callable[[str], None]
 # colours them): a round that ran short, a site left out; a run that stopped.
 WARNING = "WARNING: "
 STOPPED = "STOPPED: "
+
+# Fault points, in the order a round reaches them (crash tests walk this list).
+STORE_ROUND_STARTED = faults.declare(
+    "coordinator.store.round_started", "runs.db has the round as started, nothing sent yet"
+)
+AUDIT_APPENDED = faults.declare(
+    "coordinator.audit.appended", "an audit entry is appended and fsynced"
+)
+STORE_PARTICIPANT = faults.declare(
+    "coordinator.store.participant", "runs.db has a site's part in the round (update verdict)"
+)
+CHECKPOINT_WRITTEN = faults.declare(
+    "coordinator.checkpoint.written",
+    "the temporary checkpoint file is complete and fsynced, not yet renamed into place",
+)
+CHECKPOINT_RENAMED = faults.declare(
+    "coordinator.checkpoint.renamed",
+    "the new checkpoint is in place; its audit entry and the store are not yet written",
+)
+STORE_ROUND_FINISHED = faults.declare(
+    "coordinator.store.round_finished", "runs.db has the round as finished (after its checkpoint)"
+)
+RESULT_WRITTEN = faults.declare(
+    "coordinator.result.written", "model.safetensors and result.json written; status not yet"
+)
+STORE_STATUS = faults.declare("coordinator.store.status", "runs.db has the run's final status")
+# One point per kind of message the coordinator sends, reached just before it leaves.
+SEND_POINTS = {
+    kind: faults.declare(f"coordinator.send.{kind}", f"a '{kind}' message is about to be sent")
+    for kind in (
+        "job_plan",
+        "train_request",
+        "update_verdict",
+        "eval_request",
+        "run_finished",
+        "audit_entry",
+        "error_report",
+    )
+}
 
 # Machine events that become signed audit entries (the rest go to the run store only).
 AUDITED = {
@@ -144,6 +194,8 @@ class CoordinatorDriver:
         *,
         store: RunStore | None = None,
         log: Log = print,
+        signing_key: Ed25519PrivateKey | None = None,
+        last_digest: str = "",
     ) -> None:
         self.folder = Path(folder)
         self.machine = machine
@@ -151,7 +203,8 @@ class CoordinatorDriver:
         self.security = security
         self.store = store or RunStore.in_folder(self.folder)
         self.audit: AuditLog = RecordedAuditLog(self.folder / "audit.log", self.store)
-        self.signing_key = security.signing_key()
+        self.signing_key = signing_key or security.signing_key()
+        self.last_digest = last_digest  # of the checkpoint in place ("" before the first)
         if security.bundle is not None:  # so `fedcare audit verify` needs only the log
             record_signer(self.folder, security.bundle)
         self.log = log
@@ -227,7 +280,7 @@ class CoordinatorDriver:
         for recipient, env in outgoing:
             link = self.links.get(recipient)
             if link is not None:
-                link.send(env)
+                self._send(link, env)
         if self.machine.done and not self.finished.is_set():
             try:
                 self._finish()
@@ -251,10 +304,38 @@ class CoordinatorDriver:
         )
         self.finished.set()
 
+    def _send(self, link: Link, env: Any) -> None:
+        point = SEND_POINTS.get(env.kind)
+        if point is not None:
+            faults.reach(point)
+        link.send(env)
+
+    def _save_checkpoint(self, ev: RuntimeEvent) -> None:
+        """Make the event's checkpoint durable, then record its digest in the audit log."""
+        if ev.snapshot is None:
+            return
+        state, extra = ev.snapshot
+        saved = save_checkpoint(
+            run_dir(self.folder, self.run_id),
+            state,
+            {},
+            extra,
+            previous=self.last_digest,
+            on_written=lambda: faults.reach(CHECKPOINT_WRITTEN),
+            on_renamed=lambda: faults.reach(CHECKPOINT_RENAMED),
+        )
+        body = checkpoint_body(
+            self.run_id, state.round, str(extra["stage"]), saved.digest, self.last_digest
+        )
+        self.last_digest = saved.digest
+        self.audit.append(CHECKPOINT_SAVED, self.security.author, body, self.signing_key)
+        faults.reach(AUDIT_APPENDED)
+
     def _persist(self, ev: RuntimeEvent) -> None:
         store, run = self.store, self.run_id
         site = ev.site or None
         detail = ev.detail
+        self._save_checkpoint(ev)  # first: the records below and every send rely on it
         store.record_event(run, ev.kind, site, detail)
         if ev.kind == "round_started":
             store.start_round(run, ev.round, detail.get("sampled", []))
@@ -262,6 +343,7 @@ class CoordinatorDriver:
                 store.record_participant(run, ev.round, s, "dropped", str(reason))
             for s in detail.get("requested", []):
                 store.record_participant(run, ev.round, s, "requested")
+            faults.reach(STORE_ROUND_STARTED)
             self.log(f"round {ev.round + 1}: training at {', '.join(detail.get('requested', []))}")
             left_out = dict(detail.get("dropped", {}))
             if left_out:
@@ -271,23 +353,22 @@ class CoordinatorDriver:
                 run, ev.round, ev.site, "contributed", "", detail.get("update_hash"),
                 int(detail.get("nbytes", 0)),
             )  # fmt: skip
+            faults.reach(STORE_PARTICIPANT)
         elif ev.kind == "update_rejected":
             store.record_participant(
                 run, ev.round, ev.site, "rejected", str(detail.get("reason", "")),
                 detail.get("update_hash"),
             )  # fmt: skip
+            faults.reach(STORE_PARTICIPANT)
             self.log(f"update from '{ev.site}' rejected: {detail.get('reason')}")
-        elif ev.kind == "site_dropped" and self.machine.current is not None:
-            store.record_participant(
-                run, self.machine.current.round, ev.site, "dropped", str(detail.get("reason"))
-            )
+        elif ev.kind == "site_dropped":  # ev.round: the round in progress when it happened
+            store.record_participant(run, ev.round, ev.site, "dropped", str(detail.get("reason")))
             self.log(f"site '{ev.site}' dropped from the round: {detail.get('reason')}")
         elif ev.kind == "round_finished":
             record = detail.get("record", {})
             round_index = int(record.get("round", ev.round)) - 1
-            store.finish_round(run, round_index, record)
-            state, extra = self.machine.checkpoint()
-            save_checkpoint(run_dir(self.folder, run), state, {}, extra)
+            store.finish_round(run, round_index, record)  # after its checkpoint (above)
+            faults.reach(STORE_ROUND_FINISHED)
             self.log(
                 f"round {round_index + 1} done: {len(record.get('participants', []))} site(s), "
                 f"pooled {json.dumps(record.get('pooled_metrics', {}))}"
@@ -346,15 +427,9 @@ class CoordinatorDriver:
         elif ev.kind == "message_rejected":
             self.log(f"message from '{ev.site}' rejected: {detail}")
         if ev.kind in AUDITED:
-            body = {"run_id": run, "round": ev.round, **detail}
-            if ev.site:
-                body["site"] = ev.site
-            sites = detail.get("requested", detail.get("participants"))
-            if isinstance(sites, list):
-                body["sites"] = sites  # every site a round entry concerns keeps a copy
-            if ev.kind in {"run_finished", "run_failed"}:
-                body["broadcast"] = True
+            body = audit_body(run, ev.round, ev.site, detail, ev.kind)
             entry = self.audit.append(ev.kind, self.security.author, body, self.signing_key)
+            faults.reach(AUDIT_APPENDED)
             self._share_audit_entry(entry)
 
     def _share_audit_entry(self, entry: AuditEntry) -> None:
@@ -369,7 +444,7 @@ class CoordinatorDriver:
         for site, link in self.links.items():
             if entry.concerns(site):
                 copy = AuditCopy(self.run_id, self.machine.round, entry.to_dict(), certificate)
-                link.send(copy.to_envelope())
+                self._send(link, copy.to_envelope())
 
     def _finish(self) -> None:
         machine = self.machine
@@ -397,7 +472,9 @@ class CoordinatorDriver:
                 "epsilon": machine.epsilon(),
             },
         )
+        faults.reach(RESULT_WRITTEN)
         self.store.set_status(self.run_id, status)
+        faults.reach(STORE_STATUS)
         self.log(f"run {self.run_id} {status} after {machine.round} round(s)")
         self.finished.set()
 
@@ -474,17 +551,34 @@ def resume_run(
     log: Log = print,
     study_plan: StudyPlan | None = None,
 ) -> CoordinatorDriver:
-    """Continue a run from its last checkpoint (or from the start if no round finished)."""
+    """Continue a run from its last checkpoint (or from the start if no round finished).
+
+    The checkpoint must agree with the audit log and the run store (see
+    :mod:`fedcare.net.reconcile`): records a crash cut short are completed first; a
+    changed, deleted or rolled-back checkpoint is refused (CheckpointError)."""
     plan, options = load_plan(folder, run_id)
     store = RunStore.in_folder(folder)
     record = store.run(run_id)
     if record.status in {"finished", "failed"}:
         raise ConfigError(f"run '{run_id}' is already {record.status}; nothing to resume")
     directory = run_dir(folder, run_id)
-    if (directory / "checkpoint.safetensors").exists():
-        ckpt = load_checkpoint(directory)
+    for stale in remove_stale_temporaries(directory):
+        log(f"removed '{stale.name}', a checkpoint write a crash interrupted")
+    key = security.signing_key()
+    audit = AuditLog(Path(folder) / "audit.log")
+    ckpt = Reconciler(directory, run_id, store, audit, security.author, key, log).run()
+    if ckpt is not None:
         machine = CoordinatorMachine.restore(plan, ckpt.state, ckpt.extra, options=options)
-        log(f"resuming run {run_id} after round {machine.round}")
+        if machine.completed is not None:
+            log(
+                f"resuming run {run_id}: round {machine.round} was aggregated; its "
+                "evaluation is sent again once the sites are back"
+            )
+        else:
+            log(f"resuming run {run_id} after round {machine.round}")
+        ended = {e.body.get("run_id") for e in audit.entries() if e.kind == "run_finished"}
+        if run_id not in ended:
+            machine.resumed_finished()  # records the end if the crash came before it
     else:
         init = np.load(directory / "initial.npy", allow_pickle=False)
         machine = CoordinatorMachine(run_id, plan, init, options=options)
@@ -492,7 +586,10 @@ def resume_run(
     _join_study(machine, study_plan)
     store.record_event(run_id, "run_resumed", None, {"round": machine.round})
     store.set_status(run_id, "waiting")
-    driver = CoordinatorDriver(folder, machine, security, store=store, log=log)
+    digest = ckpt.digest if ckpt is not None else ""
+    driver = CoordinatorDriver(
+        folder, machine, security, store=store, log=log, signing_key=key, last_digest=digest
+    )
     _resubmit_if_lost(driver, plan, study_plan)
     return driver
 

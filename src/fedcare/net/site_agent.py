@@ -6,7 +6,11 @@ reported to the coordinator; nothing trains on data that failed), and then answe
 coordinator's messages with the machine's replies. A lost connection is retried with
 exponential back-off; a refused certificate is not retried. The machine's per-site state
 (SCAFFOLD control variate, personal model) is written atomically after every message that
-changes it, so a site that crashes and restarts rejoins with it. A site with a privacy
+changes it, so a site that crashes and restarts rejoins with it; the file carries a SHA-256
+digest of its content, and a changed or truncated state file is refused at start naming
+the file (training on from an edited state would silently change the model). Each state
+write and each message kind sent is a named fault point (``faults.points_of("site")``)
+that crash tests kill at. A site with a privacy
 budget keeps it in a ledger file in the same folder (:func:`open_budget`), per dataset.
 The coordinator's signed audit entries that concern this site arrive as ``audit_entry``
 messages; each is checked (certificate from the study CA, signature, hash, concerns this
@@ -16,16 +20,11 @@ site) and appended to ``audit-copy.log`` there, the site's own evidence of what 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from safetensors.numpy import load_file, save
 
 from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
@@ -35,7 +34,7 @@ from fedcare.net.tls import TlsBundle, check_peer_certificate, signing_key_of
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.privacy.client_level import SiteBudget
 from fedcare.runtime.audit import SiteAuditCopy
-from fedcare.runtime.checkpoint import write_durably
+from fedcare.runtime.checkpoint import read_verified_safetensors, write_atomic_safetensors
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import AuditCopy
 from fedcare.runtime.site import SiteMachine, SitePhase
@@ -49,6 +48,22 @@ STATE_POINT = faults.declare(
     "the site's algorithm state is about to be written to its temporary file: the previous "
     "state file is still in place and nothing that depends on the new state was sent",
 )
+
+# Fault points of a site agent (crash tests walk them): its state file, its audit copy,
+# and one per kind of message it sends, reached just before the message leaves.
+STATE_WRITTEN = faults.declare(
+    "site.state.written", "the temporary state file is complete and fsynced, not yet renamed"
+)
+STATE_RENAMED = faults.declare(
+    "site.state.renamed", "the new state file is in place; the replies are not yet sent"
+)
+AUDIT_COPY_APPENDED = faults.declare(
+    "site.audit_copy.appended", "a coordinator audit entry is verified and kept in the copy"
+)
+SEND_POINTS = {
+    kind: faults.declare(f"site.send.{kind}", f"a '{kind}' message is about to be sent")
+    for kind in ("hello", "approval_status", "update", "eval_result", "error_report")
+}
 
 
 def open_budget(
@@ -91,29 +106,30 @@ def state_key(machine: SiteMachine) -> str:
 
 
 def save_site_state(directory: Path, machine: SiteMachine) -> None:
-    """Atomic: a crash mid-write leaves the previous state file intact."""
+    """Atomic and digested: a crash mid-write leaves the previous state file intact."""
     tensors, meta = machine.checkpoint()
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state-", suffix=".tmp")
-    os.close(fd)
-    try:
-        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-        data = save(arrays, metadata={"meta": json.dumps(meta)})
-        write_durably(tmp, data, STATE_POINT, name=directory / STATE_FILE)
-        os.replace(tmp, directory / STATE_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic_safetensors(
+        Path(directory) / STATE_FILE,
+        tensors,
+        {"meta": json.dumps(meta)},
+        prefix=".state-",
+        write_point=STATE_POINT,
+        on_written=lambda: faults.reach(STATE_WRITTEN),
+        on_renamed=lambda: faults.reach(STATE_RENAMED),
+    )
 
 
 def load_site_state(directory: Path, machine: SiteMachine) -> bool:
-    path = directory / STATE_FILE
+    """Restore the machine from its state file (False if there is none); CheckpointError
+    naming the file if it was changed, truncated or is unreadable."""
+    path = Path(directory) / STATE_FILE
     if not path.exists():
         return False
-    with open(path, "rb") as fh:
-        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-    meta = json.loads(header.get("__metadata__", {}).get("meta", "{}"))
-    machine.restore(dict(load_file(str(path))), meta)
+    for stale in Path(directory).glob(".state-*.tmp"):  # a write a crash interrupted
+        stale.unlink(missing_ok=True)
+    tensors, metadata = read_verified_safetensors(path, "site state file")
+    meta = json.loads(metadata.get("meta", "{}"))
+    machine.restore(dict(tensors), meta)
     return True
 
 
@@ -262,6 +278,7 @@ class SiteAgent:
             pem = message.certificate.encode()
             author = check_peer_certificate(pem, self.bundle.ca_pem, set(), role="coordinator")
             self.audit_copy.add(message.entry, {author: signing_key_of(pem)})
+            faults.reach(AUDIT_COPY_APPENDED)
         except FedcareError as exc:
             self.log(f"audit entry NOT kept: {exc}")
 
@@ -277,6 +294,9 @@ class SiteAgent:
             self._report(ev.kind, ev.round, ev.detail)
         if self.session is not None:
             for env in replies:
+                point = SEND_POINTS.get(env.kind)
+                if point is not None:
+                    faults.reach(point)
                 self.session.send(env)
 
     def _report(self, kind: str, round_: int, detail: dict[str, Any]) -> None:

@@ -27,9 +27,15 @@ checkpoint. The noise is keyed by ``noise_seed``, a secret of the coordinator's 
 the OS CSPRNG unless given (the plan's seed is known to every site, which could subtract
 noise drawn from it; tests pass the plan's seed to reproduce the simulator's release).
 
-Drivers: after each call, persist :meth:`drain_events` (and on ``round_finished`` the
-:meth:`checkpoint`) before sending the returned messages, so no site ever sees round r+1
-from a coordinator that could come back at round r.
+Durability: an event that changes what a resumed run must continue from carries a
+``snapshot`` (the :meth:`checkpoint` at that moment): ``round_completed`` when an
+evaluation follows (the aggregate exists; the evaluation request tells sites the round
+counted) and ``round_finished``. Drivers write the snapshot as the checkpoint before
+recording the event anywhere else, and persist every event before sending the returned
+messages, so no site ever learns of a round the coordinator could come back without. A
+run restored from a checkpoint taken after aggregation re-sends that round's evaluation
+(sites answer it again; nothing is trained twice) instead of re-running the round; a site
+that says it already counted a round this coordinator has not fails the run loudly.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from fedcare.privacy.client_level import PrivateRounds
 from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
+    ALREADY_COUNTED,
     BUDGET_EXCEEDED,
     DATA_INVALID,
     ApprovalStatus,
@@ -122,6 +129,8 @@ class RuntimeEvent:
     site: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = 0.0
+    # The checkpoint to make durable before this event is recorded or anything is sent.
+    snapshot: tuple[ServerState, dict[str, Any]] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -254,6 +263,10 @@ class CoordinatorMachine:
         self.waiting_since: float | None = None
         self.current: RoundProgress | None = None
         self.evaluation: EvalProgress | None = None
+        # The aggregated round whose evaluation is pending: its history record so far
+        # (JSON-safe, in the checkpoint), so a resumed run finishes it without the progress.
+        self.completed: dict[str, Any] | None = None
+        self.eval_started = 0.0
         self.failure = ""
         self.secure_sum: SecureSum | None = None  # this round's, under SecAgg or CKKS
         # Sample-level DP-SGD: each site's own epsilon so far, as it reports it.
@@ -321,7 +334,10 @@ class CoordinatorMachine:
             "plan_hash": self.plan_hash,
             "history": _json_safe(self.history),
             "contributed": dict(self.contributed),
+            "stage": "finished" if self.completed is None else "aggregated",
         }
+        if self.completed is not None:
+            extra["completed"] = _json_safe(self.completed)
         if self.private is not None:
             extra["privacy"] = {**self.private.to_dict(), "noise_seed": self.noise_seed}
         if self.sample_epsilon is not None:
@@ -373,9 +389,18 @@ class CoordinatorMachine:
         for site, r in dict(extra.get("contributed", {})).items():
             if site in machine.contributed:
                 machine.contributed[site] = int(r)
-        if machine.round >= plan.rounds:
+        completed = extra.get("completed")
+        if extra.get("stage") == "aggregated" and isinstance(completed, dict):
+            machine.completed = dict(completed)  # its evaluation is re-sent once sites are back
+        elif machine.round >= plan.rounds:
             machine.phase = Phase.FINISHED  # checkpointed after the last round
         return machine
+
+    def resumed_finished(self) -> None:
+        """A run restored from its final checkpoint whose end was never recorded."""
+        if self.phase is Phase.FINISHED:
+            model_hash = vector_digest(self.state.params)
+            self._event("run_finished", detail={"model_hash": model_hash, "rounds": self.round})
 
     # -- connections -----------------------------------------------------------------------
 
@@ -553,6 +578,15 @@ class CoordinatorMachine:
         site = env.sender
         self._event("site_error", site, {"code": report.code, "message": report.message})
         reason = f"{report.code}: {report.message}"
+        if report.code == ALREADY_COUNTED and not self.done:
+            # The site holds a later state than this coordinator: continuing would train
+            # without it (a different model, silently). Only a rolled-back coordinator
+            # state can cause this, and a person must look at it.
+            return self._stop(
+                f"site '{site}' reports {report.message}, but this coordinator is at round "
+                f"{self.round + 1}: its checkpoint is older than what the sites already "
+                "counted (restored from an old copy?); the run cannot continue consistently"
+            )
         if report.code in (BUDGET_EXCEEDED, MODEL_NOT_ALLOWED):
             # Its privacy budget cannot pay for (more of) this run, or its owner does not
             # allow the model's code: not asked again until it reconnects and re-checks.
@@ -577,6 +611,8 @@ class CoordinatorMachine:
     def _maybe_start_round(self) -> list[Outgoing]:
         if self.phase is not Phase.WAITING:
             return []
+        if self.completed is not None:
+            return self._maybe_resume_eval()
         r = self.round
         sampled = [
             self.plan.sites[int(i)]
@@ -594,6 +630,23 @@ class CoordinatorMachine:
             return []
         self.waiting_since = None
         return self._start_round(sampled, ready)
+
+    def _maybe_resume_eval(self) -> list[Outgoing]:
+        """Restored after aggregation: evaluate that round once the sites are back (each
+        plan site is waited for as a round would wait for it)."""
+        if self.completed is None:
+            return []
+        if self.waiting_since is None:
+            self.waiting_since = self._now
+        grace_over = self._now - self.waiting_since >= self.options.start_grace_s
+        awaited = [
+            s for s, st in self.sites.items() if not st.ready and self._awaits(s, grace_over)
+        ]
+        if awaited:
+            return []
+        self.waiting_since = None
+        self._event("evaluation_resent", detail={"round": self.round})
+        return self._start_eval(bool(self.completed.get("final")))
 
     def _needed(self) -> int:
         """Updates a round needs: --min-sites; a secure sum needs two inputs at least, or
@@ -927,22 +980,44 @@ class CoordinatorMachine:
         for site in progress.accepted:
             self.contributed[site] = progress.round
         self.attempt = 0
-        self._event(
-            "round_completed",
-            detail={
-                "round": progress.round,
-                "participants": self._in_site_order(progress.accepted),
-                "dropped": dict(progress.dropped),
-                "rejected": dict(progress.rejected),
-                "model_hash": vector_digest(self.state.params),
-                **self._privacy_detail(),
-            },
-        )
         final = self.round >= self.plan.rounds
         every = self.plan.eval_every
-        if final or (every and self.round % every == 0):
+        evaluate = final or bool(every and self.round % every == 0)
+        self.completed = {**self._record_base(progress), "final": final}
+        detail = {
+            "round": progress.round,
+            "participants": self._in_site_order(progress.accepted),
+            "dropped": dict(progress.dropped),
+            "rejected": dict(progress.rejected),
+            "model_hash": vector_digest(self.state.params),
+            **self._privacy_detail(),
+        }
+        self.current = None
+        if evaluate:
+            # The evaluation request tells sites the round counted: durable first.
+            self.completed["event"] = _json_safe(detail)
+            self._event("round_completed", detail=detail, snapshot=True)
             return self._start_eval(final)
-        return self._round_done(progress, {})
+        self._event("round_completed", detail=detail)
+        return self._round_done({})
+
+    def _record_base(self, progress: RoundProgress) -> dict[str, Any]:
+        """The round's history record without its evaluation (kept until that arrives)."""
+        return {
+            "round": self.round,
+            "participants": self._in_site_order(progress.accepted),
+            "train_loss": progress.train_loss(),
+            "upload_bytes": sum(c.nbytes for c in progress.accepted.values()),
+            "download_bytes": progress.download_bytes,
+            "seconds": self._now - progress.started,
+            "site_upload_bytes": {
+                s: progress.accepted[s].nbytes for s in self._in_site_order(progress.accepted)
+            },
+            "sampled": list(progress.sampled),
+            "missing": self._missing(progress),
+            "dropped": dict(progress.dropped),
+            "rejected": dict(progress.rejected),
+        }
 
     def _note_sample_epsilon(self, site: str, value: Any) -> None:
         """A site's DP-SGD epsilon so far (it accounts its own steps; it never decreases)."""
@@ -1003,6 +1078,7 @@ class CoordinatorMachine:
     # -- evaluation ------------------------------------------------------------------------
 
     def _start_eval(self, final: bool) -> list[Outgoing]:
+        self.eval_started = self._now
         self.guard.open_round(self.round)
         ready = self.ready_sites()
         self.evaluation = EvalProgress(
@@ -1043,8 +1119,8 @@ class CoordinatorMachine:
         return self._maybe_finish_eval()
 
     def _maybe_finish_eval(self) -> list[Outgoing]:
-        ev, progress = self.evaluation, self.current
-        if self.phase is not Phase.EVALUATING or ev is None or progress is None or ev.pending:
+        ev = self.evaluation
+        if self.phase is not Phase.EVALUATING or ev is None or self.completed is None or ev.pending:
             return []
         names = self._in_site_order(ev.results)
         for site, reason in ev.missing.items():
@@ -1057,9 +1133,11 @@ class CoordinatorMachine:
             else:
                 self.final_eval = global_stats
         self.evaluation = None
-        return self._round_done(progress, global_stats)
+        return self._round_done(global_stats)
 
-    def _round_done(self, progress: RoundProgress, stats: dict[str, EvalStats]) -> list[Outgoing]:
+    def _round_done(self, stats: dict[str, EvalStats]) -> list[Outgoing]:
+        base = self.completed or {}
+        self.completed = None
         pooled: dict[str, float] = {}
         if stats:
             values = list(stats.values())
@@ -1067,27 +1145,27 @@ class CoordinatorMachine:
             for s in values[1:]:
                 total = total + s
             pooled = total.summary()
+        seconds = float(base.get("seconds") or 0.0)
+        if stats:  # the evaluation's time (since it was sent by this process)
+            seconds += max(self._now - self.eval_started, 0.0)
         record = {
-            "round": self.round,
-            "participants": self._in_site_order(progress.accepted),
-            "train_loss": progress.train_loss(),
-            "upload_bytes": sum(c.nbytes for c in progress.accepted.values()),
-            "download_bytes": progress.download_bytes,
-            "seconds": self._now - progress.started,
+            "round": int(base.get("round", self.round)),
+            "participants": list(base.get("participants", [])),
+            "train_loss": base.get("train_loss"),
+            "upload_bytes": base.get("upload_bytes", 0),
+            "download_bytes": base.get("download_bytes", 0),
+            "seconds": seconds,
             "site_metrics": {s: v.summary() for s, v in stats.items()},
             "pooled_metrics": pooled,
-            "site_upload_bytes": {
-                s: progress.accepted[s].nbytes for s in self._in_site_order(progress.accepted)
-            },
+            "site_upload_bytes": dict(base.get("site_upload_bytes", {})),
         }
         if self.private is not None:
             record["epsilon"] = self.private.epsilon()
         if self.sample_epsilon is not None:
             record[SAMPLE_EPSILON] = dict(self.sample_epsilon)
-        record["sampled"] = list(progress.sampled)
-        record["missing"] = self._missing(progress)
+        record["sampled"] = list(base.get("sampled", []))
+        record["missing"] = dict(base.get("missing", {}))
         self.history.append(record)
-        self.current = None
         if record["missing"]:
             self._event(
                 "round_short",
@@ -1103,10 +1181,11 @@ class CoordinatorMachine:
             detail=_json_safe(
                 {
                     "record": record,
-                    "dropped": dict(progress.dropped),
-                    "rejected": dict(progress.rejected),
+                    "dropped": dict(base.get("dropped", {})),
+                    "rejected": dict(base.get("rejected", {})),
                 }
             ),
+            snapshot=True,
         )
         if self.round >= self.plan.rounds:
             self.phase = Phase.FINISHED
@@ -1161,7 +1240,15 @@ class CoordinatorMachine:
     def _error(self, site: str, code: str, message: str) -> Outgoing:
         return Outgoing(site, ErrorReport(self.run_id, self.round, code, message).to_envelope())
 
-    def _event(self, kind: str, site: str = "", detail: dict[str, Any] | None = None) -> None:
+    def _event(
+        self,
+        kind: str,
+        site: str = "",
+        detail: dict[str, Any] | None = None,
+        *,
+        snapshot: bool = False,
+    ) -> None:
+        taken = self.checkpoint() if snapshot else None
         self._events.append(
-            RuntimeEvent(kind, self.run_id, self.round, site, dict(detail or {}), self._now)
+            RuntimeEvent(kind, self.run_id, self.round, site, dict(detail or {}), self._now, taken)
         )

@@ -39,6 +39,8 @@ NO_RUN = "none"
 BUDGET_EXCEEDED = "budget_exceeded"
 DATA_INVALID = "data_invalid"  # the coordinator acknowledges a failed data check: no part
 """ErrorReport code: the site's privacy budget refuses the plan, or a further round of it."""
+# A site already committed the round it is asked to train: the coordinator is behind it.
+ALREADY_COUNTED = "already_counted"
 
 Segments = list[tuple[str, int]]
 

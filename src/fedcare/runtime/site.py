@@ -67,6 +67,7 @@ from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.encrypted_round import HE, decrypt_request, encrypted_update
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
+    ALREADY_COUNTED,
     BUDGET_EXCEEDED,
     NO_RUN,
     ApprovalStatus,
@@ -597,7 +598,7 @@ class SiteMachine:
     def _on_train(self, req: TrainRequest) -> list[Envelope]:
         plan, strategy, work = self._ready()
         index = plan.site_index(self.name)
-        problem = ""
+        problem, code = "", "train_refused"
         if req.plan_hash != self.plan_hash:
             problem = f"request names plan {req.plan_hash}, the approved plan is {self.plan_hash}"
         elif req.seed != plan.seed or req.site_index != index:
@@ -609,6 +610,7 @@ class SiteMachine:
             problem = f"round {req.round} is beyond the plan's {plan.rounds} rounds"
         elif req.round <= self.committed_round:
             problem = f"round {req.round} is late: round {self.committed_round} already counted"
+            code = ALREADY_COUNTED
         elif req.params.size != work.num_params:
             problem = f"model has {req.params.size} values, the plan's model {work.num_params}"
         elif (strategy.secure is None) != (req.secure is None):
@@ -620,7 +622,7 @@ class SiteMachine:
         elif req.secure is not None and index not in req.secure.members:
             problem = f"site #{index} is not a member of the round's secure sum"
         if problem:
-            return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
+            return [ErrorReport(self.run_id, req.round, code, problem).to_envelope()]
         self._settle(req.contributed)
         refusal = self._charge(req.round)
         if refusal is not None:
