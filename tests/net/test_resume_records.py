@@ -40,12 +40,16 @@ class CrashedError(Exception):
 
 
 def drive(run: harness.Deployed, until=lambda: False) -> None:
-    """Pass messages until the run ends or ``until()``; a fault point's OSError is a crash."""
+    """Pass messages until the run ends or ``until()``; a fault point's OSError is a crash
+    (raised through, or caught by the driver's storage-failure stop: either way the driver
+    is dropped with what it held in memory)."""
     try:
         for name, site in run.sites.items():
             run.driver.connected(run.links[name])
             run.from_site(name, site.start(time.monotonic()), None)
         for _ in range(10_000):
+            if run.driver.storage_failure is not None:  # the driver stopped at the point
+                raise CrashedError(str(run.driver.storage_failure))
             if run.driver.finished.is_set() or until():
                 return
             if not run.queue:

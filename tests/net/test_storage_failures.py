@@ -93,15 +93,7 @@ DISK_FULL_AT = [
     ("coordinator.store.record_participant@6:enospc", "runs.db"),
     ("coordinator.store.record_event@20:enospc", "runs.db"),
     ("coordinator.store.start_round@2:enospc", "runs.db"),
-    pytest.param(
-        "coordinator.store.finish_round@1:enospc",
-        "runs.db",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="issue 11 item 1 (engineer 'durable'): the sites are told round 1 counted "
-            "(EvalRequest) before the round is durable, so they refuse its re-run on resume",
-        ),
-    ),
+    ("coordinator.store.finish_round@1:enospc", "runs.db"),
     ("coordinator.store.record_audit_head@9:enospc", "runs.db"),
     ("coordinator.audit.append@8:enospc", "audit.log"),
 ]
@@ -144,7 +136,8 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoi
     tmp_path: Path,
 ) -> None:
     run = Recorded(tmp_path / "study")
-    faults.reset_for_tests("coordinator.checkpoint.write@2:enospc")
+    # Two checkpoints a round (aggregated, then finished): the 3rd write is round 2's first.
+    faults.reset_for_tests("coordinator.checkpoint.write@3:enospc")
     run.run()
 
     checkpoint = run.folder / "deploy" / "run-1" / "checkpoint.safetensors"
