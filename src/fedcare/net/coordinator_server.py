@@ -43,8 +43,9 @@ from safetensors.numpy import save_file
 
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.vectors import FloatVector
+from fedcare.net.admission import check_declared, max_message_bytes
 from fedcare.net.audit_signers import record_signer
-from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.channel import CoordinatorServer, Link, StreamRefusedError, TransportLimits
 from fedcare.net.run_files import (
     eval_counts,
     eval_from_counts,
@@ -55,6 +56,7 @@ from fedcare.net.run_files import (
     save_plan,
     write_json_atomic,
 )
+from fedcare.net.serde import VectorHead
 from fedcare.net.store import RunStore
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditEntry, AuditLog
@@ -152,10 +154,28 @@ class CoordinatorDriver:
         self.links: dict[str, Link] = {}
         self.lock = threading.RLock()
         self.finished = threading.Event()
+        secure = machine.strategy.secure
+        self.max_message_bytes = max_message_bytes(
+            machine.size,
+            machine.extras,
+            machine.plan.num_classes,
+            encrypted=secure is not None and secure.kind == "encrypt",
+        )
 
     # -- LinkHandler (called from the channel's reader threads) ----------------------------
 
     def connected(self, link: Link) -> None:
+        sites = self.machine.plan.sites
+        if link.identity not in sites:  # before any of its bytes is buffered
+            reason = (
+                f"site '{link.identity}' is not in the plan of run '{self.run_id}' (its sites: "
+                f"{', '.join(sites)}); this coordinator does not accept its stream"
+            )
+            self.log(f"{WARNING}refused a stream from {link.peer}: {reason}")
+            self.store.record_event(
+                self.run_id, "stream_refused", link.identity, {"reason": reason}
+            )
+            raise StreamRefusedError(reason, "PERMISSION_DENIED")
         with self.lock:
             old = self.links.get(link.identity)
             if old is not None:  # a restarted site: the new stream replaces the old one
@@ -173,6 +193,17 @@ class CoordinatorDriver:
             if self.links.get(link.identity) is not link:
                 return  # a stale stream of a site that has reconnected
             self._apply(self.machine.handle(env, time.monotonic()))
+
+    def admit(self, link: Link, head: VectorHead) -> None:
+        """A vector larger than the plan allows is refused before it is reserved."""
+        check_declared(head, link.identity, self.run_id, self.max_message_bytes)
+
+    def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
+        self.log(
+            f"{WARNING}refused a second connection for site '{first.identity}' from {peer}: {reason}"
+        )
+        detail = {"peer": peer, "connected_from": first.peer}
+        self.store.record_event(self.run_id, "duplicate_refused", first.identity, detail)
 
     def disconnected(self, link: Link, reason: str) -> None:
         with self.lock:
@@ -474,6 +505,12 @@ class _CurrentRun:
 
     def disconnected(self, link: Link, reason: str) -> None:
         self.driver.disconnected(link, reason)
+
+    def admit(self, link: Link, head: VectorHead) -> None:
+        self.driver.admit(link, head)
+
+    def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
+        self.driver.duplicate_refused(first, peer, reason)
 
 
 NextRun = Callable[[RunOutcome], CoordinatorDriver | None]
