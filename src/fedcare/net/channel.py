@@ -165,6 +165,8 @@ class TransportLimits:
             ("grpc.max_receive_message_length", self.max_frame_bytes),
             ("grpc.keepalive_time_ms", keepalive_ms),
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            # gRPC >= 1.5x times an unanswered ping with this, not the keep-alive timeout.
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             # Bound what gRPC buffers per stream: without this its bandwidth-delay probe
