@@ -193,14 +193,23 @@ def test_coordinator_certificate_cannot_join_as_a_site(
         study.peer_check(study.bundles["coordinator2"].cert_pem)  # and the check would refuse it
 
 
-@pytest.mark.parametrize("bundle_name", ["intruder", None])
-def test_unknown_or_missing_certificate_fails_the_tls_handshake(
-    study: Study, server: tuple[CoordinatorServer, Echo, str], bundle_name: str | None
+def test_a_missing_client_certificate_fails_the_tls_handshake(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
 ) -> None:
     _, echo, target = server
-    error = refused(study, target, bundle_name)
+    error = refused(study, target, None)
     assert error.code == "UNAVAILABLE"
-    assert not error.refused  # indistinguishable from a coordinator that is down: retried
+    assert echo.joined == [] and echo.got == []
+
+
+def test_a_bundle_of_another_study_is_named_and_not_retried(
+    study: Study, server: tuple[CoordinatorServer, Echo, str]
+) -> None:
+    # gRPC alone cannot tell this from a coordinator that is down; the TLS probe can.
+    _, echo, target = server
+    error = refused(study, target, "intruder")
+    assert error.code == "TLS_FAILED" and error.refused
+    assert "is not from this site's study CA" in str(error)
     assert echo.joined == [] and echo.got == []
 
 
@@ -228,11 +237,17 @@ def test_malformed_stream_is_cut_and_reported(
     with grpc.secure_channel(target, creds) as channel:
         orphan = pb.Frame(chunk=pb.Chunk(offset=0, data=b"\0" * 8))
         replies = pb_grpc.FederationStub(channel).Connect(iter([orphan]))
-        (told,) = frames_to_envelopes(iter(replies))  # the site is told why, then cut
+        received: list[Envelope] = []
+        with pytest.raises(grpc.RpcError) as cut:
+            received.extend(frames_to_envelopes(iter(replies)))  # a typed report, then cut
     assert echo.disconnected_event.wait(5)
     assert "malformed stream" in echo.gone[0] and "no message head" in echo.gone[0]
+    (told,) = received
     report = ErrorReport.from_envelope(told)
     assert report.code == "malformed" and "no message head" in report.message
+    # The call's status says it too.
+    assert cut.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert cut.value.details() == echo.gone[0]  # type: ignore[attr-defined]
 
 
 def test_a_deeply_nested_header_gets_a_typed_error_back_and_other_sites_go_on(
@@ -253,7 +268,10 @@ def test_a_deeply_nested_header_gets_a_typed_error_back_and_other_sites_go_on(
     creds = grpc.ssl_channel_credentials(bundle.ca_pem, bundle.key_pem, bundle.cert_pem)
     with grpc.secure_channel(target, creds) as channel:
         answer = pb_grpc.FederationStub(channel).Connect(iter([pb.Frame(head=head)]))
-        (told,) = frames_to_envelopes(iter(answer))
+        received = []
+        with pytest.raises(grpc.RpcError):
+            received.extend(frames_to_envelopes(iter(answer)))
+    (told,) = received
     report = ErrorReport.from_envelope(told)
     assert report.code == "malformed"
     assert "nested 100001 levels deep; at most 32 are allowed" in report.message
@@ -449,8 +467,13 @@ def test_a_stream_that_breaks_midway_aborts_the_sink(study: Study) -> None:
     env = Envelope.create("update", "run-1", 0, vector=np.ones(100_000, np.float32))
     frames = list(wire_frames(env, LIMITS.chunk_bytes))[:3]  # head + 2 of 7 chunks, then end
     try:
-        with raw_channel(study, port) as channel:
-            (reply,) = channel.stream_stream(CONNECT)(iter(frames))  # the site is told why
+        replies: list[bytes] = []
+        with (
+            raw_channel(study, port) as channel,
+            pytest.raises(grpc.RpcError, match="ended in the middle of a message"),
+        ):
+            replies.extend(channel.stream_stream(CONNECT)(iter(frames)))  # told why, then cut
+        (reply,) = replies
         assert handler.disconnected_event.wait(5)
     finally:
         srv.stop(0)

@@ -914,6 +914,14 @@ def site_start(
             "share one machine, as in a loopback test.",
         ),
     ] = None,
+    give_up_after: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Minutes to keep retrying while the coordinator cannot be reached; then "
+            "the agent stops (exit 2) and can be started again later.",
+        ),
+    ] = 30.0,
     chunk_mib: ChunkMiB = 4.0,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
@@ -1015,12 +1023,18 @@ def site_start(
         state_dir=state,
         limits=_limits(chunk_mib, max_model_gib),
         log=_plain_log,
+        give_up_after_s=give_up_after * 60.0,
     )
     phase = agent.run(threading.Event())
     if phase is SitePhase.REFUSED:
         raise FedcareError(
             f"site '{site_name}' did not take part: its data ({data}) failed the check "
             "(each problem is listed above and was reported to the coordinator)"
+        )
+    if agent.run_status != "finished":
+        raise FedcareError(
+            f"site '{site_name}': the run did not finish (the coordinator reported it "
+            f"{agent.run_status or 'nothing'}; its reason is above)"
         )
     console.print(f"site '{site_name}': run over ({phase.value})")
 

@@ -14,7 +14,19 @@ are gRPC's own and the one into the destination.
 Memory: a reader reassembles at most one message at a time per stream, and all streams
 together reassemble at most ``TransportLimits.inflight_bytes`` of vectors at once
 (:class:`ByteBudget`); a site whose update must wait is held back by HTTP/2 flow control,
-so the coordinator holds a few chunks for it, not its whole update. A handler that
+so the coordinator holds a few chunks for it, not its whole update. A stream's share of
+the budget is that one message, which the handler's ``admit`` bounds (the run's plan:
+:mod:`fedcare.net.admission`) before anything is reserved, held for at most
+``TransportLimits.hold_deadline_s``: a sender that declares a message and then stalls is
+cut with that reason, so it cannot keep honest sites' updates waiting.
+
+One live stream per identity (:mod:`fedcare.net.live_streams`): a second connection with
+a certificate whose site already has a live stream is refused (ALREADY_EXISTS, saying
+where and since when the first connected) and the first is told. A stream is live until
+its RPC ends; a peer that vanished without closing is found by gRPC keep-alive (the
+coordinator pings every ``keepalive_s`` and drops a connection that does not answer
+within ``keepalive_timeout_s``), so a dead stream frees its site within
+``keepalive_s + keepalive_timeout_s``. A handler that
 defines ``begin(link, head)`` may instead take a vector chunk by chunk as it arrives
 (:class:`~fedcare.net.serde.ChunkSink`): nothing is reassembled, and because the sink
 runs on the stream's reader thread, a slow sink stops the reader, the HTTP/2 window
@@ -38,6 +50,7 @@ from typing import Any, Protocol, cast
 import grpc
 
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
+from fedcare.net.live_streams import LiveStreams
 from fedcare.net.serde import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -69,8 +82,21 @@ class TransportError(FedcareError):
 
     @property
     def refused(self) -> bool:
-        """The coordinator refused us (certificate): retrying will not help."""
-        return self.code in {"PERMISSION_DENIED", "UNAUTHENTICATED"}
+        """The coordinator refused us (certificate, not in the plan) or TLS cannot succeed
+        (see :mod:`fedcare.net.tls_probe`): retrying will not help."""
+        return self.code in {"PERMISSION_DENIED", "UNAUTHENTICATED", TLS_FAILED}
+
+
+TLS_FAILED = "TLS_FAILED"  # TransportError.code when a TLS probe named a lasting failure
+
+
+class StreamRefusedError(FedcareError):
+    """Raised by a handler's ``connected`` to refuse a stream; the site gets ``status``
+    (a gRPC status name) and this message."""
+
+    def __init__(self, message: str, status: str = "PERMISSION_DENIED") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TlsMaterial(Protocol):
@@ -95,6 +121,10 @@ class TransportLimits:
     keepalive_s: float = 20.0
     keepalive_timeout_s: float = 10.0
     lookahead_bytes: int | None = None  # HTTP/2 read-ahead per stream; None: one chunk
+    # How long one stream may hold its share of the in-flight budget (one message): a
+    # fixed allowance plus the message's size at a slow hospital uplink (2 Mbit/s).
+    hold_s: float = 60.0
+    min_rate_bytes_s: float = 256 << 10
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 1024:
@@ -105,6 +135,20 @@ class TransportLimits:
             raise ConfigError("keepalive_s and keepalive_timeout_s must be > 0")
         if self.lookahead_bytes is not None and self.lookahead_bytes < 1024:
             raise ConfigError(f"lookahead_bytes must be >= 1024, found {self.lookahead_bytes}")
+        if self.hold_s <= 0 or self.min_rate_bytes_s <= 0:
+            raise ConfigError(
+                f"hold_s and min_rate_bytes_s must be > 0, found {self.hold_s} and "
+                f"{self.min_rate_bytes_s}"
+            )
+
+    def hold_deadline_s(self, nbytes: int) -> float:
+        """Seconds a stream may hold ``nbytes`` of the in-flight budget before it is cut."""
+        return self.hold_s + nbytes / self.min_rate_bytes_s
+
+    @property
+    def liveness_s(self) -> float:
+        """At most this long after a peer vanishes, keep-alive declares its stream dead."""
+        return self.keepalive_s + self.keepalive_timeout_s
 
     @property
     def read_ahead_bytes(self) -> int:
@@ -122,6 +166,8 @@ class TransportLimits:
             ("grpc.max_receive_message_length", self.max_frame_bytes),
             ("grpc.keepalive_time_ms", keepalive_ms),
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            # gRPC >= 1.5x times an unanswered ping with this, not the keep-alive timeout.
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             # Bound what gRPC buffers per stream: without this its bandwidth-delay probe
@@ -250,25 +296,68 @@ def _frames(outbox: queue.Queue[Any], chunk_bytes: int) -> Iterator[bytes]:
         del encoded
 
 
+NOTICE_KIND = "transport_notice"
+"""A line for the site's terminal from the transport (not a protocol message: the agent
+logs it and the site machine never sees it)."""
+
+
+def notice_envelope(text: str) -> Envelope:
+    return Envelope.create(NOTICE_KIND, "transport", 0, {"text": text})
+
+
+def notice_text(env: Envelope) -> str:
+    return str(env.header.get("text", "")) or "(empty notice)"
+
+
 class Link:
     """The coordinator's end of one site's stream: send envelopes, close it."""
 
-    def __init__(self, identity: str, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self, identity: str, context: grpc.ServicerContext | None, peer: str = "unknown"
+    ) -> None:
         self.identity = identity
+        self.peer = peer  # where the stream comes from (address:port), for messages
+        self.since = time.time()  # wall clock, only ever shown to people
         self._context = context
         self._outbox: queue.Queue[Any] = queue.Queue()
         self.closed = threading.Event()
         self.closed_here = threading.Event()  # the coordinator ended the stream itself
+        self.end_reason = ""  # why the coordinator ended it, told to the site as a status
+        self.end_status = "OK"
+
+    @property
+    def live(self) -> bool:
+        """Neither end has closed it and gRPC still holds the call (keep-alive answers)."""
+        if self.closed.is_set() or self.closed_here.is_set():
+            return False
+        return self._context is None or bool(self._context.is_active())
 
     def send(self, env: Outgoing) -> None:
         if not self.closed.is_set():
             self._outbox.put(env)
 
-    def close(self) -> None:
-        """End the stream after what was already queued has been sent."""
+    def close(self, reason: str = "", status: str = "OK") -> None:
+        """End the stream after what was already queued has been sent; with a ``reason``
+        the site receives it as the call's status (``status``: a gRPC status name)."""
+        if not self.closed_here.is_set() and reason:
+            self.end_reason, self.end_status = reason, status
         if not self.closed.is_set():
             self.closed_here.set()
         self._outbox.put(_CLOSE)
+
+    def cut(self, reason: str, status: str) -> None:
+        """End the stream now, dropping what is queued, and tell the site why."""
+        self.end_reason, self.end_status = reason, status
+        self.closed_here.set()
+        while True:  # whatever is queued would only delay the reason
+            try:
+                self._outbox.get_nowait()
+            except queue.Empty:
+                break
+        self._outbox.put(_CLOSE)
+        if self._context is not None:
+            # The reader may be blocked on the site's next frame: end the call itself too.
+            threading.Timer(2.0, self._context.cancel).start()
 
     def _outgoing(self, chunk_bytes: int) -> Iterator[bytes]:
         return _frames(self._outbox, chunk_bytes)
@@ -282,6 +371,19 @@ class LinkHandler(Protocol):
     def received(self, link: Link, env: Envelope) -> None: ...
 
     def disconnected(self, link: Link, reason: str) -> None: ...
+
+
+class AdmittingHandler(LinkHandler, Protocol):
+    """Optional hooks (looked up by name), called from the stream's threads.
+
+    ``admit`` sees each head that announces a vector before any of it is reserved or
+    buffered, and raises ProtocolError to refuse it (the stream is cut with that reason).
+    ``duplicate_refused`` hears that a second stream for ``first``'s site was refused.
+    """
+
+    def admit(self, link: Link, head: VectorHead) -> None: ...
+
+    def duplicate_refused(self, first: Link, peer: str, reason: str) -> None: ...
 
 
 class ChunkingHandler(LinkHandler, Protocol):
@@ -302,36 +404,61 @@ def _read_stream(
     budget: ByteBudget | None,
     deliver: Callable[[Envelope], None],
     begin: Callable[[VectorHead], ChunkSink | None] | None = None,
+    overdue: Callable[[str], None] | None = None,
 ) -> None:
-    """Reassemble envelopes from wire frames, holding budget while a vector is being built."""
+    """Reassemble envelopes from wire frames, holding budget while a vector is being built.
+
+    The budget a message holds is its share; if its last chunk has not arrived within
+    ``limits.hold_deadline_s`` of reserving it, ``overdue`` is called with the reason (the
+    caller cuts the stream, which ends this loop and gives the share back).
+    """
     held = 0
+    timer: threading.Timer | None = None
 
     def start(head: VectorHead) -> ChunkSink | None:
-        nonlocal held
+        nonlocal held, timer
         sink = begin(head) if begin is not None else None
         if sink is None and budget is not None:
             budget.acquire(head.nbytes)
             held = head.nbytes
+            if overdue is not None:
+                deadline = limits.hold_deadline_s(head.nbytes)
+                reason = (
+                    f"message '{head.envelope.kind}' of {head.nbytes} bytes held its share of "
+                    f"the coordinator's in-flight budget for {deadline:.0f} s without arriving "
+                    "in full; the stream is closed so other sites' messages can go through"
+                )
+                timer = threading.Timer(deadline, overdue, args=(reason,))
+                timer.daemon = True
+                timer.start()
         return sink
+
+    def settle() -> None:
+        nonlocal held, timer
+        if timer is not None:
+            timer.cancel()
+            timer = None
+        if budget is not None and held:
+            budget.release(held)
+        held = 0
 
     assembler = FrameAssembler(limits.max_vector_bytes, limits.max_header_bytes, begin=start)
     try:
         for message in messages:
             env = assembler.feed_bytes(message)
             if env is not None:
+                if timer is not None:
+                    timer.cancel()  # it arrived in time; handling it is not the site's delay
                 deliver(env)
                 env = None  # drop the vector before giving its budget back
-                if budget is not None and held:
-                    budget.release(held)
-                held = 0
+                settle()
         if assembler.busy:
             raise ProtocolError("stream ended in the middle of a message")
     except BaseException as exc:
         assembler.abort(f"stream failed: {exc}")
         raise
     finally:
-        if budget is not None and held:
-            budget.release(held)
+        settle()
 
 
 class _Servicer:
@@ -346,6 +473,7 @@ class _Servicer:
         self.limits = limits
         self.peer_check = peer_check
         self.budget = budget
+        self.streams = LiveStreams()  # one live stream per site identity
         self.stopping = threading.Event()  # the server is shutting down
 
     def _identify(self, context: grpc.ServicerContext) -> str:
@@ -369,14 +497,26 @@ class _Servicer:
     def connect(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        link = Link(self._identify(context), context)
-        self.handler.connected(link)
+        link = Link(self._identify(context), context, _peer_address(context.peer()))
+        first = self.streams.claim(link)
+        if first is not None:
+            self._refuse_duplicate(first, link, context)
+        if not context.add_callback(lambda: self.streams.release(link)):
+            self.streams.release(link)  # the call already ended
+        try:
+            self.handler.connected(link)
+        except StreamRefusedError as exc:
+            self.streams.release(link)
+            context.abort(_status(exc.status), _text(exc))
         chunking = getattr(self.handler, "begin", None)
+        admit = getattr(self.handler, "admit", None)
 
         def begin(head: VectorHead) -> ChunkSink | None:
+            stamped = replace(head, envelope=head.envelope.from_peer(link.identity))
+            if admit is not None:
+                admit(link, stamped)  # ProtocolError: refused before anything is reserved
             if chunking is None:
                 return None
-            stamped = replace(head, envelope=head.envelope.from_peer(link.identity))
             return cast(ChunkSink | None, chunking(link, stamped))
 
         def read() -> None:
@@ -388,17 +528,20 @@ class _Servicer:
                     self.budget,
                     lambda env: self.handler.received(link, env.from_peer(link.identity)),
                     begin,
+                    overdue=lambda why: link.cut(why, "RESOURCE_EXHAUSTED"),
                 )
                 reason = self._ended_here(link) or (
                     _lost(grpc.RpcError()) if _cancelled(context) else reason
                 )
             except ProtocolError as exc:
-                reason = f"malformed stream: {_text(exc)}"
-                link.send(malformed_report(reason))  # the site learns why, then the stream ends
+                reason = self._ended_here(link) or f"malformed stream: {_text(exc)}"
+                link.send(malformed_report(reason))  # a typed error first, then the
+                link.close(reason, "INVALID_ARGUMENT")  # call status says it too
             except grpc.RpcError as exc:
                 reason = self._ended_here(link) or _lost(exc)
             except Exception as exc:  # a bug in the handler must not kill the server
                 reason = f"internal error: {type(exc).__name__}: {_text(exc)}"
+                link.close("the coordinator failed handling this stream's message", "INTERNAL")
             finally:
                 link.closed.set()
                 link.close()
@@ -406,11 +549,35 @@ class _Servicer:
 
         threading.Thread(target=read, name=f"read-{link.identity}", daemon=True).start()
         yield from link._outgoing(self.limits.chunk_bytes)
+        if link.end_reason and link.end_status != "OK":
+            context.abort(_status(link.end_status), link.end_reason)
+
+    def _refuse_duplicate(self, first: Link, second: Link, context: grpc.ServicerContext) -> None:
+        """Refuse ``second``: its site already has the live stream ``first``."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(first.since))
+        reason = (
+            f"site '{second.identity}' is already connected from {first.peer} since {since}; "
+            f"stop the other agent or wait (a connection that died is dropped within "
+            f"{self.limits.liveness_s:.0f} s)"
+        )
+        first.send(
+            notice_envelope(
+                f"another agent with this site's identity ('{first.identity}') connected from "
+                f"{second.peer} and was refused while this one is connected; if that was not "
+                "you, this site's bundle may be in someone else's hands"
+            )
+        )
+        heard = getattr(self.handler, "duplicate_refused", None)
+        if heard is not None:
+            heard(first, second.peer, reason)
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, reason)
 
     def _ended_here(self, link: Link) -> str:
         """Why a stream ended from this side ("" if the site ended it)."""
         if self.stopping.is_set():
             return "the coordinator is shutting down"
+        if link.end_reason:
+            return link.end_reason
         if link.closed_here.is_set():
             return "the coordinator closed the stream (the run is over or the site reconnected)"
         return ""
@@ -424,6 +591,16 @@ def malformed_report(reason: str) -> Envelope:
     """What a site is told before its stream is cut for a frame the coordinator could not
     decode (no run is named: the frame may not have said which)."""
     return ErrorReport("", 0, "malformed", reason).to_envelope()
+
+
+def _status(name: str) -> grpc.StatusCode:
+    return cast(grpc.StatusCode, getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN))
+
+
+def _peer_address(peer: str) -> str:
+    """gRPC's ``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` as ``127.0.0.1:5000``."""
+    scheme, sep, rest = peer.partition(":")
+    return rest if sep and scheme in {"ipv4", "ipv6", "unix"} else peer or "unknown"
 
 
 def _text(exc: BaseException) -> str:
@@ -595,9 +772,20 @@ def open_session(
         grpc.channel_ready_future(channel).result(timeout=connect_timeout_s)
     except grpc.FutureTimeoutError:
         channel.close()
-        raise TransportError(
-            f"could not reach the coordinator at {target} within {connect_timeout_s:.0f} s "
-            "(not running, wrong address, or the TLS handshake failed: check the bundle's CA)",
-            "UNAVAILABLE",
-        ) from None
+        raise _unreachable(target, tls, server_name, connect_timeout_s) from None
     return SiteSession(channel, metadata, limits)
+
+
+def _unreachable(
+    target: str, tls: TlsMaterial | None, server_name: str | None, waited_s: float
+) -> TransportError:
+    """Why gRPC could not connect: with TLS, one direct probe names a TLS failure, which
+    is lasting (``TLS_FAILED``, not retried); anything else may pass (``UNAVAILABLE``)."""
+    from fedcare.net.tls_probe import probe_tls
+
+    lead = f"could not reach the coordinator at {target} within {waited_s:.0f} s"
+    if tls is None:
+        return TransportError(f"{lead} (not running, or wrong address)", "UNAVAILABLE")
+    host, port = split_address(target)
+    found = probe_tls(host, port, tls, server_name)
+    return TransportError(f"{lead}: {found.text}", TLS_FAILED if found.lasting else "UNAVAILABLE")

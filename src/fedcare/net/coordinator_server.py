@@ -57,8 +57,9 @@ from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.storage import StorageError, storage_failure
 from fedcare.core.vectors import FloatVector
+from fedcare.net.admission import check_declared, max_message_bytes
 from fedcare.net.audit_signers import record_signer
-from fedcare.net.channel import CoordinatorServer, Link, TransportLimits
+from fedcare.net.channel import CoordinatorServer, Link, StreamRefusedError, TransportLimits
 from fedcare.net.reconcile import CHECKPOINT_SAVED, Reconciler, audit_body, checkpoint_body
 from fedcare.net.recorded_audit import RecordedAuditLog
 from fedcare.net.run_files import (
@@ -72,6 +73,7 @@ from fedcare.net.run_files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from fedcare.net.serde import VectorHead
 from fedcare.net.store import RunStore, StoreError
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
 from fedcare.runtime.audit import AuditEntry, AuditLog
@@ -212,10 +214,28 @@ class CoordinatorDriver:
         self.lock = threading.RLock()
         self.finished = threading.Event()
         self.storage_failure: StorageError | None = None  # set: stopped, see _stop_on_storage
+        secure = machine.strategy.secure
+        self.max_message_bytes = max_message_bytes(
+            machine.size,
+            machine.extras,
+            machine.plan.num_classes,
+            encrypted=secure is not None and secure.kind == "encrypt",
+        )
 
     # -- LinkHandler (called from the channel's reader threads) ----------------------------
 
     def connected(self, link: Link) -> None:
+        sites = self.machine.plan.sites
+        if link.identity not in sites:  # before any of its bytes is buffered
+            reason = (
+                f"site '{link.identity}' is not in the plan of run '{self.run_id}' (its sites: "
+                f"{', '.join(sites)}); this coordinator does not accept its stream"
+            )
+            self.log(f"{WARNING}refused a stream from {link.peer}: {reason}")
+            self.store.record_event(
+                self.run_id, "stream_refused", link.identity, {"reason": reason}
+            )
+            raise StreamRefusedError(reason, "PERMISSION_DENIED")
         with self.lock:
             old = self.links.get(link.identity)
             if old is not None:  # a restarted site: the new stream replaces the old one
@@ -233,6 +253,17 @@ class CoordinatorDriver:
             if self.links.get(link.identity) is not link:
                 return  # a stale stream of a site that has reconnected
             self._apply(self.machine.handle(env, time.monotonic()))
+
+    def admit(self, link: Link, head: VectorHead) -> None:
+        """A vector larger than the plan allows is refused before it is reserved."""
+        check_declared(head, link.identity, self.run_id, self.max_message_bytes)
+
+    def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
+        self.log(
+            f"{WARNING}refused a second connection for site '{first.identity}' from {peer}: {reason}"
+        )
+        detail = {"peer": peer, "connected_from": first.peer}
+        self.store.record_event(self.run_id, "duplicate_refused", first.identity, detail)
 
     def disconnected(self, link: Link, reason: str) -> None:
         with self.lock:
@@ -633,6 +664,12 @@ class _CurrentRun:
 
     def disconnected(self, link: Link, reason: str) -> None:
         self.driver.disconnected(link, reason)
+
+    def admit(self, link: Link, head: VectorHead) -> None:
+        self.driver.admit(link, head)
+
+    def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
+        self.driver.duplicate_refused(first, peer, reason)
 
 
 NextRun = Callable[[RunOutcome], CoordinatorDriver | None]

@@ -4,7 +4,11 @@ It connects *out* to the coordinator (no inbound port at the hospital), says Hel
 the result of checking its data against the study schema (problems are printed here and
 reported to the coordinator; nothing trains on data that failed), and then answers the
 coordinator's messages with the machine's replies. A lost connection is retried with
-exponential back-off; a refused certificate is not retried. The machine's per-site state
+exponential back-off for at most ``give_up_after_s`` without the coordinator (30 min by
+default; the agent then stops with :class:`GaveUpError`); a refused certificate, a site not in
+the plan and a TLS failure that cannot fix itself (:mod:`fedcare.net.tls_probe`) are not
+retried. ``run_status`` says how the last run ended ("" if the agent never heard), so the
+CLI exits non-zero when it did not finish. The machine's per-site state
 (SCAFFOLD control variate, personal model) is written atomically after every message that
 changes it, so a site that crashes and restarts rejoins with it; the file carries a SHA-256
 digest of its content, and a changed or truncated state file is refused at start naming
@@ -29,7 +33,15 @@ from typing import Any
 from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
 from fedcare.core.storage import StorageError, storage_failure
-from fedcare.net.channel import Backoff, SiteSession, TransportError, TransportLimits, open_session
+from fedcare.net.channel import (
+    NOTICE_KIND,
+    Backoff,
+    SiteSession,
+    TransportError,
+    TransportLimits,
+    notice_text,
+    open_session,
+)
 from fedcare.net.tls import TlsBundle, check_peer_certificate, signing_key_of
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.privacy.client_level import SiteBudget
@@ -64,6 +76,18 @@ SEND_POINTS = {
     kind: faults.declare(f"site.send.{kind}", f"a '{kind}' message is about to be sent")
     for kind in ("hello", "approval_status", "update", "eval_result", "error_report")
 }
+
+DEFAULT_GIVE_UP_S = 30 * 60.0
+
+
+class GaveUpError(FedcareError):
+    """The agent stopped retrying: the coordinator stayed unreachable for too long."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 def open_budget(
@@ -149,6 +173,8 @@ class SiteAgent:
         backoff: Backoff | None = None,
         tick_s: float = 0.5,
         server_name: str | None = None,
+        give_up_after_s: float = DEFAULT_GIVE_UP_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if bundle is not None and bundle.role != "site":
             raise ConfigError(f"bundle of '{bundle.name}' is a {bundle.role} bundle, not a site's")
@@ -161,6 +187,12 @@ class SiteAgent:
         self.backoff = backoff or Backoff()
         self.tick_s = tick_s
         self.server_name = server_name
+        if give_up_after_s <= 0:
+            raise ConfigError(f"give_up_after must be > 0 seconds, found {give_up_after_s}")
+        self.give_up_after_s = give_up_after_s
+        self.clock = clock
+        self.outage_since: float | None = None  # when the coordinator was last lost
+        self.run_status = ""  # "finished" / "failed" as the coordinator said, "" if unheard
         self.lock = threading.Lock()
         self.session: SiteSession | None = None
         self._saved = ""
@@ -174,6 +206,8 @@ class SiteAgent:
         return self.machine.phase in (SitePhase.FINISHED, SitePhase.REFUSED)
 
     def run(self, stop: threading.Event | None = None) -> SitePhase:
+        """Work until the run (or the study's last run) ends; raise TransportError when the
+        coordinator refuses this site or TLS cannot work, GaveUpError after too long without it."""
         stop = stop or threading.Event()
         ticker = threading.Thread(target=self._tick_loop, args=(stop,), daemon=True)
         ticker.start()
@@ -183,23 +217,17 @@ class SiteAgent:
                     self._connect_guarded(stop)
                 except TransportError as exc:
                     if exc.refused:
-                        self.log(f"the coordinator refused this site: {exc}")
+                        self.log(f"STOPPED: not retrying, this cannot fix itself: {exc}")
                         raise
-                    delay = self.backoff.next_delay()
-                    self.log(f"{exc}; reconnecting in {delay:.1f} s")
-                    stop.wait(delay)
+                    self._retry(stop, str(exc))
                     continue
-                if self.machine.phase is SitePhase.FINISHED or (
-                    self.machine.phase is SitePhase.REFUSED
-                ):
+                if self.finished:
                     break
-                delay = self.backoff.next_delay()
                 if self.machine.phase is SitePhase.WAITING_PLAN and self.machine.study:
                     closed = "the run is over; the study's next run follows"
                 else:
                     closed = "coordinator closed the stream"
-                self.log(f"{closed}; reconnecting in {delay:.1f} s")
-                stop.wait(delay)
+                self._retry(stop, closed)
         finally:
             stop.set()
             ticker.join(timeout=2)
@@ -236,6 +264,29 @@ class SiteAgent:
         if session is not None:
             session.cancel()
 
+    def _retry(self, stop: threading.Event, why: str) -> None:
+        """Wait before reconnecting, or give up once the coordinator has been gone for
+        ``give_up_after_s`` (said when the outage starts)."""
+        now = self.clock()
+        if self.outage_since is None:
+            self.outage_since = now
+            self.log(
+                f"retrying for up to {_duration(self.give_up_after_s)} without the coordinator "
+                "(--give-up-after)"
+            )
+        gone = now - self.outage_since
+        if gone >= self.give_up_after_s:
+            message = (
+                f"gave up after {_duration(gone)} without the coordinator at {self.target} "
+                f"(last: {why}); the run did not finish at this site. This site's state is "
+                f"kept in {self.state_dir}: start the agent again when the coordinator is back"
+            )
+            self.log(f"STOPPED: {message}")
+            raise GaveUpError(message)
+        delay = min(self.backoff.next_delay(), self.give_up_after_s - gone)
+        self.log(f"{why}; reconnecting in {delay:.1f} s")
+        stop.wait(delay)
+
     def _connect_once(self, stop: threading.Event) -> None:
         session = open_session(
             self.target,
@@ -251,8 +302,12 @@ class SiteAgent:
         try:
             for env in session:
                 self.backoff.reset()  # the coordinator answered: the next outage starts short
+                self.outage_since = None
                 if env.kind == AuditCopy.KIND:
                     self._keep_audit_entry(env)
+                    continue
+                if env.kind == NOTICE_KIND:
+                    self.log(f"NOTICE from the coordinator: {notice_text(env)}")
                     continue
                 with self.lock:
                     self._send(self.machine.handle(env, time.monotonic()))
@@ -300,6 +355,8 @@ class SiteAgent:
                 self.session.send(env)
 
     def _report(self, kind: str, round_: int, detail: dict[str, Any]) -> None:
+        if kind == "run_finished":
+            self.run_status = str(detail.get("status", ""))
         if kind == "data_invalid":
             self.log("DATA CHECK FAILED; nothing will run on this site's data:")
             for problem in detail.get("problems", []):
