@@ -53,9 +53,18 @@ def verdict(dep: Crashable, reference: np.ndarray, resumed_ok: bool) -> tuple[st
     return ("divergent", "; ".join(problems)) if problems else ("identical", "")
 
 
+def rounds_done(dep: Crashable) -> int:
+    """Rounds the coordinator had finished (its log) when it was killed."""
+    path = dep.log("coordinator")
+    text = path.read_text() if path.exists() else ""
+    return sum(1 for line in text.splitlines() if " done: " in line and "round " in line)
+
+
 def random_kill(
     root: Path, reference: np.ndarray, span: float, rng: random.Random, site: bool
-) -> tuple[str, str]:
+) -> tuple[str, str, int | None]:
+    """(verdict, detail, rounds done when the coordinator was killed; None: the run ended
+    before its kill time, so nothing was killed and the identical model proves nothing)."""
     dep = Crashable.create(root)
     try:
         coordinator = dep.coordinator()
@@ -64,6 +73,7 @@ def random_kill(
             if not (site and name == VICTIM):
                 dep.agent(name)
         victim = dep.site_process(VICTIM) if site else None
+        landed: int | None = None
         kills = sorted(
             [("coordinator", rng.uniform(0, span))]
             + ([("site", rng.uniform(0, span))] if site else []),
@@ -78,10 +88,11 @@ def random_kill(
             elif who == "coordinator" and coordinator.poll() is None:
                 coordinator.send_signal(signal.SIGKILL)
                 coordinator.wait()
+                landed = rounds_done(dep)
         code = coordinator.wait(timeout=300)
         if code != 0:  # killed: resume it
             code = dep.coordinator(resume=True).wait(timeout=300)
-        return verdict(dep, reference, code == 0)
+        return (*verdict(dep, reference, code == 0), landed)
     finally:
         dep.close()
 
@@ -102,6 +113,7 @@ def main() -> None:
         print(f"reference run: {span:.1f} s (kills land uniformly in [0, {span:.1f}] s)")
         outcomes: dict[str, list[str]] = {}
         seconds: list[float] = []
+        kills_at: list[int | None] = []  # rounds done when each coordinator kill landed
         if args.walk:
             jobs = [(p, None) for p in [*COORDINATOR_HITS, *SITE_HITS]]
         else:
@@ -118,7 +130,9 @@ def main() -> None:
                 except AssertionError as exc:
                     result = ("unresumable", str(exc)[-400:])
             else:
-                result = random_kill(root, reference, span, rng, site)
+                *verdict_detail, at = random_kill(root, reference, span, rng, site)
+                result = (verdict_detail[0], verdict_detail[1])
+                kills_at.append(at)
             seconds.append(time.monotonic() - t0)
             outcomes.setdefault(result[0], []).append(f"{label}: {result[1]}")
             print(f"{i + 1}/{len(jobs)} {label}: {result[0]} {result[1][:200]}", flush=True)
@@ -129,6 +143,13 @@ def main() -> None:
     for kind in ("identical", "unresumable", "divergent"):
         print(f"  {kind:<12} {len(outcomes.get(kind, []))}")
     print(f"  median seconds per run {statistics.median(seconds):.1f}")
+    if kills_at:
+        landed = [k for k in kills_at if k is not None]
+        spread = {r: landed.count(r) for r in sorted(set(landed))}
+        print(
+            f"  coordinator kills that landed before the run ended: {len(landed)} of "
+            f"{len(kills_at)}; by rounds already finished: {spread}"
+        )
     for kind in ("unresumable", "divergent"):
         for line in outcomes.get(kind, []):
             print(f"  {kind}: {line}")

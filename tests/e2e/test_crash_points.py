@@ -41,6 +41,17 @@ COORDINATOR_HITS = {
     "coordinator.send.eval_request": 6,
     "coordinator.send.run_finished": 2,
     "coordinator.send.audit_entry": 20,
+    # Just before a write (where a disk-full test fails it instead): the write is lost.
+    "coordinator.store.create_run": 1,
+    "coordinator.store.set_status": 2,
+    "coordinator.store.start_round": 2,
+    "coordinator.store.record_participant": 6,
+    "coordinator.store.finish_round": 2,
+    "coordinator.store.record_event": 20,
+    "coordinator.store.set_site_status": 5,
+    "coordinator.store.record_audit_head": 14,
+    "coordinator.audit.append": 14,
+    "coordinator.checkpoint.write": 3,
 }
 SITE_HITS = {
     "site.state.written": 2,
@@ -50,6 +61,8 @@ SITE_HITS = {
     "site.send.approval_status": 1,
     "site.send.update": 2,
     "site.send.eval_result": 2,
+    "site.state.write": 2,
+    "site.audit.append": 10,
 }
 # Declared points a run without misbehaving parties never reaches.
 NOT_REACHED = {
