@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -74,7 +75,7 @@ class Crashable:
         study_hash = study.plan.hash
         for site in SITES:
             ApprovalStore(root / "sites" / site / "approvals.json").approve(study_hash, by="owner")
-        return cls(root)
+        return cls(root, port=_free_port())
 
     @property
     def out(self) -> Path:
@@ -188,6 +189,14 @@ class Crashable:
         if not report.ok:
             found.append(f"audit verify: {report.summary()}")
         return found
+
+
+def _free_port() -> int:
+    """A fixed port for the deployment, as a real coordinator has: a coordinator killed
+    before it listens (a fault point at start) is resumed on the port the agents dial."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def reference_model(root: Path) -> np.ndarray:

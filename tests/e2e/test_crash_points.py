@@ -70,8 +70,9 @@ NOT_REACHED = {
     "site.send.error_report": "sent only when a site refuses a request",
 }
 VICTIM = "va"
-# The CI subset (~2 min): the checkpoint's write and rename, the store after it, the
-# evaluation request that tells sites a round counted, and a site's state and upload.
+# The CI subset (~3 min): the checkpoint's write and rename, the store after it, the
+# evaluation request that tells sites a round counted, a site's state and upload, and the
+# run's start and end.
 CI_POINTS = [
     "coordinator.checkpoint.written",
     "coordinator.checkpoint.renamed",
@@ -79,6 +80,10 @@ CI_POINTS = [
     "coordinator.send.eval_request",
     "site.state.renamed",
     "site.send.update",
+    # The run's two ends: before it is registered, and after its result, before its status.
+    "coordinator.store.create_run",
+    "coordinator.result.written",
+    "coordinator.store.status",
 ]
 
 

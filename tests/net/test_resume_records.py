@@ -11,6 +11,7 @@ tests/e2e/test_crash_points.py does the same with real processes and real kills.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -92,6 +93,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
         "coordinator.store.round_finished@2",  # round 2 in the store, nothing sent yet
         "coordinator.send.eval_request@5",  # round 2's evaluation half sent
         "coordinator.audit.appended@20",
+        "coordinator.result.written@1",  # the run's end: result.json written, store not yet
     ],
 )
 def test_a_crash_at_a_persistence_point_resumes_to_the_same_model_with_records_agreeing(
@@ -107,6 +109,9 @@ def test_a_crash_at_a_persistence_point_resumes_to_the_same_model_with_records_a
     resume(run)
     np.testing.assert_array_equal(final_model(run.folder), reference)
     assert disagreements(run.folder, RUN) == []
+    # The final evaluation survives too (a run resumed from its last checkpoint reports).
+    result = json.loads((run.folder / "deploy" / RUN / "result.json").read_text())
+    assert sorted(result["final_counts"]) == sorted(run.sites)
 
 
 def interrupted_after_round(tmp_path: Path, rounds: int) -> harness.Deployed:

@@ -672,6 +672,13 @@ def coordinator_resume(
         driver = resume_run(out, run, security, log=_plain_log)  # a run started on its own
         _serve(driver, address, insecure, limits, port_file)
         return
+    statuses = _statuses(out)
+    ended = all(statuses.get(r) in {"finished", "failed"} for r in deployed.run_ids)
+    if ended and not (out / "metrics.json").is_file():
+        # The coordinator stopped after the last run ended, before the study's results.
+        _log(f"every run of study '{deployed.plan.study}' has ended; writing its results")
+        _write_study_folder(out)
+        return
     todo = _unfinished(out, deployed, run)
     index = todo[0]
     where = _Serving(out, security, address, insecure, limits, port_file)

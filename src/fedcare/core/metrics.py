@@ -8,10 +8,14 @@ whose only approximation is the histogram bin width (never the mean of per-site 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from fedcare.core.errors import ConfigError
 
 AUC_BINS = 4096
 
@@ -149,3 +153,40 @@ def exact_auc(scores: npt.NDArray[np.floating], labels: npt.NDArray[np.integer])
     avg = first + (counts - 1) / 2.0 + 1.0
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def eval_counts(stats: EvalStats) -> dict[str, Any]:
+    """The additive counts behind an evaluation, as JSON (the score histogram kept sparse)."""
+    hist = stats.score_hist.reshape(-1)
+    nonzero = np.flatnonzero(hist)
+    return {
+        "num_classes": stats.num_classes,
+        "count": stats.count,
+        "loss_sum": stats.loss_sum,
+        "confusion": stats.confusion.tolist(),
+        "score_hist": {
+            "shape": list(stats.score_hist.shape),
+            "index": nonzero.tolist(),
+            "value": hist[nonzero].tolist(),
+        },
+    }
+
+
+def eval_from_counts(raw: Mapping[str, Any], where: str = "result.json") -> EvalStats:
+    """Inverse of :func:`eval_counts`; a malformed entry is a ConfigError naming ``where``."""
+    try:
+        num_classes = int(raw["num_classes"])
+        stats = EvalStats.empty(num_classes)
+        stats.count = int(raw["count"])
+        stats.loss_sum = float(raw["loss_sum"])
+        stats.confusion = np.asarray(raw["confusion"], dtype=np.int64).reshape(
+            num_classes, num_classes
+        )
+        hist = raw["score_hist"]
+        if tuple(hist["shape"]) != stats.score_hist.shape:
+            raise ValueError(f"score_hist shape {hist['shape']}, expected {stats.score_hist.shape}")
+        flat = stats.score_hist.reshape(-1)
+        flat[np.asarray(hist["index"], dtype=np.int64)] = np.asarray(hist["value"], np.int64)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"{where}: evaluation counts are malformed: {exc}") from exc
+    return stats

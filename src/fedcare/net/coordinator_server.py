@@ -55,6 +55,7 @@ from safetensors.numpy import save
 
 from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError
+from fedcare.core.metrics import eval_counts, eval_from_counts
 from fedcare.core.storage import StorageError, storage_failure
 from fedcare.core.vectors import FloatVector
 from fedcare.net.admission import check_declared, max_message_bytes
@@ -63,8 +64,6 @@ from fedcare.net.channel import CoordinatorServer, Link, StreamRefusedError, Tra
 from fedcare.net.reconcile import CHECKPOINT_SAVED, Reconciler, audit_body, checkpoint_body
 from fedcare.net.recorded_audit import RecordedAuditLog
 from fedcare.net.run_files import (
-    eval_counts,
-    eval_from_counts,
     finite_metrics,
     load_plan,
     read_plan_file,

@@ -52,7 +52,7 @@ import numpy as np
 from fedcare.algorithms.aggregate import Aggregate
 from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
-from fedcare.core.metrics import EvalStats
+from fedcare.core.metrics import EvalStats, eval_counts, eval_from_counts
 from fedcare.core.records import LocalOutcome, ServerState
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
@@ -338,6 +338,12 @@ class CoordinatorMachine:
         }
         if self.completed is not None:
             extra["completed"] = _json_safe(self.completed)
+        if self.final_eval:  # the last round's: a run resumed from here can still report
+            extra["final_counts"] = {s: eval_counts(e) for s, e in self.final_eval.items()}
+            extra["reference_counts"] = {
+                kind: {s: eval_counts(e) for s, e in evals.items()}
+                for kind, evals in self.reference_evals.items()
+            }
         if self.private is not None:
             extra["privacy"] = {**self.private.to_dict(), "noise_seed": self.noise_seed}
         if self.sample_epsilon is not None:
@@ -394,6 +400,15 @@ class CoordinatorMachine:
             machine.completed = dict(completed)  # its evaluation is re-sent once sites are back
         elif machine.round >= plan.rounds:
             machine.phase = Phase.FINISHED  # checkpointed after the last round
+            where = f"checkpoint of run '{machine.run_id}'"
+            machine.final_eval = {
+                str(s): eval_from_counts(c, where)
+                for s, c in dict(extra.get("final_counts", {})).items()
+            }
+            machine.reference_evals = {
+                str(kind): {str(s): eval_from_counts(c, where) for s, c in dict(evals).items()}
+                for kind, evals in dict(extra.get("reference_counts", {})).items()
+            }
         return machine
 
     def resumed_finished(self) -> None:

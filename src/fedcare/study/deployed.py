@@ -30,11 +30,11 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.metrics import EvalStats
+from fedcare.core.metrics import EvalStats, eval_from_counts
 from fedcare.data.tabular import RunSplit
 from fedcare.ml.torch_adapter import layout_of
 from fedcare.models.registry import build_model
-from fedcare.net.run_files import eval_from_counts, read_plan_file, run_dir
+from fedcare.net.run_files import read_plan_file, run_dir
 from fedcare.net.store import RoundRecord as StoredRound
 from fedcare.net.store import RunRecord, RunStore
 from fedcare.runtime.rounds import RunPlan
