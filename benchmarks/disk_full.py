@@ -21,10 +21,18 @@ import numpy as np
 
 from fedcare.core import faults
 from fedcare.net.audit_crosscheck import cross_check
-from fedcare.net.store import RunStore
+from fedcare.net.store import COMMIT_POINTS, RunStore
+from fedcare.runtime.audit import APPEND_POINT as AUDIT_APPEND
+from fedcare.runtime.checkpoint import WRITE_POINT as CHECKPOINT_WRITE
 from tests.net.test_storage_failures import Recorded
 
-POINTS = [p for p in faults.points_of("coordinator") if not p.endswith("create_run")]
+# The points just before a write (where a full disk refuses it); the points after a write
+# and before a send are crash points (benchmarks/crash_soak.py --walk), not disk-full ones.
+POINTS = [
+    *(p for p in COMMIT_POINTS.values() if not p.endswith("create_run")),
+    AUDIT_APPEND,
+    CHECKPOINT_WRITE,
+]
 
 
 def main() -> None:
