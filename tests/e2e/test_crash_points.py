@@ -139,3 +139,8 @@ def test_killed_at_a_fault_point_the_run_resumes_to_the_identical_model(
     assert dep.status() == "finished"
     np.testing.assert_array_equal(dep.final_model(), reference)  # bit for bit
     assert dep.problems() == []
+    # Resuming again is a no-op (a supervisor may restart the coordinator blindly).
+    again = dep.coordinator(resume=True)
+    assert again.wait(timeout=120) == 0, dep.log("coordinator").read_text()
+    assert "has finished; nothing to resume" in dep.log("coordinator").read_text()
+    np.testing.assert_array_equal(dep.final_model(), reference)

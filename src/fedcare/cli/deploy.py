@@ -673,11 +673,12 @@ def coordinator_resume(
         _serve(driver, address, insecure, limits, port_file)
         return
     statuses = _statuses(out)
-    ended = all(statuses.get(r) in {"finished", "failed"} for r in deployed.run_ids)
-    if ended and not (out / "metrics.json").is_file():
-        # The coordinator stopped after the last run ended, before the study's results.
-        _log(f"every run of study '{deployed.plan.study}' has ended; writing its results")
-        _write_study_folder(out)
+    if all(statuses.get(r) == "finished" for r in deployed.run_ids):
+        # Stopped after the study's last run ended: resuming is a no-op (idempotent, so a
+        # supervisor may restart the coordinator blindly), except for results not written.
+        _log(f"every run of study '{deployed.plan.study}' has finished; nothing to resume")
+        if not (out / "metrics.json").is_file():
+            _write_study_folder(out)
         return
     todo = _unfinished(out, deployed, run)
     index = todo[0]
