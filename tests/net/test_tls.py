@@ -301,3 +301,10 @@ def test_certs_cli_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, args,
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_hostile_revocation_list_is_a_clear_error_not_a_traceback(tmp_path):
+    ca = init_study_ca(tmp_path / "ca", "s")
+    (ca / "revoked.json").write_text('{"revoked": ' + "[" * 20_000 + "]" * 20_000 + "}")
+    with pytest.raises(ConfigError, match=r"revoked\.json', line 1: nested more than"):
+        load_revoked(ca)

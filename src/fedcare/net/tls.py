@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.data.json_file import read_json
 
 Role = Literal["site", "coordinator"]
 ROLES: tuple[str, ...] = get_args(Role)
@@ -426,13 +427,14 @@ def issue_bundle(
     return out_dir
 
 
+MAX_CA_FILE_BYTES = 64 << 20  # issued.json / revoked.json / bundle.json: far below this
+
+
 def _read_json(path: Path, default: dict[str, Any]) -> dict[str, Any]:
+    """A CA or bundle file, bounded in size and depth like every file fedcare reads."""
     if not path.exists():
         return default
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"'{path}' is not valid JSON: {exc}") from exc
+    data = read_json(path, "certificate file", MAX_CA_FILE_BYTES)
     if not isinstance(data, dict):
         raise ConfigError(f"'{path}' must hold a JSON object, found {type(data).__name__}")
     return data
