@@ -172,3 +172,19 @@ def test_site_pending_says_which_module_a_plan_would_import_and_allow_model_lets
         app, ["site", "disallow-model", "hospital.models:Net", "--state", str(state)]
     )
     assert gone.exit_code == 2 and "is not on the model allow-list" in gone.output
+
+
+def test_a_port_another_coordinator_listens_on_is_refused_before_anything_is_written(
+    tmp_path, study_folder
+):
+    import socket
+
+    with socket.socket() as other:  # e.g. yesterday's coordinator, still running
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        before = snapshot(study_folder)
+        result = start(tmp_path, study_folder, "--insecure", "--address", f"127.0.0.1:{port}")
+    assert result.exit_code == 2, result.output
+    assert f"port {port} is already in use on this machine" in " ".join(result.output.split())
+    assert snapshot(study_folder) == before

@@ -48,3 +48,21 @@ def test_invalid_addresses_name_the_option_and_what_was_found(text, message):
     with pytest.raises(ConfigError, match=r"^--address") as err:
         parse_address(text, "--address", any_port=True)
     assert message in str(err.value)
+
+
+def test_a_second_server_cannot_share_a_port_a_coordinator_listens_on():
+    # gRPC's default SO_REUSEPORT would let it bind and take half of the sites' connections.
+    from fedcare.net.channel import CoordinatorServer
+
+    class Idle:
+        def connected(self, link): ...
+        def received(self, link, env): ...
+        def disconnected(self, link, reason): ...
+
+    first = CoordinatorServer("127.0.0.1:0", Idle(), tls=None, peer_check=None, insecure=True)
+    port = first.start()
+    try:
+        with pytest.raises(ConfigError, match="port in use"):
+            CoordinatorServer(f"127.0.0.1:{port}", Idle(), tls=None, peer_check=None, insecure=True)
+    finally:
+        first.stop(0)

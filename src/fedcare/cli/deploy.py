@@ -97,10 +97,11 @@ def _limits(chunk_mib: float, max_model_gib: float) -> Any:
 def _listen_address(address: str, insecure: bool) -> str:
     """``--address`` checked (host syntax, port 0-65535) and, with ``--insecure``, on
     loopback: refused here, before the study folder is touched."""
-    from fedcare.net.address import parse_address
+    from fedcare.net.address import check_can_listen, parse_address
 
     parsed = parse_address(address, "--address", any_port=True)
     _insecure_on_loopback(parsed.host, "--address", insecure)
+    check_can_listen(parsed, "--address")
     return str(parsed)
 
 

@@ -7,8 +7,10 @@ gRPC takes a port number modulo 65536 and a host it cannot resolve only when it 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 
 from fedcare.core.errors import ConfigError
@@ -74,3 +76,33 @@ def _port(port: str, text: str, option: str, any_port: bool) -> int:
     if not low <= number <= MAX_PORT:
         raise ConfigError(f"{option} '{text}': port {number} is out of range; expected {allowed}")
     return number
+
+
+def check_can_listen(address: Address, option: str) -> None:
+    """ConfigError if nothing could listen on ``address`` now: the port is taken (another
+    coordinator?) or the host is not this machine's. Checked before anything is written;
+    the server refuses a taken port too (gRPC's port sharing is switched off)."""
+    if address.port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(f"{option} '{address}': cannot resolve '{address.host}': {exc}") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As the server does: a port left in TIME_WAIT by a stopped coordinator is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{option} '{address}': port {address.port} is already in use on this "
+                    "machine (another coordinator?); stop it or choose another port"
+                ) from None
+            raise ConfigError(
+                f"{option} '{address}': cannot listen there ({exc.strerror}); use an address "
+                "of this machine, or 0.0.0.0 for all of them"
+            ) from None

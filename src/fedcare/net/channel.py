@@ -179,6 +179,9 @@ class TransportLimits:
         if server:
             # Accept the sites' keep-alive pings instead of answering them with GOAWAY.
             options.append(("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms // 2))
+            # gRPC shares a port with any other process that does (SO_REUSEPORT) by
+            # default: a second coordinator on the port would silently take half the sites.
+            options.append(("grpc.so_reuseport", 0))
         return options
 
 
@@ -664,15 +667,18 @@ class CoordinatorServer:
             maximum_concurrent_rpcs=max_sites,
         )
         self._server.add_generic_rpc_handlers((servicer.generic_handler(),))
-        if insecure or tls is None:
-            self.port = int(self._server.add_insecure_port(address))
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(tls.key_pem, tls.cert_pem)],
-                root_certificates=tls.ca_pem,
-                require_client_auth=True,
-            )
-            self.port = int(self._server.add_secure_port(address, creds))
+        try:
+            if insecure or tls is None:
+                self.port = int(self._server.add_insecure_port(address))
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(tls.key_pem, tls.cert_pem)],
+                    root_certificates=tls.ca_pem,
+                    require_client_auth=True,
+                )
+                self.port = int(self._server.add_secure_port(address, creds))
+        except RuntimeError:  # gRPC: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
             raise ConfigError(f"could not listen on '{address}' (port in use or bad address)")
 
