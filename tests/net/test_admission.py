@@ -29,18 +29,10 @@ from fedcare.runtime.coordinator import CoordinatorOptions
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.site import DataCheck, SiteMachine
 from fedcare.study.config import parse_config
+from tests.net.test_coordinator_driver import HEART as DRIVER_HEART
 
-HEART = {
-    "name": "heart-streams",
-    "dataset": {"name": "heart-disease"},
-    "model": {"name": "logistic"},
-    "seeds": [0],
-    "rounds": 2,
-    "local": {"optimizer": "sgd", "lr": 0.02, "batch_size": 16},
-    "baselines": [],
-    "strategies": [{"name": "fedavg"}],
-    "participation": {"min_sites": 3},
-}
+# The driver tests' heart study, where three honest sites are enough for a round.
+HEART = {**DRIVER_HEART, "name": "heart-streams", "participation": {"min_sites": 3}}
 HONEST = ("cleveland", "hungarian", "switzerland")
 
 

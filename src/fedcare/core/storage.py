@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -178,3 +179,22 @@ def _immutable(path: Path) -> bool:
     """Whether writing is refused although the mode allows it (chattr +i, for example)."""
     mode = path.stat().st_mode
     return bool(mode & 0o200) and not os.access(path, os.W_OK)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, rename: ``path`` is the old file or the new one.
+    A refused write (full disk) removes the temporary file and raises an OSError naming
+    ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -56,7 +56,7 @@ from safetensors.numpy import save
 from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError
 from fedcare.core.metrics import eval_counts, eval_from_counts
-from fedcare.core.storage import StorageError, storage_failure
+from fedcare.core.storage import StorageError, storage_failure, write_bytes_atomic
 from fedcare.core.vectors import FloatVector
 from fedcare.net.admission import check_declared, max_message_bytes
 from fedcare.net.audit_signers import record_signer
@@ -69,7 +69,6 @@ from fedcare.net.run_files import (
     read_plan_file,
     run_dir,
     save_plan,
-    write_bytes_atomic,
     write_json_atomic,
 )
 from fedcare.net.serde import VectorHead

@@ -7,8 +7,6 @@ folder's metrics.json) without importing the transport.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.storage import write_bytes_atomic
 from fedcare.runtime.coordinator import CoordinatorOptions
 from fedcare.runtime.rounds import RunPlan
 
@@ -27,25 +26,6 @@ def run_dir(study_dir: Path, run_id: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, json.dumps(data, indent=2, allow_nan=False).encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, rename: ``path`` is the old file or the new one.
-    A refused write (full disk) removes the temporary file and raises an OSError naming
-    ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:

@@ -18,7 +18,10 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # channel imports this module lazily; only the type is needed
+    from fedcare.net.channel import TlsMaterial
 
 # OpenSSL X509_V_ERR_* codes a site can act on.
 _EXPIRED = 10
@@ -26,17 +29,6 @@ _NOT_YET_VALID = 9
 _HOSTNAME_MISMATCH = 62
 _IP_MISMATCH = 64
 _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}  # no issuer / self-signed / unable to get local issuer
-
-
-class Material(Protocol):
-    @property
-    def ca_pem(self) -> bytes: ...
-
-    @property
-    def cert_pem(self) -> bytes: ...
-
-    @property
-    def key_pem(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,7 @@ class TlsDiagnosis:
 
 
 def probe_tls(
-    host: str, port: int, tls: Material, server_name: str | None = None, timeout_s: float = 5.0
+    host: str, port: int, tls: TlsMaterial, server_name: str | None = None, timeout_s: float = 5.0
 ) -> TlsDiagnosis:
     """Connect to ``host:port`` with ``tls`` as a site would, and say how it went."""
     name = server_name or host.strip("[]")
@@ -81,7 +73,7 @@ def probe_tls(
         raw.close()
 
 
-def _client_context(tls: Material) -> ssl.SSLContext:
+def _client_context(tls: TlsMaterial) -> ssl.SSLContext:
     """A verifying client context holding the site's key pair (ssl reads them from files:
     a private folder that exists for the duration of the call)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -563,6 +563,49 @@ def mutated_case(bench: DecoderBench, rng: random.Random) -> Case:
     return Case(seed.receiver, frames, "+".join(names))
 
 
+# Header fields the messages read: a random header sets some of them to random JSON.
+HEADER_KEYS = (
+    "data_ok",
+    "data",
+    "problems",
+    "plan",
+    "plan_hash",
+    "segments",
+    "models",
+    "wire",
+    "attempt",
+    "weight",
+    "num_samples",
+    "metrics",
+    "update_hash",
+    "step",
+    "session",
+    "shares",
+    "secure",
+    "entry",
+    "certificate",
+    "status",
+    "final",
+    "deadline_s",
+    "contributed",
+    "seed",
+    "site_index",
+    "sampled",
+    "code",
+    "message",
+    "c_pk",
+    "s_pk",
+    "b",
+    "s",
+    "keys",
+    "survivors",
+    "study",
+    "study_hash",
+)
+# Keys inside random JSON: any header field, and those of a model's evaluation entry.
+NESTED_KEYS = (*HEADER_KEYS, "name", "count", "loss")
+
+
 def _random_json(rng: random.Random, depth: int = 0) -> Any:
     roll = rng.random()
     if depth > 6 or roll < 0.45:
@@ -577,26 +620,7 @@ def _random_json(rng: random.Random, depth: int = 0) -> Any:
         )
     if roll < 0.7:
         return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    keys = (
-        "data_ok",
-        "data",
-        "plan",
-        "plan_hash",
-        "segments",
-        "models",
-        "wire",
-        "attempt",
-        "weight",
-        "step",
-        "session",
-        "shares",
-        "secure",
-        "entry",
-        "name",
-        "count",
-        "loss",
-    )
-    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+    return {rng.choice(NESTED_KEYS): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
 
 
 def random_case(bench: DecoderBench, rng: random.Random) -> Case:
@@ -614,46 +638,7 @@ def random_case(bench: DecoderBench, rng: random.Random) -> Case:
     header: dict[str, Any] = {}
     for _ in range(rng.randint(0, 8)):
         value = _random_json(rng)
-        key = rng.choice(
-            (
-                "data_ok",
-                "data",
-                "problems",
-                "plan",
-                "plan_hash",
-                "segments",
-                "models",
-                "wire",
-                "attempt",
-                "weight",
-                "num_samples",
-                "metrics",
-                "update_hash",
-                "step",
-                "session",
-                "shares",
-                "secure",
-                "entry",
-                "certificate",
-                "status",
-                "final",
-                "deadline_s",
-                "contributed",
-                "seed",
-                "site_index",
-                "sampled",
-                "code",
-                "message",
-                "c_pk",
-                "s_pk",
-                "b",
-                "s",
-                "keys",
-                "survivors",
-                "study",
-                "study_hash",
-            )
-        )
+        key = rng.choice(HEADER_KEYS)
         header[key] = value
     dtype = rng.choice((None, "float32", "int64", "uint32", "uint8"))
     vector = None

@@ -24,15 +24,14 @@ import fnmatch
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.core.storage import write_bytes_atomic
 from fedcare.data.json_file import read_json
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -250,16 +249,7 @@ class ApprovalStore:
             data = self._load()
             yield data
             payload = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(payload)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            write_bytes_atomic(self.path, payload.encode())
 
     def approve(self, hash: str, by: str, note: str = "") -> None:
         """Allow the plan with ``hash`` to run here (it need not have been seen yet)."""

@@ -18,15 +18,14 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedcare.core.errors import ConfigError
+from fedcare.core.storage import write_bytes_atomic
 from fedcare.data.json_file import read_json
 
 ALLOW_FILE = "allowed-models.json"
@@ -180,14 +179,5 @@ class ModelAllowList:
             models: dict[str, Any] = self.entries()
             yield models
             payload = {"version": _FORMAT_VERSION, "models": models}
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(payload, fh, indent=2, sort_keys=True)
-                    fh.write("\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+            write_bytes_atomic(self.path, text.encode())
