@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from fedcare.data.base import FederatedDataset, SiteData
+
+# Property tests check results, never time: Hypothesis' per-example deadline is a
+# wall-clock assertion that fails on a loaded 2-core CI machine (one example took 0.9 s).
+settings.register_profile("fedcare", deadline=None)
+settings.load_profile("fedcare")
 
 
 def make_sites(
