@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from fedcare.algorithms.aggregate import Aggregate
+from fedcare.algorithms.spec import AlgorithmSpec
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.vectors import FloatVector
 
@@ -36,3 +39,27 @@ class FedAvgClient:
         self, state: ServerState, aggregate: Aggregate, num_sites: int
     ) -> dict[str, FloatVector]:
         return {}
+
+
+def fedavg_client(params: BaseModel) -> FedAvgClient:
+    """FedAvg's client rule, whatever the spec's own parameters configure elsewhere."""
+    return FedAvgClient()
+
+
+FEDAVG = AlgorithmSpec(name="fedavg", client=fedavg_client)
+# FedAvg's client rule with another server optimizer (Reddi et al., ICLR 2021) or schedule.
+SPECS = (
+    FEDAVG,
+    AlgorithmSpec(name="fedavgm", client=fedavg_client, server_momentum=0.9),
+    AlgorithmSpec(name="fedadam", client=fedavg_client, server_optimizer="adam", server_lr=0.01),
+    AlgorithmSpec(name="fedyogi", client=fedavg_client, server_optimizer="yogi", server_lr=0.01),
+    AlgorithmSpec(
+        name="fedadagrad", client=fedavg_client, server_optimizer="adagrad", server_lr=0.01
+    ),
+    AlgorithmSpec(
+        name="cyclic",
+        client=fedavg_client,
+        schedule="cyclic",
+        not_private="sites hand the model to each other instead of sending updates to sum",
+    ),
+)

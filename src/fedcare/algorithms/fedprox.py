@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict
+
 from fedcare.algorithms.fedavg import FedAvgClient
+from fedcare.algorithms.spec import AlgorithmSpec
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, ServerState, SiteState
 
@@ -26,3 +29,16 @@ class FedProxClient(FedAvgClient):
 
     def objective(self, state: ServerState, site_state: SiteState) -> LocalObjective:
         return LocalObjective(prox_mu=self.mu, anchor=state.params)
+
+
+class FedProxParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mu: float = 0.01  # strength of the proximal term
+
+
+def fedprox_client(params: FedProxParams) -> FedProxClient:
+    return FedProxClient(mu=params.mu)
+
+
+SPECS = (AlgorithmSpec(name="fedprox", client=fedprox_client, params=FedProxParams),)

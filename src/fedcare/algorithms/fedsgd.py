@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedcare.algorithms.fedavg import FedAvgClient
+from fedcare.algorithms.spec import AlgorithmSpec, NoParams
 from fedcare.core.records import TrainSpec
 
 
@@ -23,3 +24,11 @@ class FedSGDClient(FedAvgClient):
         return replace(
             spec, optimizer="sgd", lr=1.0, momentum=0.0, epochs=None, steps=1, batch_size=None
         )
+
+
+def fedsgd_client(params: NoParams) -> FedSGDClient:
+    return FedSGDClient()
+
+
+# The server lr is the step size of the one gradient step a round takes.
+SPECS = (AlgorithmSpec(name="fedsgd", client=fedsgd_client, server_lr=0.1),)

@@ -66,3 +66,37 @@ def regulariser(models: Matrix, precision: Matrix, lambda1: float, lambda2: floa
     return float(
         lambda1 * np.trace(models.T @ precision @ models) + lambda2 * np.sum(models * models)
     )
+
+
+# The spec is declared last: MOCHA's sites train with FedAvg's client rule and the task
+# relationship above as their personal pass.
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+from fedcare.algorithms.fedavg import fedavg_client  # noqa: E402
+from fedcare.algorithms.spec import AlgorithmSpec  # noqa: E402
+
+
+class MochaParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lambda1: float = 0.1  # strength of the learned task relationship
+    lambda2: float = 0.01  # ridge on every site's model
+
+
+def mocha_personal_params(params: MochaParams) -> dict[str, float]:
+    return {"mocha_lambda1": params.lambda1, "mocha_lambda2": params.lambda2}
+
+
+SPECS = (
+    AlgorithmSpec(
+        name="mocha",
+        client=fedavg_client,
+        params=MochaParams,
+        personal="mocha",
+        personal_params=mocha_personal_params,
+        hooks=frozenset({"personal_pass"}),
+        not_private="the coordinator needs every site's model to learn the task relationship",
+        not_sample_private="each site's own model is trained outside DP-SGD and sent to the "
+        "coordinator",
+    ),
+)

@@ -91,3 +91,42 @@ def personal_model(
     if mask is not None:
         return site_start(global_params, site_state, mask)
     return global_params
+
+
+# The specs are declared last: the personalisation kinds over FedAvg's client rule.
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+from fedcare.algorithms.fedavg import fedavg_client  # noqa: E402
+from fedcare.algorithms.spec import AlgorithmSpec  # noqa: E402
+
+
+class DittoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ditto_lambda: float = 0.1  # pull of each personal model towards the global one
+
+
+def ditto_personal_params(params: DittoParams) -> dict[str, float]:
+    return {"ditto_lambda": params.ditto_lambda}
+
+
+SPECS = (
+    AlgorithmSpec(name="fedper", client=fedavg_client, personal="fedper"),
+    AlgorithmSpec(
+        name="fedbn",
+        client=fedavg_client,
+        personal="fedbn",
+        not_sample_private="it keeps batch-norm layers at the sites, and DP-SGD cannot train "
+        "models with batch-norm statistics (they mix rows within a batch)",
+    ),
+    AlgorithmSpec(
+        name="ditto",
+        client=fedavg_client,
+        params=DittoParams,
+        personal="ditto",
+        personal_params=ditto_personal_params,
+        hooks=frozenset({"personal_pass"}),
+        not_sample_private="each site trains its personal model in a second pass outside "
+        "DP-SGD and reports that model's results",
+    ),
+)

@@ -44,3 +44,32 @@ class QFedAvgClient(FedAvgClient):
         h = self.q * loss ** (self.q - 1) * float(dw @ dw) + lipschitz * loss**self.q
         upload = (-(loss**self.q) * dw / h).astype(np.float32)
         return site_state, upload, {WEIGHT_KEY: np.array([h], dtype=np.float32)}
+
+
+# The spec is declared last, after the client rule it builds.
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+from fedcare.algorithms.spec import AlgorithmSpec  # noqa: E402
+
+
+class QFedAvgParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    q: float = 1.0  # fairness: 0 is FedAvg with uniform weights, larger favours worse sites
+
+
+def qfedavg_client(params: QFedAvgParams) -> QFedAvgClient:
+    return QFedAvgClient(q=params.q)
+
+
+SPECS = (
+    AlgorithmSpec(
+        name="qfedavg",
+        client=qfedavg_client,
+        params=QFedAvgParams,
+        hooks=frozenset({"start_loss", "own_weight"}),
+        not_private="each site sends its own loss-based weight, which DP-FedAvg does not bound",
+        not_sample_private="each site reports its loss at the global model on its training "
+        "rows (its q-FedAvg weight), computed without noise",
+    ),
+)

@@ -1,159 +1,35 @@
-"""Named strategies, as a study config lists them.
+"""Named strategies, as a study config lists them, built from the algorithms' specs.
 
-``fedadam`` is FedAvg's client rule with the Adam server optimizer, ``fedavgm`` FedAvg with
-server momentum, and so on: composition, never a subclass per combination.
+Every name, default and refusal comes from a declaration: the algorithm's
+:class:`~fedcare.algorithms.spec.AlgorithmSpec` (its parameters, server optimizer,
+schedule, what stays at the sites, what privacy cannot cover) and the stages' declared
+properties (:mod:`fedcare.transforms.declared`). There is no per-name branch here, so an
+algorithm registered by a plug-in is built exactly like a built-in one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from fedcare.algorithms.aggregate import Weighting
-from fedcare.algorithms.client_rule import ClientRule
-from fedcare.algorithms.fedavg import FedAvgClient
-from fedcare.algorithms.fedprox import FedProxClient
-from fedcare.algorithms.fedsgd import FedSGDClient
-from fedcare.algorithms.personal import Personalisation, PersonalKind
-from fedcare.algorithms.qfedavg import QFedAvgClient
+from fedcare.algorithms.personal import Personalisation
+from fedcare.algorithms.plugin import AlgorithmRegistry, algorithms
 from fedcare.algorithms.robust import build_robust_aggregator
-from fedcare.algorithms.scaffold import ScaffoldClient
-from fedcare.algorithms.server_optim import ServerOptimizer, ServerOptimizerName
-from fedcare.algorithms.strategy import Schedule, Strategy
+from fedcare.algorithms.server_optim import ServerOptimizer
+from fedcare.algorithms.spec import COMMON_PARAMS, AlgorithmSpec
+from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
-from fedcare.privacy.spec import DPSpec, SampleDPSpec, parse_dp, parse_sample_dp
-from fedcare.transforms.pipeline import Stage, UploadPipeline, check_combination, parse_stages
-from fedcare.transforms.secure import SecureSpec, parse_secure
-
-# name -> (client rule factory, server optimizer name, default server lr, schedule)
-_TABLE: dict[
-    str, tuple[Callable[[Mapping[str, Any]], ClientRule], ServerOptimizerName, float, Schedule]
-] = {
-    "fedavg": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-    "fedavgm": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-    "fedadam": (lambda p: FedAvgClient(), "adam", 0.01, "parallel"),
-    "fedyogi": (lambda p: FedAvgClient(), "yogi", 0.01, "parallel"),
-    "fedadagrad": (lambda p: FedAvgClient(), "adagrad", 0.01, "parallel"),
-    "fedprox": (lambda p: FedProxClient(mu=float(p.get("mu", 0.01))), "sgd", 1.0, "parallel"),
-    "scaffold": (lambda p: ScaffoldClient(), "sgd", 1.0, "parallel"),
-    "fedsgd": (lambda p: FedSGDClient(), "sgd", 0.1, "parallel"),
-    "cyclic": (lambda p: FedAvgClient(), "sgd", 1.0, "cyclic"),
-    "qfedavg": (lambda p: QFedAvgClient(q=float(p.get("q", 1.0))), "sgd", 1.0, "parallel"),
-    "fedper": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-    "fedbn": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-    "ditto": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-    "mocha": (lambda p: FedAvgClient(), "sgd", 1.0, "parallel"),
-}
-_PERSONAL: dict[str, PersonalKind] = {
-    "fedper": "fedper",
-    "fedbn": "fedbn",
-    "ditto": "ditto",
-    "mocha": "mocha",
-}
-
-_PARAMS = {
-    "server_lr",
-    "server_momentum",
-    "beta1",
-    "beta2",
-    "tau",
-    "weighting",
-    "mu",
-    "q",
-    "ditto_lambda",
-    "finetune_epochs",
-    "lambda1",
-    "lambda2",
-    "aggregator",
-    "aggregator_params",
-    "upload",
-    "dp",
-    "sample_dp",
-    "secure",
-}
-
-
-# Strategies whose uploads carry more than one averaged delta (control variates, q-FedAvg's
-# own weights, MOCHA's models, cyclic's model hand-over): DP and secure summation cover the
-# delta only, so these are refused rather than half-protected.
-_NOT_PRIVATE = {
-    "scaffold": "its control variates travel beside the update, unclipped and in the clear",
-    "qfedavg": "each site sends its own loss-based weight, which DP-FedAvg does not bound",
-    "mocha": "the coordinator needs every site's model to learn the task relationship",
-    "cyclic": "sites hand the model to each other instead of sending updates to sum",
-}
-
-
-def _check_privacy(
-    name: str,
-    key: str,
-    dp: DPSpec | None,
-    secure: SecureSpec | None,
-    aggregator: str,
-    stages: tuple[Stage, ...],
-) -> None:
-    """Refuse privacy settings that cannot work together, saying why."""
-    check_combination(stages, aggregator=aggregator, secure=secure.kind if secure else None)
-    if (dp or secure) and key in _NOT_PRIVATE:
-        what = "differential privacy" if dp else secure.label if secure else ""
-        raise ConfigError(f"strategy '{name}': {what} does not apply to {key}: {_NOT_PRIVATE[key]}")
-    if dp is None:
-        return
-    if dp.mode == "distributed" and secure is None:
-        raise ConfigError(
-            f"strategy '{name}': distributed DP adds only a share of the noise at each site, "
-            f"so the coordinator must see only the sum; add secure: secure_aggregation (or encrypt)"
-        )
-    if dp.mode == "central" and secure is not None:
-        raise ConfigError(
-            f"strategy '{name}': central DP clips each update at the coordinator, which "
-            f"{secure.label} prevents; use dp mode 'distributed' with secure summation"
-        )
-    if aggregator != "mean":
-        raise ConfigError(
-            f"strategy '{name}': DP-FedAvg's noise is calibrated to a clipped sum; robust rule "
-            f"'{aggregator}' changes the sensitivity, so the epsilon would be wrong"
-        )
-
-
-# Strategies whose sites train or report something from their rows outside the DP-SGD
-# steps: sample-level DP would not cover it, so they are refused.
-_NOT_SAMPLE_PRIVATE = {
-    "qfedavg": "each site reports its loss at the global model on its training rows (its "
-    "q-FedAvg weight), computed without noise",
-    "ditto": "each site trains its personal model in a second pass outside DP-SGD and "
-    "reports that model's results",
-    "mocha": "each site's own model is trained outside DP-SGD and sent to the coordinator",
-    "fedbn": "it keeps batch-norm layers at the sites, and DP-SGD cannot train models with "
-    "batch-norm statistics (they mix rows within a batch)",
-}
-
-
-def _check_sample_dp(name: str, key: str, sample_dp: SampleDPSpec | None, finetune: int) -> None:
-    """Refuse sample-level DP-SGD where rows would reach a result outside its steps.
-
-    Everything the coordinator derives from DP-SGD models (FedProx's and SCAFFOLD's local
-    objectives, control variates, robust rules, compression, client-level ``dp``, ``secure``)
-    is post-processing and keeps each site's epsilon; epochs and steps both work (each
-    site's steps per round are ``local.steps_for(n_k)`` at q = batch_size / n_k).
-    """
-    if sample_dp is None:
-        return
-    if key in _NOT_SAMPLE_PRIVATE:
-        raise ConfigError(
-            f"strategy '{name}': sample_dp (DP-SGD) does not apply to {key}: "
-            f"{_NOT_SAMPLE_PRIVATE[key]}"
-        )
-    if finetune:
-        raise ConfigError(
-            f"strategy '{name}': sample_dp (DP-SGD) covers federated training only; "
-            f"finetune_epochs ({finetune}) trains the final model on each site's rows "
-            "without it; drop finetune_epochs"
-        )
+from fedcare.privacy.spec import parse_dp, parse_sample_dp
+from fedcare.transforms.declared import aggregation_stage, algorithm_stage, check_declared
+from fedcare.transforms.pipeline import UploadPipeline, parse_stages
+from fedcare.transforms.secure import parse_secure
 
 
 def strategy_names() -> list[str]:
-    return sorted(_TABLE)
+    return algorithms().names()
 
 
 def build_strategy(
@@ -161,27 +37,16 @@ def build_strategy(
 ) -> Strategy:
     """Build a strategy by name; unknown names and parameters are a ConfigError."""
     params = dict(params or {})
+    registry = algorithms()
     key = name.lower()
-    if key not in _TABLE:
+    spec = registry.get(key)
+    if spec is None:
         raise ConfigError(
-            f"unknown strategy '{name}'; known strategies: {', '.join(strategy_names())}"
+            f"unknown strategy '{name}'; known strategies: {', '.join(registry.names())}"
         )
-    unknown = sorted(set(params) - _PARAMS)
-    if unknown:
-        raise ConfigError(
-            f"strategy '{name}': unknown parameter(s) {unknown}; allowed: {sorted(_PARAMS)}"
-        )
-    if "mu" in params and key != "fedprox":
-        raise ConfigError(f"strategy '{name}': 'mu' only applies to fedprox")
-    if "q" in params and key != "qfedavg":
-        raise ConfigError(f"strategy '{name}': 'q' only applies to qfedavg")
-    if ("lambda1" in params or "lambda2" in params) and key != "mocha":
-        raise ConfigError(f"strategy '{name}': 'lambda1'/'lambda2' only apply to mocha")
-    if "ditto_lambda" in params and key != "ditto":
-        raise ConfigError(f"strategy '{name}': 'ditto_lambda' only applies to ditto")
-    rule_factory, opt_name, default_lr, schedule = _TABLE[key]
-    momentum = float(params.get("server_momentum", 0.9 if key == "fedavgm" else 0.0))
-    if momentum and opt_name != "sgd":
+    _check_param_names(name, key, spec, params, registry)
+    momentum = float(params.get("server_momentum", spec.server_momentum))
+    if momentum and spec.server_optimizer != "sgd":
         raise ConfigError(
             f"strategy '{name}': server_momentum applies to sgd-based strategies only"
         )
@@ -191,23 +56,22 @@ def build_strategy(
             f"strategy '{name}': weighting must be 'samples' or 'uniform', found '{weighting}'"
         )
     try:
+        own = spec.parse_params(params)
+    except ValidationError as exc:
+        raise ConfigError(f"strategy '{name}': {_validation_message(exc)}") from None
+    try:
         optimizer = ServerOptimizer(
-            name=opt_name,
-            lr=float(params.get("server_lr", default_lr)),
+            name=spec.server_optimizer,
+            lr=float(params.get("server_lr", spec.server_lr)),
             momentum=momentum,
             beta1=float(params.get("beta1", 0.9)),
             beta2=float(params.get("beta2", 0.99)),
             tau=float(params.get("tau", 1e-3)),
         )
-    except ValueError as exc:
-        raise ConfigError(f"strategy '{name}': {exc}") from exc
-    try:
         personal = Personalisation(
-            kind=_PERSONAL.get(key),
-            ditto_lambda=float(params.get("ditto_lambda", 0.1)),
+            kind=spec.personal,
             finetune_epochs=int(params.get("finetune_epochs", 0)),
-            mocha_lambda1=float(params.get("lambda1", 0.1)),
-            mocha_lambda2=float(params.get("lambda2", 0.01)),
+            **spec.personal_params(own),
         )
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc
@@ -217,7 +81,7 @@ def build_strategy(
         build_robust_aggregator(aggregator, **aggregator_params)  # unknown rules fail here
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc
-    if aggregator != "mean" and key in ("qfedavg", "cyclic"):
+    if aggregator != "mean" and spec.refuses_robust:
         raise ConfigError(f"strategy '{name}': robust aggregation does not apply to {key}")
     raw_stages = params.get("upload", [])
     if not isinstance(raw_stages, list):
@@ -225,7 +89,7 @@ def build_strategy(
             f"strategy '{name}': 'upload' must be a list of stages, found {raw_stages!r}"
         )
     stages = parse_stages(raw_stages, where=f"strategy '{name}' upload")
-    if stages and key == "cyclic":
+    if stages and spec.schedule == "cyclic":
         raise ConfigError(
             f"strategy '{name}': cyclic training passes models, not updates; upload stages do not apply"
         )
@@ -240,8 +104,20 @@ def build_strategy(
         if params.get("sample_dp") is not None
         else None
     )
-    _check_privacy(name, key, dp, secure, aggregator, stages)
-    _check_sample_dp(name, key, sample_dp, personal.finetune_epochs)
+    # The per-update stages, then the noise, then the secure sum, then the aggregation:
+    # the order the update takes from the site to the new global model.
+    check_declared(
+        [
+            algorithm_stage(key, spec.not_private),
+            *(s.declared for s in stages),
+            *((dp.declared,) if dp else ()),
+            *((secure.declared,) if secure else ()),
+            aggregation_stage(aggregator),
+        ],
+        where=f"strategy '{name}'",
+    )
+    if sample_dp is not None:
+        _check_sample_dp(name, key, spec, personal.finetune_epochs)
     return Strategy(
         name=label or key,
         dp=dp,
@@ -251,8 +127,61 @@ def build_strategy(
         aggregator=aggregator,
         aggregator_params=aggregator_params,
         upload=UploadPipeline(stages),
-        client=rule_factory(params),
+        client=spec.client(own),
         server_optimizer=optimizer,
         weighting=weighting,
-        schedule=schedule,
+        schedule=spec.schedule,
     )
+
+
+def _check_param_names(
+    name: str,
+    key: str,
+    spec: AlgorithmSpec[Any],
+    params: Mapping[str, Any],
+    registry: AlgorithmRegistry,
+) -> None:
+    """Unknown parameters, and another algorithm's parameters, are refused by name."""
+    allowed = COMMON_PARAMS | registry.own_params()
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"strategy '{name}': unknown parameter(s) {unknown}; allowed: {sorted(allowed)}"
+        )
+    misplaced = sorted(set(params) - COMMON_PARAMS - spec.param_names)
+    if misplaced:
+        owners = registry.param_owners(misplaced[0])
+        owner = registry.get(owners[0]) if len(owners) == 1 else None
+        together = sorted(owner.param_names) if owner else [misplaced[0]]
+        quoted = "/".join(f"'{p}'" for p in together)
+        verb = "applies" if len(together) == 1 else "apply"
+        raise ConfigError(f"strategy '{name}': {quoted} only {verb} to {', '.join(owners)}")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Pydantic's errors as 'parameter': what was expected, found what."""
+    return "; ".join(
+        f"parameter '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}, found {err['input']!r}"
+        for err in exc.errors()
+    )
+
+
+def _check_sample_dp(name: str, key: str, spec: AlgorithmSpec[Any], finetune: int) -> None:
+    """Refuse sample-level DP-SGD where rows would reach a result outside its steps.
+
+    Everything the coordinator derives from DP-SGD models (FedProx's and SCAFFOLD's local
+    objectives, control variates, robust rules, compression, client-level ``dp``, ``secure``)
+    is post-processing and keeps each site's epsilon; epochs and steps both work (each
+    site's steps per round are ``local.steps_for(n_k)`` at q = batch_size / n_k).
+    """
+    if spec.not_sample_private is not None:
+        raise ConfigError(
+            f"strategy '{name}': sample_dp (DP-SGD) does not apply to {key}: "
+            f"{spec.not_sample_private}"
+        )
+    if finetune:
+        raise ConfigError(
+            f"strategy '{name}': sample_dp (DP-SGD) covers federated training only; "
+            f"finetune_epochs ({finetune}) trains the final model on each site's rows "
+            "without it; drop finetune_epochs"
+        )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcare.algorithms.aggregate import Aggregate
+from fedcare.algorithms.spec import AlgorithmSpec, NoParams
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.vectors import FloatVector
@@ -68,3 +69,17 @@ class ScaffoldClient:
         return {
             SERVER_CONTROL: (state.arrays[SERVER_CONTROL] + fraction * mean_dc).astype(np.float32)
         }
+
+
+def scaffold_client(params: NoParams) -> ScaffoldClient:
+    return ScaffoldClient()
+
+
+SPECS = (
+    AlgorithmSpec(
+        name="scaffold",
+        client=scaffold_client,
+        hooks=frozenset({"extras"}),
+        not_private="its control variates travel beside the update, unclipped and in the clear",
+    ),
+)

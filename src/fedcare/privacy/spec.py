@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from fedcare.core.errors import ConfigError
 from fedcare.privacy.accountant import ACCOUNTANT_KINDS, AccountantKind
+from fedcare.transforms.declared import Declared
 
 DPMode = Literal["central", "local", "distributed"]
 DP_MODES: tuple[str, ...] = ("central", "local", "distributed")
@@ -73,6 +74,31 @@ class DPSpec:
         )
         clip = "adaptive C" if self.adaptive_clip else f"C={self.clip_norm:g}"
         return f"{self.mode} DP {target}, δ={self.delta:g}, {clip}"
+
+    @property
+    def declared(self) -> Declared:
+        """The noise stage: where it runs and what it needs of the stages around it.
+
+        Central noise is added at the coordinator, which must clip each update; local and
+        distributed noise at the site, a distributed share private only once summed. Every
+        mode calibrates its noise to a clipped sum, so the aggregation must be the mean.
+        """
+        return Declared(
+            name=f"dp ({self.mode})",
+            title=f"{self.mode} DP",
+            at_coordinator=self.mode == "central",
+            needs_each_update="central DP clips each update at the coordinator, which {label} "
+            "prevents; use dp mode 'distributed' with secure summation"
+            if self.mode == "central"
+            else None,
+            needs_sum_only="distributed DP adds only a share of the noise at each site, so the "
+            "coordinator must see only the sum; add secure: secure_aggregation (or encrypt)"
+            if self.mode == "distributed"
+            else None,
+            needs_sum_aggregation="DP-FedAvg's noise is calibrated to a clipped sum; robust rule "
+            "'{aggregator}' changes the sensitivity, so the epsilon would be wrong",
+            covers="differential privacy",
+        )
 
 
 def _positive(value: Any, field: str, where: str) -> float:

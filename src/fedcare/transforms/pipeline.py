@@ -8,9 +8,10 @@ Each stage encodes at the site and decodes at the coordinator, in reverse order
 * ``topk``: keep a ``fraction`` of the coordinates with error feedback (the residual of
   what was not sent stays at the site, in its state, and joins the next round's update).
 
-Secure aggregation and homomorphic encryption (``secure_aggregation``, ``encrypt``) are
-named here so a configuration can be checked for combinations that cannot work, with a
-message that says why (:func:`check_combination`).
+Each stage declares what it keeps and needs (:mod:`fedcare.transforms.declared`); the
+refusals of combinations that cannot work (two compression stages, clipping after
+compression, compression under secure aggregation or encryption, ...) follow from those
+declarations, with the declaring stage's reason.
 
 In simulation the encoded objects pass by reference; ``nbytes`` is exactly what their
 wire format (``to_bytes``) would move, so the bytes a study reports are real.
@@ -28,13 +29,25 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import SiteState
 from fedcare.core.vectors import FloatVector
 from fedcare.transforms import quantize, sparsify
-from fedcare.transforms.clipping import l2_clip
-from fedcare.transforms.sparsify import SparseVector, TopKCompressor
+from fedcare.transforms.clipping import CLIP_STAGE, l2_clip
+from fedcare.transforms.declared import (
+    COMPRESSION,
+    Declared,
+    aggregation_stage,
+    check_declared,
+    check_order,
+)
+from fedcare.transforms.quantize import QUANTIZE_STAGE
+from fedcare.transforms.secure import SECURE_KINDS, SecureSpec
+from fedcare.transforms.sparsify import TOPK_STAGE, SparseVector, TopKCompressor
 
 StageKind = Literal["clip", "quantize", "topk"]
-STAGE_KINDS: tuple[str, ...] = ("clip", "quantize", "topk")
-SECURE_STAGES: tuple[str, ...] = ("secure_aggregation", "encrypt")
-COMPRESSION_STAGES: tuple[str, ...] = ("quantize", "topk")
+DECLARED: dict[str, Declared] = {d.name: d for d in (CLIP_STAGE, QUANTIZE_STAGE, TOPK_STAGE)}
+STAGE_KINDS: tuple[str, ...] = tuple(DECLARED)
+SECURE_STAGES: tuple[str, ...] = SECURE_KINDS
+COMPRESSION_STAGES: tuple[str, ...] = tuple(
+    d.name for d in DECLARED.values() if d.group is COMPRESSION
+)
 
 # Site-state key of top-k's error-feedback residual (never uploaded).
 TOPK_RESIDUAL = "__topk_residual__"
@@ -55,6 +68,10 @@ class Stage:
     def label(self) -> str:
         inner = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.kind}({inner})"
+
+    @property
+    def declared(self) -> Declared:
+        return DECLARED[self.kind]
 
 
 @dataclass(frozen=True)
@@ -98,17 +115,7 @@ def parse_stages(raw: Sequence[Mapping[str, Any]], *, where: str = "upload") -> 
         stage = Stage(kind, params)  # type: ignore[arg-type]
         _check_stage(stage, f"{where}[{i}]")
         stages.append(stage)
-    compressors = [s.kind for s in stages if s.kind in COMPRESSION_STAGES]
-    if len(compressors) > 1:
-        raise ConfigError(
-            f"{where}: at most one compression stage per pipeline, found {compressors}; "
-            f"top-k values are already float32 and quantising them again gains little"
-        )
-    if compressors and stages[-1].kind != compressors[0]:
-        raise ConfigError(
-            f"{where}: the compression stage '{compressors[0]}' must come last; clipping after "
-            f"compression would change what was encoded"
-        )
+    check_order([s.declared for s in stages], where=where)
     return tuple(stages)
 
 
@@ -133,34 +140,13 @@ def _check_stage(stage: Stage, where: str) -> None:
 def check_combination(
     stages: Sequence[Stage], *, aggregator: str = "mean", secure: str | None = None
 ) -> None:
-    """Refuse combinations that cannot work, saying why.
+    """Refuse combinations of upload stages, a secure sum and an aggregation that cannot work,
+    saying why (the declared-property check, without DP or an algorithm).
 
     ``secure`` is ``"secure_aggregation"``, ``"encrypt"`` or None.
     """
-    if secure is None:
-        return
-    what = "secure aggregation masks" if secure == "secure_aggregation" else "encryption hides"
-    if aggregator != "mean":
-        raise ConfigError(
-            f"robust aggregation '{aggregator}' cannot run over {secure}: {what} each site's "
-            f"update so the coordinator only ever sees the sum, but a robust rule must look at "
-            f"every update on its own (to take medians, trim or compare distances). Use "
-            f"norm-bounding clip before {secure}, or drop one of the two."
-        )
-    for stage in stages:
-        if stage.kind == "topk":
-            raise ConfigError(
-                f"top-k sparsification cannot run under {secure}: sites keep different "
-                f"coordinates, and a masked or encrypted vector is dense, so nothing would be "
-                f"saved and the sparse indices would reveal what each site kept"
-            )
-        if stage.kind == "quantize":
-            raise ConfigError(
-                f"stochastic quantisation cannot run under {secure}: each site picks its own "
-                f"grid (per-chunk minimum and step), and codes on different grids cannot be "
-                f"summed without decoding them one by one. Secure aggregation quantises into "
-                f"its ring itself; set its bits there."
-            )
+    hider = (SecureSpec(secure).declared,) if secure is not None else ()  # type: ignore[arg-type]
+    check_declared([*(s.declared for s in stages), *hider, aggregation_stage(aggregator)])
 
 
 @dataclass(frozen=True)

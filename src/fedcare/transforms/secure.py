@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedcare.core.errors import ConfigError
+from fedcare.transforms.declared import Declared
 
 SecureKind = Literal["secure_aggregation", "encrypt"]
 SECURE_KINDS: tuple[str, ...] = ("secure_aggregation", "encrypt")
@@ -30,6 +31,18 @@ class SecureSpec:
         if self.kind == "encrypt":
             return "CKKS encryption"
         return "SecAgg+" if self.degree else "SecAgg"
+
+    @property
+    def declared(self) -> Declared:
+        """A secure sum: the coordinator sees only the sum, so what is summed must be
+        dense and linear, and nothing after it can look at one site's update."""
+        return Declared(
+            name=self.kind,
+            title=self.label,
+            label=self.label,
+            sum_only="encryption hides" if self.kind == "encrypt" else "secure aggregation masks",
+            covers=self.label,
+        )
 
 
 def parse_secure(raw: object, *, where: str = "secure") -> SecureSpec:
