@@ -89,7 +89,7 @@ def build_strategy(
             f"strategy '{name}': 'upload' must be a list of stages, found {raw_stages!r}"
         )
     stages = parse_stages(raw_stages, where=f"strategy '{name}' upload")
-    if stages and spec.schedule == "cyclic":
+    if stages and spec.passes_models:
         raise ConfigError(
             f"strategy '{name}': cyclic training passes models, not updates; upload stages do not apply"
         )

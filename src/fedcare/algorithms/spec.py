@@ -146,10 +146,15 @@ class AlgorithmSpec(Generic[P]):
         return frozenset(self.params.model_fields)
 
     @property
+    def passes_models(self) -> bool:
+        """Sites hand the model on (cyclic) instead of uploading updates to aggregate."""
+        return self.schedule == "cyclic"
+
+    @property
     def refuses_robust(self) -> bool:
         """Robust rules ignore weights and need updates from one model: sites that set their
         own weight, or a cyclic chain of models, cannot be aggregated robustly."""
-        return "own_weight" in self.hooks or self.schedule == "cyclic"
+        return "own_weight" in self.hooks or self.passes_models
 
     def parse_params(self, given: Mapping[str, Any]) -> P:
         """This algorithm's own parameters from ``given`` (the rest are common ones)."""
