@@ -141,3 +141,19 @@ def test_the_process_registry_is_loaded_once_and_reloads_on_request(monkeypatch)
     finally:
         monkeypatch.undo()
         assert "fedcap" not in plugin.reload_algorithms().names()
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("fedprox", {"mu": "strong"}, "strategy 'fedprox': parameter 'mu': Input should be a valid number"),
+        ("fedavg", {"server_lr": "fast"}, "strategy 'fedavg': parameter 'server_lr': Input should be a valid number"),
+        ("ditto", {"finetune_epochs": 2.5}, "parameter 'finetune_epochs': Input should be a valid integer"),
+        ("fedavg", {"aggregator_params": [1]}, "parameter 'aggregator_params': Input should be a valid dictionary"),
+        ("fedavg", {"lambda2": 0.1}, "strategy 'fedavg': 'lambda1'/'lambda2' only apply to mocha"),
+    ],
+)  # fmt: skip
+def test_parameters_of_the_wrong_type_or_algorithm_are_named(name, params, message):
+    with pytest.raises(ConfigError) as err:
+        registry.build_strategy(name, params)
+    assert message in str(err.value)

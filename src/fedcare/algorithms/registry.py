@@ -19,7 +19,7 @@ from fedcare.algorithms.personal import Personalisation
 from fedcare.algorithms.plugin import AlgorithmRegistry, algorithms
 from fedcare.algorithms.robust import build_robust_aggregator
 from fedcare.algorithms.server_optim import ServerOptimizer
-from fedcare.algorithms.spec import COMMON_PARAMS, AlgorithmSpec
+from fedcare.algorithms.spec import COMMON_PARAMS, AlgorithmSpec, CommonParams
 from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
 from fedcare.privacy.spec import parse_dp, parse_sample_dp
@@ -45,38 +45,36 @@ def build_strategy(
             f"unknown strategy '{name}'; known strategies: {', '.join(registry.names())}"
         )
     _check_param_names(name, key, spec, params, registry)
-    momentum = float(params.get("server_momentum", spec.server_momentum))
+    try:
+        common = CommonParams.model_validate(params)
+        own = spec.parse_params(params)
+    except ValidationError as exc:
+        raise ConfigError(f"strategy '{name}': {_validation_message(exc)}") from None
+    momentum = spec.server_momentum if common.server_momentum is None else common.server_momentum
     if momentum and spec.server_optimizer != "sgd":
         raise ConfigError(
             f"strategy '{name}': server_momentum applies to sgd-based strategies only"
         )
-    weighting: Weighting = params.get("weighting", "samples")
-    if weighting not in ("samples", "uniform"):
+    if common.weighting not in ("samples", "uniform"):
         raise ConfigError(
-            f"strategy '{name}': weighting must be 'samples' or 'uniform', found '{weighting}'"
+            f"strategy '{name}': weighting must be 'samples' or 'uniform', found '{common.weighting}'"
         )
-    try:
-        own = spec.parse_params(params)
-    except ValidationError as exc:
-        raise ConfigError(f"strategy '{name}': {_validation_message(exc)}") from None
+    weighting: Weighting = "uniform" if common.weighting == "uniform" else "samples"
     try:
         optimizer = ServerOptimizer(
             name=spec.server_optimizer,
-            lr=float(params.get("server_lr", spec.server_lr)),
+            lr=spec.server_lr if common.server_lr is None else common.server_lr,
             momentum=momentum,
-            beta1=float(params.get("beta1", 0.9)),
-            beta2=float(params.get("beta2", 0.99)),
-            tau=float(params.get("tau", 1e-3)),
+            beta1=common.beta1,
+            beta2=common.beta2,
+            tau=common.tau,
         )
         personal = Personalisation(
-            kind=spec.personal,
-            finetune_epochs=int(params.get("finetune_epochs", 0)),
-            **spec.personal_params(own),
+            kind=spec.personal, finetune_epochs=common.finetune_epochs, **spec.personal_params(own)
         )
     except ValueError as exc:
         raise ConfigError(f"strategy '{name}': {exc}") from exc
-    aggregator = str(params.get("aggregator", "mean"))
-    aggregator_params = dict(params.get("aggregator_params", {}))
+    aggregator, aggregator_params = common.aggregator, dict(common.aggregator_params)
     try:
         build_robust_aggregator(aggregator, **aggregator_params)  # unknown rules fail here
     except ValueError as exc:

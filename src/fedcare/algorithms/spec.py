@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedcare.algorithms.client_rule import ClientRule
 from fedcare.algorithms.server_optim import ServerOptimizerName
@@ -38,24 +38,32 @@ SCHEDULES: tuple[str, ...] = ("parallel", "cyclic")
 PERSONAL_KINDS: tuple[str, ...] = ("fedper", "fedbn", "ditto", "mocha")
 SERVER_OPTIMIZERS: tuple[str, ...] = get_args(ServerOptimizerName)
 
-COMMON_PARAMS: frozenset[str] = frozenset(
-    {
-        "server_lr",
-        "server_momentum",
-        "beta1",
-        "beta2",
-        "tau",
-        "weighting",
-        "finetune_epochs",
-        "aggregator",
-        "aggregator_params",
-        "upload",
-        "dp",
-        "sample_dp",
-        "secure",
-    }
-)
-"""Parameters every strategy takes (server optimizer, weighting, privacy, upload stages)."""
+
+class CommonParams(BaseModel):
+    """Parameters every strategy takes: server optimizer, weighting, personal fine-tuning,
+    aggregation, upload stages and privacy (the last four parsed by their own modules).
+
+    ``server_lr`` and ``server_momentum`` default to the algorithm's spec.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    weighting: str = "samples"
+    finetune_epochs: int = 0
+    aggregator: str = "mean"
+    aggregator_params: dict[str, Any] = Field(default_factory=dict)
+    upload: Any = None
+    dp: Any = None
+    sample_dp: Any = None
+    secure: Any = None
+
+
+COMMON_PARAMS: frozenset[str] = frozenset(CommonParams.model_fields)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
