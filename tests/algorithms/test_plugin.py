@@ -157,3 +157,15 @@ def test_parameters_of_the_wrong_type_or_algorithm_are_named(name, params, messa
     with pytest.raises(ConfigError) as err:
         registry.build_strategy(name, params)
     assert message in str(err.value)
+
+
+def test_a_client_rule_missing_protocol_methods_is_refused():
+    class HalfRule:
+        name = "half"
+
+        def finish(self, *args: object) -> None: ...
+
+    spec = AlgorithmSpec(name="half", client=lambda params: HalfRule())
+    with pytest.raises(ConfigError) as err:
+        AlgorithmRegistry().register(spec, source="pkg")
+    assert "pkg: algorithm 'half': the client rule HalfRule lacks ['check_spec'" in str(err.value)

@@ -22,6 +22,7 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from fedcare.algorithms.client_rule import ClientRule
 from fedcare.algorithms.spec import AlgorithmSpec
 from fedcare.core.errors import ConfigError
 
@@ -38,12 +39,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "fedcare.algorithms.mocha",
 )
 
-_CLIENT_METHODS = (
-    "check_spec",
-    "init_server_arrays",
-    "objective",
-    "finish",
-    "update_server_arrays",
+# The methods a client rule must have: those of the protocol, however it grows.
+_CLIENT_METHODS = tuple(
+    k for k, v in vars(ClientRule).items() if not k.startswith("_") and callable(v)
 )
 
 
