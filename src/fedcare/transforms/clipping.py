@@ -13,7 +13,6 @@ import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError, UpdateRejectedError
 from fedcare.core.vectors import FloatVector
-from fedcare.transforms.declared import Declared
 
 # Clipped vectors are scaled to C / (1 + margin): float32 rounding of the scaled entries
 # (relative error ~6e-8 each) can then never push the norm above C.
@@ -53,7 +52,3 @@ def l2_clip(update: npt.ArrayLike, clip_norm: float) -> ClipResult:
         return ClipResult(vec.copy(), norm, False)
     scale = clip_norm / (norm * (1.0 + CLIP_MARGIN))
     return ClipResult((vec * np.float32(scale)).astype(np.float32), norm, True)
-
-
-# Linear in the sense secure sums need (a clipped update is a plain dense vector).
-CLIP_STAGE = Declared(name="clip", title="L2 clipping")

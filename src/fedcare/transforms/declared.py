@@ -17,7 +17,9 @@ declares, as data, what it keeps and what it needs:
   clipped sum);
 * ``covers``: it protects the update (DP, a secure sum), which the algorithm's upload must
   allow (``not_coverable``: why not);
-* ``group`` / ``last``: at most one stage of a group per pipeline; must come last.
+* ``group`` / ``last``: at most one stage of a group per pipeline; must come last;
+* ``at_coordinator``: it runs at the coordinator (central DP, the aggregation), after
+  every stage that runs at the sites.
 
 :func:`check_declared` derives every refusal from these declarations, with the reason the
 declaring stage gives. Adding a stage means declaring it; the checker does not change.

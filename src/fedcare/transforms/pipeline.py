@@ -29,20 +29,41 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import SiteState
 from fedcare.core.vectors import FloatVector
 from fedcare.transforms import quantize, sparsify
-from fedcare.transforms.clipping import CLIP_STAGE, l2_clip
+from fedcare.transforms.clipping import l2_clip
 from fedcare.transforms.declared import (
     COMPRESSION,
+    COMPRESSION_LAST,
     Declared,
     aggregation_stage,
     check_declared,
     check_order,
 )
-from fedcare.transforms.quantize import QUANTIZE_STAGE
 from fedcare.transforms.secure import SECURE_KINDS, SecureSpec
-from fedcare.transforms.sparsify import TOPK_STAGE, SparseVector, TopKCompressor
+from fedcare.transforms.sparsify import SparseVector, TopKCompressor
 
 StageKind = Literal["clip", "quantize", "topk"]
-DECLARED: dict[str, Declared] = {d.name: d for d in (CLIP_STAGE, QUANTIZE_STAGE, TOPK_STAGE)}
+# What each upload stage keeps, for the checks of what it may be combined with.
+DECLARED: dict[str, Declared] = {
+    "clip": Declared(name="clip", title="L2 clipping"),  # a dense, linear vector
+    "quantize": Declared(
+        name="quantize",
+        title="stochastic quantisation",
+        group=COMPRESSION,
+        last=COMPRESSION_LAST,
+        not_linear="each site picks its own grid (per-chunk minimum and step), and codes on "
+        "different grids cannot be summed without decoding them one by one. Secure "
+        "aggregation quantises into its ring itself; set its bits there.",
+    ),
+    "topk": Declared(
+        name="topk",
+        title="top-k sparsification",
+        group=COMPRESSION,
+        last=COMPRESSION_LAST,
+        not_dense="sites keep different coordinates, and a masked or encrypted vector is "
+        "dense, so nothing would be saved and the sparse indices would reveal what each "
+        "site kept",
+    ),
+}
 STAGE_KINDS: tuple[str, ...] = tuple(DECLARED)
 SECURE_STAGES: tuple[str, ...] = SECURE_KINDS
 COMPRESSION_STAGES: tuple[str, ...] = tuple(

@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.vectors import FloatVector
-from fedcare.transforms.declared import COMPRESSION, COMPRESSION_LAST, Declared
 
 DEFAULT_CHUNK_SIZE = 1024
 SUPPORTED_BITS = (4, 8)
@@ -201,14 +200,3 @@ def _unpack(packed: Codes, bits: int, length: int) -> Codes:
     codes[0::2] = packed & 0x0F
     codes[1::2] = packed >> np.uint8(4)
     return codes[:length]
-
-
-QUANTIZE_STAGE = Declared(
-    name="quantize",
-    title="stochastic quantisation",
-    group=COMPRESSION,
-    last=COMPRESSION_LAST,
-    not_linear="each site picks its own grid (per-chunk minimum and step), and codes on "
-    "different grids cannot be summed without decoding them one by one. Secure aggregation "
-    "quantises into its ring itself; set its bits there.",
-)

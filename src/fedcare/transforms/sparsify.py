@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.vectors import FloatVector
-from fedcare.transforms.declared import COMPRESSION, COMPRESSION_LAST, Declared
 
 _MAX_LENGTH = 1 << 32  # indices are uint32
 
@@ -128,13 +127,3 @@ class TopKCompressor:
 
     def decode(self, sparse: SparseVector) -> FloatVector:
         return decode(sparse)
-
-
-TOPK_STAGE = Declared(
-    name="topk",
-    title="top-k sparsification",
-    group=COMPRESSION,
-    last=COMPRESSION_LAST,
-    not_dense="sites keep different coordinates, and a masked or encrypted vector is dense, "
-    "so nothing would be saved and the sparse indices would reveal what each site kept",
-)
