@@ -5,8 +5,6 @@ and names it in the ``fedcare.algorithms`` entry point group; fedcare finds it w
 registry loads, and ``build_strategy`` and the simulator run it like a built-in strategy.
 """
 
-from importlib.metadata import EntryPoint
-
 import numpy as np
 import pytest
 
@@ -17,15 +15,17 @@ from fedcare.core.records import TrainSpec
 from fedcare.models import build_model
 from fedcare.sim.engine import FederatedSimulation
 
-FEDCAP = EntryPoint(
-    name="fedcap", value="tests.algorithms.fedcap_plugin:SPEC", group="fedcare.algorithms"
-)
-
 
 @pytest.fixture
-def fedcap_installed(monkeypatch):
-    """As if a package declaring the FedCap entry point were installed."""
-    monkeypatch.setattr(plugin, "plugin_entry_points", lambda: [FEDCAP])
+def fedcap_installed(tmp_path, monkeypatch):
+    """As if ``pip install fedcap-plugin`` had run: its metadata on the import path."""
+    dist = tmp_path / "fedcap_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fedcap-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[fedcare.algorithms]\nfedcap = tests.algorithms.fedcap_plugin:SPEC\n"
+    )
+    monkeypatch.syspath_prepend(tmp_path)
     plugin.reload_algorithms()
     yield
     monkeypatch.undo()
