@@ -105,7 +105,7 @@ class AlgorithmSpec(Generic[P]):
     not_sample_private: str | None = None
 
     def __post_init__(self) -> None:
-        problems = list(self._problems())
+        problems = self._problems()
         if problems:
             raise ValueError(f"algorithm spec '{self.name}': {'; '.join(problems)}")
 
