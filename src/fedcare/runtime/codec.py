@@ -25,7 +25,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self, TypeVar, get_type_hints
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast, get_type_hints
 
 import numpy as np
 import numpy.typing as npt
@@ -108,7 +108,7 @@ class MismatchError(Exception):
 
 
 class FieldType:
-    """How one header field is written to JSON and read back (raising :class:`MismatchErrorError`).
+    """How one header field is written to JSON and read back (raising :class:`MismatchError`).
 
     Declared in a message's annotation: ``data_ok: Annotated[bool, Flag()]``.
     """
@@ -334,9 +334,7 @@ class WireMessage:
     def from_envelope(cls, env: Envelope) -> Self:
         if env.kind != cls.KIND:
             raise ProtocolError(f"expected a '{cls.KIND}' message, found '{env.kind}'")
-        message = SCHEMAS.decode_known(env)
-        assert isinstance(message, cls)  # the table maps KIND to cls
-        return message
+        return cast(Self, SCHEMAS.decode_fields(env))  # the table maps KIND to cls
 
 
 @dataclass(frozen=True)
@@ -377,7 +375,8 @@ M = TypeVar("M", bound=WireMessage)
 
 
 class SchemaTable(Mapping[str, MessageSchema]):
-    """kind -> schema for every message the protocol knows; new job kinds declare theirs."""
+    """kind -> schema for every typed message the protocol knows (raw kinds are only
+    routed: :meth:`job_of`); new job kinds declare theirs."""
 
     def __init__(self) -> None:
         self._schemas: dict[str, MessageSchema] = {}
@@ -432,8 +431,13 @@ class SchemaTable(Mapping[str, MessageSchema]):
         return schema.job if schema is not None else self._raw.get(kind)
 
     def encode(self, message: WireMessage) -> Envelope:
-        schema = self._schemas[message.KIND]
-        values = {name: getattr(message, name) for name in (*schema.vector.fields,)}
+        """The envelope for ``message``; its vector and header as its schema declares."""
+        schema = self._schemas.get(message.KIND)
+        if schema is None:
+            raise ProtocolError(
+                f"message kind '{message.KIND}' is not declared in the schema table"
+            )
+        values = {name: getattr(message, name) for name in schema.vector.fields}
         head: dict[str, Any] = {}
         for name, spec in schema.header:
             value = getattr(message, name)
@@ -452,15 +456,16 @@ class SchemaTable(Mapping[str, MessageSchema]):
     def decode(self, env: Envelope) -> WireMessage:
         """The typed message inside ``env``; ProtocolError for an unknown kind or a bad field."""
         env.validate()
-        if env.kind not in self._schemas:
+        return self.decode_fields(env)
+
+    def decode_fields(self, env: Envelope) -> WireMessage:
+        """:meth:`decode` for an envelope already validated (its kind, run, nonce, header)."""
+        schema = self._schemas.get(env.kind)
+        if schema is None:
             raise ProtocolError(
                 f"unknown message kind '{env.kind}' from '{env.sender or '?'}'; "
                 f"known: {', '.join(sorted(self._schemas))}"
             )
-        return self.decode_known(env)
-
-    def decode_known(self, env: Envelope) -> WireMessage:
-        schema = self._schemas[env.kind]
         head = HeaderReader(env)
         values = schema.vector.decode(env, head)
         for name, spec in schema.header:
