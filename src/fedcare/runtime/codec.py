@@ -347,6 +347,7 @@ class MessageSchema:
     header: tuple[tuple[str, HeaderField], ...]
     vector: VectorLayout
     run_id_if_empty: str | None = None  # ErrorReport before any run: the no-run id
+    envelope: tuple[str, ...] = ENVELOPE_FIELDS  # the envelope fields the dataclass has
 
     @classmethod
     def of(
@@ -359,16 +360,20 @@ class MessageSchema:
         """Read the declaration off the dataclass; every field must have a place."""
         header_fields: list[tuple[str, HeaderField]] = []
         hints = get_type_hints(message, include_extras=True)
-        for f in dataclasses.fields(message):  # type: ignore[arg-type]
-            spec = _header_field(hints[f.name])
+        names = [f.name for f in dataclasses.fields(message)]  # type: ignore[arg-type]
+        for name in names:
+            spec = _header_field(hints[name])
             if spec is not None:
-                header_fields.append((f.name, spec))
-            elif f.name not in ENVELOPE_FIELDS and f.name not in vector.fields:
+                header_fields.append((name, spec))
+            elif name not in ENVELOPE_FIELDS and name not in vector.fields:
                 raise TypeError(
-                    f"message '{message.KIND}': field '{f.name}' is neither an envelope "
+                    f"message '{message.KIND}': field '{name}' is neither an envelope "
                     "field, an Annotated header field nor part of the vector layout"
                 )
-        return cls(message.KIND, job, message, tuple(header_fields), vector, run_id_if_empty)
+        envelope = tuple(n for n in ENVELOPE_FIELDS if n in names)
+        return cls(
+            message.KIND, job, message, tuple(header_fields), vector, run_id_if_empty, envelope
+        )
 
 
 M = TypeVar("M", bound=WireMessage)
@@ -475,9 +480,8 @@ class SchemaTable(Mapping[str, MessageSchema]):
                 continue  # the dataclass default
             else:
                 values[name] = head.read(name, spec.type)
-        fields = {f.name for f in dataclasses.fields(schema.cls)}  # type: ignore[arg-type]
         envelope = {"run_id": env.run_id, "round": env.round, "sender": env.sender}
-        values.update({k: v for k, v in envelope.items() if k in fields})
+        values.update({name: envelope[name] for name in schema.envelope})
         build: Callable[..., WireMessage] = schema.cls
         return build(**values)
 
