@@ -83,18 +83,24 @@ class RowCount:
 
 
 @pytest.fixture
-def row_count() -> Iterator[RowCount]:
-    """Declare the job kind and register its handlers; withdrawn after the test."""
+def count_messages() -> Iterator[None]:
+    """Declare the job kind's messages; withdrawn after the test."""
     SCHEMAS.declare(COUNT)(CountRequest)
     SCHEMAS.declare(COUNT)(CountResult)
+    yield
+    SCHEMAS.remove(CountResult.KIND)
+    SCHEMAS.remove(CountRequest.KIND)
+
+
+@pytest.fixture
+def row_count(count_messages: None) -> Iterator[RowCount]:
+    """Register the job kind's handlers on both machines' routers; withdrawn after."""
     job = RowCount("train")
     SITE_ROUTES.on(COUNT, "ready", CountRequest.KIND, replay_checked(answer_count))
     COORDINATOR_ROUTES.on(COUNT, ANY, CountResult.KIND, job.receive)
     yield job
     COORDINATOR_ROUTES.off(COUNT, ANY, CountResult.KIND)
     SITE_ROUTES.off(COUNT, "ready", CountRequest.KIND)
-    SCHEMAS.remove(CountResult.KIND)
-    SCHEMAS.remove(CountRequest.KIND)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +177,24 @@ def test_without_its_declaration_a_count_is_an_unknown_kind(toy, tmp_path):
     code, message = report_of(answer.envelope)
     assert code == "malformed"
     assert message.startswith("unknown message kind 'count_result'")
+
+
+def test_a_handler_registered_for_one_phase_takes_its_message_only_then(
+    count_messages, toy, tmp_path
+):
+    net = deploy(toy, heart_plan(toy, "fedavg"), tmp_path)
+    site = toy.site_names[0]
+    net.connect(site)
+    net.run()  # one site of three: the coordinator keeps waiting
+    job = RowCount("train")
+    COORDINATOR_ROUTES.on(COUNT, Phase.EVALUATING.value, CountResult.KIND, job.receive)
+    try:
+        result = CountResult(net.coordinator.run_id, 0, "train", 40).to_envelope()
+        [answer] = net.coordinator.handle(result.from_peer(site), 0.0)
+    finally:
+        COORDINATOR_ROUTES.off(COUNT, Phase.EVALUATING.value, CountResult.KIND)
+    assert report_of(answer.envelope) == (
+        "unexpected",
+        "'count_result' is not expected while the coordinator is waiting",
+    )
+    assert job.rows == {}
