@@ -9,8 +9,11 @@ import pytest
 
 from fedcare.core.errors import ProtocolError
 from fedcare.runtime.codec import Integer, SchemaTable, WireMessage
+from fedcare.runtime.coordinator import COORDINATOR_ROUTES
 from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import SCHEMAS
 from fedcare.runtime.router import ANY, Routed, Router, Unrouted
+from fedcare.runtime.site import SITE_ROUTES
 
 TABLE = SchemaTable()
 
@@ -89,3 +92,29 @@ def test_registrations_that_contradict_the_schema_table_are_refused():
         r.on("query", ANY, "ask", named("y"))
     r.off("query", ANY, "ask")
     r.on("query", ANY, "ask", named("y"))  # withdrawn, then registered again
+
+
+def test_each_machine_routes_what_the_other_sends_and_a_site_trains_only_when_ready():
+    assert set(COORDINATOR_ROUTES.routes()) == {
+        ("session", ANY, "hello"),
+        ("session", ANY, "approval_status"),
+        ("session", ANY, "error_report"),
+        ("train", ANY, "update"),
+        ("train", ANY, "secagg"),
+        ("train", ANY, "he"),
+        ("evaluate", ANY, "eval_result"),
+    }
+    assert set(SITE_ROUTES.routes()) == {
+        ("session", ANY, "job_plan"),
+        ("session", ANY, "error_report"),
+        ("session", ANY, "run_finished"),
+        ("train", "ready", "train_request"),
+        ("train", "ready", "update_verdict"),
+        ("train", ANY, "secagg"),
+        ("train", ANY, "he"),
+        ("evaluate", "ready", "eval_request"),
+    }
+    # Every declared kind has a receiver; the site agent takes audit entries itself
+    # (it verifies the coordinator's signature before anything else reads them).
+    routed = {kind for _, _, kind in [*COORDINATOR_ROUTES.routes(), *SITE_ROUTES.routes()]}
+    assert set(SCHEMAS) - routed == {"audit_entry"}

@@ -72,6 +72,10 @@ class Router(Generic[M, R]):
             raise ValueError(f"{self.name} router: ({job}, {phase}, {kind}) already has a handler")
         self._table[key] = handler
 
+    def routes(self) -> list[tuple[str, str, str]]:
+        """Every (job kind, phase, message kind) that has a handler."""
+        return list(self._table)
+
     def off(self, job: str, phase: str, kind: str) -> None:
         """Remove a route (a job kind withdrawn)."""
         del self._table[(job, phase, kind)]
