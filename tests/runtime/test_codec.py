@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from fedcare.core.errors import ProtocolError
-from fedcare.runtime.codec import Float32, Json, SchemaTable, Strings, Text, WireMessage
+from fedcare.runtime.codec import SchemaTable, WireMessage
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import NO_RUN, SCHEMAS, ErrorReport, JobPlan, parse_message
+from fedcare.runtime.wire_fields import Float32, Json, Strings, Text
 
 
 def test_every_protocol_message_is_declared_under_its_job_kind():

@@ -15,12 +15,13 @@ from typing import Annotated, ClassVar
 import numpy as np
 import pytest
 
-from fedcare.runtime.codec import SCHEMAS, Integer, Text, WireMessage
+from fedcare.runtime.codec import SCHEMAS, WireMessage
 from fedcare.runtime.coordinator import COORDINATOR_ROUTES, CoordinatorMachine, Outgoing, Phase
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import ErrorReport, parse_message
 from fedcare.runtime.router import ANY
 from fedcare.runtime.site import SITE_ROUTES, SiteMachine, replay_checked
+from fedcare.runtime.wire_fields import Integer, Text
 from tests.conftest import make_sites
 from tests.runtime.test_protocol_study import Loopback, deploy, heart_plan
 

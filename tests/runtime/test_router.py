@@ -8,12 +8,13 @@ from typing import Annotated, ClassVar
 import pytest
 
 from fedcare.core.errors import ProtocolError
-from fedcare.runtime.codec import Integer, SchemaTable, WireMessage
+from fedcare.runtime.codec import SchemaTable, WireMessage
 from fedcare.runtime.coordinator import COORDINATOR_ROUTES
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import SCHEMAS
 from fedcare.runtime.router import ANY, Routed, Router, Unrouted
 from fedcare.runtime.site import SITE_ROUTES
+from fedcare.runtime.wire_fields import Integer
 
 TABLE = SchemaTable()
 

@@ -29,10 +29,13 @@ from fedcare.core.errors import ProtocolError
 from fedcare.core.metrics import AUC_BINS, EvalStats
 from fedcare.core.records import ClientUpdate
 from fedcare.core.vectors import FloatVector
-from fedcare.runtime.codec import (
-    SCHEMAS as SCHEMAS,
-)
-from fedcare.runtime.codec import (
+from fedcare.runtime.codec import SCHEMAS as SCHEMAS
+from fedcare.runtime.codec import WireMessage
+from fedcare.runtime.encrypted_round import HE
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.secure_round import SecureRound
+from fedcare.runtime.secure_wire import SECAGG
+from fedcare.runtime.wire_fields import (
     FieldType,
     Flag,
     Float32,
@@ -46,23 +49,12 @@ from fedcare.runtime.codec import (
     SegmentList,
     Strings,
     Text,
-    WireMessage,
     count,
     finite,
 )
-from fedcare.runtime.codec import (
-    pack_segments as pack_segments,
-)
-from fedcare.runtime.codec import (
-    unpack_segments as unpack_segments,
-)
-from fedcare.runtime.codec import (
-    vector_digest as vector_digest,
-)
-from fedcare.runtime.encrypted_round import HE
-from fedcare.runtime.envelope import Envelope
-from fedcare.runtime.secure_round import SecureRound
-from fedcare.runtime.secure_wire import SECAGG
+from fedcare.runtime.wire_fields import pack_segments as pack_segments
+from fedcare.runtime.wire_fields import unpack_segments as unpack_segments
+from fedcare.runtime.wire_fields import vector_digest as vector_digest
 
 NO_RUN = "none"
 """Run id of a Hello from a site that has not been given a run yet."""
