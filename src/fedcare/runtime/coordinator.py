@@ -63,6 +63,10 @@ from fedcare.runtime.messages import (
     ALREADY_COUNTED,
     BUDGET_EXCEEDED,
     DATA_INVALID,
+    EVALUATE,
+    SCHEMAS,
+    SESSION,
+    TRAIN,
     ApprovalStatus,
     ErrorReport,
     EvalRequest,
@@ -73,12 +77,12 @@ from fedcare.runtime.messages import (
     TrainRequest,
     UpdateMessage,
     UpdateVerdict,
-    parse_message,
     vector_digest,
 )
 from fedcare.runtime.model_allow import MODEL_NOT_ALLOWED
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import Contribution, EvalProgress, RoundProgress, RunPlan
+from fedcare.runtime.router import ANY, Router, Unrouted
 from fedcare.runtime.sampling import sample_sites
 from fedcare.runtime.secure_round import (
     Addressed,
@@ -477,25 +481,17 @@ class CoordinatorMachine:
             self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
             return []
         try:
-            message = None if env.kind in (SECAGG, HE) else parse_message(env)
+            route = COORDINATOR_ROUTES.route(env, self.phase.value)
         except ProtocolError as exc:
             self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
             return [self._error(site, "malformed", str(exc))]
-        if env.kind in (SECAGG, HE):
-            return self._on_secure(env)
-        if isinstance(message, Hello):
-            return self._on_hello(env, message)
-        if isinstance(message, ApprovalStatus):
-            return self._on_approval(env, message)
-        if isinstance(message, UpdateMessage):
-            return self._on_update(env, message)
-        if isinstance(message, EvalResult):
-            return self._on_eval(env, message)
-        if isinstance(message, ErrorReport):
-            return self._on_error(env, message)
-        detail = f"a site may not send '{env.kind}'"
-        self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
-        return [self._error(site, "unexpected", detail)]
+        if isinstance(route, Unrouted):
+            detail = f"a site may not send '{env.kind}'"
+            if route.phases:
+                detail = f"'{env.kind}' is not expected while the coordinator is {route.phase}"
+            self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
+            return [self._error(site, "unexpected", detail)]
+        return route(self, env)
 
     def tick(self, now: float) -> list[Outgoing]:
         """Deadlines: start a round after the grace period, drop stragglers, end evaluation."""
@@ -1267,3 +1263,16 @@ class CoordinatorMachine:
         self._events.append(
             RuntimeEvent(kind, self.run_id, self.round, site, dict(detail or {}), self._now, taken)
         )
+
+
+COORDINATOR_ROUTES: Router[CoordinatorMachine, Outgoing] = Router("coordinator", SCHEMAS)
+"""What the coordinator does with each site message. Today's handlers take their kind in
+every phase and check the phase themselves, after the replay guard (that order is part of
+the protocol: a replayed update is refused as a replay whatever the phase)."""
+COORDINATOR_ROUTES.on(SESSION, ANY, Hello.KIND, CoordinatorMachine._on_hello)
+COORDINATOR_ROUTES.on(SESSION, ANY, ApprovalStatus.KIND, CoordinatorMachine._on_approval)
+COORDINATOR_ROUTES.on(SESSION, ANY, ErrorReport.KIND, CoordinatorMachine._on_error)
+COORDINATOR_ROUTES.on(TRAIN, ANY, UpdateMessage.KIND, CoordinatorMachine._on_update)
+COORDINATOR_ROUTES.on(EVALUATE, ANY, EvalResult.KIND, CoordinatorMachine._on_eval)
+for _kind in (SECAGG, HE):
+    COORDINATOR_ROUTES.on(TRAIN, ANY, _kind, lambda m, env, _: m._on_secure(env))

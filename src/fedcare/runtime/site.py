@@ -69,7 +69,11 @@ from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     ALREADY_COUNTED,
     BUDGET_EXCEEDED,
+    EVALUATE,
     NO_RUN,
+    SCHEMAS,
+    SESSION,
+    TRAIN,
     ApprovalStatus,
     ErrorReport,
     EvalRequest,
@@ -81,7 +85,6 @@ from fedcare.runtime.messages import (
     UpdateMessage,
     UpdateVerdict,
     WireDelta,
-    parse_message,
     vector_digest,
 )
 from fedcare.runtime.model_allow import (
@@ -93,6 +96,7 @@ from fedcare.runtime.model_allow import (
 )
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.rounds import RunPlan, StudyPlan
+from fedcare.runtime.router import ANY, Handler, Router, Unrouted
 from fedcare.runtime.secure_round import secagg_config, secure_input
 from fedcare.runtime.secure_wire import SECAGG, client_envelope, parse_server, session_of, step_of
 from fedcare.secagg.client import SecAggClient
@@ -263,43 +267,44 @@ class SiteMachine:
         self._now = now
         if self.coordinator is not None and env.sender != self.coordinator:
             return self._refuse(env, "unknown_sender", f"'{env.sender}' is not the coordinator")
-        if env.kind in (SECAGG, HE):
-            return self._on_secure(env)
         try:
-            message = parse_message(env)
+            route = SITE_ROUTES.route(env, self.phase.value)
         except ProtocolError as exc:
             return self._refuse(env, "malformed", str(exc))
-        if isinstance(message, JobPlan):
-            return self._on_plan(env, message)
-        if isinstance(message, ErrorReport):
-            self._event("coordinator_error", {"code": message.code, "message": message.message})
-            return []
-        if isinstance(message, RunFinished) and self.run_id == NO_RUN:
-            return self._on_run_ended_before_joining(env, message)
-        if self.phase is not SitePhase.READY and not isinstance(message, RunFinished):
-            return self._refuse(env, "not_ready", f"site is {self.phase.value}")
+        if isinstance(route, Unrouted):
+            if self.phase is not SitePhase.READY:
+                return self._refuse(env, "not_ready", f"site is {self.phase.value}")
+            if self._replayed(env):
+                return []
+            return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
+        return route(self, env)
+
+    def _replayed(self, env: Envelope) -> bool:
+        """The replay guard refuses ``env`` (logged): a copy, or of another run."""
         rejection = self.guard.check(env, round_bound=False)
         if rejection is not None:
             self._event(
                 "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
             )
+        return rejection is not None
+
+    def _on_coordinator_error(self, env: Envelope, report: ErrorReport) -> list[Envelope]:
+        self._event("coordinator_error", {"code": report.code, "message": report.message})
+        return []
+
+    def _on_run_finished(self, env: Envelope, message: RunFinished) -> list[Envelope]:
+        if self.run_id == NO_RUN:
+            return self._on_run_ended_before_joining(env, message)
+        if self._replayed(env):
             return []
-        if isinstance(message, TrainRequest):
-            return self._on_train(message)
-        if isinstance(message, UpdateVerdict):
-            return self._on_verdict(message)
-        if isinstance(message, EvalRequest):
-            return self._on_eval(message)
-        if isinstance(message, RunFinished):
-            self._settle(message.contributed)
-            following = self._runs_after() if message.status == "finished" else 0
-            self.phase = SitePhase.WAITING_PLAN if following else SitePhase.FINISHED
-            detail: dict[str, Any] = {"status": message.status, "model_hash": message.model_hash}
-            if following:
-                detail["next"] = f"{following} more run(s) of study '{self.study_name}'"
-            self._event("run_finished", detail)
-            return []
-        return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
+        self._settle(message.contributed)
+        following = self._runs_after() if message.status == "finished" else 0
+        self.phase = SitePhase.WAITING_PLAN if following else SitePhase.FINISHED
+        detail: dict[str, Any] = {"status": message.status, "model_hash": message.model_hash}
+        if following:
+            detail["next"] = f"{following} more run(s) of study '{self.study_name}'"
+        self._event("run_finished", detail)
+        return []
 
     def _on_run_ended_before_joining(self, env: Envelope, message: RunFinished) -> list[Envelope]:
         """The coordinator (authenticated by mTLS) stopped a run this site never received a
@@ -882,3 +887,27 @@ class SiteMachine:
         self._events.append(
             SiteEvent(kind, self.run_id, self.last_round, dict(detail or {}), self._now)
         )
+
+
+def replay_checked(handler: Handler[SiteMachine, Envelope]) -> Handler[SiteMachine, Envelope]:
+    """``handler`` behind the site's replay guard: a copied or foreign message is logged
+    and dropped before the handler sees it (every message of a run the site takes part in)."""
+
+    def checked(site: SiteMachine, env: Envelope, message: Any) -> list[Envelope]:
+        return [] if site._replayed(env) else handler(site, env, message)
+
+    return checked
+
+
+SITE_ROUTES: Router[SiteMachine, Envelope] = Router("site", SCHEMAS)
+"""What a site does with each coordinator message. A kind with no handler in the site's
+phase is refused: ``not_ready`` before the plan is approved, ``unexpected`` after."""
+SITE_ROUTES.on(SESSION, ANY, JobPlan.KIND, SiteMachine._on_plan)
+SITE_ROUTES.on(SESSION, ANY, ErrorReport.KIND, SiteMachine._on_coordinator_error)
+SITE_ROUTES.on(SESSION, ANY, RunFinished.KIND, SiteMachine._on_run_finished)
+_READY = SitePhase.READY.value
+SITE_ROUTES.on(TRAIN, _READY, TrainRequest.KIND, replay_checked(lambda m, _, r: m._on_train(r)))
+SITE_ROUTES.on(TRAIN, _READY, UpdateVerdict.KIND, replay_checked(lambda m, _, v: m._on_verdict(v)))
+SITE_ROUTES.on(EVALUATE, _READY, EvalRequest.KIND, replay_checked(lambda m, _, r: m._on_eval(r)))
+for _kind in (SECAGG, HE):
+    SITE_ROUTES.on(TRAIN, ANY, _kind, lambda m, env, _: m._on_secure(env))
