@@ -44,8 +44,6 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 Tensors = dict[str, np.ndarray]
 Models = dict[str, Tensors]  # model name within its unit -> named tensors
 
