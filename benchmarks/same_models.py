@@ -871,9 +871,15 @@ class Comparer:
 
     def close(self) -> bool:
         failed = [r for r in self.rows if r[1] != "PASS"]
+        how = (
+            f"max abs difference <= {TOLERANCE:g}"
+            if self.full
+            else f"bit-identical digests; models marked inexact within {TOLERANCE:g} on max, "
+            "mean and max |x|"
+        )
         print(
-            f"\n{len(self.rows) - len(failed)}/{len(self.rows)} models the same "
-            f"(max abs difference <= {TOLERANCE:g}) -> {'PASS' if not failed else 'FAIL'}"
+            f"\n{len(self.rows) - len(failed)}/{len(self.rows)} models the same ({how}) "
+            f"-> {'PASS' if not failed else 'FAIL'}"
         )
         for model, _, detail in failed:
             print(f"  FAIL {model}: {detail}")
