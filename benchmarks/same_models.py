@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -786,6 +787,10 @@ class Recorder:
         }
         return True
 
+    def failed(self, unit: Unit, error: str) -> bool:
+        print(f"  {unit.name}: not recorded, the unit failed: {error}")
+        return False
+
     def close(self) -> bool:
         self.manifest["code"] = code_info()
         self.manifest["tolerance"] = TOLERANCE
@@ -839,6 +844,7 @@ class Comparer:
             expected.discard(full)
             if full not in self.expected:
                 self.rows.append((full, "FAIL", "not in the reference"))
+                print(f"  {full:<62} FAIL  not in the reference")
                 ok = False
                 continue
             if self.full:
@@ -868,6 +874,13 @@ class Comparer:
             print(f"  {missing:<62} FAIL  in the reference, not produced now")
             ok = False
         return ok
+
+    def failed(self, unit: Unit, error: str) -> bool:
+        models = sorted(k for k, v in self.expected.items() if v.get("unit") == unit.name)
+        for model in models or [unit.name]:
+            self.rows.append((model, "FAIL", f"the unit failed: {error}"))
+            print(f"  {model:<62} FAIL  the unit failed")
+        return False
 
     def close(self) -> bool:
         failed = [r for r in self.rows if r[1] != "PASS"]
@@ -933,7 +946,12 @@ def main() -> None:
     for unit in chosen:
         print(f"{unit.name}: {unit.note}", flush=True)
         began = time.perf_counter()
-        models = unit.run()
+        try:
+            models = unit.run()
+        except Exception as exc:  # one broken unit must not hide the others' verdicts
+            traceback.print_exc()
+            ok &= sink.failed(unit, f"{type(exc).__name__}: {exc}")
+            continue
         seconds = time.perf_counter() - began
         ok &= sink.unit(unit, models, seconds)
         print(f"  ({seconds:.0f} s)", flush=True)

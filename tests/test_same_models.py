@@ -118,3 +118,18 @@ def test_every_unit_has_a_distinct_name_and_only_selects_by_prefix_or_glob(
     }
     with pytest.raises(SystemExit, match="matches no unit"):
         same_models.selected(units, ["nothing"])
+
+
+def test_a_unit_that_no_longer_runs_fails_each_of_its_models(
+    same_models: ModuleType, tmp_path: Path
+) -> None:
+    record(same_models, tmp_path / "ref")
+    comparer = same_models.Comparer(tmp_path / "ref")
+    unit = same_models.Unit("toy/heart", "stand-in", models)
+    assert not comparer.failed(unit, "TypeError: FederatedSimulation() got an unexpected keyword")
+    assert not comparer.close()
+    assert [(m, v) for m, v, _ in comparer.rows] == [
+        ("toy/heart/ditto", "FAIL"),
+        ("toy/heart/fedavg", "FAIL"),
+    ]
+    assert "unexpected keyword" in comparer.rows[0][2]
