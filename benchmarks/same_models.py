@@ -250,6 +250,17 @@ def privacy_heart_ckks() -> Models:
     return heart_study("heart-privacy", [s for s in strategies(0.5) if "CKKS" in s["label"]])
 
 
+def disk_full() -> Models:
+    """The uninterrupted in-process deployment that disk_full.py resumes every stop against."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # its harness is in tests/
+    from tests.net.test_storage_failures import Recorded
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Recorded(Path(tmp) / "clean")
+        run.run()
+        return {"fedavg": {"params": run.model()}}
+
+
 SECAGG = {"kind": "secure_aggregation", "value_range": 1.0}
 DP = {"epsilon": 3.0, "delta": 1e-5, "clip_norm": 0.5}
 HEART_EXTRA: dict[str, list[dict[str, Any]]] = {
@@ -628,6 +639,12 @@ def units() -> list[Unit]:
             "shapley",
             f"shapley.py: the model of every coalition of the 4 hospitals (and the untrained one), FedAvg uniform, {heart}",
             shapley,
+        ),
+        Unit(
+            "disk_full",
+            "disk_full.py's in-process deployment (tests/net/test_coordinator_driver.py: driver, "
+            "runs.db, audit.log, four heart sites in one process), FedAvg, 2 rounds",
+            disk_full,
         ),
         Unit(
             "privacy_heart/30-rounds",
