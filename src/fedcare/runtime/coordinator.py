@@ -456,16 +456,7 @@ class CoordinatorMachine:
         if status.excluded:
             detail["out"] = status.excluded
         self._event("site_disconnected", name, detail)
-        if self.secure_sum is not None and self.phase is Phase.TRAINING:
-            return self._secure_drop(name, "disconnected during the round")
-        if self.phase is Phase.TRAINING and self.current and name in self.current.pending:
-            self.current.dropped[name] = "disconnected during the round"
-            self._event("site_dropped", name, {"reason": "disconnected during the round"})
-            return self._maybe_finish_training()
-        if self.phase is Phase.EVALUATING and self.evaluation and name in self.evaluation.pending:
-            self.evaluation.missing[name] = "disconnected"
-            return self._maybe_finish_eval()
-        return []
+        return self._drop(name, "disconnected during the round", evaluation="disconnected")
 
     # -- messages --------------------------------------------------------------------------
 
@@ -504,16 +495,15 @@ class CoordinatorMachine:
             return self._maybe_start_round()
         if self.phase is Phase.TRAINING and self.secure_sum is not None:
             return self._secure_step(lambda c: c.expire(now))
+        late: list[str] = []
         if self.phase is Phase.TRAINING and self.current and now >= self.current.deadline:
-            for site in self.current.pending:
-                self.current.dropped[site] = "missed the round deadline"
-                self._event("site_dropped", site, {"reason": "missed the round deadline"})
-            return self._maybe_finish_training()
+            late, reason = list(self.current.pending), "missed the round deadline"
         if self.phase is Phase.EVALUATING and self.evaluation and now >= self.evaluation.deadline:
-            for site in self.evaluation.pending:
-                self.evaluation.missing[site] = "missed the evaluation deadline"
-            return self._maybe_finish_eval()
-        return []
+            late, reason = list(self.evaluation.pending), "missed the evaluation deadline"
+        out: list[Outgoing] = []
+        for site in late:  # the last one finishes the round or its evaluation
+            out += self._drop(site, reason)
+        return out
 
     def _admit(self, env: Envelope, **kwargs: Any) -> bool:
         return self._refusal(env, **kwargs) is None
@@ -610,14 +600,20 @@ class CoordinatorMachine:
             self._event("plan_refused", site, {"plan_hash": self.plan_hash, "reason": reason})
             if self.phase is Phase.WAITING:
                 return self._maybe_start_round()
-        if self.secure_sum is not None and self.phase is Phase.TRAINING:
+        return self._drop(site, reason)
+
+    def _drop(self, site: str, reason: str, *, evaluation: str = "") -> list[Outgoing]:
+        """The one path for a site lost mid-round (disconnected, late, or reporting an
+        error): left out of the round in progress (or of its secure sum), or of the
+        pending evaluation (``evaluation``: its reason there, if worded differently)."""
+        if self.phase is Phase.TRAINING and self.secure_sum is not None:
             return self._secure_drop(site, reason)
         if self.phase is Phase.TRAINING and self.current and site in self.current.pending:
             self.current.dropped[site] = reason
             self._event("site_dropped", site, {"reason": reason})
             return self._maybe_finish_training()
         if self.phase is Phase.EVALUATING and self.evaluation and site in self.evaluation.pending:
-            self.evaluation.missing[site] = reason
+            self.evaluation.missing[site] = evaluation or reason
             return self._maybe_finish_eval()
         return []
 
