@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -89,6 +89,7 @@ from fedcare.runtime.secure_round import (
     secagg_config,
 )
 from fedcare.runtime.secure_wire import SECAGG, session_of, step_of
+from fedcare.runtime.streamed_update import UpdateIntake, WholeUpdate, fold_mean
 from fedcare.runtime.validation import validate_update
 from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
@@ -256,6 +257,8 @@ class CoordinatorMachine:
         self.sites: dict[str, SiteStatus] = {name: SiteStatus() for name in plan.sites}
         self.contributed: dict[str, int] = dict.fromkeys(plan.sites, -1)
         self.history: list[dict[str, Any]] = []
+        self._safe_history: list[Any] = []  # _history_json's cache
+        self._safe_sources: list[dict[str, Any]] = []
         self.final_eval: dict[str, EvalStats] = {}
         self.reference_evals: dict[str, dict[str, EvalStats]] = {}
         self.phase = Phase.WAITING
@@ -299,6 +302,20 @@ class CoordinatorMachine:
         """Client-level epsilon spent so far at the plan's delta (None without DP)."""
         return None if self.private is None else self.private.epsilon()
 
+    @property
+    def folds_updates(self) -> bool:
+        """Whether rounds aggregate a plain weighted mean, folded block by block from the
+        accepted updates when the round closes (see :mod:`.streamed_update`), so updates
+        may stream in chunk by chunk (:meth:`handle_streamed`). Central DP clips each
+        update whole, robust rules need all updates at once, secure sums and compressed
+        uploads arrive in their own encodings: those take whole messages."""
+        return (
+            self.private is None
+            and self.robust_rule is None
+            and self.strategy.secure is None
+            and compression_stage(self.strategy.upload.stages) is None
+        )
+
     # -- public surface --------------------------------------------------------------------
 
     @property
@@ -329,10 +346,10 @@ class CoordinatorMachine:
 
         Taken on ``round_finished`` it holds everything a resumed run needs.
         """
-        extra = {
+        extra: dict[str, Any] = {
             "run_id": self.run_id,
             "plan_hash": self.plan_hash,
-            "history": _json_safe(self.history),
+            "history": self._history_json(),
             "contributed": dict(self.contributed),
             "stage": "finished" if self.completed is None else "aggregated",
         }
@@ -349,6 +366,20 @@ class CoordinatorMachine:
         if self.sample_epsilon is not None:
             extra["sample_epsilon"] = dict(self.sample_epsilon)
         return self.state, extra
+
+    def _history_json(self) -> list[Any]:
+        """The history made JSON-safe; records never change once appended, so each is
+        converted once (a checkpoint per round would otherwise redo every earlier one)."""
+        safe = self._safe_history
+        if len(safe) > len(self.history) or any(
+            a is not b for a, b in zip(self._safe_sources, self.history, strict=False)
+        ):
+            safe.clear()
+            self._safe_sources.clear()
+        for record in self.history[len(safe) :]:
+            safe.append(_json_safe(record))
+            self._safe_sources.append(record)
+        return list(safe)
 
     @classmethod
     def restore(
@@ -487,6 +518,33 @@ class CoordinatorMachine:
         detail = f"a site may not send '{env.kind}'"
         self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
         return [self._error(site, "unexpected", detail)]
+
+    def handle_streamed(self, env: Envelope, intake: UpdateIntake, now: float) -> list[Outgoing]:
+        """An update whose vector streamed chunk by chunk into ``intake`` (hashed and
+        measured on the way, kept where the driver put it): ``env`` is its envelope
+        without the vector. Parsed, refused and accepted exactly like a whole update."""
+        self._now = now
+        site = env.sender
+        if site not in self.sites:
+            intake.discard()
+            self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
+            return []
+        # The header is parsed as usual, against a stand-in of the announced length that
+        # takes no memory (a broadcast zero); the values themselves stay in the intake.
+        stand_in = replace(env, vector=np.broadcast_to(np.float32(0), (intake.size,)))
+        try:
+            message = parse_message(stand_in)
+            if not isinstance(message, UpdateMessage) or message.wire is not None:
+                raise ProtocolError(f"'{env.kind}' cannot stream as a plain update")
+        except ProtocolError as exc:
+            intake.discard()
+            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
+            return [self._error(site, "malformed", str(exc))]
+        out = self._on_update(stand_in, message, intake)
+        kept = self.current.folded if self.current is not None else []
+        if all(source is not intake for source, _ in kept):  # refused, or already folded
+            intake.discard()
+        return out
 
     def tick(self, now: float) -> list[Outgoing]:
         """Deadlines: start a round after the grace period, drop stragglers, end evaluation."""
@@ -714,7 +772,7 @@ class CoordinatorMachine:
             requested=ready,
             started=self._now,
             deadline=self._now + self.options.round_timeout_s,
-            accumulator=self.strategy.new_accumulator(self.state),
+            accumulator=None if self.folds_updates else self.strategy.new_accumulator(self.state),
             download_bytes=self.strategy.download_nbytes(self.state) * len(ready),
         )
         for site in sampled:
@@ -756,7 +814,9 @@ class CoordinatorMachine:
             out.append(Outgoing(site, request.to_envelope()))
         return out
 
-    def _on_update(self, env: Envelope, msg: UpdateMessage) -> list[Outgoing]:
+    def _on_update(
+        self, env: Envelope, msg: UpdateMessage, intake: UpdateIntake | None = None
+    ) -> list[Outgoing]:
         site = env.sender
         refusal = self._refusal(env, once_per_site=("update", msg.attempt))
         if refusal is not None:
@@ -774,7 +834,7 @@ class CoordinatorMachine:
                 reason = "this plan aggregates securely: a plain update is refused"
             self._event("message_rejected", site, {"reason": "unexpected", "detail": reason})
             return [self._verdict(site, msg, False, reason)]
-        received = vector_digest(env.vector)
+        received = vector_digest(env.vector) if intake is None else intake.digest
         try:
             if received != msg.update_hash:
                 raise UpdateRejectedError(
@@ -783,7 +843,9 @@ class CoordinatorMachine:
                 )
             if msg.wire is not None:
                 msg = msg.decoded(self._decode_wire(site, msg))
-            norm = validate_update(msg, self.size, self.options.max_update_norm, extras=self.extras)
+            norm = validate_update(
+                msg, self.size, self.options.max_update_norm, extras=self.extras, streamed=intake
+            )
         except UpdateRejectedError as exc:
             progress.rejected[site] = str(exc)
             self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
@@ -791,6 +853,9 @@ class CoordinatorMachine:
             return out + self._maybe_finish_training()
         if self.private is not None:
             self.private.add(msg.delta)  # clipped here, at the trusted coordinator
+        elif progress.accumulator is None:  # a plain mean: folded when the round closes
+            source = intake or WholeUpdate({"delta": msg.delta, **msg.extras})
+            progress.folded.append((source, msg.weight))
         else:
             progress.accumulator.add(msg.delta, msg.weight, msg.extras)
         if self.robust_rule is not None:
@@ -970,6 +1035,8 @@ class CoordinatorMachine:
             delta = self.private.release(progress.round + 1)
             cohort = len(progress.sampled)
             aggregate = Aggregate(delta, {}, float(cohort), cohort)
+        elif progress.accumulator is None:
+            aggregate = fold_mean(self.size, progress.folded, self.extras)
         else:
             aggregate = progress.accumulator.result()
         if self.robust_rule is not None:
@@ -986,6 +1053,7 @@ class CoordinatorMachine:
                 self.private.record_local_release(site)
 
     def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
+        progress.release()
         self.secure_sum = None
         self.state = self.strategy.server_update(self.state, aggregate, len(self.plan.sites))
         for site in progress.accepted:
@@ -1049,6 +1117,7 @@ class CoordinatorMachine:
         }
 
     def _retry_round(self, progress: RoundProgress) -> list[Outgoing]:
+        progress.release()
         self.current = None
         self.secure_sum = None
         self.attempt += 1

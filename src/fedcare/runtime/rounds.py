@@ -32,6 +32,7 @@ from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
 from fedcare.runtime.approvals import canonical, canonical_json, plan_hash
 from fedcare.runtime.sampling import Participation
+from fedcare.runtime.streamed_update import SegmentSource
 
 _SPEC_FIELDS = (
     "optimizer",
@@ -334,14 +335,22 @@ class RoundProgress:
     requested: list[str]
     started: float
     deadline: float
-    accumulator: StreamingMean
+    accumulator: StreamingMean | None  # None: a plain mean, folded from ``folded``
     download_bytes: int
     accepted: dict[str, Contribution] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     collected: list[tuple[npt.NDArray[np.float32], float]] = field(default_factory=list)
+    # Accepted updates of a plain-mean round, in acceptance order, with their weights.
+    folded: list[tuple[SegmentSource, float]] = field(default_factory=list)
     secure_session: bytes = b""  # the round's secure-sum session (SecAgg or CKKS)
     secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # what sites stated
+
+    def release(self) -> None:
+        """Let go of the updates kept for the fold (their scratch files, if any)."""
+        for source, _ in self.folded:
+            source.discard()
+        self.folded = []
 
     @property
     def pending(self) -> list[str]:
