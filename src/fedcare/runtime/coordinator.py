@@ -57,6 +57,13 @@ from fedcare.core.records import LocalOutcome, ServerState
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
 from fedcare.privacy.client_level import PrivateRounds
+from fedcare.rounds import (
+    AggregationServices,
+    Aggregator,
+    SecureSumAggregator,
+    new_aggregator,
+    server_step,
+)
 from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
@@ -85,11 +92,10 @@ from fedcare.runtime.secure_round import (
     SecureRound,
     SecureSum,
     SecureSumCollector,
-    mean_of_sum,
     secagg_config,
 )
 from fedcare.runtime.secure_wire import SECAGG, session_of, step_of
-from fedcare.runtime.streamed_update import UpdateIntake, WholeUpdate, fold_mean
+from fedcare.runtime.streamed_update import FoldedMean, UpdateIntake
 from fedcare.runtime.validation import validate_update
 from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
@@ -541,7 +547,8 @@ class CoordinatorMachine:
             self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
             return [self._error(site, "malformed", str(exc))]
         out = self._on_update(stand_in, message, intake)
-        kept = self.current.folded if self.current is not None else []
+        aggregator = self.current.aggregator if self.current is not None else None
+        kept = aggregator.sources if isinstance(aggregator, FoldedMean) else []
         if all(source is not intake for source, _ in kept):  # refused, or already folded
             intake.discard()
         return out
@@ -772,7 +779,7 @@ class CoordinatorMachine:
             requested=ready,
             started=self._now,
             deadline=self._now + self.options.round_timeout_s,
-            accumulator=None if self.folds_updates else self.strategy.new_accumulator(self.state),
+            aggregator=self._new_aggregator(r, len(sampled)),
             download_bytes=self.strategy.download_nbytes(self.state) * len(ready),
         )
         for site in sampled:
@@ -780,8 +787,6 @@ class CoordinatorMachine:
                 progress.dropped[site] = self._left_out(site)
         self.current = progress
         self.phase = Phase.TRAINING
-        if self.private is not None:
-            self.private.start_round(r + 1, self.size)  # noise keyed like the simulator's
         self._event(
             "round_started",
             detail={
@@ -813,6 +818,16 @@ class CoordinatorMachine:
             )
             out.append(Outgoing(site, request.to_envelope()))
         return out
+
+    def _new_aggregator(self, round_: int, cohort: int) -> Aggregator | FoldedMean:
+        """The round core's aggregator for the round (it opens a DP round, keying the noise
+        like the simulator's); a plain mean is folded from where updates arrived."""
+        if self.folds_updates:
+            return FoldedMean(self.size, dict(self.extras))
+        services = AggregationServices(privacy=self.private, weight_scale=self._weight_scale())
+        return new_aggregator(
+            self.strategy, self.size, round_index=round_ + 1, cohort=cohort, services=services
+        )
 
     def _on_update(
         self, env: Envelope, msg: UpdateMessage, intake: UpdateIntake | None = None
@@ -851,15 +866,10 @@ class CoordinatorMachine:
             self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
             out = [self._verdict(site, msg, False, str(exc))]
             return out + self._maybe_finish_training()
-        if self.private is not None:
-            self.private.add(msg.delta)  # clipped here, at the trusted coordinator
-        elif progress.accumulator is None:  # a plain mean: folded when the round closes
-            source = intake or WholeUpdate({"delta": msg.delta, **msg.extras})
-            progress.folded.append((source, msg.weight))
+        if intake is not None and isinstance(progress.aggregator, FoldedMean):
+            progress.aggregator.add_source(intake, msg.weight)  # folded when the round closes
         else:
-            progress.accumulator.add(msg.delta, msg.weight, msg.extras)
-        if self.robust_rule is not None:
-            progress.collected.append((msg.delta, msg.weight))
+            progress.aggregator.add(msg.to_update(), self.plan.site_index(site))
         loss = msg.metrics.get("train_loss", float("nan"))
         self._note_sample_epsilon(site, msg.metrics.get(SAMPLE_EPSILON))
         progress.accepted[site] = Contribution(
@@ -1013,15 +1023,12 @@ class CoordinatorMachine:
         )
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        cohort = len(progress.sampled)
-        if self.private is not None:
-            self._account_local(progress)
-            delta = self.private.release(
-                progress.round + 1, result.total, cohort=cohort, received=len(result.included)
-            )
-        else:
-            delta = mean_of_sum(result.total, progress.round + 1)
-        return self._complete_round(progress, Aggregate(delta, {}, float(cohort), cohort))
+        aggregator = progress.aggregator
+        if not isinstance(aggregator, SecureSumAggregator):
+            raise ProtocolError(f"run '{self.run_id}': a secure sum finished a plain round")
+        self._account_local(progress)
+        total = result.total
+        return self._complete_round(progress, aggregator.release(total, len(result.included)))
 
     def _maybe_finish_training(self) -> list[Outgoing]:
         progress = self.current
@@ -1029,21 +1036,8 @@ class CoordinatorMachine:
             return []
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        if self.private is not None:
-            # DP-FedAvg: the noised sum over the expected number of sites, as the simulator.
-            self._account_local(progress)
-            delta = self.private.release(progress.round + 1)
-            cohort = len(progress.sampled)
-            aggregate = Aggregate(delta, {}, float(cohort), cohort)
-        elif progress.accumulator is None:
-            aggregate = fold_mean(self.size, progress.folded, self.extras)
-        else:
-            aggregate = progress.accumulator.result()
-        if self.robust_rule is not None:
-            # Robust rules need every update at once; extras keep their uniform mean.
-            stacked = np.stack([d for d, _ in progress.collected])
-            weights = np.array([w for _, w in progress.collected], dtype=np.float64)
-            aggregate.delta = self.robust_rule(stacked, weights)
+        self._account_local(progress)
+        aggregate = progress.aggregator.result().aggregate
         return self._complete_round(progress, aggregate)
 
     def _account_local(self, progress: RoundProgress) -> None:
@@ -1055,7 +1049,7 @@ class CoordinatorMachine:
     def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
         progress.release()
         self.secure_sum = None
-        self.state = self.strategy.server_update(self.state, aggregate, len(self.plan.sites))
+        self.state = server_step(self.strategy, self.state, aggregate, len(self.plan.sites))
         for site in progress.accepted:
             self.contributed[site] = progress.round
         self.attempt = 0

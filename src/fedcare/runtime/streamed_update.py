@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,9 @@ import numpy.typing as npt
 
 from fedcare.algorithms.aggregate import Aggregate, StreamingMean
 from fedcare.core.errors import ProtocolError
+from fedcare.core.records import ClientUpdate
 from fedcare.core.vectors import FloatVector
+from fedcare.rounds import RoundAggregate
 
 FOLD_BLOCK = 1 << 20  # values per block when folding: 8 MB of float64 per block
 
@@ -224,3 +226,70 @@ def _fold(
                 total += source.read(name, start, stop)
             out[start:stop] = (total / len(updates)).astype(np.float32)
     return out
+
+
+@dataclass
+class FoldedMean:
+    """The round core's plain mean (:class:`~fedcare.rounds.MeanAggregator`) for a
+    coordinator that keeps updates where they arrived and folds them at the round's end.
+
+    ``add_source`` takes an accepted update kept elsewhere (an intake's scratch file);
+    ``add`` a whole one. ``result`` is bit for bit the MeanAggregator's over the same
+    updates in the same order, without ever holding a model-sized float64 sum.
+    """
+
+    size: int
+    extras: dict[str, int]
+    sources: list[tuple[SegmentSource, float]] = field(default_factory=list)
+
+    def add_source(self, source: SegmentSource, weight: float) -> None:
+        self.sources.append((source, float(weight)))
+
+    def add(self, update: ClientUpdate, site: int) -> None:
+        self.add_source(WholeUpdate({"delta": update.delta, **update.extras}), update.weight)
+
+    def add_block(
+        self,
+        sites: Sequence[int],
+        deltas: npt.NDArray[np.float32],
+        weights: npt.NDArray[np.float64],
+    ) -> None:
+        for site, delta, weight in zip(sites, deltas, weights, strict=True):
+            self.add(ClientUpdate(delta, float(weight)), site)
+
+    def open(
+        self, site: int, weight: float, extras: Mapping[str, FloatVector] | None = None
+    ) -> _FoldSink:
+        intake = UpdateIntake([("delta", self.size)], MemoryChunks(self.size))
+        return _FoldSink(self, intake, weight)
+
+    def empty(self) -> FoldedMean:
+        return FoldedMean(self.size, dict(self.extras))
+
+    def merge(self, other: object) -> None:
+        if not isinstance(other, FoldedMean):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a FoldedMean")
+        self.sources.extend(other.sources)
+
+    def result(self) -> RoundAggregate:
+        return RoundAggregate(fold_mean(self.size, self.sources, self.extras))
+
+    def release(self) -> None:
+        """Let go of the kept updates (their scratch files, if any)."""
+        for source, _ in self.sources:
+            source.discard()
+        self.sources = []
+
+
+@dataclass
+class _FoldSink:
+    target: FoldedMean
+    intake: UpdateIntake
+    weight: float
+
+    def add_chunk(self, offset: int, values: FloatVector) -> None:
+        self.intake.write(offset, values)
+
+    def commit(self) -> None:
+        self.intake.close()
+        self.target.add_source(self.intake, self.weight)
