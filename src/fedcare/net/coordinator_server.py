@@ -16,9 +16,14 @@ write and send is a named fault point (``faults.points_of("coordinator")``) that
 crash tests kill at. A write the
 storage refuses (full disk, read-only or immutable file) stops the run there with a
 message naming the file (``CoordinatorDriver._stop_on_storage``): nothing that depends on
-it is sent, and ``coordinator resume`` continues once the storage is fixed. Updates are
-added to the streaming aggregate one at a time as they arrive (the channel's in-flight
-budget holds the others back), so memory does not grow with the number of sites.
+it is sent, and ``coordinator resume`` continues once the storage is fixed.
+
+A plain update streams chunk by chunk into an intake (hashed and measured as it arrives,
+kept in a scratch file: :mod:`fedcare.net.update_spool`) and the round's mean is folded
+from the kept updates when it closes, so the coordinator never holds an update whole;
+other updates are reassembled one at a time (the channel's in-flight budget holds the
+others back). The audit entries of one step share one fsync, made before anything of that
+step is sent.
 
 Folder of a deployed run (inside the study folder)::
 
