@@ -14,8 +14,11 @@ import pytest
 
 from fedcare.algorithms.aggregate import StreamingMean
 from fedcare.core.errors import ProtocolError, UpdateRejectedError
+from fedcare.core.records import ClientUpdate
+from fedcare.rounds import MeanAggregator
 from fedcare.runtime.messages import UpdateMessage, vector_digest
 from fedcare.runtime.streamed_update import (
+    FoldedMean,
     MemoryChunks,
     UpdateIntake,
     WholeUpdate,
@@ -133,3 +136,20 @@ def test_only_segments_that_tile_the_vector_stream_the_rest_go_to_the_whole_pars
     ]
     for bad in ([["delta", 4]], [["delta", -1], ["x", 9]], [["delta", 4], ["delta", 4]], "x"):
         assert segments_of({"segments": bad}, 8) is None
+
+
+def test_the_folded_mean_is_the_round_cores_mean_by_add_sink_or_merge():
+    rng = np.random.default_rng(3)
+    updates = [ClientUpdate(rng.normal(size=9).astype(np.float32), float(w)) for w in (3, 1, 7, 2)]
+    core, folded, other = MeanAggregator(9), FoldedMean(9, {}), FoldedMean(9, {})
+    for k, update in enumerate(updates):
+        core.add(update, k)
+    folded.add(updates[0], 0)
+    sink = folded.open(1, updates[1].weight)
+    for start in range(0, 9, 4):
+        sink.add_chunk(start, updates[1].delta[start : start + 4])
+    sink.commit()
+    other.add(updates[2], 2)
+    other.add(updates[3], 3)
+    folded.merge(other)
+    np.testing.assert_array_equal(folded.result().aggregate.delta, core.result().aggregate.delta)
