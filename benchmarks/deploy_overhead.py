@@ -5,7 +5,9 @@ with mutual TLS (plans pre-approved at each site), one training thread per site 
 agents share the machine's cores; torch's default pools would contend). Its wall time is first round started ->
 last round finished, from the run store (process start-up and connecting are reported
 apart). Simulated: ``FederatedSimulation.run()`` in this process, same plan and seed.
-Both evaluate every site after every round. Prints medians over repeats and the ratio.
+Both evaluate every site after every round. Prints medians over repeats and the ratio, and
+beside it the CPU time per round of the coordinator process itself and of the four site
+processes together (sampled every 20 ms from /proc while the rounds run).
 
     .venv/bin/python benchmarks/deploy_overhead.py                  # 30 rounds, fedavg, seed 0
     .venv/bin/python benchmarks/deploy_overhead.py --rounds 10 --repeats 1
@@ -18,10 +20,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from safetensors.numpy import load_file
 
 from fedcare.algorithms.registry import build_strategy
@@ -72,8 +76,42 @@ def site_command(cli: list[str], root: Path, run_id: str, site: str, port: str) 
     ]  # fmt: skip
 
 
-def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarray]:
-    """(rounds wall time, total wall time incl. start-up, final model)."""
+class CpuSampler:
+    """CPU seconds used so far by some processes, sampled with wall-clock stamps."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, psutil.Process] = {}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        self.procs[name] = psutil.Process(pid)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            now, used = time.time(), {}
+            for name, proc in list(self.procs.items()):
+                try:
+                    t = proc.cpu_times()
+                    used[name] = t.user + t.system
+                except psutil.Error:  # it exited: keep its last figure
+                    used[name] = self.samples[-1][1].get(name, 0.0) if self.samples else 0.0
+            self.samples.append((now, used))
+
+    def between(self, start: float, end: float, names: list[str]) -> float:
+        """CPU seconds the named processes used from ``start`` to ``end`` (wall clock)."""
+
+        def at(t: float) -> float:
+            before = [u for when, u in self.samples if when <= t] or [self.samples[0][1]]
+            return sum(before[-1].get(n, 0.0) for n in names)
+
+        return at(end) - at(start)
+
+
+def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarray, float, float]:
+    """(rounds wall time, total wall time incl. start-up, final model, coordinator CPU
+    seconds and the sites' CPU seconds during the rounds)."""
     plan = plan_from_study(load_config(study), None, None, None, None)
     for site in SITES:
         ApprovalStore(root / "sites" / run_id / site / "approvals.json").approve(plan.hash, "bench")
@@ -100,17 +138,25 @@ def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarr
         subprocess.Popen(site_command(cli, root, run_id, site, port), stdout=logs, stderr=logs)
         for site in SITES
     ]
+    cpu = CpuSampler()
+    cpu.watch("coordinator", coordinator.pid)
+    for site, proc in zip(SITES, sites, strict=True):
+        cpu.watch(site, proc.pid)
+    cpu.thread.start()
     if coordinator.wait() != 0:
         raise SystemExit((root / f"{run_id}.log").read_text())
     total = time.perf_counter() - started
     for proc in sites:
         proc.wait()
+    cpu.stop.set()
+    cpu.thread.join()
     logs.close()
     with RunStore.in_folder(out) as store:
         rounds = store.rounds(run_id)
-        wall = max(r.finished_at or 0.0 for r in rounds) - min(r.started_at for r in rounds)
+        first, last = min(r.started_at for r in rounds), max(r.finished_at or 0.0 for r in rounds)
     model = load_file(str(out / "deploy" / run_id / "model.safetensors"))["params"]
-    return wall, total, model
+    coord_cpu = cpu.between(first, last, ["coordinator"])
+    return last - first, total, model, coord_cpu, cpu.between(first, last, list(SITES))
 
 
 def main() -> None:
@@ -127,17 +173,20 @@ def main() -> None:
             issue_bundle(ca, site, root / site, "site")
         study = root / "study.yaml"
         study.write_text(STUDY.format(rounds=args.rounds, strategy=args.strategy))
-        sim_times, dep_times, totals, diffs = [], [], [], []
+        sim_times, dep_times, totals, diffs, coord_ms, site_ms = [], [], [], [], [], []
         for i in range(args.repeats):
             sim_wall, sim_model = simulate(study)
-            dep_wall, total, dep_model = deploy(root, study, f"run{i}")
+            dep_wall, total, dep_model, coord_cpu, site_cpu = deploy(root, study, f"run{i}")
             sim_times.append(sim_wall)
             dep_times.append(dep_wall)
             totals.append(total)
             diffs.append(float(np.abs(sim_model - dep_model).max()))
+            coord_ms.append(1000 * coord_cpu / args.rounds)
+            site_ms.append(1000 * site_cpu / args.rounds)
             print(
                 f"repeat {i + 1}: simulator {sim_wall:.2f} s, deployed rounds {dep_wall:.2f} s "
-                f"(with process start-up {total:.2f} s), max |diff| {diffs[-1]:.2e}",
+                f"(with process start-up {total:.2f} s), max |diff| {diffs[-1]:.2e}; CPU per "
+                f"round: coordinator {coord_ms[-1]:.1f} ms, 4 sites {site_ms[-1]:.1f} ms",
                 flush=True,
             )
         sim, dep = statistics.median(sim_times), statistics.median(dep_times)
@@ -145,7 +194,9 @@ def main() -> None:
             f"heart study, {args.strategy}, {args.rounds} rounds, 4 site processes, mTLS loopback: "
             f"simulator {sim:.2f} s, deployed {dep:.2f} s -> {dep / sim:.2f}x the simulator "
             f"(start-up included: {statistics.median(totals):.2f} s); "
-            f"final model max |deployed - simulated| = {max(diffs):.2e}"
+            f"final model max |deployed - simulated| = {max(diffs):.2e}; per round: deployed "
+            f"{1000 * dep / args.rounds:.1f} ms wall, coordinator CPU "
+            f"{statistics.median(coord_ms):.1f} ms, sites' CPU {statistics.median(site_ms):.1f} ms"
         )
 
 

@@ -14,7 +14,11 @@ there are more than one):
 - the same bytes as ONE plain gRPC unary message each way (same mTLS, one client), as a reference;
 - our stream with mutual TLS and with ``--insecure`` plain text (loopback), 1 site and N sites;
 - coordinator peak RSS with ``--mem-sites`` sites above its RSS before the model existed, as a
-  multiple of the model size, with a float64 and a float32 running sum; each site's peak RSS.
+  multiple of the model size, with a float64 and a float32 running sum; each site's peak RSS;
+- the same for the real deployed coordinator (``CoordinatorDriver`` + ``CoordinatorMachine``,
+  run store, signed audit log, a checkpoint after every round) running FedAvg rounds with
+  ``--mem-sites`` protocol sites that answer each train request with an update of the model's
+  size: updates stream into scratch files and the mean is folded at the round's end.
 
     .venv/bin/python benchmarks/deploy_transfer.py                  # 100 MB, 4 sites, 10 for memory
     .venv/bin/python benchmarks/deploy_transfer.py --model-mb 20 --rounds 2   # quick look
@@ -335,6 +339,124 @@ def unary_reference(cfg: Config, repeats: int) -> list[float]:
     return times
 
 
+def machine_coordinator_main(cfg: Config, conn: Any) -> None:
+    """The deployed coordinator itself: driver, machine, store, audit log, checkpoints."""
+    from fedcare.core.records import TrainSpec
+    from fedcare.net.coordinator_server import Security, new_run, serve
+    from fedcare.runtime.rounds import RunPlan
+
+    sites = tuple(f"site{i}" for i in range(cfg.sites))
+    size = cfg.model_bytes // 4
+    plan = RunPlan(
+        sites=sites,
+        strategy="fedavg",
+        spec=TrainSpec(optimizer="sgd", lr=0.1, epochs=1, batch_size=8),
+        rounds=cfg.rounds,
+        seed=0,
+        input_shape=(size // 2 - 1,),  # logistic: 2 x (features + 1) parameters
+        num_classes=2,
+        study="bench",
+        dataset="synthetic",
+    )
+    security = Security(TlsBundle.load(cfg.pki / "coordinator"))
+    folder = cfg.pki / "study"
+    baseline = psutil.Process().memory_info().rss
+    reset_peak_rss()
+    params = np.random.default_rng(0).normal(size=size).astype(np.float32)
+    driver = new_run(folder, RUN, plan, params, security, log=lambda _: None)
+    outcome = serve(driver, "127.0.0.1:0", limits=_limits(cfg), ready=conn.send, tick_s=0.5)
+    # Each site k sends (k+1)/1000 everywhere with weight 10(k+1): the weighted mean is known.
+    weights = np.arange(1, cfg.sites + 1, dtype=np.float64) * 10
+    step = float(np.sum(weights * weights / 10 / 1000) / np.sum(weights))
+    expected_error = 0.0
+    for start in range(0, size, 1 << 20):
+        want = params[start : start + (1 << 20)] + np.float32(cfg.rounds * step)
+        got = outcome.final_params[start : start + (1 << 20)]
+        expected_error = max(expected_error, float(np.max(np.abs(got - want))))
+    conn.send(
+        {
+            "status": outcome.status,
+            "failure": outcome.failure,
+            "baseline": baseline,
+            "peak": peak_rss(),
+            "error": expected_error,
+        }
+    )
+    conn.recv()
+
+
+def machine_site_main(cfg: Config, name: str, port: int, results: Any) -> None:
+    """A site that speaks the protocol without training: its update is a constant."""
+    from fedcare.core.metrics import EvalStats
+    from fedcare.runtime.messages import (
+        ApprovalStatus,
+        EvalResult,
+        Hello,
+        JobPlan,
+        TrainRequest,
+        UpdateMessage,
+        parse_message,
+    )
+
+    index = int(name.removeprefix("site"))
+    session = open_session(
+        f"127.0.0.1:{port}", tls=TlsBundle.load(cfg.pki / name), limits=_limits(cfg)
+    )
+    baseline = psutil.Process().memory_info().rss
+    session.send(Hello(True, {"num_train": 10 * (index + 1)}).to_envelope())
+    delta = np.full(cfg.model_bytes // 4, (index + 1) / 1000, dtype=np.float32)
+    for env in session:
+        message = parse_message(env) if env.kind != "audit_entry" else None
+        if isinstance(message, JobPlan):
+            approval = ApprovalStatus(env.run_id, env.round, message.plan_hash, True)
+            session.send(approval.to_envelope())
+        elif isinstance(message, TrainRequest):
+            update = UpdateMessage(
+                env.run_id, env.round, message.attempt, delta, {}, 10.0 * (index + 1), 10,
+                {"train_loss": 0.5},
+            )  # fmt: skip
+            session.send(update.to_envelope())
+        elif env.kind == "eval_request":
+            stats = {"global": EvalStats.empty(2)}
+            session.send(EvalResult(env.run_id, env.round, stats).to_envelope())
+        elif env.kind == "run_finished":
+            break
+        env = message = None  # type: ignore[assignment]
+    session.close()
+    results.put((name, peak_rss() - baseline, 0.0))
+
+
+def report_machine_memory(label: str, cfg: Config) -> None:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    results = ctx.Queue()
+    coord = ctx.Process(target=machine_coordinator_main, args=(cfg, child))
+    coord.start()
+    port = parent.recv()
+    procs = [
+        ctx.Process(target=machine_site_main, args=(cfg, f"site{i}", port, results))
+        for i in range(cfg.sites)
+    ]
+    for p in procs:
+        p.start()
+    res: dict[str, Any] = parent.recv()
+    site_peaks = [results.get(timeout=600)[1] for _ in procs]
+    for p in procs:
+        p.join()
+    parent.send("done")
+    coord.join()
+    if res["status"] != "finished":
+        raise RuntimeError(f"the deployed run did not finish: {res['failure']}")
+    extra = res["peak"] - res["baseline"]
+    print(
+        f"{label:<34} coordinator peak RSS {res['peak'] / 1e6:.0f} MB, {extra / 1e6:.0f} MB above "
+        f"its RSS before the model existed = {extra / cfg.model_bytes:.2f}x the model; "
+        f"site peak RSS +{max(site_peaks) / cfg.model_bytes:.2f}x; "
+        f"final model max error {res['error']:.1e}",
+        flush=True,
+    )
+
+
 def make_pki(root: Path, sites: int) -> None:
     ca = init_study_ca(root / "ca", "bench")
     issue_bundle(ca, "coordinator", root / "coordinator", "coordinator")
@@ -390,6 +512,9 @@ def main() -> None:
     parser.add_argument("--mem-sites", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chunk-mib", type=float, default=4.0)
+    parser.add_argument(
+        "--machine-rounds", type=int, default=3, help="rounds of the deployed coordinator run"
+    )
     parser.add_argument("--chunk-sweep", default="1,4,8,16", help="MiB, for --only chunks")
     parser.add_argument("--lookahead-mib", type=float, default=None, help="default: one chunk")
     parser.add_argument(
@@ -400,7 +525,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "speed", "memory", "chunks", "big", "encode"],
+        choices=["all", "speed", "memory", "machine", "chunks", "big", "encode"],
         default="all",
         help="big: the model size given, --sites sites, mTLS, float64 sum, memory both ends",
     )
@@ -462,6 +587,11 @@ def main() -> None:
                     mode = "plain text" if insecure else "mTLS"
                     c = replace(cfg, sites=sites, insecure=insecure)
                     report_stream(f"stream, {mode}, {sites} site(s)", c, ref)
+        if args.only in ("all", "memory", "machine"):
+            report_machine_memory(
+                f"{args.mem_sites} sites, deployed coordinator",
+                replace(cfg, sites=args.mem_sites, rounds=args.machine_rounds),
+            )
         if args.only in ("all", "memory"):
             mem = replace(cfg, sites=args.mem_sites, rounds=2)
             for label, c in (

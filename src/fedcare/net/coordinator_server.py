@@ -16,9 +16,14 @@ write and send is a named fault point (``faults.points_of("coordinator")``) that
 crash tests kill at. A write the
 storage refuses (full disk, read-only or immutable file) stops the run there with a
 message naming the file (``CoordinatorDriver._stop_on_storage``): nothing that depends on
-it is sent, and ``coordinator resume`` continues once the storage is fixed. Updates are
-added to the streaming aggregate one at a time as they arrive (the channel's in-flight
-budget holds the others back), so memory does not grow with the number of sites.
+it is sent, and ``coordinator resume`` continues once the storage is fixed.
+
+A plain update streams chunk by chunk into an intake (hashed and measured as it arrives,
+kept in a scratch file: :mod:`fedcare.net.update_spool`) and the round's mean is folded
+from the kept updates when it closes, so the coordinator never holds an update whole;
+other updates are reassembled one at a time (the channel's in-flight budget holds the
+others back). The audit entries of one step share one fsync, made before anything of that
+step is sent.
 
 Folder of a deployed run (inside the study folder)::
 
@@ -50,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from safetensors.numpy import save
 
@@ -71,9 +77,10 @@ from fedcare.net.run_files import (
     save_plan,
     write_json_atomic,
 )
-from fedcare.net.serde import VectorHead
+from fedcare.net.serde import ChunkSink, VectorHead
 from fedcare.net.store import RunStore, StoreError
 from fedcare.net.tls import TlsBundle, check_peer_certificate, load_revoked
+from fedcare.net.update_spool import update_store
 from fedcare.runtime.audit import AuditEntry, AuditLog
 from fedcare.runtime.checkpoint import remove_stale_temporaries, save_checkpoint
 from fedcare.runtime.coordinator import (
@@ -83,8 +90,10 @@ from fedcare.runtime.coordinator import (
     Phase,
     RuntimeEvent,
 )
-from fedcare.runtime.messages import AuditCopy
+from fedcare.runtime.envelope import Envelope
+from fedcare.runtime.messages import AuditCopy, UpdateMessage
 from fedcare.runtime.rounds import RunPlan, StudyPlan
+from fedcare.runtime.streamed_update import UpdateIntake, segments_of
 
 Log = Callable[[str], None]
 
@@ -98,7 +107,8 @@ STORE_ROUND_STARTED = faults.declare(
     "coordinator.store.round_started", "runs.db has the round as started, nothing sent yet"
 )
 AUDIT_APPENDED = faults.declare(
-    "coordinator.audit.appended", "an audit entry is appended and fsynced"
+    "coordinator.audit.appended",
+    "an audit entry is appended (fsynced with the step's other entries, before any send)",
 )
 STORE_PARTICIPANT = faults.declare(
     "coordinator.store.participant", "runs.db has a site's part in the round (update verdict)"
@@ -256,6 +266,27 @@ class CoordinatorDriver:
         """A vector larger than the plan allows is refused before it is reserved."""
         check_declared(head, link.identity, self.run_id, self.max_message_bytes)
 
+    def begin(self, link: Link, head: VectorHead) -> ChunkSink | None:
+        """A plain update streams chunk by chunk into an intake (hashed and measured on
+        the way, kept in a scratch file), so the coordinator never holds it whole; every
+        other message is reassembled and goes to :meth:`received`."""
+        env = head.envelope
+        if env.kind != UpdateMessage.KIND or "wire" in env.header or head.dtype != np.float32:
+            return None
+        segments = segments_of(env.header, head.length)
+        if segments is None or not self.machine.folds_updates:
+            return None  # parsed whole: a malformed layout is refused with its reason
+        store = update_store(run_dir(self.folder, self.run_id) / "spool", head.nbytes)
+        return _StreamedUpdate(self, link, env, UpdateIntake(segments, store))
+
+    def streamed(self, link: Link, env: Envelope, intake: UpdateIntake) -> None:
+        """The last chunk of a streamed update is in: the machine takes it from here."""
+        with self.lock:
+            if self.links.get(link.identity) is not link:
+                intake.discard()
+                return  # a stale stream of a site that has reconnected
+            self._apply(self.machine.handle_streamed(env, intake, time.monotonic()))
+
     def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
         self.log(
             f"{WARNING}refused a second connection for site '{first.identity}' from {peer}: {reason}"
@@ -300,12 +331,17 @@ class CoordinatorDriver:
     def _apply(self, outgoing: list[Outgoing]) -> None:
         if self.storage_failure is not None:
             return  # stopped: the machine is ahead of what is durable; nothing more goes out
+        shares: list[tuple[Link, Envelope]] = []
         try:
-            for event in self.machine.drain_events():
-                self._persist(event)
+            # One audit fsync for the step's entries, and nothing sent before it.
+            with self.audit.batch():
+                for event in self.machine.drain_events():
+                    shares += self._persist(event)
         except (OSError, StoreError) as exc:
             self._stop_on_storage(exc)
             return
+        for holder, copy in shares:
+            self._send(holder, copy)
         for recipient, env in outgoing:
             link = self.links.get(recipient)
             if link is not None:
@@ -360,7 +396,8 @@ class CoordinatorDriver:
         self.audit.append(CHECKPOINT_SAVED, self.security.author, body, self.signing_key)
         faults.reach(AUDIT_APPENDED)
 
-    def _persist(self, ev: RuntimeEvent) -> None:
+    def _persist(self, ev: RuntimeEvent) -> list[tuple[Link, Envelope]]:
+        """Record one event; returns the audit copies to send once the step is durable."""
         store, run = self.store, self.run_id
         site = ev.site or None
         detail = ev.detail
@@ -459,21 +496,22 @@ class CoordinatorDriver:
             body = audit_body(run, ev.round, ev.site, detail, ev.kind)
             entry = self.audit.append(ev.kind, self.security.author, body, self.signing_key)
             faults.reach(AUDIT_APPENDED)
-            self._share_audit_entry(entry)
+            return self._audit_copies(entry)
+        return []
 
-    def _share_audit_entry(self, entry: AuditEntry) -> None:
-        """Send a signed entry to each connected site it concerns, for the site's own copy.
+    def _audit_copies(self, entry: AuditEntry) -> list[tuple[Link, Envelope]]:
+        """A signed entry for each connected site it concerns, for the site's own copy.
 
         Under --insecure there is no certificate to verify it with, so nothing is sent.
         """
         bundle = self.security.bundle
         if bundle is None:
-            return
+            return []
         certificate = bundle.cert_pem.decode("ascii")
-        for site, link in self.links.items():
-            if entry.concerns(site):
-                copy = AuditCopy(self.run_id, self.machine.round, entry.to_dict(), certificate)
-                self._send(link, copy.to_envelope())
+        copy = AuditCopy(self.run_id, self.machine.round, entry.to_dict(), certificate)
+        return [
+            (link, copy.to_envelope()) for site, link in self.links.items() if entry.concerns(site)
+        ]
 
     def _finish(self) -> None:
         machine = self.machine
@@ -515,6 +553,28 @@ class CoordinatorDriver:
             failure = str(self.storage_failure)
             return RunOutcome(self.run_id, "stopped", m.round, m.final_params, history, failure)
         return RunOutcome(self.run_id, status, m.round, m.final_params, history, m.failure)
+
+
+@dataclass
+class _StreamedUpdate:
+    """The transport's sink for one streamed update: chunks go to the intake on the
+    stream's reader thread (no lock: the intake is this message's alone); the complete
+    update goes to the driver."""
+
+    driver: CoordinatorDriver
+    link: Link
+    envelope: Envelope
+    intake: UpdateIntake
+
+    def write(self, index: int, values: npt.NDArray[Any]) -> None:
+        self.intake.write(index, values)
+
+    def close(self) -> None:
+        self.intake.close()
+        self.driver.streamed(self.link, self.envelope, self.intake)
+
+    def abort(self, reason: str) -> None:
+        self.intake.abort(reason)
 
 
 def _reasons(missing: Mapping[str, Any]) -> str:
@@ -665,6 +725,9 @@ class _CurrentRun:
 
     def admit(self, link: Link, head: VectorHead) -> None:
         self.driver.admit(link, head)
+
+    def begin(self, link: Link, head: VectorHead) -> ChunkSink | None:
+        return self.driver.begin(link, head)
 
     def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
         self.driver.duplicate_refused(first, peer, reason)

@@ -3,14 +3,16 @@
 An audit log is append-only, but a file can still lose its tail (a restored backup, a
 truncation, entries cut by hand); the hash chain alone cannot tell a log cut after entry
 n from one that only ever had n entries. The run store therefore keeps, per log file, the
-number of entries and the hash of the last one, written right after each append (the
-append is fsynced first, so the log may be one entry ahead of the store after a crash,
-never behind). :mod:`fedcare.net.audit_crosscheck` compares the two.
+number of entries and the hash of the last one, written right after each append, or
+after the last append of a batch (the entries are fsynced first, so the log may be
+ahead of the store after a crash, never behind). :mod:`fedcare.net.audit_crosscheck`
+compares the two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,19 @@ class RecordedAuditLog(AuditLog):
     def __init__(self, path: Path, store: RunStore) -> None:
         super().__init__(path)
         self.store = store
+        self._last: AuditEntry | None = None  # appended in the open batch, head not recorded
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if self._batch is not None:  # joins the open batch
+            yield
+            return
+        self._last = None
+        with super().batch():
+            yield
+        last, self._last = self._last, None
+        if last is not None:  # durable now: the store may record it as the head
+            self.store.record_audit_head(self.path.name, last.index + 1, last.hash)
 
     def append(
         self,
@@ -36,6 +51,7 @@ class RecordedAuditLog(AuditLog):
         *,
         time: str | None = None,
     ) -> AuditEntry:
-        entry = super().append(kind, author, body, signing_key, time=time)
-        self.store.record_audit_head(self.path.name, entry.index + 1, entry.hash)
+        with self.batch():
+            entry = super().append(kind, author, body, signing_key, time=time)
+            self._last = entry
         return entry

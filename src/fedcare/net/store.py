@@ -267,6 +267,7 @@ class RunStore:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        self._known_runs: set[str] = set()
         try:
             self.engine: Engine = create_engine(url, echo=echo, future=True)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -372,10 +373,13 @@ class RunStore:
         return _run(row._mapping)
 
     def _require_run(self, conn: Connection, run_id: str) -> None:
+        if run_id in self._known_runs:  # runs are never deleted: once seen, it exists
+            return
         if not conn.execute(
             select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
         ).first():
             raise StoreError(f"no run '{run_id}' in {self.url!r}")
+        self._known_runs.add(run_id)
 
     # -- rounds --------------------------------------------------------------------------
 

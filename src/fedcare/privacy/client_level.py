@@ -85,6 +85,39 @@ def planned_spend(spec: DPSpec, sampling_rate: float, rounds: int) -> tuple[floa
     return spend_after(spec, z, sampling_rate, rounds), spec.delta
 
 
+def privatise_at_site(
+    spec: DPSpec,
+    update: Vector,
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    cohort: int,
+    rng: np.random.Generator | None = None,
+    accountant: PrivacyAccountant | None = None,
+) -> Vector:
+    """What leaves a site under ``spec``: the update unchanged (central DP: the coordinator
+    clips and noises), clipped and fully noised (local), or clipped with its share of the
+    noise for a ``cohort`` of sites (distributed: the secure sum adds the shares up).
+
+    ``rng`` None draws from the OS CSPRNG (a deployed site: the coordinator knows the
+    plan's seed, so seeded noise could be subtracted); ``accountant`` records a local
+    release (a throwaway one if None).
+    """
+    if spec.mode == "local":
+        return LocalDPGaussian(
+            clip_norm=clip_norm,
+            noise_multiplier=noise_multiplier,
+            accountant=accountant or PrivacyAccountant(spec.delta, spec.accountant),
+            rng=rng,
+        ).privatise(update)
+    if spec.mode == "distributed":
+        share = DistributedNoiseShare(
+            clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng
+        )
+        return share.privatise(update, cohort)
+    return update
+
+
 class PrivateRounds:
     """DP state of one run: noise multiplier, accountant(s), adaptive clip norm."""
 
@@ -144,24 +177,24 @@ class PrivateRounds:
     def at_site(
         self, name: str, site: int, round_index: int, update: Vector, cohort: int
     ) -> Vector:
-        """What leaves the site: unchanged (central), noised (local), a noise share (distributed)."""
-        rng = self.seeds.generator("noise", round_index, site + 1)
+        """What leaves the site: unchanged (central), noised (local), a noise share (distributed).
+
+        Noise keyed by (round, site) from the run's stream: the simulator's sites.
+        """
+        accountant = None
         if self.spec.mode == "local":
             accountant = self.site_accountants.setdefault(
                 name, PrivacyAccountant(self.spec.delta, self.spec.accountant)
             )
-            return LocalDPGaussian(
-                clip_norm=self.clip_norm,
-                noise_multiplier=self.noise_multiplier,
-                accountant=accountant,
-                rng=rng,
-            ).privatise(update)
-        if self.spec.mode == "distributed":
-            share = DistributedNoiseShare(
-                clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier, rng=rng
-            )
-            return share.privatise(update, cohort)
-        return update
+        return privatise_at_site(
+            self.spec,
+            update,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            cohort=cohort,
+            rng=self.seeds.generator("noise", round_index, site + 1),
+            accountant=accountant,
+        )
 
     # -- at the coordinator ----------------------------------------------------------------
     def record_local_release(self, name: str) -> None:
@@ -181,15 +214,22 @@ class PrivateRounds:
         if self._central is not None:
             self._central.rng = self.seeds.generator("noise", round_index, 0)
 
+    def clip(self, update: Vector) -> tuple[Vector, bool]:
+        """What one decoded update adds to the round's sum, and whether it was within the
+        clip norm: central DP clips here, at the trusted coordinator; the other modes were
+        clipped at the site and pass unchanged."""
+        if self._central is None:
+            return update, True
+        clipped = l2_clip(update, self._central.clip_norm)
+        return clipped.vector, not clipped.clipped
+
     def add(self, update: Vector) -> None:
         """One decoded site update (central mode clips it here, at the trusted coordinator)."""
         if self._sum is None:
             raise ConfigError("PrivateRounds.add called before start_round")
-        if self._central is not None:
-            clipped = l2_clip(update, self._central.clip_norm)
-            self._unclipped += int(not clipped.clipped)
-            update = clipped.vector
-        self._sum += update
+        vector, within = self.clip(update)
+        self._unclipped += int(within and self._central is not None)
+        self._sum += vector
         self._participants += 1
 
     def release(
@@ -200,17 +240,40 @@ class PrivateRounds:
         cohort: int = 0,
         received: int = 0,
     ) -> Vector:
-        """The round's DP mean update; records the release and closes the round's epsilon.
-
-        Under secure summation pass the unmasked ``secure_total``, the ``cohort`` that was
-        asked and how many inputs it ``received`` (dropped sites took their noise share).
-        """
+        """The round's DP mean update from the sum :meth:`add` built, or from the unmasked
+        ``secure_total`` of a secure sum (see :meth:`release_sum`)."""
         total = secure_total if secure_total is not None else self._sum
         if total is None:
             raise ConfigError("PrivateRounds.release called before start_round")
+        return self.release_sum(
+            round_index,
+            total,
+            participants=self._participants,
+            unclipped=self._unclipped,
+            cohort=cohort,
+            received=received,
+        )
+
+    def release_sum(
+        self,
+        round_index: int,
+        total: npt.NDArray[np.floating[Any]],
+        *,
+        participants: int,
+        unclipped: int,
+        cohort: int = 0,
+        received: int = 0,
+    ) -> Vector:
+        """The round's DP mean update from the sum of ``participants`` updates (of which
+        ``unclipped`` were within the clip norm); records the release and closes the
+        round's epsilon. :meth:`start_round` must have opened the round (it keys the noise).
+
+        Under secure summation pass the ``cohort`` that was asked and how many inputs the
+        sum ``received`` (dropped sites took their noise share).
+        """
         vector = np.asarray(total, dtype=np.float32)
         if self._central is not None:
-            out = self._central.release(vector, self._participants, self._unclipped)
+            out = self._central.release(vector, participants, unclipped)
         elif self.spec.mode == "distributed":
             out = DistributedDPFedAvg(
                 noise_multiplier=self.noise_multiplier,

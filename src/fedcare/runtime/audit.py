@@ -190,22 +190,38 @@ def _last_line(fh: Any) -> tuple[bytes, int]:
     return b"", 0
 
 
-def _append_line(fh: Any, line: bytes, path: Path, point: str) -> None:
-    """Write one entry line and fsync it; if the disk refuses (full, read-only), cut the
-    file back to where it was, so a failed append leaves no torn line, and re-raise the
-    error naming the file."""
+def _append_line(fh: Any, line: bytes, path: Path, point: str, *, sync: bool = True) -> None:
+    """Write one entry line and fsync it (``sync``); if the disk refuses (full, read-only),
+    cut the file back to where it was, so a failed append leaves no torn line, and re-raise
+    the error naming the file."""
     end = fh.seek(0, os.SEEK_END)
     try:
         faults.reach(point)
         view = memoryview(line)
         while view:  # unbuffered, so nothing half-written is left to flush on close
             view = view[os.write(fh.fileno(), view) :]
-        os.fsync(fh.fileno())
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # shrinking a file needs no space
-            fh.truncate(end)
+        if sync:
             os.fsync(fh.fileno())
+    except OSError as exc:
+        _cut_back(fh, end)
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def _cut_back(fh: Any, end: int) -> None:
+    with contextlib.suppress(OSError):  # shrinking a file needs no space
+        fh.truncate(end)
+        os.fsync(fh.fileno())
+
+
+@dataclass
+class _Batch:
+    """Appends that share one open, locked file and one fsync (see ``AuditLog.batch``)."""
+
+    fh: Any
+    start: int  # the file's end when the batch began
+    index: int  # of the next entry
+    prev: str  # hash of the last entry
+    written: bool = False
 
 
 class AuditLog:
@@ -214,6 +230,53 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.repaired_bytes = 0  # bytes of a torn final write discarded by the last append
+        self._batch: _Batch | None = None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Appends inside share one open file, one lock and one fsync when the batch ends.
+
+        For a writer that sends nothing before the batch is over (the coordinator driver
+        persists every event of a step, then sends), each entry is still durable before
+        anything that depends on it leaves; a process killed inside the batch leaves the
+        entries written so far in order (the OS holds them), never a torn line. Nested
+        batches join the outer one.
+        """
+        if self._batch is not None:
+            yield
+            return
+        with self._locked() as fh:
+            index, prev = self._tail(fh)
+            batch = self._batch = _Batch(fh, fh.seek(0, os.SEEK_END), index, prev)
+            try:
+                yield
+            finally:
+                self._batch = None
+                if batch.written:
+                    try:
+                        os.fsync(fh.fileno())
+                    except OSError as exc:  # not durable: not in the log
+                        _cut_back(fh, batch.start)
+                        raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+
+    def _tail(self, fh: Any) -> tuple[int, str]:
+        """(index of the next entry, hash of the last one); a torn final write (a crash
+        in the middle of an append, never acknowledged) is cut off first."""
+        line, good_end = _last_line(fh)
+        end = fh.seek(0, os.SEEK_END)
+        if good_end < end:
+            self.repaired_bytes = end - good_end
+            fh.truncate(good_end)
+        if not line:
+            return 0, GENESIS
+        try:
+            last = AuditEntry.from_dict(json.loads(line))
+        except (ValueError, ProtocolError) as exc:
+            raise AuditError(
+                f"audit log '{self.path}': the last entry is unreadable ({exc}); "
+                "run 'fedcare audit verify' before appending"
+            ) from exc
+        return last.index + 1, last.hash
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[Any]:
@@ -232,34 +295,25 @@ class AuditLog:
         *,
         time: str | None = None,
     ) -> AuditEntry:
-        """Append one signed entry and fsync it before returning."""
+        """Append one signed entry and fsync it before returning (inside :meth:`batch`:
+        when the batch ends)."""
         if not _KIND.match(kind):
             raise AuditError(f"audit entry kind must be a lowercase identifier, found {kind!r}")
         if not author:
             raise AuditError("an audit entry needs an author")
         clean = canonical(dict(body), f"audit entry '{kind}' body")
-        with self._locked() as fh:
-            line, good_end = _last_line(fh)
-            end = fh.seek(0, os.SEEK_END)
-            if good_end < end:  # a crash tore the last write: it was never acknowledged
-                self.repaired_bytes = end - good_end
-                fh.truncate(good_end)
-            if line:
-                try:
-                    last = AuditEntry.from_dict(json.loads(line))
-                except (ValueError, ProtocolError) as exc:
-                    raise AuditError(
-                        f"audit log '{self.path}': the last entry is unreadable ({exc}); "
-                        "run 'fedcare audit verify' before appending"
-                    ) from exc
-                index, prev = last.index + 1, last.hash
-            else:
-                index, prev = 0, GENESIS
+        with self.batch():
+            batch = self._batch
+            assert batch is not None  # set by batch() for as long as it lasts
             stamp = time or _now()
-            digest = entry_hash(index, stamp, kind, author, clean, prev)
+            digest = entry_hash(batch.index, stamp, kind, author, clean, batch.prev)
             signature = signing_key.sign(bytes.fromhex(digest)).hex()
-            entry = AuditEntry(index, stamp, kind, author, clean, prev, digest, signature)
-            _append_line(fh, entry.to_json().encode() + b"\n", self.path, APPEND_POINT)
+            entry = AuditEntry(
+                batch.index, stamp, kind, author, clean, batch.prev, digest, signature
+            )
+            line = entry.to_json().encode() + b"\n"
+            _append_line(batch.fh, line, self.path, APPEND_POINT, sync=False)
+            batch.index, batch.prev, batch.written = entry.index + 1, entry.hash, True
         return entry
 
     def entries(self) -> list[AuditEntry]:

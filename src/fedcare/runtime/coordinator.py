@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -57,6 +57,13 @@ from fedcare.core.records import LocalOutcome, ServerState
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
 from fedcare.privacy.client_level import PrivateRounds
+from fedcare.rounds import (
+    AggregationServices,
+    Aggregator,
+    SecureSumAggregator,
+    new_aggregator,
+    server_step,
+)
 from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
@@ -77,6 +84,7 @@ from fedcare.runtime.messages import (
     TrainRequest,
     UpdateMessage,
     UpdateVerdict,
+    parse_message,
     vector_digest,
 )
 from fedcare.runtime.model_allow import MODEL_NOT_ALLOWED
@@ -89,10 +97,10 @@ from fedcare.runtime.secure_round import (
     SecureRound,
     SecureSum,
     SecureSumCollector,
-    mean_of_sum,
     secagg_config,
 )
 from fedcare.runtime.secure_wire import SECAGG, session_of, step_of
+from fedcare.runtime.streamed_update import FoldedMean, UpdateIntake
 from fedcare.runtime.validation import validate_update
 from fedcare.transforms.pipeline import compression_stage, from_wire, stage_dict
 
@@ -260,6 +268,8 @@ class CoordinatorMachine:
         self.sites: dict[str, SiteStatus] = {name: SiteStatus() for name in plan.sites}
         self.contributed: dict[str, int] = dict.fromkeys(plan.sites, -1)
         self.history: list[dict[str, Any]] = []
+        self._safe_history: list[Any] = []  # _history_json's cache
+        self._safe_sources: list[dict[str, Any]] = []
         self.final_eval: dict[str, EvalStats] = {}
         self.reference_evals: dict[str, dict[str, EvalStats]] = {}
         self.phase = Phase.WAITING
@@ -303,6 +313,20 @@ class CoordinatorMachine:
         """Client-level epsilon spent so far at the plan's delta (None without DP)."""
         return None if self.private is None else self.private.epsilon()
 
+    @property
+    def folds_updates(self) -> bool:
+        """Whether rounds aggregate a plain weighted mean, folded block by block from the
+        accepted updates when the round closes (see :mod:`.streamed_update`), so updates
+        may stream in chunk by chunk (:meth:`handle_streamed`). Central DP clips each
+        update whole, robust rules need all updates at once, secure sums and compressed
+        uploads arrive in their own encodings: those take whole messages."""
+        return (
+            self.private is None
+            and self.robust_rule is None
+            and self.strategy.secure is None
+            and compression_stage(self.strategy.upload.stages) is None
+        )
+
     # -- public surface --------------------------------------------------------------------
 
     @property
@@ -333,10 +357,10 @@ class CoordinatorMachine:
 
         Taken on ``round_finished`` it holds everything a resumed run needs.
         """
-        extra = {
+        extra: dict[str, Any] = {
             "run_id": self.run_id,
             "plan_hash": self.plan_hash,
-            "history": _json_safe(self.history),
+            "history": self._history_json(),
             "contributed": dict(self.contributed),
             "stage": "finished" if self.completed is None else "aggregated",
         }
@@ -353,6 +377,20 @@ class CoordinatorMachine:
         if self.sample_epsilon is not None:
             extra["sample_epsilon"] = dict(self.sample_epsilon)
         return self.state, extra
+
+    def _history_json(self) -> list[Any]:
+        """The history made JSON-safe; records never change once appended, so each is
+        converted once (a checkpoint per round would otherwise redo every earlier one)."""
+        safe = self._safe_history
+        if len(safe) > len(self.history) or any(
+            a is not b for a, b in zip(self._safe_sources, self.history, strict=False)
+        ):
+            safe.clear()
+            self._safe_sources.clear()
+        for record in self.history[len(safe) :]:
+            safe.append(_json_safe(record))
+            self._safe_sources.append(record)
+        return list(safe)
 
     @classmethod
     def restore(
@@ -460,16 +498,7 @@ class CoordinatorMachine:
         if status.excluded:
             detail["out"] = status.excluded
         self._event("site_disconnected", name, detail)
-        if self.secure_sum is not None and self.phase is Phase.TRAINING:
-            return self._secure_drop(name, "disconnected during the round")
-        if self.phase is Phase.TRAINING and self.current and name in self.current.pending:
-            self.current.dropped[name] = "disconnected during the round"
-            self._event("site_dropped", name, {"reason": "disconnected during the round"})
-            return self._maybe_finish_training()
-        if self.phase is Phase.EVALUATING and self.evaluation and name in self.evaluation.pending:
-            self.evaluation.missing[name] = "disconnected"
-            return self._maybe_finish_eval()
-        return []
+        return self._drop(name, "disconnected during the round", evaluation="disconnected")
 
     # -- messages --------------------------------------------------------------------------
 
@@ -493,6 +522,34 @@ class CoordinatorMachine:
             return [self._error(site, "unexpected", detail)]
         return route(self, env)
 
+    def handle_streamed(self, env: Envelope, intake: UpdateIntake, now: float) -> list[Outgoing]:
+        """An update whose vector streamed chunk by chunk into ``intake`` (hashed and
+        measured on the way, kept where the driver put it): ``env`` is its envelope
+        without the vector. Parsed, refused and accepted exactly like a whole update."""
+        self._now = now
+        site = env.sender
+        if site not in self.sites:
+            intake.discard()
+            self._event("message_rejected", site, {"reason": "unknown_site", "kind": env.kind})
+            return []
+        # The header is parsed as usual, against a stand-in of the announced length that
+        # takes no memory (a broadcast zero); the values themselves stay in the intake.
+        stand_in = replace(env, vector=np.broadcast_to(np.float32(0), (intake.size,)))
+        try:
+            message = parse_message(stand_in)
+            if not isinstance(message, UpdateMessage) or message.wire is not None:
+                raise ProtocolError(f"'{env.kind}' cannot stream as a plain update")
+        except ProtocolError as exc:
+            intake.discard()
+            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
+            return [self._error(site, "malformed", str(exc))]
+        out = self._on_update(stand_in, message, intake)
+        aggregator = self.current.aggregator if self.current is not None else None
+        kept = aggregator.sources if isinstance(aggregator, FoldedMean) else []
+        if all(source is not intake for source, _ in kept):  # refused, or already folded
+            intake.discard()
+        return out
+
     def tick(self, now: float) -> list[Outgoing]:
         """Deadlines: start a round after the grace period, drop stragglers, end evaluation."""
         self._now = now
@@ -500,16 +557,15 @@ class CoordinatorMachine:
             return self._maybe_start_round()
         if self.phase is Phase.TRAINING and self.secure_sum is not None:
             return self._secure_step(lambda c: c.expire(now))
+        late: list[str] = []
         if self.phase is Phase.TRAINING and self.current and now >= self.current.deadline:
-            for site in self.current.pending:
-                self.current.dropped[site] = "missed the round deadline"
-                self._event("site_dropped", site, {"reason": "missed the round deadline"})
-            return self._maybe_finish_training()
+            late, reason = list(self.current.pending), "missed the round deadline"
         if self.phase is Phase.EVALUATING and self.evaluation and now >= self.evaluation.deadline:
-            for site in self.evaluation.pending:
-                self.evaluation.missing[site] = "missed the evaluation deadline"
-            return self._maybe_finish_eval()
-        return []
+            late, reason = list(self.evaluation.pending), "missed the evaluation deadline"
+        out: list[Outgoing] = []
+        for site in late:  # the last one finishes the round or its evaluation
+            out += self._drop(site, reason)
+        return out
 
     def _admit(self, env: Envelope, **kwargs: Any) -> bool:
         return self._refusal(env, **kwargs) is None
@@ -606,14 +662,20 @@ class CoordinatorMachine:
             self._event("plan_refused", site, {"plan_hash": self.plan_hash, "reason": reason})
             if self.phase is Phase.WAITING:
                 return self._maybe_start_round()
-        if self.secure_sum is not None and self.phase is Phase.TRAINING:
+        return self._drop(site, reason)
+
+    def _drop(self, site: str, reason: str, *, evaluation: str = "") -> list[Outgoing]:
+        """The one path for a site lost mid-round (disconnected, late, or reporting an
+        error): left out of the round in progress (or of its secure sum), or of the
+        pending evaluation (``evaluation``: its reason there, if worded differently)."""
+        if self.phase is Phase.TRAINING and self.secure_sum is not None:
             return self._secure_drop(site, reason)
         if self.phase is Phase.TRAINING and self.current and site in self.current.pending:
             self.current.dropped[site] = reason
             self._event("site_dropped", site, {"reason": reason})
             return self._maybe_finish_training()
         if self.phase is Phase.EVALUATING and self.evaluation and site in self.evaluation.pending:
-            self.evaluation.missing[site] = reason
+            self.evaluation.missing[site] = evaluation or reason
             return self._maybe_finish_eval()
         return []
 
@@ -714,7 +776,7 @@ class CoordinatorMachine:
             requested=ready,
             started=self._now,
             deadline=self._now + self.options.round_timeout_s,
-            accumulator=self.strategy.new_accumulator(self.state),
+            aggregator=self._new_aggregator(r, len(sampled)),
             download_bytes=self.strategy.download_nbytes(self.state) * len(ready),
         )
         for site in sampled:
@@ -722,8 +784,6 @@ class CoordinatorMachine:
                 progress.dropped[site] = self._left_out(site)
         self.current = progress
         self.phase = Phase.TRAINING
-        if self.private is not None:
-            self.private.start_round(r + 1, self.size)  # noise keyed like the simulator's
         self._event(
             "round_started",
             detail={
@@ -756,7 +816,19 @@ class CoordinatorMachine:
             out.append(Outgoing(site, request.to_envelope()))
         return out
 
-    def _on_update(self, env: Envelope, msg: UpdateMessage) -> list[Outgoing]:
+    def _new_aggregator(self, round_: int, cohort: int) -> Aggregator | FoldedMean:
+        """The round core's aggregator for the round (it opens a DP round, keying the noise
+        like the simulator's); a plain mean is folded from where updates arrived."""
+        if self.folds_updates:
+            return FoldedMean(self.size, dict(self.extras))
+        services = AggregationServices(privacy=self.private, weight_scale=self._weight_scale())
+        return new_aggregator(
+            self.strategy, self.size, round_index=round_ + 1, cohort=cohort, services=services
+        )
+
+    def _on_update(
+        self, env: Envelope, msg: UpdateMessage, intake: UpdateIntake | None = None
+    ) -> list[Outgoing]:
         site = env.sender
         refusal = self._refusal(env, once_per_site=("update", msg.attempt))
         if refusal is not None:
@@ -774,7 +846,7 @@ class CoordinatorMachine:
                 reason = "this plan aggregates securely: a plain update is refused"
             self._event("message_rejected", site, {"reason": "unexpected", "detail": reason})
             return [self._verdict(site, msg, False, reason)]
-        received = vector_digest(env.vector)
+        received = vector_digest(env.vector) if intake is None else intake.digest
         try:
             if received != msg.update_hash:
                 raise UpdateRejectedError(
@@ -783,18 +855,18 @@ class CoordinatorMachine:
                 )
             if msg.wire is not None:
                 msg = msg.decoded(self._decode_wire(site, msg))
-            norm = validate_update(msg, self.size, self.options.max_update_norm, extras=self.extras)
+            norm = validate_update(
+                msg, self.size, self.options.max_update_norm, extras=self.extras, streamed=intake
+            )
         except UpdateRejectedError as exc:
             progress.rejected[site] = str(exc)
             self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
             out = [self._verdict(site, msg, False, str(exc))]
             return out + self._maybe_finish_training()
-        if self.private is not None:
-            self.private.add(msg.delta)  # clipped here, at the trusted coordinator
+        if intake is not None and isinstance(progress.aggregator, FoldedMean):
+            progress.aggregator.add_source(intake, msg.weight)  # folded when the round closes
         else:
-            progress.accumulator.add(msg.delta, msg.weight, msg.extras)
-        if self.robust_rule is not None:
-            progress.collected.append((msg.delta, msg.weight))
+            progress.aggregator.add(msg.to_update(), self.plan.site_index(site))
         loss = msg.metrics.get("train_loss", float("nan"))
         self._note_sample_epsilon(site, msg.metrics.get(SAMPLE_EPSILON))
         progress.accepted[site] = Contribution(
@@ -948,15 +1020,12 @@ class CoordinatorMachine:
         )
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        cohort = len(progress.sampled)
-        if self.private is not None:
-            self._account_local(progress)
-            delta = self.private.release(
-                progress.round + 1, result.total, cohort=cohort, received=len(result.included)
-            )
-        else:
-            delta = mean_of_sum(result.total, progress.round + 1)
-        return self._complete_round(progress, Aggregate(delta, {}, float(cohort), cohort))
+        aggregator = progress.aggregator
+        if not isinstance(aggregator, SecureSumAggregator):
+            raise ProtocolError(f"run '{self.run_id}': a secure sum finished a plain round")
+        self._account_local(progress)
+        total = result.total
+        return self._complete_round(progress, aggregator.release(total, len(result.included)))
 
     def _maybe_finish_training(self) -> list[Outgoing]:
         progress = self.current
@@ -964,19 +1033,8 @@ class CoordinatorMachine:
             return []
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        if self.private is not None:
-            # DP-FedAvg: the noised sum over the expected number of sites, as the simulator.
-            self._account_local(progress)
-            delta = self.private.release(progress.round + 1)
-            cohort = len(progress.sampled)
-            aggregate = Aggregate(delta, {}, float(cohort), cohort)
-        else:
-            aggregate = progress.accumulator.result()
-        if self.robust_rule is not None:
-            # Robust rules need every update at once; extras keep their uniform mean.
-            stacked = np.stack([d for d, _ in progress.collected])
-            weights = np.array([w for _, w in progress.collected], dtype=np.float64)
-            aggregate.delta = self.robust_rule(stacked, weights)
+        self._account_local(progress)
+        aggregate = progress.aggregator.result().aggregate
         return self._complete_round(progress, aggregate)
 
     def _account_local(self, progress: RoundProgress) -> None:
@@ -986,8 +1044,9 @@ class CoordinatorMachine:
                 self.private.record_local_release(site)
 
     def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
+        progress.release()
         self.secure_sum = None
-        self.state = self.strategy.server_update(self.state, aggregate, len(self.plan.sites))
+        self.state = server_step(self.strategy, self.state, aggregate, len(self.plan.sites))
         for site in progress.accepted:
             self.contributed[site] = progress.round
         self.attempt = 0
@@ -1049,6 +1108,7 @@ class CoordinatorMachine:
         }
 
     def _retry_round(self, progress: RoundProgress) -> list[Outgoing]:
+        progress.release()
         self.current = None
         self.secure_sum = None
         self.attempt += 1

@@ -17,11 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from fedcare import __version__
-from fedcare.algorithms.aggregate import StreamingMean
 from fedcare.algorithms.registry import build_strategy
 from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
@@ -30,8 +26,10 @@ from fedcare.core.records import TrainSpec
 from fedcare.data.site_table import SiteTableSpec
 from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
+from fedcare.rounds import Aggregator
 from fedcare.runtime.approvals import canonical, canonical_json, plan_hash
 from fedcare.runtime.sampling import Participation
+from fedcare.runtime.streamed_update import FoldedMean
 
 _SPEC_FIELDS = (
     "optimizer",
@@ -109,10 +107,12 @@ class RunPlan:
                 f"strategy '{self.strategy}' passes the model from site to site; the deployed "
                 "runtime trains sites in parallel (use it in simulation)"
             )
-        if strategy.personal.kind == "mocha":
+        personal = strategy.personal.personal_pass
+        if personal is not None and personal.collects:
             raise ConfigError(
-                "mocha needs every site's model at the coordinator each round; "
-                "it runs in simulation only"
+                f"strategy '{self.strategy}' needs every site's model at the coordinator each "
+                "round (its personal pass collects them), which the deployed protocol does not "
+                "carry: it runs in simulation only"
             )
         if strategy.secure is not None and strategy.personal.mask_kind:
             raise ConfigError(
@@ -334,14 +334,18 @@ class RoundProgress:
     requested: list[str]
     started: float
     deadline: float
-    accumulator: StreamingMean
+    aggregator: Aggregator | FoldedMean  # the round core's, or a plain mean folded at the end
     download_bytes: int
     accepted: dict[str, Contribution] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
-    collected: list[tuple[npt.NDArray[np.float32], float]] = field(default_factory=list)
     secure_session: bytes = b""  # the round's secure-sum session (SecAgg or CKKS)
     secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # what sites stated
+
+    def release(self) -> None:
+        """Let go of the updates kept for the fold (their scratch files, if any)."""
+        if isinstance(self.aggregator, FoldedMean):
+            self.aggregator.release()
 
     @property
     def pending(self) -> list[str]:

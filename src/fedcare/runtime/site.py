@@ -33,19 +33,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.algorithms.personal import (
-    PERSONAL_MODEL,
-    ditto_objective,
-    ditto_start,
-    keep_local,
-    personal_model,
-    site_start,
-)
 from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import (
     ConfigError,
@@ -58,11 +51,25 @@ from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, Site
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import FloatVector
 from fedcare.he.ckks import CkksKeys
-from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.privacy.budget import JobRef
-from fedcare.privacy.client_level import JobCost, JobPrivacy, SiteBudget, record_level_cost
-from fedcare.privacy.mechanisms import DistributedNoiseShare, LocalDPGaussian
+from fedcare.privacy.client_level import (
+    JobCost,
+    JobPrivacy,
+    SiteBudget,
+    privatise_at_site,
+    record_level_cost,
+)
 from fedcare.privacy.sample_level import SiteSampleCost
+from fedcare.rounds import (
+    SiteRound,
+    TrainingTask,
+    finish_training,
+    keep_personal,
+    personal_task,
+    round_context,
+    site_model,
+    training_task,
+)
 from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.encrypted_round import HE, decrypt_request, encrypted_update
 from fedcare.runtime.envelope import Envelope
@@ -650,65 +657,59 @@ class SiteMachine:
     def _train(
         self, req: TrainRequest, plan: RunPlan, strategy: Strategy, work: LocalWork, index: int
     ) -> UpdateMessage:
-        """The simulator's per-site round, step for step (see FederatedSimulation._parallel_round)."""
-        spec = strategy.local_spec(plan.spec)
+        """The round at this site through the round core's site steps, the simulator's own:
+        the training task, the upload (client rule, DP at the site, upload stages, what stays
+        local), then the strategy's personal pass, if it has one."""
         server = ServerState(round=req.round, params=req.params, arrays=dict(req.arrays))
-        state = self.state
-        start = req.params if self.mask is None else site_start(req.params, state, self.mask)
-        task = TrainTask(
-            round=req.round,
-            site_index=index,
-            seed=plan.seed,
-            start=start,
-            objective=strategy.objective(server, state),
-            spec=spec,
-            start_loss=strategy.needs_start_loss,
+        spec = strategy.local_spec(plan.spec)
+        site_plan = SiteRound(strategy, spec, server, len(req.sampled), self.mask)
+        task = training_task(site_plan, self.state)
+        outcome = work.train(self._task(task, req.round, index, plan.seed, spec))
+        dp = plan.dp
+        privatise = None
+        if dp is not None and dp.mode != "central":
+            cost = self._cost(plan, self.plan_hash)
+            privatise = partial(
+                privatise_at_site,
+                dp,
+                noise_multiplier=cost.noise_multiplier if cost is not None else 0.0,
+                clip_norm=dp.clip_norm,
+                cohort=len(req.sampled),
+            )  # noise from the OS CSPRNG: the coordinator knows the plan's seed
+        compress = SeedStream(plan.seed).generator("compress", site_plan.round_index, index)
+        state, upload = finish_training(
+            site_plan, self.state, outcome, compress_rng=compress, privatise=privatise
         )
-        outcome = work.train(task)
-        state, update = strategy.client_update(server, state, outcome, spec)
-        if plan.dp is not None and plan.dp.mode != "central":
-            update.delta = self._privatise(plan, update.delta, len(req.sampled))
-        state, update.delta, wire = self._upload(
-            strategy, update.delta, state, plan.seed, req.round, index
-        )
-        if self.mask is not None:
-            state = keep_local(state, outcome.params, self.mask)
-        if strategy.personal.kind == "ditto":
-            personal = replace(
-                task,
-                start=ditto_start(req.params, state),
-                objective=ditto_objective(req.params, strategy.personal.ditto_lambda),
-                purpose="misc",
-                start_loss=False,
+        personal = strategy.personal.personal_pass
+        if personal is not None:
+            context = personal.site_context(round_context(strategy, server, len(plan.sites)), index)
+            own = personal_task(personal, context, server, state)
+            state = keep_personal(
+                state, work.train(self._task(own, req.round, index, plan.seed, spec)).params
             )
-            state = {**state, PERSONAL_MODEL: work.train(personal).params.copy()}
         self.pending = _Pending(req.round, state)
         message = UpdateMessage.from_update(
-            self.run_id, req.round, req.attempt, update, outcome.num_samples
+            self.run_id, req.round, req.attempt, upload.update, outcome.num_samples
         )
-        return message if wire is None else replace(message, wire=wire)
+        stage = compression_stage(strategy.upload.stages)
+        if upload.encoded is None or stage is None:
+            return message
+        wire = WireDelta(to_wire(upload.encoded), stage_dict(stage), int(upload.update.delta.size))
+        return replace(message, wire=wire)
 
-    def _privatise(self, plan: RunPlan, delta: FloatVector, cohort: int) -> FloatVector:
-        """Local or distributed DP: clip and noise here, with noise the coordinator cannot know.
-
-        The noise comes from the OS CSPRNG (the plan's seed is known to the coordinator).
-        Local DP adds the full noise; distributed DP this site's share of it, which the
-        secure sum adds up to the target noise.
-        """
-        dp = plan.dp
-        if dp is None:
-            return delta
-        if self.mask is not None:  # clip and noise what is shared, nothing else
-            delta = np.where(self.mask, np.float32(0), delta)
-        z = self._cost(plan, self.plan_hash)
-        multiplier = z.noise_multiplier if z is not None else 0.0
-        if dp.mode == "local":
-            accountant = PrivacyAccountant(dp.delta, dp.accountant)
-            return LocalDPGaussian(
-                clip_norm=dp.clip_norm, noise_multiplier=multiplier, accountant=accountant
-            ).privatise(delta)
-        share = DistributedNoiseShare(clip_norm=dp.clip_norm, noise_multiplier=multiplier)
-        return share.privatise(delta, cohort)
+    @staticmethod
+    def _task(task: TrainingTask, round_: int, index: int, seed: int, spec: TrainSpec) -> TrainTask:
+        """A round core task as this site's local work runs it, keyed like the simulator's."""
+        return TrainTask(
+            round=round_,
+            site_index=index,
+            seed=seed,
+            start=task.start,
+            objective=task.objective,
+            spec=spec,
+            purpose=task.purpose,
+            start_loss=task.start_loss,
+        )
 
     def _join_secure_sum(
         self, req: TrainRequest, update: UpdateMessage, index: int
@@ -806,38 +807,6 @@ class SiteMachine:
         )
         return [reply]
 
-    def _upload(
-        self,
-        strategy: Strategy,
-        delta: FloatVector,
-        state: SiteState,
-        seed: int,
-        round_index: int,
-        site: int,
-    ) -> tuple[SiteState, FloatVector, WireDelta | None]:
-        """The strategy's upload stages, as the simulator applies them.
-
-        Returns the new site state, the update as the coordinator will decode it, and,
-        with a compression stage, the encoded bytes that go on the wire instead of the
-        float32 vector. Entries a personalised strategy keeps local are sent as zeros
-        (dense: the coordinator does not know the mask, so those uploads stay uncompressed).
-        """
-        mask, pipeline = self.mask, strategy.upload
-        shared = delta if mask is None else delta[~mask]
-        wire = None
-        if pipeline.stages:
-            rng = SeedStream(seed).generator("compress", round_index + 1, site)
-            encoded, state = pipeline.encode(shared, state, rng)
-            shared = pipeline.decode(encoded)
-            stage = compression_stage(pipeline.stages)
-            if stage is not None and mask is None:
-                wire = WireDelta(to_wire(encoded), stage_dict(stage), int(shared.size))
-        if mask is None:
-            return state, np.ascontiguousarray(shared, dtype=np.float32), wire
-        full = np.zeros_like(delta)
-        full[~mask] = shared
-        return state, full, None
-
     def _on_verdict(self, verdict: UpdateVerdict) -> list[Envelope]:
         kind = "update_accepted" if verdict.accepted else "update_rejected"
         self._event(kind, {"round": verdict.round, "reason": verdict.reason})
@@ -861,7 +830,7 @@ class SiteMachine:
         self, req: EvalRequest, plan: RunPlan, strategy: Strategy, work: LocalWork
     ) -> FloatVector:
         """This site's own final model, fine-tuned on its rows if the strategy asks."""
-        model = personal_model(req.params, self.state, strategy.personal, self.mask)
+        model = site_model(strategy, req.params, self.state, self.mask)
         epochs = strategy.personal.finetune_epochs
         if not epochs:
             return model

@@ -9,6 +9,7 @@ needs a few megabytes, not another copy of it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -33,17 +34,30 @@ def squared_norm(values: npt.NDArray[np.float32], what: str) -> float:
     return total
 
 
+class StreamedFigures(Protocol):
+    """What was measured of an update's values as they streamed in (never all in memory)."""
+
+    @property
+    def squares(self) -> dict[str, float]: ...  # sum of squares per segment
+
+    @property
+    def non_finite(self) -> str: ...  # the first non-finite value, or ""
+
+
 def validate_update(
     update: UpdateMessage,
     layout: ParamLayout | int,
     max_norm: float | None = None,
     *,
     extras: Mapping[str, int] | None = None,
+    streamed: StreamedFigures | None = None,
 ) -> float:
     """Raise UpdateRejectedError naming the site and the problem; return the delta's L2 norm.
 
     ``extras`` maps each expected extra (e.g. SCAFFOLD's control delta) to its size; None
-    means the strategy uploads none.
+    means the strategy uploads none. ``streamed``: the values were measured as they
+    arrived (:mod:`fedcare.runtime.streamed_update`); the update's arrays then only give
+    the shapes.
     """
     size = layout if isinstance(layout, int) else layout.size
     where = f"update from site '{update.sender or '?'}' for round {update.round}"
@@ -65,6 +79,11 @@ def validate_update(
             raise reject(f"{name} has dtype {values.dtype}, expected float32")
         if values.ndim != 1 or values.size != n:
             raise reject(f"{name} has shape {values.shape}, expected ({n},) to fit the model")
+        if streamed is not None:
+            if streamed.non_finite:
+                raise reject(streamed.non_finite)
+            norms[name] = streamed.squares[name]
+            continue
         try:
             norms[name] = squared_norm(values, name)
         except ValueError as exc:
