@@ -85,10 +85,11 @@ class RayBackend:
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None) -> None:
         self.address = address
         self.started = False
+        if address is not None:
+            _probe(address)
         if ray.is_initialized():
             return
         if address is not None:
-            _probe(address)
             try:
                 ray.init(address=address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError) as exc:
