@@ -107,7 +107,46 @@ class StreamingMean:
         self._sum += w @ deltas.astype(np.float64)
         self.total_weight += float(w.sum())
         self.count += int(deltas.shape[0])
-        for name, value in (extras or {}).items():
+        self._add_extras(extras or {})
+
+    def add_chunk(self, offset: int, values: FloatVector, weight: float) -> None:
+        """Add ``weight * values`` at ``offset`` of the sum: one piece of one update.
+
+        The update is counted by :meth:`count_update` once all of its pieces are in;
+        element by element this is exactly :meth:`add`.
+        """
+        if offset < 0 or values.ndim != 1 or offset + values.size > self.size:
+            raise ValueError(
+                f"chunk of {values.size} values at offset {offset} does not fit an update "
+                f"of {self.size} values"
+            )
+        part = slice(offset, offset + values.size)
+        self._sum[part] += weight * values.astype(np.float64)
+
+    def count_update(self, weight: float, extras: dict[str, FloatVector] | None = None) -> None:
+        """Close one update added piece by piece with :meth:`add_chunk`."""
+        if weight < 0 or not np.isfinite(weight):
+            raise ValueError(f"aggregation weight must be finite and >= 0, found {weight}")
+        self.total_weight += float(weight)
+        self.count += 1
+        self._add_extras({k: v[None, :] for k, v in (extras or {}).items()})
+
+    def merge(self, other: StreamingMean) -> None:
+        """Fold in another accumulator's partial sums (another worker's sites)."""
+        if other.size != self.size:
+            raise ValueError(f"cannot merge a mean over {other.size} values into {self.size}")
+        self._sum += other._sum
+        self.total_weight += other.total_weight
+        self.count += other.count
+        for name, value in other._extras.items():
+            acc = self._extras.get(name)
+            if acc is None:
+                self._extras[name] = value.copy()
+            else:
+                acc += value
+
+    def _add_extras(self, extras: dict[str, npt.NDArray[np.float32]]) -> None:
+        for name, value in extras.items():
             acc = self._extras.get(name)
             if acc is None:
                 acc = self._extras[name] = np.zeros(value.shape[1:], dtype=np.float64)

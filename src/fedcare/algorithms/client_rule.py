@@ -8,7 +8,7 @@ the Adam server optimizer.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fedcare.algorithms.aggregate import Aggregate
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
@@ -43,4 +43,18 @@ class ClientRule(Protocol):
         self, state: ServerState, aggregate: Aggregate, num_sites: int
     ) -> dict[str, FloatVector]:
         """New values of the rule's server arrays after a round."""
+        ...
+
+
+@runtime_checkable
+class OwnWeight(Protocol):
+    """A client rule that sets its update's aggregation weight itself (q-FedAvg's h_k).
+
+    Without this hook an update weighs its sample count (or 1, under uniform weighting).
+    """
+
+    def own_weight(
+        self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
+    ) -> float:
+        """The weight of the update :meth:`ClientRule.finish` returns for ``outcome``."""
         ...

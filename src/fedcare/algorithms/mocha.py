@@ -12,15 +12,20 @@ which is what :func:`site_objective` hands to local training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError
-from fedcare.core.records import LocalObjective
+from fedcare.core.records import LocalObjective, ServerState, SiteState
+from fedcare.core.vectors import FloatVector
 
 Matrix = npt.NDArray[np.float64]
+MODELS = "mocha/models"
+"""Server array of every site's latest model, one row per site, kept by the coordinator."""
 
 
 def task_covariance(models: Matrix) -> Matrix:
@@ -66,3 +71,43 @@ def regulariser(models: Matrix, precision: Matrix, lambda1: float, lambda2: floa
     return float(
         lambda1 * np.trace(models.T @ precision @ models) + lambda2 * np.sum(models * models)
     )
+
+
+@dataclass(frozen=True)
+class MochaRound:
+    """What the coordinator fixes at the start of a round: every site's model and P."""
+
+    models: npt.NDArray[np.float32]  # (num_sites, size)
+    precision: Matrix
+
+
+@dataclass(frozen=True)
+class MochaPass:
+    """MOCHA as a personal pass: each site trains its own model under the relationship
+    fixed at round start and reports it; the coordinator keeps every site's model."""
+
+    lambda1: float
+    lambda2: float
+    collects: bool = True
+
+    def context(self, state: ServerState, num_sites: int) -> MochaRound:
+        stored = state.arrays.get(MODELS)
+        flat = np.tile(state.params, num_sites) if stored is None else stored
+        models = flat.reshape(num_sites, -1)
+        return MochaRound(models, task_precision(task_covariance(models.astype(np.float64))))
+
+    def task(
+        self, context: MochaRound, global_params: FloatVector, site_state: SiteState, site: int
+    ) -> tuple[FloatVector, LocalObjective]:
+        objective = site_objective(
+            context.precision, context.models, site, self.lambda1, self.lambda2
+        )
+        return context.models[site].copy(), objective
+
+    def server_arrays(
+        self, state: ServerState, context: MochaRound, trained: Mapping[int, FloatVector]
+    ) -> dict[str, FloatVector]:
+        models = np.array(context.models, dtype=np.float32)
+        for site, params in trained.items():
+            models[site] = params
+        return {MODELS: models.reshape(-1)}

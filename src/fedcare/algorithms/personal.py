@@ -15,14 +15,16 @@ the site, checkpointed with it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from fedcare.algorithms.mocha import MochaPass
 from fedcare.core.errors import ConfigError
-from fedcare.core.records import LocalObjective, SiteState
+from fedcare.core.records import LocalObjective, ServerState, SiteState
 from fedcare.core.vectors import FloatVector
 
 PersonalKind = Literal["fedper", "fedbn", "ditto", "mocha"]
@@ -53,6 +55,65 @@ class Personalisation:
     @property
     def active(self) -> bool:
         return self.kind is not None or self.finetune_epochs > 0
+
+    @property
+    def personal_pass(self) -> PersonalPass | None:
+        """The second local training each round (Ditto, MOCHA), or None."""
+        if self.kind == "ditto":
+            return DittoPass(self.ditto_lambda)
+        if self.kind == "mocha":
+            return MochaPass(self.mocha_lambda1, self.mocha_lambda2)
+        return None
+
+
+class PersonalPass(Protocol):
+    """A second local training each round, of a model that stays at the site.
+
+    The round core calls these hooks; the driver only trains what they describe, on the
+    site's "misc" batch order. ``context`` is computed once per round by the coordinator
+    and ``task`` is what one site trains; a pass that ``collects`` reports each site's
+    trained model back, and :meth:`server_arrays` folds them into the server state.
+    """
+
+    @property
+    def collects(self) -> bool: ...
+
+    def context(self, state: ServerState, num_sites: int) -> Any:
+        """What the coordinator fixes for this round's pass (shared by every site)."""
+        ...
+
+    def task(
+        self, context: Any, global_params: FloatVector, site_state: SiteState, site: int
+    ) -> tuple[FloatVector, LocalObjective]:
+        """Site ``site``'s start and objective for the pass."""
+        ...
+
+    def server_arrays(
+        self, state: ServerState, context: Any, trained: Mapping[int, FloatVector]
+    ) -> dict[str, FloatVector]:
+        """Server arrays after the round, given the collected models (``collects`` only)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DittoPass:
+    """Ditto: the personal model v_k trains on loss + (lambda/2)||v_k - w||^2 from itself."""
+
+    lam: float
+    collects: bool = False
+
+    def context(self, state: ServerState, num_sites: int) -> None:
+        return None
+
+    def task(
+        self, context: Any, global_params: FloatVector, site_state: SiteState, site: int
+    ) -> tuple[FloatVector, LocalObjective]:
+        return ditto_start(global_params, site_state), ditto_objective(global_params, self.lam)
+
+    def server_arrays(
+        self, state: ServerState, context: Any, trained: Mapping[int, FloatVector]
+    ) -> dict[str, FloatVector]:
+        return {}
 
 
 def site_start(global_params: FloatVector, site_state: SiteState, mask: BoolMask) -> FloatVector:

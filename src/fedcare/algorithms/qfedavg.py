@@ -19,9 +19,6 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.vectors import FloatVector
 
-WEIGHT_KEY = "weight"
-"""Extras key by which a client rule sets its own aggregation weight (a 1-element array)."""
-
 
 @dataclass(frozen=True)
 class QFedAvgClient(FedAvgClient):
@@ -36,6 +33,19 @@ class QFedAvgClient(FedAvgClient):
     def finish(
         self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
     ) -> tuple[SiteState, FloatVector, dict[str, FloatVector]]:
+        upload, _ = self._step(state, outcome, spec)
+        return site_state, upload, {}
+
+    def own_weight(
+        self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
+    ) -> float:
+        """h_k: the update's aggregation weight (the :class:`OwnWeight` hook)."""
+        return self._step(state, outcome, spec)[1]
+
+    def _step(
+        self, state: ServerState, outcome: LocalOutcome, spec: TrainSpec
+    ) -> tuple[FloatVector, float]:
+        """(d_k, h_k) for one site's outcome."""
         if outcome.start_loss is None:
             raise ConfigError("qfedavg needs each site's loss at the global model (start_loss)")
         lipschitz = 1.0 / spec.lr
@@ -43,4 +53,5 @@ class QFedAvgClient(FedAvgClient):
         dw = lipschitz * (state.params.astype(np.float64) - outcome.params)
         h = self.q * loss ** (self.q - 1) * float(dw @ dw) + lipschitz * loss**self.q
         upload = (-(loss**self.q) * dw / h).astype(np.float32)
-        return site_state, upload, {WEIGHT_KEY: np.array([h], dtype=np.float32)}
+        # The weight travels as float32, as it did when it was an uploaded extra.
+        return upload, float(np.float32(h))

@@ -12,9 +12,8 @@ from typing import Literal
 import numpy as np
 
 from fedcare.algorithms.aggregate import Aggregate, StreamingMean, Weighting, aggregation_weight
-from fedcare.algorithms.client_rule import ClientRule
+from fedcare.algorithms.client_rule import ClientRule, OwnWeight
 from fedcare.algorithms.personal import Personalisation
-from fedcare.algorithms.qfedavg import WEIGHT_KEY
 from fedcare.algorithms.robust import RobustAggregator, build_robust_aggregator
 from fedcare.algorithms.server_optim import ServerOptimizer
 from fedcare.core.records import (
@@ -81,13 +80,13 @@ class Strategy:
         self, state: ServerState, site_state: SiteState, outcome: LocalOutcome, spec: TrainSpec
     ) -> tuple[SiteState, ClientUpdate]:
         new_site_state, delta, extras = self.client.finish(state, site_state, outcome, spec)
-        own_weight = extras.pop(WEIGHT_KEY, None)
-        weight = float(own_weight[0]) if own_weight is not None else None
+        if isinstance(self.client, OwnWeight):
+            weight = self.client.own_weight(state, site_state, outcome, spec)
+        else:
+            weight = aggregation_weight(outcome.num_samples, self.weighting)
         update = ClientUpdate(
             delta=delta.astype(np.float32, copy=False),
-            weight=weight
-            if weight is not None
-            else aggregation_weight(outcome.num_samples, self.weighting),
+            weight=weight,
             extras=extras,
             metrics={
                 "train_loss": outcome.train_loss,

@@ -181,15 +181,22 @@ class PrivateRounds:
         if self._central is not None:
             self._central.rng = self.seeds.generator("noise", round_index, 0)
 
+    def clip(self, update: Vector) -> tuple[Vector, bool]:
+        """What one decoded update adds to the round's sum, and whether it was within the
+        clip norm: central DP clips here, at the trusted coordinator; the other modes were
+        clipped at the site and pass unchanged."""
+        if self._central is None:
+            return update, True
+        clipped = l2_clip(update, self._central.clip_norm)
+        return clipped.vector, not clipped.clipped
+
     def add(self, update: Vector) -> None:
         """One decoded site update (central mode clips it here, at the trusted coordinator)."""
         if self._sum is None:
             raise ConfigError("PrivateRounds.add called before start_round")
-        if self._central is not None:
-            clipped = l2_clip(update, self._central.clip_norm)
-            self._unclipped += int(not clipped.clipped)
-            update = clipped.vector
-        self._sum += update
+        vector, within = self.clip(update)
+        self._unclipped += int(within and self._central is not None)
+        self._sum += vector
         self._participants += 1
 
     def release(
@@ -200,17 +207,40 @@ class PrivateRounds:
         cohort: int = 0,
         received: int = 0,
     ) -> Vector:
-        """The round's DP mean update; records the release and closes the round's epsilon.
-
-        Under secure summation pass the unmasked ``secure_total``, the ``cohort`` that was
-        asked and how many inputs it ``received`` (dropped sites took their noise share).
-        """
+        """The round's DP mean update from the sum :meth:`add` built, or from the unmasked
+        ``secure_total`` of a secure sum (see :meth:`release_sum`)."""
         total = secure_total if secure_total is not None else self._sum
         if total is None:
             raise ConfigError("PrivateRounds.release called before start_round")
+        return self.release_sum(
+            round_index,
+            total,
+            participants=self._participants,
+            unclipped=self._unclipped,
+            cohort=cohort,
+            received=received,
+        )
+
+    def release_sum(
+        self,
+        round_index: int,
+        total: npt.NDArray[np.floating[Any]],
+        *,
+        participants: int,
+        unclipped: int,
+        cohort: int = 0,
+        received: int = 0,
+    ) -> Vector:
+        """The round's DP mean update from the sum of ``participants`` updates (of which
+        ``unclipped`` were within the clip norm); records the release and closes the
+        round's epsilon. :meth:`start_round` must have opened the round (it keys the noise).
+
+        Under secure summation pass the ``cohort`` that was asked and how many inputs the
+        sum ``received`` (dropped sites took their noise share).
+        """
         vector = np.asarray(total, dtype=np.float32)
         if self._central is not None:
-            out = self._central.release(vector, self._participants, self._unclipped)
+            out = self._central.release(vector, participants, unclipped)
         elif self.spec.mode == "distributed":
             out = DistributedDPFedAvg(
                 noise_multiplier=self.noise_multiplier,

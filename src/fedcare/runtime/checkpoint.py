@@ -33,6 +33,7 @@ from fedcare.core import faults
 from fedcare.core.errors import FedcareError
 from fedcare.core.records import ServerState, SiteState
 from fedcare.core.vectors import FloatVector
+from fedcare.rounds.state import RunState
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 WRITE_POINT = faults.declare(
@@ -230,3 +231,29 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         previous=metadata.get(PREVIOUS_KEY, ""),
         path=path,
     )
+
+
+def save_run_state(
+    directory: Path,
+    run: RunState,
+    *,
+    previous: str = "",
+    on_written: Callable[[], None] | None = None,
+    on_renamed: Callable[[], None] | None = None,
+) -> SavedCheckpoint:
+    """Write ``run`` as ``directory/checkpoint.safetensors`` (see :func:`save_checkpoint`)."""
+    return save_checkpoint(
+        directory,
+        run.server,
+        dict(run.site_states),
+        run.extra(),
+        previous=previous,
+        on_written=on_written,
+        on_renamed=on_renamed,
+    )
+
+
+def load_run_state(directory: Path) -> RunState:
+    """The run state in ``directory``'s checkpoint, after checking its digest."""
+    ckpt = load_checkpoint(directory)
+    return RunState.from_parts(ckpt.state, ckpt.site_states, ckpt.extra)

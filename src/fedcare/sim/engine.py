@@ -10,7 +10,7 @@ result does not depend on chunking, on the trainer mode, or on a resume from che
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from fedcare.algorithms.aggregate import Aggregate, aggregation_weight
+from fedcare.algorithms.aggregate import aggregation_weight
 from fedcare.algorithms.attacks import AttackSpec, attack_update, choose_attackers, flip_labels
-from fedcare.algorithms.mocha import site_objective, task_covariance, task_precision
-from fedcare.algorithms.personal import (
-    PERSONAL_MODEL,
-    ditto_objective,
-    ditto_start,
-    keep_local,
-    personal_model,
-    site_start,
-)
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
@@ -44,14 +35,29 @@ from fedcare.ml.torch_adapter import local_tensor_mask
 from fedcare.ml.trainer import LocalTrainer, Mode, TrainResult
 from fedcare.privacy.client_level import PrivateRounds
 from fedcare.privacy.sample_level import SampleLevelPrivacy
-from fedcare.runtime.checkpoint import load_checkpoint, save_checkpoint
+from fedcare.rounds import (
+    AggregationServices,
+    ChunkResult,
+    RoundPlan,
+    RunState,
+    SiteRound,
+    TrainingTask,
+    finish_training,
+    keep_personal,
+    new_aggregator,
+    personal_task,
+    round_context,
+    server_step,
+    site_model,
+    training_task,
+)
+from fedcare.runtime.checkpoint import load_run_state, save_run_state
 from fedcare.runtime.sampling import Participation, sample_sites
-from fedcare.runtime.secure_round import mean_of_sum, secure_input
+from fedcare.sim.backend import Backend, InProcessBackend
 from fedcare.sim.evaluation import TestSets, pooled
 from fedcare.sim.secure_sum import build_summer
 
 ProgressCallback = Callable[["RoundRecord"], None]
-MOCHA_MODELS = "mocha/models"
 
 
 @dataclass
@@ -109,10 +115,6 @@ def initial_params(module: nn.Module, seeds: SeedStream) -> npt.NDArray[np.float
     return LocalTrainer(module, 2, mode="sequential").initial_vector()
 
 
-def _chunks(indices: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.int64]]:
-    return [indices[i : i + size] for i in range(0, len(indices), max(size, 1))]
-
-
 class FederatedSimulation:
     """One federated run of a strategy over a dataset's sites."""
 
@@ -132,6 +134,7 @@ class FederatedSimulation:
         checkpoint_dir: Path | None = None,
         test_sets: TestSets | None = None,
         attack: AttackSpec | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, found {rounds}")
@@ -193,71 +196,59 @@ class FederatedSimulation:
         self.personal = strategy.personal
         kind = self.personal.mask_kind
         self.local_mask = local_tensor_mask(module, self.trainer.layout, kind) if kind else None
+        self.backend: Backend = backend or InProcessBackend()
 
     def run(self, progress: ProgressCallback | None = None, *, resume: bool = False) -> RunResult:
         layout = self.trainer.layout
-        state = self.strategy.init_state(initial_params(self.module, self.seeds))
-        site_states: dict[str, SiteState] = {name: {} for name in self.names}
-        history: list[RoundRecord] = []
+        run = RunState(
+            server=self.strategy.init_state(initial_params(self.module, self.seeds)),
+            site_states={name: {} for name in self.names},
+        )
         if resume and self.checkpoint_dir is not None:
-            ckpt = load_checkpoint(self.checkpoint_dir)
-            state, history = ckpt.state, [RoundRecord(**r) for r in ckpt.extra.get("history", [])]
-            site_states.update(ckpt.site_states)
-            if self.private is not None and "privacy" in ckpt.extra:
-                self.private.restore(ckpt.extra["privacy"])
-            if self.sample_private is not None and "sample_privacy" in ckpt.extra:
-                self.sample_private.restore(ckpt.extra["sample_privacy"])
-        while state.round < self.rounds:
+            run = self._restore(run, load_run_state(self.checkpoint_dir))
+        history = [RoundRecord(**r) for r in run.history]
+        while run.round < self.rounds:
             started = time.perf_counter()
-            state, record = self._round(state, site_states)
-            if self.eval_every and (
-                state.round % self.eval_every == 0 or state.round == self.rounds
-            ):
-                stats = self.tests.evaluate_global(self.module, layout, state.params)
+            run, record = self.step(run)
+            if self.eval_every and (run.round % self.eval_every == 0 or run.round == self.rounds):
+                stats = self.tests.evaluate_global(self.module, layout, run.server.params)
                 record.site_metrics = {k: v.summary() for k, v in stats.items()}
                 record.pooled_metrics = pooled(stats).summary()
             record.seconds = time.perf_counter() - started
             history.append(record)
+            run = replace(run, history=(*run.history, dict(record.__dict__)))
             if self.checkpoint_dir is not None:
-                extra: dict[str, Any] = {"history": [r.__dict__ for r in history]}
-                if self.private is not None:
-                    extra["privacy"] = self.private.to_dict()
-                if self.sample_private is not None:
-                    extra["sample_privacy"] = self.sample_private.to_dict()
-                save_checkpoint(self.checkpoint_dir, state, site_states, extra)
+                save_run_state(self.checkpoint_dir, run)
             if progress is not None:
                 progress(record)
+        return self._result(run, history)
+
+    def _restore(self, fresh: RunState, saved: RunState) -> RunState:
+        """Continue from ``saved``: its state, and the DP accountants it recorded."""
+        if self.private is not None and saved.privacy is not None:
+            self.private.restore(saved.privacy)
+        if self.sample_private is not None and saved.sample_privacy is not None:
+            self.sample_private.restore(saved.sample_privacy)
+        return replace(saved, site_states={**fresh.site_states, **saved.site_states})
+
+    def _result(self, run: RunState, history: list[RoundRecord]) -> RunResult:
+        layout = self.trainer.layout
+        state, site_states = run.server, dict(run.site_states)
         global_eval = self.tests.evaluate_global(self.module, layout, state.params)
         sample_dp = {} if self.sample_private is None else self.sample_private.describe()
         if not self.personal.active:
             return RunResult(
                 history, [state.params], global_eval, state, site_states, sample_dp=sample_dp
             )
-        models = self._personal_models(state, site_states)
+        models = [
+            site_model(self.strategy, state.params, site_states[n], self.local_mask)
+            for n in self.names
+        ]
         if self.personal.finetune_epochs:
             models = self._finetune(models)
         final_eval = self.tests.evaluate_own(self.module, layout, models)
         return RunResult(
             history, models, final_eval, state, site_states, {"global": global_eval}, sample_dp
-        )
-
-    def _personal_models(
-        self, state: ServerState, site_states: dict[str, SiteState]
-    ) -> list[npt.NDArray[np.float32]]:
-        return [
-            personal_model(state.params, site_states[n], self.personal, self.local_mask)
-            for n in self.names
-        ]
-
-    def _evaluate(
-        self, state: ServerState, site_states: dict[str, SiteState]
-    ) -> dict[str, EvalStats]:
-        """Each round: the global model, or each site's personalised model under FedPer/FedBN/Ditto."""
-        layout = self.trainer.layout
-        if self.personal.kind is None:
-            return self.tests.evaluate_global(self.module, layout, state.params)
-        return self.tests.evaluate_own(
-            self.module, layout, self._personal_models(state, site_states)
         )
 
     def _finetune(self, models: list[npt.NDArray[np.float32]]) -> list[npt.NDArray[np.float32]]:
@@ -275,16 +266,16 @@ class FederatedSimulation:
         )
         return list(result.params)
 
-    def _round(
-        self, state: ServerState, site_states: dict[str, SiteState]
-    ) -> tuple[ServerState, RoundRecord]:
-        r = state.round
-        sampled = sample_sites(len(self.names), self.participation, self.seeds, r)
+    def step(self, run: RunState) -> tuple[RunState, RoundRecord]:
+        """One round: the next run state and the round's record (without evaluation)."""
+        state = run.server
+        sampled = sample_sites(len(self.names), self.participation, self.seeds, state.round)
         download = self.strategy.download_nbytes(state) * len(sampled)
         if self.strategy.schedule == "cyclic":
-            new_state, uploads, loss = self._cyclic_round(state, site_states, sampled)
+            new_state, uploads, loss = self._cyclic_round(state, run.site_states, sampled)
+            site_states = dict(run.site_states)
         else:
-            new_state, uploads, loss = self._parallel_round(state, site_states, sampled)
+            new_state, site_states, uploads, loss = self._parallel_round(run, sampled)
         record = RoundRecord(
             round=new_state.round,
             participants=[self.names[i] for i in sampled],
@@ -298,7 +289,14 @@ class FederatedSimulation:
             if self.sample_private is None
             else self.sample_private.close_round(new_state.round),
         )
-        return new_state, record
+        next_run = replace(
+            run,
+            server=new_state,
+            site_states=site_states,
+            privacy=None if self.private is None else self.private.to_dict(),
+            sample_privacy=None if self.sample_private is None else self.sample_private.to_dict(),
+        )
+        return next_run, record
 
     def _schedules(
         self,
@@ -356,136 +354,133 @@ class FederatedSimulation:
         )
 
     def _parallel_round(
-        self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
-    ) -> tuple[ServerState, dict[str, int], float]:
-        accumulator = self.strategy.new_accumulator(state)
-        uploads: dict[str, int] = {}
-        collected: list[tuple[npt.NDArray[np.float32], float]] = []
-        hidden: dict[int, npt.NDArray[np.float32]] = {}  # inputs to the secure sum
-        if self.private is not None:
-            self.private.start_round(state.round + 1, state.params.size)
-        mocha_models: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
-        if self.personal.kind == "mocha":
-            mocha_models = np.array(self._mocha_round_start(state)[0], dtype=np.float32)
-        loss_weighted = 0.0
-        for chunk in _chunks(sampled, self.site_chunk):
-            names = [self.names[k] for k in chunk]
-            objectives = [self.strategy.objective(state, site_states[n]) for n in names]
-            mask = self.local_mask
-            if mask is None:
-                starts = np.broadcast_to(state.params, (len(chunk), state.params.size))
-            else:
-                starts = np.stack([site_start(state.params, site_states[n], mask) for n in names])
-            result = self._train_sites(chunk, starts, state.round, objectives)
-            start_losses = (
-                self._start_losses(starts, chunk) if self.strategy.needs_start_loss else None
-            )
-            for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
-                outcome = LocalOutcome(
-                    params=result.params[i],
-                    num_samples=int(self.bank.counts[k]),
-                    num_steps=int(result.num_steps[i]),
-                    train_loss=float(result.train_loss[i]),
-                    start_loss=None if start_losses is None else start_losses[i],
-                )
-                site_states[name], update = self.strategy.client_update(
-                    state, site_states[name], outcome, self.spec
-                )
-                if self.attack is not None and name in self.attackers:
-                    rng = self.seeds.generator("attack", state.round + 1, int(k))
-                    update.delta = attack_update(update.delta, self.attack, rng)
-                if self.private is not None:
-                    if mask is not None:  # clip and noise what is shared, nothing else
-                        update.delta = np.where(mask, np.float32(0), update.delta)
-                    update.delta = self.private.at_site(
-                        name, int(k), state.round + 1, update.delta, len(sampled)
-                    )
-                site_states[name], update.delta, sent = self._upload(
-                    update.delta, site_states[name], state.round + 1, int(k)
-                )
-                sent += update.nbytes() - update.delta.nbytes  # extras travel uncompressed
-                if mask is not None:
-                    site_states[name] = keep_local(site_states[name], outcome.params, mask)
-                uploads[name] = sent
-                if self.summer is not None:
-                    hidden[int(k)] = secure_input(
-                        update.delta,
-                        update.weight,
-                        self.max_weight,
-                        private=self.private is not None,
-                    )
-                elif self.private is not None:
-                    self.private.add(update.delta)
-                else:
-                    if self.robust_rule is not None:
-                        collected.append((update.delta, update.weight))
-                    accumulator.add(update.delta, update.weight, update.extras)
-                loss_weighted += outcome.train_loss * outcome.num_samples
-            if self.personal.kind == "ditto":
-                self._ditto_pass(state, site_states, chunk, names)
-            elif self.personal.kind == "mocha":
-                self._mocha_pass(state, site_states, chunk, names, mocha_models)
-        if self.summer is not None or self.private is not None:
-            delta = self._hidden_mean(state.round + 1, hidden, uploads, len(sampled))
-            aggregate = Aggregate(delta, {}, float(len(sampled)), len(sampled))
-        else:
-            aggregate = accumulator.result()
-        if self.robust_rule is not None:
-            # Robust rules need every update at once; extras keep their uniform mean.
-            stacked = np.stack([d for d, _ in collected])
-            weights = np.array([w for _, w in collected], dtype=np.float64)
-            aggregate.delta = self.robust_rule(stacked, weights)
-        new_state = self.strategy.server_update(state, aggregate, len(self.names))
-        if self.personal.kind == "mocha":
-            # The coordinator keeps every site's reported model to re-estimate the relationship.
-            new_state.arrays[MOCHA_MODELS] = mocha_models.reshape(-1)
-        total = float(sum(int(self.bank.counts[k]) for k in sampled))
-        return new_state, uploads, loss_weighted / max(total, 1.0)
-
-    def _hidden_mean(
-        self,
-        round_index: int,
-        hidden: dict[int, npt.NDArray[np.float32]],
-        uploads: dict[str, int],
-        cohort: int,
-    ) -> npt.NDArray[np.float32]:
-        """The round's mean update when the coordinator sees only a sum (secure and/or DP)."""
-        if self.summer is None:
-            if self.private is None:
-                raise RuntimeError("_hidden_mean needs secure summation or DP")
-            return self.private.release(round_index)
-        result = self.summer.sum(hidden, round_index)
-        for k, nbytes in result.upload_bytes.items():
+        self, run: RunState, sampled: npt.NDArray[np.int64]
+    ) -> tuple[ServerState, dict[str, SiteState], dict[str, int], float]:
+        """Map :meth:`run_chunk` over chunks of the sampled sites (through the backend),
+        then the server step on the merged aggregate."""
+        state = run.server
+        plan = RoundPlan(state, sampled, round_context(self.strategy, state, len(self.names)))
+        services = AggregationServices(self.private, self.summer, self.max_weight)
+        aggregator = new_aggregator(
+            self.strategy,
+            state.params.size,
+            round_index=plan.round_index,
+            cohort=plan.cohort,
+            services=services,
+        )
+        merged = self.backend.map_chunks(
+            self, plan, run.site_states, plan.chunks(self.site_chunk), ChunkResult(aggregator)
+        )
+        combined = merged.aggregator.result()
+        uploads = merged.upload_bytes
+        for k, nbytes in combined.upload_bytes.items():
             uploads[self.names[k]] = nbytes  # the masked or encrypted upload replaces the plain one
-        if self.private is not None:
-            return self.private.release(
-                round_index, result.total, cohort=cohort, received=len(result.included)
+        new_state = server_step(
+            self.strategy,
+            state,
+            combined.aggregate,
+            len(self.names),
+            context=plan.context,
+            collected=merged.collected,
+        )
+        site_states = {**run.site_states, **merged.site_states}
+        return new_state, site_states, uploads, merged.loss_sum / max(float(merged.samples), 1.0)
+
+    def run_chunk(
+        self,
+        plan: RoundPlan,
+        site_states: Mapping[str, SiteState],
+        chunk: npt.NDArray[np.int64],
+        *,
+        into: ChunkResult,
+    ) -> ChunkResult:
+        """The round at one chunk of sampled sites, trained as one batched computation:
+        each site's training task, its upload added to ``into``'s aggregator, then the
+        strategy's personal pass. Reads the sites' states from ``site_states`` and writes
+        their new states, bytes sent and losses into ``into``, which it returns."""
+        state = plan.state
+        names = [self.names[int(k)] for k in chunk]
+        site_plan = SiteRound(self.strategy, self.spec, state, plan.cohort, self.local_mask)
+        tasks = [training_task(site_plan, site_states[n]) for n in names]
+        starts = self._starts(tasks, state.params)
+        result = self._train_sites(chunk, starts, state.round, [t.objective for t in tasks])
+        start_losses = self._start_losses(starts, chunk) if tasks and tasks[0].start_loss else None
+        new_states: dict[str, SiteState] = {}
+        for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
+            outcome = LocalOutcome(
+                params=result.params[i],
+                num_samples=int(self.bank.counts[k]),
+                num_steps=int(result.num_steps[i]),
+                train_loss=float(result.train_loss[i]),
+                start_loss=None if start_losses is None else start_losses[i],
             )
-        return mean_of_sum(result.total, round_index)
+            new_states[name], upload = finish_training(
+                site_plan,
+                site_states[name],
+                outcome,
+                compress_rng=self.seeds.generator("compress", plan.round_index, int(k)),
+                privatise=self._privatise(name, int(k), plan),
+                tamper=self._tamper(name, int(k), plan.round_index),
+            )
+            into.aggregator.add(upload.update, int(k))
+            into.upload_bytes[name] = upload.sent_bytes
+            into.loss_sum += outcome.train_loss * outcome.num_samples
+            into.samples += outcome.num_samples
+        personal = self.personal.personal_pass
+        if personal is not None:
+            passes = [
+                personal_task(personal, plan.context, state, new_states[n], int(k))
+                for k, n in zip(chunk, names, strict=True)
+            ]
+            trained = self._personal_pass(chunk, passes, state.round)
+            for i, (k, name) in enumerate(zip(chunk, names, strict=True)):
+                new_states[name] = keep_personal(new_states[name], trained[i])
+                if personal.collects:
+                    into.collected[int(k)] = trained[i]
+        into.site_states.update(new_states)
+        return into
 
-    def _upload(
-        self, delta: npt.NDArray[np.float32], site_state: SiteState, round_index: int, site: int
-    ) -> tuple[SiteState, npt.NDArray[np.float32], int]:
-        """Send one update through the strategy's upload stages.
+    @staticmethod
+    def _starts(tasks: list[TrainingTask], params: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        """The tasks' starting models as one (K, size) block (a view when they all start
+        from the received model)."""
+        if all(t.start is params for t in tasks):
+            return np.broadcast_to(params, (len(tasks), params.size))
+        return np.stack([t.start for t in tasks])
 
-        Returns the site's new state (top-k keeps its residual there), the update as the
-        coordinator decodes it, and the bytes it took on the wire. Entries a personalised
-        strategy keeps local are neither encoded nor counted; they arrive as zeros.
-        """
-        mask = self.local_mask
-        pipeline = self.strategy.upload
-        shared = delta if mask is None else delta[~mask]
-        if not pipeline.stages:
-            encoded_bytes, decoded = int(shared.nbytes), shared
-        else:
-            rng = self.seeds.generator("compress", round_index, site)
-            encoded, site_state = pipeline.encode(shared, site_state, rng)
-            encoded_bytes, decoded = encoded.nbytes, pipeline.decode(encoded)
-        if mask is None:
-            return site_state, decoded, encoded_bytes
-        full = np.zeros_like(delta)
-        full[~mask] = decoded
-        return site_state, full, encoded_bytes
+    def _privatise(
+        self, name: str, site: int, plan: RoundPlan
+    ) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
+        """Client-level DP at the site (local, distributed), noise keyed by round and site."""
+        private = self.private
+        if private is None:
+            return None
+        return lambda delta: private.at_site(name, site, plan.round_index, delta, plan.cohort)
+
+    def _tamper(
+        self, name: str, site: int, round_index: int
+    ) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None:
+        """The simulated attack of an attacking site, or None."""
+        attack = self.attack
+        if attack is None or name not in self.attackers:
+            return None
+        rng = self.seeds.generator("attack", round_index, site)
+        return lambda delta: attack_update(delta, attack, rng)
+
+    def _personal_pass(
+        self, chunk: npt.NDArray[np.int64], tasks: list[TrainingTask], round_index: int
+    ) -> npt.NDArray[np.float32]:
+        """Train each site's personal model (kept at the site) on its own batch order."""
+        schedules = self._schedules(chunk, round_index, purpose=tasks[0].purpose)
+        result = self.trainer.train(
+            self.bank,
+            chunk.tolist(),
+            np.stack([t.start for t in tasks]),
+            schedules,
+            [t.objective for t in tasks],
+            self.spec,
+        )
+        return result.params
 
     def _start_losses(
         self, starts: npt.NDArray[np.float32], chunk: npt.NDArray[np.int64]
@@ -499,65 +494,11 @@ class FederatedSimulation:
             out.append(stats.loss)
         return out
 
-    def _mocha_round_start(
-        self, state: ServerState
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-        """The coordinator's copy of every site's model and the task precision for this round."""
-        stored = state.arrays.get(MOCHA_MODELS)
-        models = (np.tile(state.params, len(self.names)) if stored is None else stored).reshape(
-            len(self.names), -1
-        )
-        return models, task_precision(task_covariance(models.astype(np.float64)))
-
-    def _mocha_pass(
-        self,
-        state: ServerState,
-        site_states: dict[str, SiteState],
-        chunk: npt.NDArray[np.int64],
-        names: list[str],
-        updated: npt.NDArray[np.float32],
-    ) -> None:
-        """MOCHA: each site trains its own model under the relationship fixed at round start."""
-        models, precision = self._mocha_round_start(state)
-        lam1, lam2 = self.personal.mocha_lambda1, self.personal.mocha_lambda2
-        objectives = [site_objective(precision, models, int(k), lam1, lam2) for k in chunk]
-        trained = self._personal_pass(
-            state, site_states, chunk, names, models[chunk].copy(), objectives
-        )
-        updated[chunk] = trained
-
-    def _ditto_pass(
-        self,
-        state: ServerState,
-        site_states: dict[str, SiteState],
-        chunk: npt.NDArray[np.int64],
-        names: list[str],
-    ) -> None:
-        """Ditto's second half: each site's personal model, pulled towards this round's global."""
-        starts = np.stack([ditto_start(state.params, site_states[n]) for n in names])
-        objective = ditto_objective(state.params, self.personal.ditto_lambda)
-        self._personal_pass(state, site_states, chunk, names, starts, [objective] * len(names))
-
-    def _personal_pass(
-        self,
-        state: ServerState,
-        site_states: dict[str, SiteState],
-        chunk: npt.NDArray[np.int64],
-        names: list[str],
-        starts: npt.NDArray[np.float32],
-        objectives: list[LocalObjective],
-    ) -> npt.NDArray[np.float32]:
-        """Train each site's personal model (kept at the site) on its own batch order."""
-        schedules = self._schedules(chunk, state.round, purpose="misc")
-        result = self.trainer.train(
-            self.bank, chunk.tolist(), starts, schedules, objectives, self.spec
-        )
-        for i, name in enumerate(names):
-            site_states[name] = {**site_states[name], PERSONAL_MODEL: result.params[i].copy()}
-        return result.params
-
     def _cyclic_round(
-        self, state: ServerState, site_states: dict[str, SiteState], sampled: npt.NDArray[np.int64]
+        self,
+        state: ServerState,
+        site_states: Mapping[str, SiteState],
+        sampled: npt.NDArray[np.int64],
     ) -> tuple[ServerState, dict[str, int], float]:
         params = state.params
         uploads: dict[str, int] = {}

@@ -11,29 +11,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.runtime.secure_round import secagg_config
+from fedcare.rounds.secure import SecureSummer, SecureSumResult, secagg_config
 from fedcare.secagg.simulate import simulate
 from fedcare.transforms.secure import SecureSpec
 
 _PUBLIC_KEY_BYTES = 64  # two X25519 public keys per site (SecAgg's AdvertiseKeys)
-
-
-@dataclass(frozen=True)
-class SecureSumResult:
-    total: npt.NDArray[np.float32]
-    included: frozenset[int]  # sites whose input is in the sum
-    upload_bytes: dict[int, int]  # what each site sent for it
-
-
-class SecureSummer(Protocol):
-    def sum(
-        self, vectors: Mapping[int, npt.NDArray[np.float32]], round_index: int
-    ) -> SecureSumResult: ...
 
 
 @dataclass
