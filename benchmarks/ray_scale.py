@@ -7,7 +7,9 @@ FedAvg, 3 rounds, every site every round, no evaluation rounds. For each site co
 Times are seconds spent in rounds (from the first round's start to the last round's
 aggregate), as Flower's are; building the run and the final evaluation are left out.
 
-- fedcare in process (`--backend inprocess`), medians of --repeats runs;
+- fedcare in process (`--backend inprocess`), medians of --repeats runs, once per
+  `--inprocess-threads` value (torch's intra-op threads; each Ray task runs with one, and
+  on a machine other jobs load, two threads can be many times slower than one);
 - fedcare on a local Ray instance with 2 CPUs (`--backend ray`): chunks of 256 sites as
   Ray tasks, the workers rebuilding the data from the recipe; the first run pays for
   starting the workers and loading the data there (reported apart), the median is over
@@ -18,7 +20,8 @@ aggregate), as Flower's are; building the run and the final evaluation are left 
   (`--flower-python`, default /work/venvs/flower/bin/python) on the same rows, written to
   an .npz file; its whole process tree is sampled the same way.
 
-    python benchmarks/ray_scale.py --sites 1000 10000 --repeats 3 --flower
+    python benchmarks/ray_scale.py --sites 1000 10000 --repeats 3 --inprocess-threads 2 1 \
+        --flower --flower-rounds 1
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import torch
 
 from fedcare.core.records import TrainSpec
 from fedcare.sim.backends.recipe import SimulationRecipe
@@ -74,23 +78,30 @@ class PeakRss:
     peak_bytes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def sample(self) -> int:
-        total = 0
+    peak_parts: dict[str, float] = field(default_factory=dict)  # process kind -> MB at the peak
+
+    def sample(self) -> tuple[int, dict[str, float]]:
+        total, parts = 0, {}
         procs = [self.root]
         try:
             procs += self.root.children(recursive=True)
         except psutil.NoSuchProcess:
-            return 0
+            return 0, {}
         for proc in procs:
             try:
-                total += proc.memory_info().rss
+                rss = proc.memory_info().rss
+                kind = _kind(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total
+            total += rss
+            parts[kind] = parts.get(kind, 0.0) + rss / 2**20
+        return total, parts
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.sample())
+            total, parts = self.sample()
+            if total > self.peak_bytes:
+                self.peak_bytes, self.peak_parts = total, parts
             self._stop.wait(self.interval_s)
 
     @contextmanager
@@ -104,6 +115,18 @@ class PeakRss:
             thread.join()
 
 
+def _kind(proc: psutil.Process) -> str:
+    """A process's role, for the peak memory breakdown (Ray names its workers' titles)."""
+    name = proc.name()
+    if name.startswith("ray::"):
+        return "ray workers"
+    if name in ("raylet", "gcs_server"):
+        return name
+    if proc.pid == os.getpid():
+        return "driver"
+    return "other" if "python" not in name else "python helpers"
+
+
 def timed(run: Callable[[], RunResult]) -> tuple[float, RunResult]:
     """Seconds in rounds (what Flower reports too): without building the run or the final
     evaluation of every site's test rows, which both backends do in the driver."""
@@ -111,13 +134,15 @@ def timed(run: Callable[[], RunResult]) -> tuple[float, RunResult]:
     return sum(r.seconds for r in result.history), result
 
 
-def run_inprocess(sites: int, rounds: int, repeats: int) -> dict[str, Any]:
+def run_inprocess(sites: int, rounds: int, repeats: int, threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
     recipe = recipe_for(sites, rounds)
     dataset = recipe.load_dataset()
     times, result = [], None
     for _ in range(repeats):
         seconds, result = timed(lambda: recipe.build(dataset).run())
         times.append(seconds)
+        print(f"  in process ({threads} threads), {sites:,} sites: {seconds:.2f} s", flush=True)
     assert result is not None
     return {"seconds": times, "params": result.final_params[0]}
 
@@ -133,7 +158,10 @@ def run_ray(backend: Any, sites: int, rounds: int, repeats: int) -> dict[str, An
                 lambda: recipe.build(dataset, backend=backend.for_run(recipe)).run()
             )
             times.append(seconds)
+            print(f"  on Ray, {sites:,} sites: {seconds:.2f} s in rounds", flush=True)
     assert result is not None
+    parts = ", ".join(f"{k} {v:,.0f} MB" for k, v in sorted(meter.peak_parts.items()))
+    print(f"  on Ray, {sites:,} sites: peak RSS {meter.peak_bytes / 2**20:,.0f} MB ({parts})")
     return {
         "cold_seconds": times[0],
         "seconds": times[1:],
@@ -168,6 +196,7 @@ def run_flower(python: Path, sites: int, rounds: int) -> dict[str, Any] | None:
         return None
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("FLOWER_RESULT "))
     result["peak_rss_mb"] = meter.peak_bytes / 2**20
+    print(f"  Flower, {sites:,} sites: {result}", flush=True)
     return result
 
 
@@ -181,12 +210,26 @@ def main() -> None:
     parser.add_argument("--flower", action="store_true", help="also run Flower 1.41")
     parser.add_argument("--flower-python", type=Path, default=FLOWER)
     parser.add_argument(
+        "--flower-rounds",
+        type=int,
+        default=None,
+        help="rounds for Flower (default --rounds); its updates/s is over its own rounds",
+    )
+    parser.add_argument(
         "--flower-max-sites",
         type=int,
         default=10**9,
         help="skip Flower above this many sites (it takes minutes per thousand updates)",
     )
+    parser.add_argument(
+        "--inprocess-threads",
+        type=int,
+        nargs="+",
+        default=[torch.get_num_threads()],
+        help="torch threads of the in-process runs (each Ray task uses 1); one row each",
+    )
     args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f};", end=" ")
     print(f"{os.cpu_count()} CPUs; {args.rounds} rounds; sites x {ROWS} rows x {FEATURES} features")
 
     import ray
@@ -198,27 +241,38 @@ def main() -> None:
         on_ray = {n: run_ray(backend, n, args.rounds, args.repeats) for n in args.sites}
     ray.shutdown()
     # After Ray: the driver's RSS above then holds nothing from the in-process runs.
-    inprocess = {n: run_inprocess(n, args.rounds, args.repeats) for n in args.sites}
+    inprocess = {
+        (n, t): run_inprocess(n, args.rounds, args.repeats, t)
+        for n in args.sites
+        for t in args.inprocess_threads
+    }
 
     flower: dict[int, dict[str, Any] | None] = {}
     if args.flower:
         for n in args.sites:
             flower[n] = (
-                run_flower(args.flower_python, n, args.rounds)
+                run_flower(args.flower_python, n, args.flower_rounds or args.rounds)
                 if n <= args.flower_max_sites
                 else None
             )
 
     print()
-    print("| sites | engine | seconds (median) | site updates / s | vs in-process | peak RSS |")
+    print("| sites | engine | seconds in rounds | site updates / s | vs in-process | peak RSS |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for n in args.sites:
         updates = n * args.rounds
-        base = statistics.median(inprocess[n]["seconds"])
+        # The baseline of the ratios: the in-process run with torch's default threads.
+        first = inprocess[(n, args.inprocess_threads[0])]
+        base = statistics.median(first["seconds"])
+        for t in args.inprocess_threads:
+            own = statistics.median(inprocess[(n, t)]["seconds"])
+            print(
+                f"| {n:,} | fedcare in process, {t} torch thread(s) | {own:.2f} | "
+                f"{updates / own:,.0f} | {base / own:.2f} | - |"
+            )
         ray_run = on_ray[n]
         ray_s = statistics.median(ray_run["seconds"])
-        diff = float(np.max(np.abs(ray_run["params"] - inprocess[n]["params"])))
-        print(f"| {n:,} | fedcare in process | {base:.2f} | {updates / base:,.0f} | 1.00 | - |")
+        diff = float(np.max(np.abs(ray_run["params"] - first["params"])))
         print(
             f"| {n:,} | fedcare on Ray (2 CPUs) | {ray_s:.2f} (cold {ray_run['cold_seconds']:.2f})"
             f" | {updates / ray_s:,.0f} | {base / ray_s:.2f} | {ray_run['peak_rss_mb']:,.0f} MB |"
@@ -226,10 +280,11 @@ def main() -> None:
         fl = flower.get(n)
         if fl is not None:
             fl_s = float(fl["seconds_rounds"])
+            fl_updates = n * (args.flower_rounds or args.rounds)
             print(
                 f"| {n:,} | Flower {fl['version']} (Ray) | {fl_s:.2f} rounds "
-                f"({fl['seconds_total']:.2f} total) | {updates / fl_s:,.0f} | {base / fl_s:.3f}"
-                f" | {fl['peak_rss_mb']:,.0f} MB |"
+                f"({fl['seconds_total']:.2f} total) | {fl_updates / fl_s:,.0f} | "
+                f"{(fl_updates / fl_s) / (updates / base):.3f} | {fl['peak_rss_mb']:,.0f} MB |"
             )
         print(f"|  | Ray vs in-process final model: max abs diff {diff:.2e} | | | | |")
 
