@@ -84,7 +84,8 @@ def round_by_hand(sim: FederatedSimulation, run: RunState):
         aggregator.add(upload.update, k)
         sent[name] = upload.sent_bytes
         if personal is not None:
-            task = personal_task(personal, context, state, site_states[name], k)
+            sent_to_site = personal.site_context(context, k)  # what the coordinator sends
+            task = personal_task(personal, sent_to_site, state, site_states[name])
             trained = train_alone(sim, k, task, state.round).params
             site_states[name] = keep_personal(site_states[name], trained)
             collected[k] = trained

@@ -24,6 +24,7 @@ from fedcare.core.records import LocalObjective, ServerState, SiteState
 from fedcare.core.vectors import FloatVector
 
 Matrix = npt.NDArray[np.float64]
+Array = npt.NDArray[Any]
 MODELS = "mocha/models"
 """Server array of every site's latest model, one row per site, kept by the coordinator."""
 
@@ -96,13 +97,31 @@ class MochaPass:
         models = flat.reshape(num_sites, -1)
         return MochaRound(models, task_precision(task_covariance(models.astype(np.float64))))
 
-    def task(
-        self, context: MochaRound, global_params: FloatVector, site_state: SiteState, site: int
-    ) -> tuple[FloatVector, LocalObjective]:
+    def site_context(self, context: MochaRound, site: int) -> dict[str, Array]:
+        """Site ``site``'s model and its objective under the round's relationship: what the
+        coordinator sends it (never the other sites' models)."""
         objective = site_objective(
             context.precision, context.models, site, self.lambda1, self.lambda2
         )
-        return context.models[site].copy(), objective
+        correction = objective.correction
+        if correction is None:
+            raise ValueError("MOCHA's site objective always has a correction term")
+        return {
+            "start": context.models[site].copy(),
+            "prox_mu": np.array([objective.prox_mu], dtype=np.float64),
+            "correction": correction,
+        }
+
+    def task(
+        self, site_context: Mapping[str, Array], global_params: FloatVector, site_state: SiteState
+    ) -> tuple[FloatVector, LocalObjective]:
+        start = np.asarray(site_context["start"], dtype=np.float32)
+        objective = LocalObjective(
+            prox_mu=float(site_context["prox_mu"][0]),
+            anchor=np.zeros(start.size, dtype=np.float32),
+            correction=np.asarray(site_context["correction"], dtype=np.float32),
+        )
+        return start, objective
 
     def server_arrays(
         self, state: ServerState, context: MochaRound, trained: Mapping[int, FloatVector]

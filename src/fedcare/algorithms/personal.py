@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fedcare.algorithms.mocha import MochaPass
+from fedcare.algorithms.mocha import Array, MochaPass
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import LocalObjective, ServerState, SiteState
 from fedcare.core.vectors import FloatVector
@@ -70,9 +70,11 @@ class PersonalPass(Protocol):
     """A second local training each round, of a model that stays at the site.
 
     The round core calls these hooks; the driver only trains what they describe, on the
-    site's "misc" batch order. ``context`` is computed once per round by the coordinator
-    and ``task`` is what one site trains; a pass that ``collects`` reports each site's
-    trained model back, and :meth:`server_arrays` folds them into the server state.
+    site's "misc" batch order. The coordinator computes :meth:`context` once per round and
+    sends each site its :meth:`site_context` (plain arrays, so it can travel); the site
+    builds its :meth:`task` from that, the global model and its own state. A pass that
+    ``collects`` has each site report its trained model, and :meth:`server_arrays` folds
+    them into the server state.
     """
 
     @property
@@ -82,10 +84,14 @@ class PersonalPass(Protocol):
         """What the coordinator fixes for this round's pass (shared by every site)."""
         ...
 
+    def site_context(self, context: Any, site: int) -> dict[str, Array]:
+        """The part of ``context`` site ``site`` needs (sent to it with the round)."""
+        ...
+
     def task(
-        self, context: Any, global_params: FloatVector, site_state: SiteState, site: int
+        self, site_context: Mapping[str, Array], global_params: FloatVector, site_state: SiteState
     ) -> tuple[FloatVector, LocalObjective]:
-        """Site ``site``'s start and objective for the pass."""
+        """The site's start and objective for the pass."""
         ...
 
     def server_arrays(
@@ -105,8 +111,11 @@ class DittoPass:
     def context(self, state: ServerState, num_sites: int) -> None:
         return None
 
+    def site_context(self, context: Any, site: int) -> dict[str, Array]:
+        return {}
+
     def task(
-        self, context: Any, global_params: FloatVector, site_state: SiteState, site: int
+        self, site_context: Mapping[str, Array], global_params: FloatVector, site_state: SiteState
     ) -> tuple[FloatVector, LocalObjective]:
         return ditto_start(global_params, site_state), ditto_objective(global_params, self.lam)
 

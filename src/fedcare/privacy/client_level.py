@@ -85,6 +85,39 @@ def planned_spend(spec: DPSpec, sampling_rate: float, rounds: int) -> tuple[floa
     return spend_after(spec, z, sampling_rate, rounds), spec.delta
 
 
+def privatise_at_site(
+    spec: DPSpec,
+    update: Vector,
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    cohort: int,
+    rng: np.random.Generator | None = None,
+    accountant: PrivacyAccountant | None = None,
+) -> Vector:
+    """What leaves a site under ``spec``: the update unchanged (central DP: the coordinator
+    clips and noises), clipped and fully noised (local), or clipped with its share of the
+    noise for a ``cohort`` of sites (distributed: the secure sum adds the shares up).
+
+    ``rng`` None draws from the OS CSPRNG (a deployed site: the coordinator knows the
+    plan's seed, so seeded noise could be subtracted); ``accountant`` records a local
+    release (a throwaway one if None).
+    """
+    if spec.mode == "local":
+        return LocalDPGaussian(
+            clip_norm=clip_norm,
+            noise_multiplier=noise_multiplier,
+            accountant=accountant or PrivacyAccountant(spec.delta, spec.accountant),
+            rng=rng,
+        ).privatise(update)
+    if spec.mode == "distributed":
+        share = DistributedNoiseShare(
+            clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng
+        )
+        return share.privatise(update, cohort)
+    return update
+
+
 class PrivateRounds:
     """DP state of one run: noise multiplier, accountant(s), adaptive clip norm."""
 
@@ -144,24 +177,24 @@ class PrivateRounds:
     def at_site(
         self, name: str, site: int, round_index: int, update: Vector, cohort: int
     ) -> Vector:
-        """What leaves the site: unchanged (central), noised (local), a noise share (distributed)."""
-        rng = self.seeds.generator("noise", round_index, site + 1)
+        """What leaves the site: unchanged (central), noised (local), a noise share (distributed).
+
+        Noise keyed by (round, site) from the run's stream: the simulator's sites.
+        """
+        accountant = None
         if self.spec.mode == "local":
             accountant = self.site_accountants.setdefault(
                 name, PrivacyAccountant(self.spec.delta, self.spec.accountant)
             )
-            return LocalDPGaussian(
-                clip_norm=self.clip_norm,
-                noise_multiplier=self.noise_multiplier,
-                accountant=accountant,
-                rng=rng,
-            ).privatise(update)
-        if self.spec.mode == "distributed":
-            share = DistributedNoiseShare(
-                clip_norm=self.clip_norm, noise_multiplier=self.noise_multiplier, rng=rng
-            )
-            return share.privatise(update, cohort)
-        return update
+        return privatise_at_site(
+            self.spec,
+            update,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            cohort=cohort,
+            rng=self.seeds.generator("noise", round_index, site + 1),
+            accountant=accountant,
+        )
 
     # -- at the coordinator ----------------------------------------------------------------
     def record_local_release(self, name: str) -> None:

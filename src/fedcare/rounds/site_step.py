@@ -13,12 +13,13 @@ by (run seed, round, site) and a deployed site may use its own secure randomness
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
+from fedcare.algorithms.mocha import Array
 from fedcare.algorithms.personal import (
     PERSONAL_MODEL,
     BoolMask,
@@ -167,14 +168,14 @@ def _upload(
 
 def personal_task(
     personal: PersonalPass,
-    context: Any,
+    site_context: Mapping[str, Array],
     received: ServerState,
     site_state: SiteState,
-    site: int,
 ) -> TrainingTask:
-    """The strategy's personal pass at site ``site`` (Ditto's v_k, MOCHA's w_t), trained
-    after the round's update on the site's "misc" batch order."""
-    start, objective = personal.task(context, received.params, site_state, site)
+    """The strategy's personal pass at a site (Ditto's v_k, MOCHA's w_t), from the
+    ``site_context`` the coordinator sent it (``personal.site_context(context, site)``),
+    trained after the round's update on the site's "misc" batch order."""
+    start, objective = personal.task(site_context, received.params, site_state)
     return TrainingTask(start=start, objective=objective, purpose="misc")
 
 

@@ -429,7 +429,9 @@ class FederatedSimulation:
         personal = self.personal.personal_pass
         if personal is not None:
             passes = [
-                personal_task(personal, plan.context, state, new_states[n], int(k))
+                personal_task(
+                    personal, personal.site_context(plan.context, int(k)), state, new_states[n]
+                )
                 for k, n in zip(chunk, names, strict=True)
             ]
             trained = self._personal_pass(chunk, passes, state.round)
