@@ -2,6 +2,10 @@
 one CPU per client). Runs inside .venv-flower (flwr[simulation]==1.41); prints one line
 ``FLOWER_RESULT {json}`` with the total wall time, the time spent in rounds (from the first
 fit to the last aggregation) and the final accuracy of the global model.
+
+``--npz FILE`` trains on the sites stored there instead (arrays ``x_train`` and ``y_train``
+shaped sites x rows [x features], ``x_test``/``y_test`` likewise; ray_scale.py writes it),
+so fedcare and Flower see the same rows; the MLP is features-64-64-1 either way.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ from _workload import make_workload
 from plain_torch_loop import accuracy, mlp
 
 
+def load_npz(
+    path: Path,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Per-site (x, y) train and test lists, as views into the stored arrays."""
+    data = np.load(path)
+    x, y, xt, yt = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    return [(x[k], y[k]) for k in range(len(x))], [(xt[k], yt[k]) for k in range(len(xt))]
+
+
 def main() -> None:
     import flwr
     from flwr.client import ClientApp, NumPyClient
@@ -31,10 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--npz", type=Path, default=None, help="sites' rows (see above)")
     args = parser.parse_args()
-    train, test = make_workload(args.sites)
+    train, test = make_workload(args.sites) if args.npz is None else load_npz(args.npz)
+    args.sites = len(train)
+    features = train[0][0].shape[1]
     torch.manual_seed(0)
-    init = [v.detach().numpy().copy() for v in mlp(32).state_dict().values()]
+    init = [v.detach().numpy().copy() for v in mlp(features).state_dict().values()]
     marks: dict[str, float] = {}
     final: list[list[np.ndarray]] = []
 
@@ -42,7 +58,7 @@ def main() -> None:
         def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
             self.x = torch.from_numpy(np.array(x))
             self.y = torch.from_numpy(np.array(y)).float()
-            self.model = mlp(32)
+            self.model = mlp(features)
 
         def fit(self, parameters, config):  # type: ignore[no-untyped-def]
             keys = list(self.model.state_dict().keys())
@@ -95,7 +111,7 @@ def main() -> None:
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
     )
     total = time.perf_counter() - t0
-    model = mlp(32)
+    model = mlp(features)
     keys = list(model.state_dict().keys())
     model.load_state_dict({k: torch.from_numpy(v) for k, v in zip(keys, final[0], strict=True)})
     result = {

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from fedcare.sim.backends.choice import choose_backend
 from fedcare.study.config import StudyConfig, parse_config
 from fedcare.study.runner import StudyRunner
 
@@ -76,6 +77,11 @@ class Study:
         }
         return parse_config(raw, source="Study")
 
-    def run(self, out_dir: str | Path) -> StudyResult:
-        outcome = StudyRunner(self.config(), Path(out_dir)).run()
+    def run(
+        self, out_dir: str | Path, *, backend: str = "inprocess", address: str | None = None
+    ) -> StudyResult:
+        """Run the study into ``out_dir``; ``backend="ray"`` (and ``address``) as
+        ``fedcare simulate --backend ray [--address ADDR]``."""
+        choice = choose_backend(backend, address)
+        outcome = StudyRunner(self.config(), Path(out_dir), backend=choice).run()
         return StudyResult(outcome.directory, outcome.metrics)

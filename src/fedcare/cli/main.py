@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from fedcare.cli.errors import friendly_errors
 from fedcare.cli.help_style import hide_type_tags
+
+if TYPE_CHECKING:
+    from fedcare.sim.backends.choice import BackendChoice
 
 hide_type_tags()
 
@@ -37,16 +40,19 @@ app.add_typer(datasets_app, name="datasets")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _run_config(config: Any, out: Path) -> None:
+def _run_config(config: Any, out: Path, backend: BackendChoice | None = None) -> None:
     from fedcare.cli.progress import StudyProgress, findings_lines, results_table
     from fedcare.study.runner import StudyRunner
 
+    on = f", rounds on the {backend.describe()}" if backend is not None and backend.is_ray else ""
     console.print(
         f"[bold]Study[/] {config.name}: dataset {config.dataset.name}, model {config.model.name}, "
-        f"{len(config.seeds)} seed(s), {config.rounds} rounds"
+        f"{len(config.seeds)} seed(s), {config.rounds} rounds{on}"
     )
     with StudyProgress(console) as progress:
-        runner = StudyRunner(config, out, on_start=progress.on_start, on_round=progress.on_round)
+        runner = StudyRunner(
+            config, out, on_start=progress.on_start, on_round=progress.on_round, backend=backend
+        )
         _print_data_warnings(runner.dataset.extra.get("warnings"))
         outcome = runner.run()
     console.print(results_table(outcome.metrics))
@@ -87,13 +93,29 @@ def simulate(
         Path | None,
         typer.Option(help="Study folder (default: the config's 'output' or studies/NAME)."),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Where the federated rounds train: 'inprocess' (this process) or 'ray' "
+            "(chunks of sites as Ray tasks; needs fedcare[ray])."
+        ),
+    ] = "inprocess",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --backend ray: the address of an existing Ray cluster (what `ray start "
+            "--head` prints). Default: a local Ray instance for this study."
+        ),
+    ] = None,
 ) -> None:
     """Run a study from a YAML config in the simulator."""
+    from fedcare.sim.backends.choice import choose_backend
     from fedcare.study.config import load_config
 
+    choice = choose_backend(backend, address)  # before the config: the cheaper mistake first
     cfg = load_config(config)
     target = out or Path(cfg.output or f"studies/{cfg.name}")
-    _run_config(cfg, target)
+    _run_config(cfg, target, choice)
 
 
 @app.command()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from safetensors.torch import save_file
 from fedcare import __version__
 from fedcare.algorithms.attacks import AttackSpec
 from fedcare.algorithms.registry import build_strategy
+from fedcare.core.errors import ConfigError
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
 from fedcare.data.base import FederatedDataset
@@ -35,12 +37,17 @@ from fedcare.ml.torch_adapter import layout_of, vector_to_state_dict
 from fedcare.models.registry import build_model
 from fedcare.report.html import write_report
 from fedcare.runtime.sampling import Participation
-from fedcare.sim.engine import FederatedSimulation, IsolatedTraining, RoundRecord, RunResult
+from fedcare.sim.backends.choice import BackendChoice
+from fedcare.sim.backends.recipe import SimulationRecipe
+from fedcare.sim.engine import IsolatedTraining, RoundRecord, RunResult
 from fedcare.sim.evaluation import TestSets
 from fedcare.study.config import ContributionConfig, StrategyConfig, StudyConfig
 from fedcare.study.contribution import CoalitionUtility, site_contributions
 from fedcare.study.majority import RULE, describe_classes, majority_run
 from fedcare.study.summary import SeedRun, add_personalisation_gains, summarise_strategy
+
+if TYPE_CHECKING:
+    from fedcare.sim.backends.ray_backend import RayBackend
 
 RoundHook = Callable[[str, int, RoundRecord], None]
 StartHook = Callable[[str, int, int], None]
@@ -124,9 +131,13 @@ class StudyRunner:
         on_start: StartHook | None = None,
         on_round: RoundHook | None = None,
         dataset: FederatedDataset | None = None,
+        backend: BackendChoice | None = None,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
+        # Federated rounds run on this backend; baselines and contributions stay in process.
+        self.backend = backend or BackendChoice()
+        self._ray: RayBackend | None = None
         self.on_start = on_start
         self.on_round = on_round
         # Each seed's data: loaded once per distinct split (one for datasets whose split does
@@ -170,22 +181,23 @@ class StudyRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "models").mkdir(exist_ok=True)
         entries = []
-        for job in self.jobs():
-            if job.kind == "majority":
-                entries.append(self._majority_entry(job))
-                continue
-            runs = [self._run_job(job, seed) for seed in self.config.seeds]
-            entries.append(
-                summarise_strategy(
-                    job.name,
-                    job.kind,
-                    job.label,
-                    hyperparameters(self.config, job.strategy),
-                    runs,
-                    self.dataset.site_names,
-                    self.dataset.feature_names,
+        with self._backend_session():
+            for job in self.jobs():
+                if job.kind == "majority":
+                    entries.append(self._majority_entry(job))
+                    continue
+                runs = [self._run_job(job, seed) for seed in self.config.seeds]
+                entries.append(
+                    summarise_strategy(
+                        job.name,
+                        job.kind,
+                        job.label,
+                        hyperparameters(self.config, job.strategy),
+                        runs,
+                        self.dataset.site_names,
+                        self.dataset.feature_names,
+                    )
                 )
-            )
         add_personalisation_gains(entries)
         for seed in self.config.seeds:  # every seed's split is recorded, whatever ran
             self.data_for(seed)
@@ -240,25 +252,14 @@ class StudyRunner:
                 test_sets=tests,
             ).run(hook)
         else:
-            strategy = build_strategy(
-                job.strategy.name, job.strategy.params, label=job.strategy.label
-            )
-            result = FederatedSimulation(
-                module=module,
-                dataset=dataset,
-                strategy=strategy,
-                spec=local.to_spec(),
-                rounds=cfg.rounds,
-                seed=seed,
-                participation=Participation(
-                    cfg.participation.fraction, cfg.participation.min_sites
-                ),
-                mode=cfg.simulator.mode,
-                site_chunk=cfg.simulator.site_chunk,
+            recipe = self.recipe(job.strategy, seed)
+            simulation = recipe.build(
+                dataset,
                 eval_every=cfg.simulator.eval_every,
                 test_sets=tests,
-                attack=AttackSpec(**cfg.attack.model_dump()) if cfg.attack else None,
-            ).run(hook)
+                **self._driver_options(recipe),
+            )
+            result = simulation.run(hook)
         wall = time.perf_counter() - t0
         layout = layout_of(module)
         save_model(
@@ -277,6 +278,54 @@ class StudyRunner:
             wall_time_s=wall,
             importance=self._explain(dataset, module, layout, result, seed),
         )
+
+    def recipe(self, strategy: StrategyConfig, seed: int) -> SimulationRecipe:
+        """The federated run of ``strategy`` with ``seed`` as settings a Ray worker rebuilds."""
+        cfg = self.config
+        local = strategy.local or cfg.local
+        params, _ = dataset_params_for_run(cfg.dataset.name, cfg.dataset.params, seed)
+        return SimulationRecipe(
+            dataset=cfg.dataset.name,
+            dataset_params=params,
+            model=cfg.model.name,
+            model_params=dict(cfg.model.params),
+            strategy=strategy.name,
+            strategy_params=dict(strategy.params),
+            strategy_label=strategy.label,
+            spec=local.to_spec(),
+            rounds=cfg.rounds,
+            seed=seed,
+            participation=Participation(cfg.participation.fraction, cfg.participation.min_sites),
+            mode=cfg.simulator.mode,
+            site_chunk=cfg.simulator.site_chunk,
+            attack=AttackSpec(**cfg.attack.model_dump()) if cfg.attack else None,
+        )
+
+    @contextmanager
+    def _backend_session(self) -> Iterator[None]:
+        """The study's connection to its backend: a Ray cluster is joined (or started) once."""
+        if not self.backend.is_ray:
+            yield
+            return
+        if self._given is not None:
+            raise ConfigError(
+                "--backend ray: Ray workers load the data from the study's dataset settings; "
+                "a dataset handed in as an object cannot be loaded there (name it in the config)"
+            )
+        from fedcare.sim.backends.ray_backend import RayBackend
+
+        with RayBackend(self.backend.address) as ray_backend:
+            self._ray = ray_backend
+            try:
+                yield
+            finally:
+                self._ray = None
+
+    def _driver_options(self, recipe: SimulationRecipe) -> dict[str, Any]:
+        """What the driving simulation gets beyond the recipe: the Ray backend, if any."""
+        if self._ray is None:
+            return {}
+        return {"backend": self._ray.for_run(recipe)}
 
     def _contributions(self, config: ContributionConfig) -> dict[str, Any]:
         """Shapley and leave-one-out values of each site (one federated run per coalition),
