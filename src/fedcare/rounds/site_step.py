@@ -110,7 +110,7 @@ def finish_training(
     site_state: SiteState,
     outcome: LocalOutcome,
     *,
-    compress_rng: np.random.Generator,
+    compress_rng: np.random.Generator | None = None,
     privatise: VectorMap | None = None,
     tamper: VectorMap | None = None,
 ) -> tuple[SiteState, SiteUpload]:
@@ -118,7 +118,8 @@ def finish_training(
 
     In order: the client rule's update; ``tamper`` (the simulator's attacks); ``privatise``
     (local or distributed DP at the site) over the shared entries only; the upload stages
-    (``compress_rng`` draws their randomness); the local entries kept at the site. Extras
+    (``compress_rng`` draws their randomness: required when the strategy has stages); the
+    local entries kept at the site. Extras
     travel uncompressed and are counted in ``sent_bytes``.
     """
     strategy, mask = plan.strategy, plan.mask
@@ -143,7 +144,7 @@ def _upload(
     delta: FloatVector,
     site_state: SiteState,
     mask: BoolMask | None,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> tuple[SiteState, FloatVector, int, Encoded | None]:
     """Send one update through the strategy's upload stages.
 
@@ -157,6 +158,9 @@ def _upload(
     if not pipeline.stages:
         nbytes, decoded = int(shared.nbytes), shared
     else:
+        if rng is None:
+            stages = ", ".join(stage.kind for stage in pipeline.stages)
+            raise ValueError(f"the upload stages ({stages}) need a random generator")
         encoded, site_state = pipeline.encode(shared, site_state, rng)
         nbytes, decoded = encoded.nbytes, pipeline.decode(encoded)
     if mask is None:

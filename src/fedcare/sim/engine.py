@@ -418,7 +418,7 @@ class FederatedSimulation:
                 site_plan,
                 site_states[name],
                 outcome,
-                compress_rng=self.seeds.generator("compress", plan.round_index, int(k)),
+                compress_rng=self._compress_rng(plan.round_index, int(k)),
                 privatise=self._privatise(name, int(k), plan),
                 tamper=self._tamper(name, int(k), plan.round_index),
             )
@@ -449,6 +449,12 @@ class FederatedSimulation:
         if all(t.start is params for t in tasks):
             return np.broadcast_to(params, (len(tasks), params.size))
         return np.stack([t.start for t in tasks])
+
+    def _compress_rng(self, round_index: int, site: int) -> np.random.Generator | None:
+        """The upload stages' randomness, keyed by round and site (None without stages)."""
+        if not self.strategy.upload.stages:
+            return None
+        return self.seeds.generator("compress", round_index, site)
 
     def _privatise(
         self, name: str, site: int, plan: RoundPlan
