@@ -39,15 +39,19 @@ def heart():
 
 
 @pytest.mark.parametrize(
-    "participation",
-    [None, Participation(0.5, 2)],  # every site; half of them (the others keep their row)
-    ids=["all-sites", "half-sampled"],
+    ("params", "extra"),
+    [
+        ({}, {}),
+        ({}, {"participation": Participation(0.5, 2)}),  # the others keep their row
+        ({"upload": [{"stage": "quantize"}]}, {}),  # the model rides after encoded bytes
+        ({"aggregator": "median"}, {}),  # robust rule over whole updates
+    ],
+    ids=["all-sites", "half-sampled", "quantize", "median"],
 )
 def test_deployed_mocha_reaches_the_simulators_global_and_personal_models(
-    heart, tmp_path, participation
+    heart, tmp_path, params, extra
 ):
-    extra = {} if participation is None else {"participation": participation}
-    plan = heart_plan(heart, "mocha", MOCHA, rounds=3, **extra)
+    plan = heart_plan(heart, "mocha", {**MOCHA, **params}, rounds=3, **extra)
     net = deploy(heart, plan, tmp_path)
     connect_all(net)
     net.run()
@@ -119,9 +123,9 @@ def test_a_killed_coordinator_resumes_mocha_from_its_checkpoint_file(heart, tmp_
     )
 
 
-def _first_update(heart, tmp_path):
-    """A MOCHA coordinator with its first round open, and site 0's update to it."""
-    plan = heart_plan(heart, "mocha", MOCHA, rounds=1)
+def _first_update(heart, tmp_path, strategy="mocha", params=MOCHA):
+    """A coordinator with its first round open, and the first update sent to it."""
+    plan = heart_plan(heart, strategy, params, rounds=1)
     net = deploy(heart, plan, tmp_path)
     connect_all(net)
     while not any(d == "coordinator" and e.kind == UpdateMessage.KIND for d, _, e in net.queue):
@@ -150,6 +154,18 @@ def test_the_coordinator_refuses_an_update_without_a_usable_personal_model(
     assert net.coordinator.current is not None
     assert reason in net.coordinator.current.rejected[name]
     assert any(r.envelope.kind == "update_verdict" for r in replies)
+
+
+def test_a_strategy_that_keeps_personal_models_at_the_sites_refuses_one_sent(heart, tmp_path):
+    net, name, update = _first_update(heart, tmp_path, "ditto", {})
+    assert update.personal is None  # Ditto's personal model never leaves the site
+    forged = replace(update, personal=np.zeros_like(update.delta))
+    net.coordinator.handle(forged.to_envelope().from_peer(name), net.now)
+    assert net.coordinator.current is not None
+    assert (
+        "carries a personal model, which strategy 'ditto' keeps at the sites"
+        in (net.coordinator.current.rejected[name])
+    )
 
 
 def test_a_site_refuses_a_request_whose_context_is_not_the_plans(heart, tmp_path):
