@@ -6,9 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from fedcare.algorithms.registry import build_strategy
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import TrainSpec
+from fedcare.privacy.spec import parse_dp
+from fedcare.runtime import rounds
 from fedcare.runtime.rounds import RunPlan
+from fedcare.transforms.secure import parse_secure
 
 
 def plan(strategy: str) -> RunPlan:
@@ -49,3 +53,18 @@ def test_a_collecting_pass_still_refuses_secure_sums_and_dp_saying_why(params, r
 
 def test_a_personal_pass_kept_at_the_site_deploys():
     assert plan("ditto").build_strategy().personal.personal_pass is not None
+
+
+@pytest.mark.parametrize("added", ["secure", "dp"])
+def test_any_collecting_pass_is_refused_under_a_secure_sum_or_dp_even_if_its_spec_allows_it(
+    monkeypatch: pytest.MonkeyPatch, added: str
+) -> None:
+    """A plug-in whose spec forgets MOCHA's refusal still cannot deploy that way."""
+    extra = {
+        "secure": parse_secure("secure_aggregation"),
+        "dp": parse_dp({"noise_multiplier": 1.0, "clip_norm": 0.5}),
+    }[added]
+    forgetful = replace(build_strategy("mocha"), **{added: extra})
+    monkeypatch.setattr(rounds, "build_strategy", lambda name, params: forgetful)
+    with pytest.raises(ConfigError, match="sends each site's own model to the coordinator"):
+        plan("mocha").build_strategy()

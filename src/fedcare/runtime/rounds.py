@@ -108,6 +108,14 @@ class RunPlan:
                 f"strategy '{self.strategy}' passes the model from site to site; the deployed "
                 "runtime trains sites in parallel (use it in simulation)"
             )
+        personal = strategy.personal.personal_pass
+        if personal is not None and personal.collects and (strategy.secure or strategy.dp):
+            # A plug-in's spec may not say so; the protocol cannot carry both either way.
+            raise ConfigError(
+                f"strategy '{self.strategy}': its personal pass sends each site's own model "
+                "to the coordinator in the clear, which a secure sum or client-level DP would "
+                "not cover; drop 'secure' and 'dp'"
+            )
         if strategy.secure is not None and strategy.personal.mask_kind:
             raise ConfigError(
                 f"strategy '{self.strategy}': layers kept at the sites and secure aggregation do "
