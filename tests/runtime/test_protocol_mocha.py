@@ -201,3 +201,29 @@ def test_a_train_request_cannot_carry_a_context_entry_twice():
     header = {**env.header, "site_context_exact": {"start": [0.0], "prox_mu": [1.0]}}
     with pytest.raises(ProtocolError, match="both in the vector and in header field"):
         TrainRequest.from_envelope(replace(env, header=header))
+
+
+def test_a_site_context_and_a_personal_model_cross_the_wire_unchanged():
+    prox_mu = np.array([0.2 + 1e-12], dtype=np.float64)  # not a float32 value
+    request = TrainRequest(
+        run_id="run-1",
+        round=3,
+        plan_hash="h",
+        params=np.arange(4, dtype=np.float32),
+        arrays={"scaffold/control": np.ones(4, np.float32)},
+        seed=0,
+        site_index=1,
+        sampled=["a", "b"],
+        site_context={"start": np.full(4, 0.5, np.float32), "prox_mu": prox_mu},
+    )
+    back = TrainRequest.from_envelope(request.to_envelope())
+    assert back.site_context["prox_mu"][0] == prox_mu[0]
+    np.testing.assert_array_equal(back.site_context["start"], np.full(4, 0.5, np.float32))
+    assert list(back.arrays) == ["scaffold/control"]
+
+    update = UpdateMessage(
+        "run-1", 3, 0, np.ones(4, np.float32), {}, 1.0, 10, personal=np.arange(4, dtype=np.float32)
+    )
+    received = UpdateMessage.from_envelope(update.to_envelope())
+    np.testing.assert_array_equal(received.personal, np.arange(4, dtype=np.float32))
+    assert received.extras == {}
