@@ -23,7 +23,13 @@ from fedcare.rounds.aggregators import (
 )
 from fedcare.rounds.chunk import ChunkResult, RoundPlan
 from fedcare.rounds.compose import AggregationServices, new_aggregator
-from fedcare.rounds.server_step import round_context, server_step
+from fedcare.rounds.server_step import (
+    broadcast_arrays,
+    kept_arrays,
+    round_context,
+    server_step,
+    site_contexts,
+)
 from fedcare.rounds.site_step import (
     SiteRound,
     SiteUpload,
@@ -31,6 +37,7 @@ from fedcare.rounds.site_step import (
     finish_training,
     keep_personal,
     personal_task,
+    site_context_layout,
     site_model,
     training_task,
 )
@@ -51,12 +58,16 @@ __all__ = [
     "SiteUpload",
     "TrainingTask",
     "UpdateSink",
+    "broadcast_arrays",
     "finish_training",
     "keep_personal",
+    "kept_arrays",
     "new_aggregator",
     "personal_task",
     "round_context",
     "server_step",
+    "site_context_layout",
+    "site_contexts",
     "site_model",
     "training_task",
 ]

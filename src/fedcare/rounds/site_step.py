@@ -183,6 +183,21 @@ def personal_task(
     return TrainingTask(start=start, objective=objective, purpose="misc")
 
 
+def site_context_layout(strategy: Strategy, num_sites: int) -> dict[str, int | None]:
+    """The entries of the site context the strategy's personal pass sends a site, each
+    with its size (None: the model's size), so a site can check what it receives. Found by
+    a dry run on a 3-value model, the way the coordinator learns the client rule's extras."""
+    personal = strategy.personal.personal_pass
+    if personal is None:
+        return {}
+    probe = strategy.init_state(np.zeros(_PROBE, dtype=np.float32))
+    context = personal.site_context(personal.context(probe, num_sites), 0)
+    return {k: None if v.size == _PROBE else int(v.size) for k, v in context.items()}
+
+
+_PROBE = 3
+
+
 def keep_personal(site_state: SiteState, params: FloatVector) -> SiteState:
     """The site's state with its newly trained personal model."""
     return {**site_state, PERSONAL_MODEL: params.copy()}

@@ -61,8 +61,11 @@ from fedcare.rounds import (
     AggregationServices,
     Aggregator,
     SecureSumAggregator,
+    broadcast_arrays,
     new_aggregator,
+    round_context,
     server_step,
+    site_contexts,
 )
 from fedcare.runtime.encrypted_round import HE, EncryptedSumCollector
 from fedcare.runtime.envelope import Envelope
@@ -319,10 +322,13 @@ class CoordinatorMachine:
         accepted updates when the round closes (see :mod:`.streamed_update`), so updates
         may stream in chunk by chunk (:meth:`handle_streamed`). Central DP clips each
         update whole, robust rules need all updates at once, secure sums and compressed
-        uploads arrive in their own encodings: those take whole messages."""
+        uploads arrive in their own encodings, a collecting personal pass (MOCHA) keeps
+        each site's model beside its update: those take whole messages."""
+        personal = self.strategy.personal.personal_pass
         return (
             self.private is None
             and self.robust_rule is None
+            and (personal is None or not personal.collects)  # it keeps every site's model
             and self.strategy.secure is None
             and compression_stage(self.strategy.upload.stages) is None
         )
@@ -793,8 +799,12 @@ class CoordinatorMachine:
                 "dropped": dict(progress.dropped),
             },
         )
-        # Only the broadcast arrays travel; server-optimizer moments stay here.
-        broadcast = {k: v for k, v in self.state.arrays.items() if not k.startswith("opt/")}
+        # Only the broadcast arrays travel; server-optimizer moments and the sites' models
+        # a personal pass collects stay here: each site gets its own context.
+        progress.context = round_context(self.strategy, self.state, len(self.plan.sites))
+        broadcast = broadcast_arrays(self.strategy, self.state, progress.context)
+        indices = {site: self.plan.site_index(site) for site in ready}
+        contexts = site_contexts(self.strategy, progress.context, indices.values())
         secure = self._open_secure_sum(progress) if self.strategy.secure is not None else None
         progress.secure_session = secure.session if secure is not None else b""
         out = []
@@ -806,12 +816,13 @@ class CoordinatorMachine:
                 params=self.state.params,
                 arrays=broadcast,
                 seed=self.plan.seed,
-                site_index=self.plan.site_index(site),
+                site_index=indices[site],
                 sampled=sampled,
                 attempt=self.attempt,
                 deadline_s=self.options.round_timeout_s,
                 contributed=self.contributed[site],
                 secure=secure,
+                site_context=contexts[indices[site]],
             )
             out.append(Outgoing(site, request.to_envelope()))
         return out
@@ -858,6 +869,7 @@ class CoordinatorMachine:
             norm = validate_update(
                 msg, self.size, self.options.max_update_norm, extras=self.extras, streamed=intake
             )
+            self._check_personal(site, msg)
         except UpdateRejectedError as exc:
             progress.rejected[site] = str(exc)
             self._event("update_rejected", site, {"reason": str(exc), "update_hash": received})
@@ -867,6 +879,8 @@ class CoordinatorMachine:
             progress.aggregator.add_source(intake, msg.weight)  # folded when the round closes
         else:
             progress.aggregator.add(msg.to_update(), self.plan.site_index(site))
+        if msg.personal is not None:
+            progress.collected[self.plan.site_index(site)] = msg.personal
         loss = msg.metrics.get("train_loss", float("nan"))
         self._note_sample_epsilon(site, msg.metrics.get(SAMPLE_EPSILON))
         progress.accepted[site] = Contribution(
@@ -887,6 +901,31 @@ class CoordinatorMachine:
             ),
         )
         return [self._verdict(site, msg, True, ""), *self._maybe_finish_training()]
+
+    def _check_personal(self, site: str, msg: UpdateMessage) -> None:
+        """A collecting personal pass (MOCHA) needs the site's trained model beside its
+        update: present, the model's size, finite; no other strategy takes one."""
+        personal = self.strategy.personal.personal_pass
+        collects = personal is not None and personal.collects
+        where = f"update from site '{site}' for round {msg.round}"
+        if msg.personal is None:
+            if collects:
+                raise UpdateRejectedError(
+                    f"{where}: strategy '{self.plan.strategy}' collects every site's personal "
+                    "model, and the update carries none"
+                )
+            return
+        if not collects:
+            raise UpdateRejectedError(
+                f"{where}: carries a personal model, which strategy '{self.plan.strategy}' "
+                "keeps at the sites"
+            )
+        if msg.personal.size != self.size:
+            raise UpdateRejectedError(
+                f"{where}: personal model has {msg.personal.size} values, the model {self.size}"
+            )
+        if not np.all(np.isfinite(msg.personal)):
+            raise UpdateRejectedError(f"{where}: personal model holds a non-finite value")
 
     # -- secure aggregation ----------------------------------------------------------------
 
@@ -1046,7 +1085,14 @@ class CoordinatorMachine:
     def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
         progress.release()
         self.secure_sum = None
-        self.state = server_step(self.strategy, self.state, aggregate, len(self.plan.sites))
+        self.state = server_step(
+            self.strategy,
+            self.state,
+            aggregate,
+            len(self.plan.sites),
+            context=progress.context,
+            collected=progress.collected,
+        )
         for site in progress.accepted:
             self.contributed[site] = progress.round
         self.attempt = 0

@@ -43,6 +43,7 @@ from fedcare.runtime.wire_fields import (
     HeaderReader,
     Integer,
     Json,
+    MismatchError,
     Number,
     Numbers,
     Segmented,
@@ -153,15 +154,75 @@ class SecureField(FieldType):
         return SecureRound(session, tuple(int(m) for m in members), float(scale))
 
 
-@SCHEMAS.declare(TRAIN, Segmented("params", "arrays", "train request"))
+SITE_CONTEXT = "site_context/"
+"""Prefix of a site context's float32 entries among a train request's vector segments."""
+EXACT_CONTEXT = "site_context_exact"
+"""Header field of a site context's other entries, as float64 numbers (kept exact)."""
+
+
+class ExactArrays(FieldType):
+    """Names to lists of finite numbers, read back as float64 arrays."""
+
+    def write(self, value: Mapping[str, npt.NDArray[Any]]) -> dict[str, list[float]]:
+        return {k: [float(x) for x in np.asarray(v).reshape(-1)] for k, v in value.items()}
+
+    def read(self, raw: Any) -> dict[str, npt.NDArray[np.float64]]:
+        if not isinstance(raw, dict) or not all(
+            isinstance(v, list) and all(finite(x) for x in v) for v in raw.values()
+        ):
+            raise MismatchError("a mapping of names to lists of finite numbers")
+        return {str(k): np.array(v, dtype=np.float64) for k, v in raw.items()}
+
+
+class TrainVector:
+    """A train request's vector: the model, the broadcast arrays and the site's own
+    context from the strategy's personal pass (MOCHA's model and objective for this site),
+    as float32 segments. Context entries of another dtype (a float64 proximal strength)
+    travel in the header, exactly, so the site trains what the simulator trains."""
+
+    fields = ("params", "arrays", "site_context")
+    _segments = Segmented("params", "arrays", "train request")
+
+    def encode(self, values: dict[str, Any], header: dict[str, Any]) -> npt.NDArray[Any]:
+        context: Mapping[str, npt.NDArray[Any]] = values["site_context"]
+        vectors = {SITE_CONTEXT + k: v for k, v in context.items() if v.dtype == np.float32}
+        exact = {k: v for k, v in context.items() if v.dtype != np.float32}
+        if exact:
+            header[EXACT_CONTEXT] = ExactArrays().write(exact)
+        arrays = {**values["arrays"], **vectors}
+        return self._segments.encode({"params": values["params"], "arrays": arrays}, header)
+
+    def decode(self, env: Envelope, header: HeaderReader) -> dict[str, Any]:
+        parts = self._segments.decode(env, header)
+        arrays: dict[str, FloatVector] = parts["arrays"]
+        context: dict[str, npt.NDArray[Any]] = {
+            k.removeprefix(SITE_CONTEXT): arrays.pop(k)
+            for k in list(arrays)
+            if k.startswith(SITE_CONTEXT)
+        }
+        if EXACT_CONTEXT in header.raw:
+            exact = header.read(EXACT_CONTEXT, ExactArrays())
+            clash = sorted(context.keys() & exact.keys())
+            if clash:
+                raise ProtocolError(
+                    f"train request: site context entries {clash} are both in the vector and "
+                    f"in header field '{EXACT_CONTEXT}'"
+                )
+            context.update(exact)
+        return {**parts, "site_context": context}
+
+
+@SCHEMAS.declare(TRAIN, TrainVector())
 @dataclass(frozen=True, eq=False)
 class TrainRequest(WireMessage):
     """Coordinator -> sampled site: train round ``round`` from ``params``.
 
     ``arrays`` are the strategy's broadcast arrays (SCAFFOLD's control variate); the
-    server optimizer's moments never leave the coordinator. Hyper-parameters are not
-    here: the site trains with the plan its owner approved, named by ``plan_hash``.
-    ``seed`` and ``site_index`` must match that plan; the site checks.
+    server optimizer's moments never leave the coordinator. ``site_context`` is what the
+    strategy's personal pass sends this site alone (MOCHA: its own model and objective,
+    never another site's; empty otherwise). Hyper-parameters are not here: the site
+    trains with the plan its owner approved, named by ``plan_hash``. ``seed`` and
+    ``site_index`` must match that plan; the site checks.
     """
 
     KIND: ClassVar[str] = "train_request"
@@ -182,6 +243,7 @@ class TrainRequest(WireMessage):
     # the round's secure-sum session, under SecAgg
     secure: Annotated[SecureRound | None, HeaderField(SecureField(), optional=True)] = None
     sender: str = ""
+    site_context: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,17 +260,28 @@ class WireDelta:
     length: int
 
 
+PERSONAL_SEGMENT = "personal_model"
+"""Segment of an update's vector holding the site's trained personal model (MOCHA)."""
+
+
 class UpdateVector:
     """An update's vector: the float32 delta and extras, or with a compression stage the
     encoded delta bytes then the extras as little-endian float32 bytes (uint8 on the
-    wire). Either way ``update_hash`` is the sha256 of the vector as sent."""
+    wire); a personal model a collecting pass reports is one more float32 segment after
+    the extras. Either way ``update_hash`` is the sha256 of the vector as sent."""
 
-    fields = ("delta", "extras", "wire", "update_hash")
+    fields = ("delta", "extras", "wire", "update_hash", "personal")
     _plain = Segmented("delta", "extras", "update from '{sender}'")
 
     def encode(self, values: dict[str, Any], header: dict[str, Any]) -> npt.NDArray[Any]:
         wire: WireDelta | None = values["wire"]
-        extras: dict[str, FloatVector] = values["extras"]
+        extras: dict[str, FloatVector] = dict(values["extras"])
+        personal: FloatVector | None = values["personal"]
+        if personal is not None:  # one more segment, after the extras
+            if PERSONAL_SEGMENT in extras:
+                raise ProtocolError(f"update: extra '{PERSONAL_SEGMENT}' is a reserved name")
+            extras[PERSONAL_SEGMENT] = personal
+        values = {**values, "extras": extras}
         if wire is None:
             vector = self._plain.encode(values, header)
         else:
@@ -229,10 +302,16 @@ class UpdateVector:
         if "wire" in env.header:
             wire, extras = _wire_parts(env, header)
             # decoded by the coordinator, which checks the stage against the plan
-            values = {"delta": np.zeros(0, dtype=np.float32), "extras": extras, "wire": wire}
+            values: dict[str, Any] = {
+                "delta": np.zeros(0, dtype=np.float32),
+                "extras": extras,
+                "wire": wire,
+            }
         else:
             values = {**self._plain.decode(env, header), "wire": None}
-        return {**values, "update_hash": header.read("update_hash", Text())}
+        arrays: dict[str, FloatVector] = values["extras"]
+        personal = arrays.pop(PERSONAL_SEGMENT, None)
+        return {**values, "update_hash": header.read("update_hash", Text()), "personal": personal}
 
 
 def _wire_parts(env: Envelope, h: HeaderReader) -> tuple[WireDelta, dict[str, FloatVector]]:
@@ -285,6 +364,8 @@ class UpdateMessage(WireMessage):
     update_hash: str = ""  # sha256 of the vector as sent; the coordinator recomputes it
     sender: str = ""
     wire: WireDelta | None = None
+    # the site's trained personal model, when the personal pass collects them (MOCHA)
+    personal: FloatVector | None = None
 
     @classmethod
     def from_update(

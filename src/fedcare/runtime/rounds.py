@@ -23,6 +23,7 @@ from fedcare.algorithms.strategy import Strategy
 from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import TrainSpec
+from fedcare.core.vectors import FloatVector
 from fedcare.data.site_table import SiteTableSpec
 from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
@@ -108,11 +109,12 @@ class RunPlan:
                 "runtime trains sites in parallel (use it in simulation)"
             )
         personal = strategy.personal.personal_pass
-        if personal is not None and personal.collects:
+        if personal is not None and personal.collects and (strategy.secure or strategy.dp):
+            # A plug-in's spec may not say so; the protocol cannot carry both either way.
             raise ConfigError(
-                f"strategy '{self.strategy}' needs every site's model at the coordinator each "
-                "round (its personal pass collects them), which the deployed protocol does not "
-                "carry: it runs in simulation only"
+                f"strategy '{self.strategy}': its personal pass sends each site's own model "
+                "to the coordinator in the clear, which a secure sum or client-level DP would "
+                "not cover; drop 'secure' and 'dp'"
             )
         if strategy.secure is not None and strategy.personal.mask_kind:
             raise ConfigError(
@@ -341,6 +343,8 @@ class RoundProgress:
     dropped: dict[str, str] = field(default_factory=dict)
     secure_session: bytes = b""  # the round's secure-sum session (SecAgg or CKKS)
     secure_meta: dict[str, dict[str, Any]] = field(default_factory=dict)  # what sites stated
+    context: Any = None  # the personal pass's round context (MOCHA's task relationship)
+    collected: dict[int, FloatVector] = field(default_factory=dict)  # accepted personal models
 
     def release(self) -> None:
         """Let go of the updates kept for the fold (their scratch files, if any)."""

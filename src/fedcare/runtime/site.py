@@ -66,7 +66,7 @@ from fedcare.rounds import (
     finish_training,
     keep_personal,
     personal_task,
-    round_context,
+    site_context_layout,
     site_model,
     training_task,
 )
@@ -633,6 +633,8 @@ class SiteMachine:
             )
         elif req.secure is not None and index not in req.secure.members:
             problem = f"site #{index} is not a member of the round's secure sum"
+        else:
+            problem = self._context_problem(req, strategy, len(plan.sites), work.num_params)
         if problem:
             return [ErrorReport(self.run_id, req.round, code, problem).to_envelope()]
         self._settle(req.contributed)
@@ -681,21 +683,43 @@ class SiteMachine:
             site_plan, self.state, outcome, compress_rng=compress, privatise=privatise
         )
         personal = strategy.personal.personal_pass
+        trained: FloatVector | None = None
         if personal is not None:
-            context = personal.site_context(round_context(strategy, server, len(plan.sites)), index)
-            own = personal_task(personal, context, server, state)
-            state = keep_personal(
-                state, work.train(self._task(own, req.round, index, plan.seed, spec)).params
-            )
+            own = personal_task(personal, req.site_context, server, state)
+            trained = work.train(self._task(own, req.round, index, plan.seed, spec)).params
+            state = keep_personal(state, trained)
         self.pending = _Pending(req.round, state)
         message = UpdateMessage.from_update(
             self.run_id, req.round, req.attempt, upload.update, outcome.num_samples
         )
+        if personal is not None and personal.collects:  # the coordinator keeps it (MOCHA)
+            message = replace(message, personal=trained)
         stage = compression_stage(strategy.upload.stages)
         if upload.encoded is None or stage is None:
             return message
         wire = WireDelta(to_wire(upload.encoded), stage_dict(stage), int(upload.update.delta.size))
         return replace(message, wire=wire)
+
+    @staticmethod
+    def _context_problem(
+        req: TrainRequest, strategy: Strategy, num_sites: int, num_params: int
+    ) -> str:
+        """Why the request's site context is not what the plan's personal pass sends
+        (its entries, each of the size the pass gives it), or ""."""
+        layout = site_context_layout(strategy, num_sites)
+        found = req.site_context
+        if found.keys() != layout.keys():
+            return (
+                f"site context has entries {sorted(found)}, the plan's strategy sends "
+                f"{sorted(layout)}"
+            )
+        for name, size in layout.items():
+            want = num_params if size is None else size
+            if found[name].size != want:
+                return f"site context entry '{name}' has {found[name].size} values, expected {want}"
+            if not np.all(np.isfinite(found[name])):
+                return f"site context entry '{name}' holds a non-finite value"
+        return ""
 
     @staticmethod
     def _task(task: TrainingTask, round_: int, index: int, seed: int, spec: TrainSpec) -> TrainTask:
