@@ -49,7 +49,7 @@ import psutil
 
 from fedcare.algorithms.aggregate import StreamingMean
 from fedcare.net.channel import CoordinatorServer, Link, TransportLimits, open_session
-from fedcare.net.serde import EncodedEnvelope, VectorHead
+from fedcare.net.serde import DEFAULT_CHUNK_BYTES, EncodedEnvelope, VectorHead
 from fedcare.net.tls import TlsBundle, check_peer_certificate, init_study_ca, issue_bundle
 from fedcare.runtime.envelope import Envelope
 
@@ -525,7 +525,12 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=4)
     parser.add_argument("--mem-sites", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--chunk-mib", type=float, default=4.0)
+    parser.add_argument(
+        "--chunk-mib",
+        type=float,
+        default=DEFAULT_CHUNK_BYTES / (1 << 20),
+        help="default: the transport's default chunk",
+    )
     parser.add_argument(
         "--machine-rounds", type=int, default=3, help="rounds of the deployed coordinator run"
     )
