@@ -3,11 +3,14 @@
 The aggregated client delta is treated as a pseudo-gradient step Δ (it already points
 downhill). Each optimizer is a pure function ``(params, Δ, moments) -> (params, moments)``
 so FedAdam is FedAvg plus :func:`adam_step`, FedYogi plus :func:`yogi_step`, and so on.
+Each is evaluated block by block (:func:`by_blocks`): a server step on a large model then
+holds its new arrays and one block of temporaries, not several model-sized ones.
 Moments live in :class:`~fedcare.core.records.ServerState` under ``opt/…`` and are checkpointed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,22 +67,68 @@ class ServerOptimizer:
         )
 
 
+# Elements per block of a server step: every temporary of the formulas below is one block
+# (1 MiB of float32), not one model, so a 100 MB model's step allocates only its outputs.
+BLOCK_ELEMENTS = 1 << 18
+
+
+def by_blocks(
+    formula: Callable[..., tuple[FloatVector, ...]], *inputs: FloatVector
+) -> tuple[FloatVector, ...]:
+    """Evaluate an element-wise ``formula`` block by block into fresh float32 outputs.
+
+    The inputs are left untouched (a step returns new arrays, as the run state is
+    immutable). Every operation the optimizers use (+, *, /, sqrt, sign, float32 casts) is
+    correctly rounded per element, so the outputs are bit-identical to evaluating
+    ``formula`` on the whole vectors at once.
+    """
+    size = len(inputs[0])
+    outputs: tuple[FloatVector, ...] | None = None
+    for start in range(0, size, BLOCK_ELEMENTS):
+        stop = min(start + BLOCK_ELEMENTS, size)
+        results = formula(*(x[start:stop] for x in inputs))
+        if outputs is None:
+            outputs = tuple(np.empty(size, dtype=np.float32) for _ in results)
+        for out, result in zip(outputs, results, strict=True):
+            out[start:stop] = result
+    if outputs is None:  # an empty model: the formula still decides how many outputs
+        outputs = tuple(np.asarray(r, dtype=np.float32) for r in formula(*inputs))
+    return outputs
+
+
 def sgd_step(
     params: FloatVector, delta: FloatVector, moments: Moments, *, lr: float, momentum: float
 ) -> tuple[FloatVector, Moments]:
     """x += lr * Δ, or with momentum (FedAvgM, Hsu et al. 2019): v = β v + Δ; x += lr * v."""
     if momentum > 0:
-        v = (momentum * moments["opt/v"] + delta).astype(np.float32)
-        return (params + lr * v).astype(np.float32), {"opt/v": v}
-    return (params + lr * delta).astype(np.float32), {}
+
+        def with_momentum(
+            x: FloatVector, d: FloatVector, v0: FloatVector
+        ) -> tuple[FloatVector, ...]:
+            v = (momentum * v0 + d).astype(np.float32)
+            return (x + lr * v).astype(np.float32), v
+
+        new, v = by_blocks(with_momentum, params, delta, moments["opt/v"])
+        return new, {"opt/v": v}
+
+    def plain(x: FloatVector, d: FloatVector) -> tuple[FloatVector, ...]:
+        return ((x + lr * d).astype(np.float32),)
+
+    (new,) = by_blocks(plain, params, delta)
+    return new, {}
 
 
 def adagrad_step(
     params: FloatVector, delta: FloatVector, moments: Moments, *, lr: float, tau: float
 ) -> tuple[FloatVector, Moments]:
     """FedAdagrad: v = v + Δ²; x += lr * Δ / (sqrt(v) + τ)."""
-    v = (moments["opt/v"] + delta * delta).astype(np.float32)
-    return (params + lr * delta / (np.sqrt(v) + tau)).astype(np.float32), {"opt/v": v}
+
+    def formula(x: FloatVector, d: FloatVector, v0: FloatVector) -> tuple[FloatVector, ...]:
+        v = (v0 + d * d).astype(np.float32)
+        return (x + lr * d / (np.sqrt(v) + tau)).astype(np.float32), v
+
+    new, v = by_blocks(formula, params, delta, moments["opt/v"])
+    return new, {"opt/v": v}
 
 
 def adam_step(
@@ -93,9 +142,16 @@ def adam_step(
     tau: float,
 ) -> tuple[FloatVector, Moments]:
     """FedAdam: m = β1 m + (1-β1) Δ; v = β2 v + (1-β2) Δ²; x += lr * m / (sqrt(v) + τ)."""
-    m = (beta1 * moments["opt/m"] + (1 - beta1) * delta).astype(np.float32)
-    v = (beta2 * moments["opt/v"] + (1 - beta2) * delta * delta).astype(np.float32)
-    return (params + lr * m / (np.sqrt(v) + tau)).astype(np.float32), {"opt/m": m, "opt/v": v}
+
+    def formula(
+        x: FloatVector, d: FloatVector, m0: FloatVector, v0: FloatVector
+    ) -> tuple[FloatVector, ...]:
+        m = (beta1 * m0 + (1 - beta1) * d).astype(np.float32)
+        v = (beta2 * v0 + (1 - beta2) * d * d).astype(np.float32)
+        return (x + lr * m / (np.sqrt(v) + tau)).astype(np.float32), m, v
+
+    new, m, v = by_blocks(formula, params, delta, moments["opt/m"], moments["opt/v"])
+    return new, {"opt/m": m, "opt/v": v}
 
 
 def yogi_step(
@@ -109,7 +165,14 @@ def yogi_step(
     tau: float,
 ) -> tuple[FloatVector, Moments]:
     """FedYogi: like Adam but v -= (1-β2) Δ² sign(v - Δ²), so v grows more carefully."""
-    m = (beta1 * moments["opt/m"] + (1 - beta1) * delta).astype(np.float32)
-    d2 = delta * delta
-    v = (moments["opt/v"] - (1 - beta2) * d2 * np.sign(moments["opt/v"] - d2)).astype(np.float32)
-    return (params + lr * m / (np.sqrt(v) + tau)).astype(np.float32), {"opt/m": m, "opt/v": v}
+
+    def formula(
+        x: FloatVector, d: FloatVector, m0: FloatVector, v0: FloatVector
+    ) -> tuple[FloatVector, ...]:
+        m = (beta1 * m0 + (1 - beta1) * d).astype(np.float32)
+        d2 = d * d
+        v = (v0 - (1 - beta2) * d2 * np.sign(v0 - d2)).astype(np.float32)
+        return (x + lr * m / (np.sqrt(v) + tau)).astype(np.float32), m, v
+
+    new, m, v = by_blocks(formula, params, delta, moments["opt/m"], moments["opt/v"])
+    return new, {"opt/m": m, "opt/v": v}

@@ -57,6 +57,7 @@ DEFAULT_ADDRESS = "0.0.0.0:50051"
 
 # Options the coordinator's start and resume share.
 ChunkMiB = Annotated[float, typer.Option(help="Streaming chunk size in MiB.")]
+DEFAULT_CHUNK_MIB = 1.0  # fedcare.net.serde.DEFAULT_CHUNK_BYTES (net is imported lazily)
 MaxModelGiB = Annotated[float, typer.Option(help="Largest vector accepted, GiB.")]
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
@@ -566,7 +567,7 @@ def coordinator_start(
         str | None,
         typer.Option(help="Run id (default: generated); a study of n runs gets ID-1 ... ID-n."),
     ] = None,
-    chunk_mib: ChunkMiB = 4.0,
+    chunk_mib: ChunkMiB = DEFAULT_CHUNK_MIB,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
     port_file: PortFile = None,
@@ -649,7 +650,7 @@ def coordinator_resume(
         Path | None, typer.Option(help="Study CA folder (its revoked.json is honoured).")
     ] = None,
     address: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = DEFAULT_ADDRESS,
-    chunk_mib: ChunkMiB = 4.0,
+    chunk_mib: ChunkMiB = DEFAULT_CHUNK_MIB,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
     port_file: PortFile = None,
@@ -931,7 +932,7 @@ def site_start(
             "the agent stops (exit 2) and can be started again later.",
         ),
     ] = 30.0,
-    chunk_mib: ChunkMiB = 4.0,
+    chunk_mib: ChunkMiB = DEFAULT_CHUNK_MIB,
     max_model_gib: MaxModelGiB = 8.0,
     insecure: Insecure = False,
 ) -> None:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
 from fedcare.core import faults
 from fedcare.core.errors import FedcareError
@@ -69,12 +70,24 @@ def content_digest(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> s
     """SHA-256 over arrays and metadata, independent of the file layout (pure)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        value = np.ascontiguousarray(tensors[name])
-        h.update(json.dumps([name, value.dtype.str, list(value.shape)]).encode())
-        h.update(value.tobytes())
+        _hash_array(h, name, np.ascontiguousarray(tensors[name]))
+    _hash_metadata(h, metadata)
+    return h.hexdigest()
+
+
+def _hash_array(h: Any, name: str, value: npt.NDArray[Any]) -> None:
+    h.update(json.dumps([name, value.dtype.str, list(value.shape)]).encode())
+    h.update(_raw(value))  # a view of the array's bytes: no copy of a large model
+
+
+def _hash_metadata(h: Any, metadata: Mapping[str, str]) -> None:
     meta = {k: v for k, v in metadata.items() if k != DIGEST_KEY}
     h.update(json.dumps(meta, sort_keys=True).encode())
-    return h.hexdigest()
+
+
+def _raw(value: npt.NDArray[Any]) -> memoryview:
+    """The bytes of a C-contiguous array, as a view."""
+    return value.reshape(-1).view(np.uint8).data if value.size else memoryview(b"")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -102,17 +115,13 @@ def write_atomic_safetensors(
     ``on_written`` runs once the temporary file is complete and fsynced, ``on_renamed``
     once it replaced ``target`` (crash tests put fault points there).
     """
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    meta = dict(metadata)
-    digest = content_digest(arrays, meta)
-    meta[DIGEST_KEY] = digest
+    arrays = {k: _little_endian(np.ascontiguousarray(v)) for k, v in tensors.items()}
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     os.close(fd)
     try:
-        data = save(arrays, metadata=meta)
-        write_durably(tmp, data, write_point, name=target)
+        digest = write_safetensors_durably(tmp, arrays, metadata, write_point, name=target)
         if on_written is not None:
             on_written()
         os.replace(tmp, target)
@@ -125,17 +134,95 @@ def write_atomic_safetensors(
     return digest
 
 
-def write_durably(path: str | Path, data: bytes, point: str, *, name: str | Path) -> None:
-    """Write ``data`` to ``path`` and fsync it; a refused write (full disk, read-only file
-    system) is an OSError naming ``name``, the file the caller is replacing."""
+# safetensors' names for the numpy dtypes a checkpoint holds.
+SAFETENSORS_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_PLACEHOLDER = "0" * 64  # the digest's place in the header until the data has been hashed
+
+
+def _little_endian(value: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    # safetensors stores little-endian data; the digest covers what is stored.
+    if value.dtype.byteorder == ">":
+        return value.astype(value.dtype.newbyteorder("<"))
+    return value
+
+
+def safetensors_header(
+    arrays: Mapping[str, npt.NDArray[Any]], metadata: Mapping[str, str]
+) -> bytes:
+    """The length-prefixed JSON header of a safetensors file whose data section holds
+    ``arrays`` in name order (pure); ``metadata`` becomes its ``__metadata__``."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for name in sorted(arrays):
+        value = arrays[name]
+        dtype = SAFETENSORS_DTYPES.get(value.dtype.name)
+        if dtype is None:
+            raise CheckpointError(
+                f"array '{name}' has dtype {value.dtype}, which a checkpoint cannot hold; "
+                f"expected one of {sorted(SAFETENSORS_DTYPES)}"
+            )
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + value.nbytes],
+        }
+        offset += value.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def write_safetensors_durably(
+    path: str | Path,
+    arrays: Mapping[str, npt.NDArray[Any]],
+    metadata: Mapping[str, str],
+    point: str,
+    *,
+    name: str | Path,
+) -> str:
+    """Write a safetensors file straight from the arrays, hashing them as they are
+    written, and fsync it; returns the digest, which is then written into its place in
+    the header. The file is never held in memory whole (a checkpoint of a 100 MB model
+    used to cost the coordinator another 100 MB of bytes for a moment every round).
+
+    A refused write (full disk, read-only file system) is an OSError naming ``name``,
+    the file the caller is replacing.
+    """
+    meta = {k: v for k, v in metadata.items() if k != DIGEST_KEY}
+    header = safetensors_header(arrays, {**meta, DIGEST_KEY: _PLACEHOLDER})
+    slot = f'"{DIGEST_KEY}":"{_PLACEHOLDER}"'.encode()
+    # Inside a JSON string every quote is escaped, so only the real entry matches.
+    at = header.index(slot) + len(slot) - len(_PLACEHOLDER) - 1
+    h = hashlib.sha256()
     try:
         faults.reach(point)
         with open(path, "wb") as fh:
-            fh.write(data)
+            fh.write(header)
+            for key in sorted(arrays):
+                _hash_array(h, key, arrays[key])
+                fh.write(_raw(arrays[key]))
+            _hash_metadata(h, meta)
+            digest = h.hexdigest()
+            fh.seek(at)
+            fh.write(digest.encode())
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(name)) from exc
+    return digest
 
 
 def read_verified_safetensors(path: Path, what: str) -> tuple[dict[str, Any], dict[str, str]]:
