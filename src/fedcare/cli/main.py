@@ -97,7 +97,7 @@ def simulate(
         str,
         typer.Option(
             help="Where the federated rounds train: 'inprocess' (this process) or 'ray' "
-            "(chunks of sites as Ray tasks; needs fedcare[ray])."
+            "(chunks of sites as Ray tasks; needs the ray extra: pip install 'fedcare\\[ray]')."
         ),
     ] = "inprocess",
     address: Annotated[
