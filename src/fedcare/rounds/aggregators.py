@@ -16,6 +16,7 @@ the strategy's declarations.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -110,13 +111,13 @@ def _check_complete(received: int, size: int) -> None:
         raise ProtocolError(f"update ended after {received} of its {size} values")
 
 
-class _AddEach:
+class AddsEach(ABC):
     """``add_block`` and ``open`` for aggregators that take updates one at a time."""
 
     size: int
 
-    def add(self, update: ClientUpdate, site: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def add(self, update: ClientUpdate, site: int) -> None: ...
 
     def add_block(
         self,
@@ -190,7 +191,7 @@ class MeanAggregator:
 
 
 @dataclass
-class RobustAggregator(_AddEach):
+class RobustAggregator(AddsEach):
     """A robust rule (median, trimmed mean, Krum, ...) over every update of the round.
 
     The rule needs all updates at once, so this keeps them (merge concatenates); the
@@ -232,7 +233,7 @@ class RobustAggregator(_AddEach):
 
 
 @dataclass
-class PrivateAggregator(_AddEach):
+class PrivateAggregator(AddsEach):
     """Client-level DP without a secure sum: the sum of the (clipped) updates, released
     with DP-FedAvg's noise and fixed denominator by :class:`PrivateRounds`.
 
@@ -278,7 +279,7 @@ class PrivateAggregator(_AddEach):
 
 
 @dataclass
-class SecureSumAggregator(_AddEach):
+class SecureSumAggregator(AddsEach):
     """A secure sum (SecAgg masking or CKKS encryption): the coordinator learns only the
     sum of the sites' inputs.
 

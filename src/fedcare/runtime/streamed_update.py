@@ -33,6 +33,7 @@ from fedcare.core.errors import ProtocolError
 from fedcare.core.records import ClientUpdate
 from fedcare.core.vectors import FloatVector
 from fedcare.rounds import RoundAggregate
+from fedcare.rounds.aggregators import AddsEach
 
 FOLD_BLOCK = 1 << 20  # values per block when folding: 8 MB of float64 per block
 
@@ -229,7 +230,7 @@ def _fold(
 
 
 @dataclass
-class FoldedMean:
+class FoldedMean(AddsEach):
     """The round core's plain mean (:class:`~fedcare.rounds.MeanAggregator`) for a
     coordinator that keeps updates where they arrived and folds them at the round's end.
 
@@ -248,16 +249,7 @@ class FoldedMean:
     def add(self, update: ClientUpdate, site: int) -> None:
         self.add_source(WholeUpdate({"delta": update.delta, **update.extras}), update.weight)
 
-    def add_block(
-        self,
-        sites: Sequence[int],
-        deltas: npt.NDArray[np.float32],
-        weights: npt.NDArray[np.float64],
-    ) -> None:
-        for site, delta, weight in zip(sites, deltas, weights, strict=True):
-            self.add(ClientUpdate(delta, float(weight)), site)
-
-    def open(
+    def open(  # its sink folds the update where it arrived; the base buffers it
         self, site: int, weight: float, extras: Mapping[str, FloatVector] | None = None
     ) -> _FoldSink:
         intake = UpdateIntake([("delta", self.size)], MemoryChunks(self.size))

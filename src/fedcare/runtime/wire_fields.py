@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -95,7 +96,7 @@ class MismatchError(Exception):
         self.expected = expected
 
 
-class FieldType:
+class FieldType(ABC):
     """How one header field is written to JSON and read back (raising :class:`MismatchError`).
 
     Declared in a message's annotation: ``data_ok: Annotated[bool, Flag()]``.
@@ -104,8 +105,8 @@ class FieldType:
     def write(self, value: Any) -> Any:
         return value  # most fields are JSON values already
 
-    def read(self, raw: Any) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, raw: Any) -> Any: ...
 
 
 class Text(FieldType):
