@@ -28,7 +28,8 @@ def dirichlet_label_partition(
     """Label skew (Hsu et al. 2019): for each class, site shares ~ Dirichlet(alpha).
 
     Small alpha gives sites dominated by few classes; large alpha approaches IID. Draws
-    are repeated (bounded) until every site holds at least ``min_per_site`` rows.
+    are repeated (up to ``max_tries``) until every site holds at least ``min_per_site``
+    rows; if none does, the last draw's under-filled sites take rows from the largest.
     """
     y = np.asarray(labels).reshape(-1)
     _check_sites(num_sites, len(y))
@@ -40,6 +41,7 @@ def dirichlet_label_partition(
             f"{min_per_site} rows (alpha={alpha}); use fewer sites or a smaller min_per_site"
         )
     classes = np.unique(y)
+    out: list[IndexArray] = []
     for _ in range(max_tries):
         parts: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(num_sites)]
         for c in classes:
@@ -51,10 +53,23 @@ def dirichlet_label_partition(
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= min_per_site:
             return out
-    raise ConfigError(
-        f"dirichlet partition: could not give each of {num_sites} sites at least {min_per_site} "
-        f"rows with alpha={alpha} in {max_tries} draws; use fewer sites or a larger alpha"
-    )
+    # Very small alpha with many sites rarely gives every site enough rows by chance; the
+    # last draw keeps its skew and under-filled sites take random rows from the largest.
+    return _top_up(out, min_per_site, rng)
+
+
+def _top_up(
+    parts: list[IndexArray], min_per_site: int, rng: np.random.Generator
+) -> list[IndexArray]:
+    """Move rows from the largest sites until every site holds ``min_per_site`` rows."""
+    parts = [p.copy() for p in parts]
+    for site in range(len(parts)):
+        while len(parts[site]) < min_per_site:
+            donor = int(np.argmax([len(p) for p in parts]))
+            take = int(rng.integers(len(parts[donor])))
+            parts[site] = np.sort(np.append(parts[site], parts[donor][take]))
+            parts[donor] = np.delete(parts[donor], take)
+    return parts
 
 
 def _check_sites(num_sites: int, num_rows: int) -> None:
