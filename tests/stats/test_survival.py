@@ -290,3 +290,22 @@ def test_tcga_brca_six_regions_curve_and_logrank_by_stage_equal_lifelines() -> N
     assert result.tables["logrank"]["statistic"] == pytest.approx(
         reference.test_statistic, rel=1e-9
     )
+
+
+@pytest.mark.parametrize("mode", ["exact", "grid"])
+def test_one_patient_changes_each_released_array_by_at_most_its_declared_sensitivity(
+    mode: str,
+) -> None:
+    frame = survival_sites([40], seed=31, tie_days=30.0)["site-0"]
+    grid = [float(t) for t in range(0, 3000, 60)] if mode == "grid" else []
+    analysis = KaplanMeier("km", mode=mode, grid=grid, group="arm", levels=ARMS)  # type: ignore[arg-type]
+    times = sorted(frame.loc[frame["E"] == 1, "T"].unique()) if mode == "exact" else grid
+    question = analysis._counts(times)
+    full = answer(question, SiteTable("a", frame, "T", "E"), OFF)
+    assert set(full.sensitivity) == set(full.values)
+    for row in range(0, 40, 7):
+        without = answer(question, SiteTable("a", frame.drop(index=row), "T", "E"), OFF)
+        for key, (l1, l2) in full.sensitivity.items():
+            change = full.values[key] - without.values[key]
+            assert np.abs(change).sum() <= l1
+            assert np.sqrt((change**2).sum()) <= l2 + 1e-12

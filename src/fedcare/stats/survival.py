@@ -160,6 +160,9 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
         "at_risk": (width * k, float(np.sqrt(width * k))),
         "events": (width, float(np.sqrt(width))),
     }
+    if "at_risk_at" in values:
+        m = values["at_risk_at"].shape[1]
+        sensitivity["at_risk_at"] = (width * m, float(np.sqrt(width * m)))
     return Release(values=values, suppressed=tuple(notes), sensitivity=sensitivity)
 
 
