@@ -214,3 +214,11 @@ def test_tcga_brca_regions_fit_equals_lifelines_pooled_and_stratified_by_region(
             fit_options=TIGHT,
         )
         assert_same_fit(result, reference)
+
+
+def test_a_fit_stopped_before_convergence_says_so() -> None:
+    frames = survival_sites([60, 60, 60], seed=21)
+    result = run_in_process(CoxPH("cox", COVARIATES, max_iterations=2), tables_of(frames), OFF)
+    assert result.tables["converged"] is False
+    assert result.tables["iterations"] == 2
+    assert any("did not converge in 2 evaluations" in note for note in result.notes)

@@ -23,6 +23,7 @@ from fedcare.stats.protocol import (
     run_in_process,
 )
 from fedcare.stats.survival import KaplanMeier, curves
+from fedcare.stats.survival_km import merge_small_cells
 from tests.stats.survival_data import pooled, survival_sites, tables_of
 
 OFF = DisclosureRules(min_cell=1)
@@ -309,3 +310,25 @@ def test_one_patient_changes_each_released_array_by_at_most_its_declared_sensiti
             change = full.values[key] - without.values[key]
             assert np.abs(change).sum() <= l1
             assert np.sqrt((change**2).sum()) <= l2 + 1e-12
+
+
+@settings(max_examples=40)
+@given(
+    bins=st.lists(st.integers(0, 19), min_size=1, max_size=80),
+    seed=st.integers(0, 10_000),
+    min_cell=st.integers(2, 8),
+)
+def test_property_merging_small_cells_keeps_totals_moves_only_later_and_leaves_no_small_count(
+    bins: list[int], seed: int, min_cell: int
+) -> None:
+    rows = np.asarray(bins, dtype=np.int64)
+    event = np.random.default_rng(seed).integers(0, 2, len(rows)).astype(float)
+    merged, ok = merge_small_cells(rows, event, 20, min_cell)
+    if not ok:  # only when a whole total is itself a small count
+        assert 0 < event.sum() < min_cell or 0 < (1 - event).sum() < min_cell
+        return
+    assert np.all(merged >= rows)
+    for weights in (event, 1 - event):
+        counts = np.bincount(merged, weights=weights, minlength=20)
+        assert counts.sum() == weights.sum()
+        assert not np.any((counts > 0) & (counts < min_cell))
