@@ -145,8 +145,11 @@ def test_a_covariate_with_one_value_everywhere_is_refused_by_name() -> None:
     frames = survival_sites([20, 20, 20], seed=18)
     for frame in frames.values():
         frame["sex"] = 1.0
+        frame["height"] = 1000.1  # a large constant: its sum of squares does not cancel exactly
     with pytest.raises(ValueError, match="covariate\\(s\\) sex take a single value"):
         run_in_process(CoxPH("cox", COVARIATES), tables_of(frames), OFF)
+    with pytest.raises(ValueError, match="covariate\\(s\\) height take a single value"):
+        run_in_process(CoxPH("cox", ["age", "height"]), tables_of(frames), OFF)
 
 
 def test_memo_is_json_and_permits_checks_the_plan() -> None:

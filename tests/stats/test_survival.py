@@ -332,3 +332,14 @@ def test_property_merging_small_cells_keeps_totals_moves_only_later_and_leaves_n
         counts = np.bincount(merged, weights=weights, minlength=20)
         assert counts.sum() == weights.sum()
         assert not np.any((counts > 0) & (counts < min_cell))
+
+
+def test_an_infinite_covariate_is_refused_naming_its_row() -> None:
+    from fedcare.stats.survival_rows import survival_rows
+
+    frame = survival_sites([10], seed=1)["site-0"]
+    frame.loc[4, "marker"] = np.inf
+    with pytest.raises(
+        ValueError, match=r"row 5 \(line 6\), column 'marker': expected a finite number"
+    ):
+        survival_rows(SiteTable("a", frame, "T", "E", source="a.csv"), ["age", "marker"])

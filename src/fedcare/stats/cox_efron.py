@@ -69,6 +69,9 @@ def risk_set_sums(
         d2=np.zeros((k, p, p)),
         x_events=x[died].sum(axis=0),
     )
+    unkeyed = np.setdiff1d(stratum[died], key_strata)
+    if unkeyed.size:
+        raise ValueError(f"events in stratum {int(unkeyed[0])} have no key")
     for s in np.unique(key_strata):
         keys = np.flatnonzero(key_strata == s)
         rows = np.flatnonzero(stratum == s)
