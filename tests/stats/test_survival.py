@@ -343,3 +343,17 @@ def test_an_infinite_covariate_is_refused_naming_its_row() -> None:
         ValueError, match=r"row 5 \(line 6\), column 'marker': expected a finite number"
     ):
         survival_rows(SiteTable("a", frame, "T", "E", source="a.csv"), ["age", "marker"])
+
+
+def test_a_declared_level_nobody_has_gets_no_curve_and_no_share_of_the_logrank() -> None:
+    frames = survival_sites([40, 50, 30], seed=41)
+    rows = pooled(frames)
+    levels = [*ARMS, "radiotherapy"]
+    result = run_in_process(KaplanMeier("km", group="arm", levels=levels), tables_of(frames), OFF)
+    assert set(result.tables["curves"]) == {"overall", *ARMS}
+    assert "arm=radiotherapy: no released rows, so no curve" in result.notes
+    reference = multivariate_logrank_test(rows["T"], rows["arm"], rows["E"])
+    assert result.tables["logrank"]["df"] == 2
+    assert result.tables["logrank"]["statistic"] == pytest.approx(
+        reference.test_statistic, rel=1e-9
+    )
