@@ -271,6 +271,7 @@ def test_a_table_without_survival_roles_or_with_entry_times_is_refused() -> None
         ({"grid": [1.0]}, "'grid' is given but the mode is 'exact'"),
         ({"group": "arm"}, "needs both 'group' and its 'levels'"),
         ({"mode": "weekly"}, "mode must be 'exact' or 'grid'"),
+        ({"at_risk_times": [0.0, 365.0, 100.0]}, "at_risk_times must be increasing times >= 0"),
     ],
 )
 def test_impossible_plans_are_refused(kwargs: dict[str, object], message: str) -> None:

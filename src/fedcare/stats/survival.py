@@ -204,6 +204,12 @@ class KaplanMeier(Analysis):
             raise ValueError(f"analysis '{self.id}': repeated levels in {list(self.levels)}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"analysis '{self.id}': alpha must be in (0, 1), found {self.alpha}")
+        report = np.asarray(self.at_risk_times, dtype=np.float64)
+        if report.size and (np.any(np.diff(report) <= 0) or report[0] < 0):
+            raise ValueError(
+                f"analysis '{self.id}': at_risk_times must be increasing times >= 0; "
+                f"found {list(self.at_risk_times)}"
+            )
 
     def _grouping(self) -> dict[str, Any]:
         if self.group is None:
