@@ -358,3 +358,14 @@ def test_a_declared_level_nobody_has_gets_no_curve_and_no_share_of_the_logrank()
     assert result.tables["logrank"]["statistic"] == pytest.approx(
         reference.test_statistic, rel=1e-9
     )
+
+
+def test_rows_without_a_group_count_in_the_overall_curve_only() -> None:
+    frames = survival_sites([40, 30, 30], seed=43)
+    frames["site-2"].loc[[0, 5, 9], "arm"] = None
+    rows = pooled(frames)
+    result = run_in_process(KaplanMeier("km", group="arm", levels=ARMS), tables_of(frames), OFF)
+    assert_equals_lifelines(result, "overall", rows)
+    assert_equals_lifelines(result, "drug", rows[rows["arm"] == "drug"])
+    expected = "site-2: curves by arm: 3 of 30 rows left out: missing arm (complete cases)"
+    assert expected in result.notes

@@ -66,10 +66,10 @@ def _slices(params: Mapping[str, Any], table: SiteTable) -> list[SurvivalRows]:
     levels = [str(v) for v in params["levels"]]
     grouped = survival_rows(table, group=group, levels=levels)
     picks = [grouped.group == g for g in range(len(levels))]
+    # Rows without a group still count in the overall curve: say they only miss the groups.
+    notes = tuple(f"curves by {group}: {n}" for n in grouped.notes)
     return [overall] + [
-        SurvivalRows(
-            grouped.time[p], grouped.event[p], grouped.x[p], grouped.group[p], grouped.notes
-        )
+        SurvivalRows(grouped.time[p], grouped.event[p], grouped.x[p], grouped.group[p], notes)
         for p in picks
     ]
 
