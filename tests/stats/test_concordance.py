@@ -99,3 +99,15 @@ def test_a_score_must_be_given_one_way() -> None:
         Concordance("c")
     with pytest.raises(ValueError, match="3 covariates but 2 coefficients"):
         Concordance("c", COVARIATES, [1.0, 2.0])
+
+
+def test_the_c_index_refuses_delayed_entry_it_does_not_adjust_for() -> None:
+    from fedcare.stats.protocol import SiteTable
+
+    frame = survival_sites([20], seed=25)["site-0"].assign(entry=0.0)
+    with pytest.raises(ValueError, match="declares an entry time 'entry'"):
+        run_in_process(
+            Concordance("c", COVARIATES, COEF),
+            {"a": SiteTable("a", frame, "T", "E", entry="entry")},
+            OFF,
+        )
