@@ -31,7 +31,10 @@ small, so these modes run only where the site's effective ``min_cell`` is 0 or 1
 through-the-secure-sum deployment is the one to prefer); a stricter site withholds its rows
 and the fit is exact over the sites that released. The site-stratified mode releases only
 sums over all of a site's events (no times), so it runs under ``min_cell`` too, for sites
-with at least ``min_cell`` events.
+with at least ``min_cell`` events. A site cannot check the coordinator's keys beyond its own
+event times (:meth:`CoxPH.permits` checks everything else against the plan): keys placed
+between two patients' times would difference out one row, so these modes assume an
+honest-but-curious coordinator, as the exact Kaplan-Meier does.
 """
 
 from __future__ import annotations
