@@ -20,6 +20,8 @@ from fedcare.stats.protocol import (
     run_in_process,
 )
 from fedcare.stats.secure import LimbCode, SecureSummer, run_secure
+from fedcare.stats.site_tables import tcga_brca_site_tables
+from fedcare.stats.survival import KaplanMeier
 
 
 def sites(sizes: list[int], seed: int = 3) -> dict[str, SiteTable]:
@@ -134,3 +136,29 @@ def test_a_secure_sum_needs_two_sites_and_per_site_questions_stay_per_site():
         "b": Release({"age:min": np.array([2.0])}),
     }
     assert SecureSummer("secagg").combine(question, releases).per_site is not None
+
+
+def test_secure_kaplan_meier_on_tcga_brca_equals_the_plain_one_and_releases_no_small_count():
+    tables = tcga_brca_site_tables()
+    grid = [round(365.25 / 12 * k, 2) for k in range(1, 12 * 12)]
+    rules = DisclosureRules(min_cell=5)
+    releases: list[tuple[str, Question, Release]] = []
+    plain = run_in_process(KaplanMeier("km", mode="grid", grid=grid), tables, rules)
+    secure = run_secure(
+        KaplanMeier("km", mode="grid", grid=grid),
+        tables,
+        rules,
+        secure="secagg",
+        on_release=lambda *r: releases.append(r),
+    )
+    assert secure.tables == plain.tables  # counts exact, so every derived number too
+    released = np.concatenate(
+        [
+            np.ravel(v)
+            for _, _, r in releases
+            for k, v in r.values.items()
+            if k in ("at_risk", "events")
+        ]
+    )
+    assert released.size > 1000
+    assert not ((released > 0) & (released < 5)).any()

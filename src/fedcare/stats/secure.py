@@ -83,9 +83,18 @@ class LimbCode:
                 f"{where}: value {float(np.abs(v).max()):.6g} is beyond the secure sum's "
                 f"range (|v| < 2**{self.integer_bits - 1})"
             )
-        q = [int(x) for x in np.rint(np.ldexp(v, self.fraction_bits))]
+        scaled = np.rint(np.ldexp(v, self.fraction_bits))
         mask = (1 << self.bits) - 1
         digits = np.empty((self.limbs, v.size), dtype=np.float64)
+        if v.size == 0 or float(np.abs(scaled).max()) < 2.0**62:
+            # int64 two's complement: a shift past bit 63 gives the sign's bits, as Python's
+            # unbounded integers would, so the digits are the same as below.
+            q64 = scaled.astype(np.int64)
+            for j in range(self.limbs):
+                shifted = q64 >> min(self.bits * j, 63)
+                digits[j] = shifted if j == self.limbs - 1 else shifted & mask
+            return digits.ravel()
+        q = [int(x) for x in scaled]
         for j in range(self.limbs - 1):
             digits[j] = [(x >> (self.bits * j)) & mask for x in q]
         digits[-1] = [x >> (self.bits * (self.limbs - 1)) for x in q]  # signed, small
@@ -94,13 +103,11 @@ class LimbCode:
     def decode(self, digit_sums: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.float64]:
         """The float totals from each digit position's (exact integer) sum."""
         d = np.asarray(digit_sums, dtype=np.int64).reshape(self.limbs, size)
-        totals = [0] * size
+        totals = np.zeros(size, dtype=object)  # Python integers: the sum needs ~100 bits
         for j in range(self.limbs):
-            shift = self.bits * j
-            for i, digit in enumerate(d[j].tolist()):
-                totals[i] += digit << shift
+            totals = totals + d[j].astype(object) * (1 << (self.bits * j))
         scale = 1 << self.fraction_bits
-        return np.array([t / scale for t in totals], dtype=np.float64)
+        return np.array([t / scale for t in totals.tolist()], dtype=np.float64)
 
 
 def _flatten(question: Question, releases: Mapping[str, Release]) -> tuple[list[str], list[int]]:
