@@ -78,6 +78,14 @@ def test_each_answer_is_charged_to_the_ledger_and_the_next_one_over_budget_is_re
     assert noise["h0"].ledger.job_spend()["q1"] == pytest.approx((0.8, 0.0))
 
 
+def test_a_query_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+    noise = noises(tmp_path, NoiseSpec("gaussian", epsilon=0.3, delta=1e-7), budget=1.0)
+    noise["h0"].check_can_start(3)  # 0.9 fits
+    with pytest.raises(PrivacyBudgetExceededError, match=r"site 'h0'.*plans to spend epsilon=1\.2"):
+        noise["h0"].check_can_start(4)
+    assert noise["h0"].ledger.job_spend() == {}
+
+
 def test_a_sum_of_unbounded_values_or_a_minimum_cannot_be_noised(tmp_path):
     noise = noises(tmp_path, NoiseSpec("laplace", epsilon=0.5), budget=10.0)
     with pytest.raises(

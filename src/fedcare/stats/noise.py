@@ -107,6 +107,16 @@ class SiteNoise:
         # A resumed job continues its cumulative spend (charges never decrease).
         self.spent = self.ledger.job_spend().get(self.job.job_id, (0.0, 0.0))
 
+    def check_can_start(self, questions: int) -> None:
+        """Refuse a query whose ``questions`` noised answers would not fit the budget.
+
+        Like a training plan's whole-run check before its owner is asked: the job's spend
+        so far plus ``questions`` times the spec's (epsilon, delta).
+        """
+        epsilon = self.spent[0] + questions * self.spec.epsilon
+        delta = self.spent[1] + questions * self.spec.delta
+        self.ledger.check_can_start(self.job, epsilon, delta)
+
     def apply(self, question: Question, release: Release, question_index: int) -> Release:
         """The noised release, after charging the ledger; refused if it cannot be noised."""
         keys = sorted(k for k in release.values if not k.endswith(SUPPRESSED_SUFFIX))
