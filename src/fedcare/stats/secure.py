@@ -239,8 +239,8 @@ def _flag_notes(total: Values) -> tuple[str, ...]:
         if key.endswith(SUPPRESSED_SUFFIX) and np.any(flags > 0):
             what = key.removesuffix(SUPPRESSED_SUFFIX)
             notes.append(
-                f"'{what}': {int(np.count_nonzero(flags))} entr(y/ies) withheld by at least one "
-                f"site (small cells; which sites is known to the sites only under a secure sum)"
+                f"'{what}': {int(np.count_nonzero(flags))} of {flags.size} entries withheld by "
+                f"at least one site (small cells; under a secure sum only the sites know which)"
             )
     return tuple(notes)
 
@@ -262,8 +262,9 @@ def run_secure(
 ) -> AnalysisResult:
     """Drive ``analysis`` like :func:`protocol.run_in_process`, with the options it lacks.
 
-    ``rules``: each site's own rules; ``plan``: the plan's, which a site applies only
-    where they are stricter than its own (:func:`disclosure.site_rules`);
+    ``rules``: each site's own rules (a site left out has none of its own); ``plan``: the
+    plan's, which a site applies where they are stricter than its own
+    (:func:`disclosure.site_rules`; without a plan, a site with no rules gets the defaults);
     ``secure``: how ``sum`` questions are combined (``none``: in the clear); ``noise``: a
     site's DP on its releases, charged to its budget ledger before anything is released;
     ``on_release``: every release, as it leaves its site (with its suppression lines).
@@ -277,8 +278,9 @@ def run_secure(
         step = step_or_result
         releases: dict[str, Release] = {}
         for site, table in tables.items():
-            own = rules[site] if isinstance(rules, Mapping) else rules
-            release = answer(step.question, table, own if plan is None else site_rules(plan, own))
+            own = rules.get(site) if isinstance(rules, Mapping) else rules
+            effective = (own or DisclosureRules()) if plan is None else site_rules(plan, own)
+            release = answer(step.question, table, effective)
             if noise is not None and site in noise:
                 release = noise[site].apply(step.question, release, index)
             if on_release is not None:
