@@ -220,3 +220,20 @@ def test_bad_input_names_the_site_file_row_and_column():
         run_in_process(Describe("d", ["age"]), {"st-mary": table}, OPEN)
     with pytest.raises(ConfigError, match=r"site st-mary: the plan asks for column 'bmi'"):
         run_in_process(Describe("d", ["bmi"]), {"st-mary": table}, OPEN)
+
+
+def test_a_plan_option_that_would_be_ignored_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"bounds given for \['bmi'\]"):
+        Describe("d", ["age"], bounds={"bmi": [10, 60]})
+    with pytest.raises(ConfigError, match="grouping by 'sex' needs its declared levels"):
+        Describe("d", ["age"], by="sex")
+    with pytest.raises(ConfigError, match=r"levels \['F'\] given without 'by'"):
+        Histogram("h", "age", edges=[0, 50, 100], levels=["F"])
+    with pytest.raises(ConfigError, match="both edges and bins"):
+        Histogram("h", "age", edges=[0, 50, 100], bins=4)
+    with pytest.raises(ConfigError, match="col_levels"):
+        CrossTab("c", "stage", ["I", "II"], None, ["F"])
+    with pytest.raises(ConfigError, match=r"levels of 'stage' repeat \['I'\]"):
+        CrossTab("c", "stage", ["I", "II", "I"])
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        Histogram("h", "age", edges=[0, 50, 50])

@@ -68,6 +68,22 @@ def _permits(question: Question, id_: str, expected: Mapping[str, Mapping[str, A
     return all(question.params.get(k) == v for k, v in base.items())
 
 
+def _check_unique(id_: str, what: str, names: Sequence[str]) -> None:
+    seen = [str(n) for n in names]
+    repeated = sorted({n for n in seen if seen.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"analysis '{id_}': {what} repeat {repeated}")
+
+
+def _check_grouping(id_: str, by: str | None, levels: Sequence[str]) -> None:
+    """A grouping variable comes with its declared levels (they fix every array's shape)."""
+    if by is None and levels:
+        raise ConfigError(f"analysis '{id_}': levels {list(levels)} given without 'by'")
+    if by is not None and not levels:
+        raise ConfigError(f"analysis '{id_}': grouping by '{by}' needs its declared levels")
+    _check_unique(id_, f"levels of '{by}'", levels)
+
+
 class Describe(Analysis):
     """Count, missing, mean, SD (and min/max where every site releases extremes).
 
@@ -88,8 +104,14 @@ class Describe(Analysis):
     ) -> None:
         if not variables:
             raise ConfigError(f"analysis '{id}': describe needs at least one variable")
-        if by is not None and not levels:
-            raise ConfigError(f"analysis '{id}': grouping by '{by}' needs its declared levels")
+        _check_grouping(id, by, levels)
+        _check_unique(id, "variables", variables)
+        stray = sorted(set(bounds or {}) - set(variables))
+        if stray:
+            raise ConfigError(
+                f"analysis '{id}': bounds given for {stray}, which are not among its "
+                f"variables {list(variables)}"
+            )
         self.id = id
         self.variables = list(variables)
         self.base: dict[str, Any] = {"variables": self.variables, "by": by, "levels": [*levels]}
@@ -166,8 +188,8 @@ def _moments(sums: Values, ss: Values, v: str, labels: Sequence[str]) -> dict[st
         mean = sums[f"{v}:sum"][g] / n if n > 0 else math.nan
         var = ss[f"{v}:ss"][g] / (n - 1) if n > 1 else math.nan
         out[label] = {
-            "n": int(n),
-            "missing": int(sums[f"{v}:missing"][g]),
+            "n": round(n),  # a noised count is reported to the nearest integer
+            "missing": round(float(sums[f"{v}:missing"][g])),
             "mean": _f(mean),
             "variance": _f(var),
             "sd": _f(math.sqrt(var)) if math.isfinite(var) else None,
@@ -326,6 +348,12 @@ class Histogram(Analysis):
         self.id = id
         self.variable = variable
         plan = rules or DisclosureRules()
+        _check_grouping(id, by, levels)
+        if edges is not None and bins is not None:
+            raise ConfigError(
+                f"analysis '{id}': histogram of '{variable}' has both edges and bins; "
+                f"give edges (a declared grid) or bins (a grid agreed from the extremes)"
+            )
         if edges is None:
             if bins is None or bins < 1:
                 raise ConfigError(
@@ -445,6 +473,13 @@ class CrossTab(Analysis):
         *,
         by_site: bool = False,
     ) -> None:
+        _check_unique(id, f"levels of '{row}'", row_levels)
+        if col is None and col_levels:
+            raise ConfigError(
+                f"analysis '{id}': col_levels {list(col_levels)} given without a column variable"
+            )
+        if col is not None:
+            _check_grouping(id, col, col_levels)
         self.id = id
         self.params: dict[str, Any] = {
             "row": row,
