@@ -237,3 +237,31 @@ def test_a_plan_option_that_would_be_ignored_is_refused_by_name():
         CrossTab("c", "stage", ["I", "II", "I"])
     with pytest.raises(ConfigError, match="strictly increasing"):
         Histogram("h", "age", edges=[0, 50, 50])
+
+
+def test_table_one_by_site_adds_a_column_per_hospital():
+    tables = hospitals(8, [80, 120])
+    result = run_in_process(
+        TableOne(
+            "t1",
+            numeric=["bmi"],
+            categorical={"stage": ["I", "II", "III", "IV"]},
+            edges={"bmi": list(range(0, 61, 5))},
+            by_site=True,
+        ),
+        tables,
+        DisclosureRules(),
+    )
+    assert result.tables["columns"] == ["overall", "site site0", "site site1"]
+    cells = {(r["variable"], r["statistic"]): r["cells"] for r in result.tables["rows"]}
+    for name, table in tables.items():
+        bmi, stage = table.frame.bmi, table.frame.stage
+        assert cells["bmi", "mean (SD)"][f"site {name}"] == f"{bmi.mean():.2f} ({bmi.std():.2f})"
+        assert cells["bmi", "missing, n"][f"site {name}"] == str(bmi.isna().sum())
+        share = 100 * (stage == "I").mean()
+        assert (
+            cells["stage", "I, n (%)"][f"site {name}"] == f"{(stage == 'I').sum()} ({share:.1f}%)"
+        )
+    rows = pooled(tables)
+    assert cells["bmi", "mean (SD)"]["overall"] == f"{rows.bmi.mean():.2f} ({rows.bmi.std():.2f})"
+    json.dumps(result.tables)
