@@ -173,3 +173,21 @@ def test_quartile_intervals_still_hold_the_exact_quartiles_when_bins_are_withhel
         if group[name]["interval"] is not None:
             low, high = group[name]["interval"]
             assert low <= pooled.quantile(p) <= high
+
+
+def test_a_withheld_n_takes_its_missing_count_along_since_another_variable_gives_the_rows():
+    # 20 women: age known for all (n = 20 released), bmi for only 3; releasing bmi's
+    # missing count (17) would give bmi's n as 20 - 17.
+    frame = pd.DataFrame(
+        {
+            "age": np.arange(40.0),
+            "bmi": [25.0] * 3 + [np.nan] * 17 + [22.0] * 20,
+            "sex": ["F"] * 20 + ["M"] * 20,
+        }
+    )
+    params = {"variables": ["age", "bmi"], "by": "sex", "levels": ["F", "M"]}
+    release = site_sums(params, SiteTable("st-anne", frame), DisclosureRules())
+    assert release.values["age:n"].tolist() == [40, 20, 20, 0]
+    assert release.values["bmi:n" + SUPPRESSED_SUFFIX].tolist()[1] == 1
+    assert release.values["bmi:missing" + SUPPRESSED_SUFFIX].tolist()[1] == 1
+    assert release.values["bmi:missing"][1] == 0.0

@@ -41,28 +41,38 @@ def small(counts: npt.ArrayLike, min_cell: int) -> npt.NDArray[np.bool_]:
 
 
 def complete_suppression(
-    values: npt.ArrayLike, withheld: npt.ArrayLike, equations: Sequence[Equation]
+    values: npt.ArrayLike,
+    withheld: npt.ArrayLike,
+    equations: Sequence[Equation],
+    fixed: Sequence[int] = (),
 ) -> npt.NDArray[np.bool_]:
     """Add complementary suppressions so no equation has exactly one withheld entry.
 
-    ``values``: the flat counts; ``withheld``: the primary suppressions. For an equation
-    with exactly one unknown, the smallest released non-zero part is withheld too (a zero
-    part would tell nothing new: the attacker learns the first cell exactly), else the whole.
-    Repeats until stable, since a new suppression can open another equation.
+    ``values``: the flat counts; ``withheld``: the primary suppressions; ``fixed``: entries
+    known anyway (released by another question), never withheld. For an equation with
+    exactly one unknown, the smallest released non-zero part is withheld too (a zero part
+    protects little: the two then add up to the first cell), else the whole, else a zero
+    part. Repeats until stable, since a new suppression can open another equation.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     mask = np.asarray(withheld, dtype=bool).ravel().copy()
+    known = set(fixed)
     changed = True
     while changed:
         changed = False
         for whole, parts in equations:
-            members = [whole, *parts]
-            if int(mask[members].sum()) != 1:
+            if int(mask[[whole, *parts]].sum()) != 1:
                 continue
-            candidates = [p for p in parts if not mask[p] and v[p] > 0]
-            pick = min(candidates, key=lambda p: (v[p], p)) if candidates else whole
-            if mask[pick]:  # every released part is zero and the whole is withheld
-                pick = next(p for p in parts if not mask[p])
+            free = [p for p in parts if not mask[p] and p not in known]
+            nonzero = [p for p in free if v[p] > 0]
+            if nonzero:
+                pick = min(nonzero, key=lambda p: (v[p], p))
+            elif not mask[whole] and whole not in known:
+                pick = whole
+            elif free:
+                pick = free[0]
+            else:
+                continue  # nothing left to withhold: the cell is as protected as it can be
             mask[pick] = True
             changed = True
     return mask
