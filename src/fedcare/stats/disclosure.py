@@ -9,6 +9,12 @@ against its overall column), a single withheld part could be recovered by subtra
 a second part (the smallest released non-zero one, else the total) is withheld as well,
 until no such equation has exactly one unknown.
 
+Scope: the equations are those inside one release, plus totals any release gives away
+(a group's row count, which links a variable's n and missing count). Linked tables across
+questions (the same n in a histogram and in a describe) are protected by the same rule
+applied to the same numbers, which picks the same complements in the common cases, but no
+joint audit across questions is made; exact recovery is prevented, intervals are not.
+
 A withheld entry is released as 0 with a flag in a parallel ``<key>:suppressed`` array
 (1 where withheld), so a ``sum`` question keeps its fixed shape, a secure sum can carry it,
 and the combined flags say how many sites withheld each entry.
