@@ -1,0 +1,233 @@
+"""The report of an analysis (``fedcare analyze``, a deployed query): one offline HTML file.
+
+A summary (dataset, split, sites and rows, the plan hash the owners approved, the
+disclosure rules), then each analysis in the plan's order: a kind with a renderer in
+:data:`RENDERERS` (table one, Kaplan-Meier, Cox, log-rank, ...) draws its own section, any
+other is shown as its tables. Last, what was suppressed or noised and why, and every
+release (site, question, arrays, what it withheld). Same CSS and Content-Security-Policy
+as the training report: nothing is fetched, no script runs.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedcare.report.analysis_results import (
+    AnalysisEntry,
+    AnalysisResults,
+    load_analysis_results,
+)
+from fedcare.report.style import CSS
+
+REPORT_FILE = "report.html"
+METRICS_FILE = "metrics.json"
+_DASH = '<span class="na">—</span>'
+
+Renderer = Callable[[AnalysisEntry], str]
+RENDERERS: dict[str, Renderer] = {}
+"""Section renderers by analysis kind; a kind without one is shown as its tables."""
+
+
+def renders(kind: str) -> Callable[[Renderer], Renderer]:
+    """Register the section renderer of analysis ``kind``."""
+
+    def register(fn: Renderer) -> Renderer:
+        RENDERERS[kind] = fn
+        return fn
+
+    return register
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def number(value: Any) -> str:
+    """A table cell: numbers to 4 significant digits (integers whole), None as a dash."""
+    if value is None:
+        return _DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _DASH
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return _e(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _columns(value: Mapping[str, Any]) -> int | None:
+    """The common length when every value is a list of scalars of one length."""
+    lengths = {len(v) for v in value.values() if isinstance(v, list) and all(map(_is_scalar, v))}
+    lists = all(isinstance(v, list) for v in value.values())
+    return lengths.pop() if lists and len(lengths) == 1 and value else None
+
+
+def table_html(name: str, value: Any, depth: int = 0) -> str:
+    """Any JSON table as HTML: columns of equal length as a table, a mapping of numbers as
+    a two-column table, a list of uniform records as rows; nested mappings by heading."""
+    title = f"<h4>{_e(name)}</h4>" if name else ""
+    if _is_scalar(value):
+        return f"<p>{title}{number(value)}</p>" if name else number(value)
+    if isinstance(value, list):
+        if all(isinstance(v, dict) for v in value) and value:
+            keys = list(dict.fromkeys(k for v in value for k in v))
+            if all(_is_scalar(v.get(k)) for v in value for k in keys):
+                head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{number(v.get(k))}</td>" for k in keys) + "</tr>"
+                    for v in value
+                )
+                return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        cells = ", ".join(number(v) if _is_scalar(v) else _e(v) for v in value)
+        return f"{title}<p>{cells}</p>"
+    if isinstance(value, dict):
+        if _columns(value) is not None:
+            keys = list(value)
+            head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{number(value[k][i])}</td>" for k in keys) + "</tr>"
+                for i in range(len(value[keys[0]]))
+            )
+            return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        if all(_is_scalar(v) for v in value.values()):
+            rows = "".join(
+                f'<tr><th scope="row">{_e(k)}</th><td>{number(v)}</td></tr>'
+                for k, v in value.items()
+            )
+            return f"{title}<table><tbody>{rows}</tbody></table>"
+        scalars = {k: v for k, v in value.items() if _is_scalar(v)}
+        parts = [table_html("", scalars, depth + 1)] if scalars else []
+        parts += [table_html(str(k), v, depth + 1) for k, v in value.items() if not _is_scalar(v)]
+        return title + "".join(parts)
+    return f"{title}<p>{_e(value)}</p>"
+
+
+def generic_section(entry: AnalysisEntry) -> str:
+    """An analysis without its own renderer: every table it returned."""
+    return "".join(table_html(str(name), value) for name, value in entry.tables.items())
+
+
+def _notes(entry: AnalysisEntry) -> str:
+    if not entry.notes:
+        return ""
+    items = "".join(f"<li>{_e(n)}</li>" for n in entry.notes)
+    return f"<ul class='note'>{items}</ul>"
+
+
+def _section(entry: AnalysisEntry) -> str:
+    body = RENDERERS.get(entry.kind, generic_section)(entry)
+    return f"<h2 id='{_e(entry.id)}'>{_e(entry.title)} <small>({_e(entry.id)})</small></h2>{body}{_notes(entry)}"
+
+
+def _summary(results: AnalysisResults) -> str:
+    rows = sum(s.rows for s in results.sites)
+    noise = results.noise
+    noise_text = (
+        "none"
+        if noise is None
+        else f"{noise.get('mechanism')} ε={noise.get('epsilon')} δ={noise.get('delta')} per release"
+    )
+    facts = [
+        ("Dataset", results.dataset),
+        ("Rows", f"{results.split} ({rows:,})"),
+        ("Sites", str(len(results.sites))),
+        ("Min cell", str(results.min_cell)),
+        ("Min/max released", "yes" if results.release_extremes else "no"),
+        ("Noise", noise_text),
+        ("Secure sum", results.secure),
+        ("Run", results.mode),
+    ]
+    cards = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
+    return (
+        f'<dl class="summary">{cards}</dl>'
+        f'<p class="note">Plan hash (what each data owner approved): '
+        f"<code>{_e(results.plan_hash)}</code></p>"
+    )
+
+
+def _sites(results: AnalysisResults) -> str:
+    rows = "".join(
+        f'<tr><th scope="row">{_e(s.name)}</th><td class="num">{s.rows:,}</td>'
+        f'<td class="num">{s.min_cell}</td><td>{"yes" if s.release_extremes else "no"}</td></tr>'
+        for s in results.sites
+    )
+    return (
+        "<table class='sites'><thead><tr><th>Site</th><th class='num'>Rows</th>"
+        "<th class='num'>Min cell applied</th><th>Min/max released</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _withheld(results: AnalysisResults) -> str:
+    noised = [f"{r.site}: {r.analysis}/{r.step}: {n}" for r in results.releases for n in r.noise]
+    if not results.suppressed and not noised:
+        return (
+            "<p class='note'>Nothing was suppressed or noised: every released count was at "
+            f"least the minimum cell size ({results.min_cell}) at its site.</p>"
+        )
+    items = "".join(f"<li>{_e(line)}</li>" for line in [*results.suppressed, *noised])
+    return f"<ul>{items}</ul>"
+
+
+def _releases(results: AnalysisResults) -> str:
+    rows = "".join(
+        f"<tr><td class='num'>{r.question}</td><td>{_e(r.analysis)}</td><td>{_e(r.step)}</td>"
+        f"<td>{_e(r.site)}</td><td>{_e(', '.join(f'{k} {list(v)}' for k, v in r.values.items()))}</td>"
+        f"<td class='num'>{len(r.suppressed)}</td></tr>"
+        for r in results.releases
+    )
+    return (
+        "<table><thead><tr><th class='num'>Question</th><th>Analysis</th><th>Step</th>"
+        "<th>Site</th><th>Arrays released (shape)</th><th class='num'>Suppressed</th></tr>"
+        f"</thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def render_analysis_report(results: AnalysisResults) -> str:
+    """The analysis as one self-contained HTML document."""
+    title = f"Analysis report: {results.name}"
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    sections = "".join(_section(entry) for entry in results.analyses)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body><main>
+<header><p class="eyebrow">fedcare analysis report</p><h1>{_e(results.name)}</h1>
+<p class="lede">{_e(results.dataset)} · {len(results.sites)} sites ·
+{len(results.analyses)} analyses · no row left its site</p></header>
+{_summary(results)}
+{sections}
+<h2>Suppressed or noised, and why</h2>
+{_withheld(results)}
+<h2>Sites</h2>
+{_sites(results)}
+<h2>Releases</h2>
+<p class="note">Every answer a site released, in order; each is also an audit-log entry in
+a deployed query.</p>
+{_releases(results)}
+<footer><p>Generated by fedcare {_e(results.fedcare_version)} on {_e(results.created)}.
+Full numbers: {METRICS_FILE}.</p></footer>
+</main></body></html>
+"""
+
+
+def write_analysis_report(study_dir: Path) -> Path:
+    """Read ``study_dir/metrics.json`` (an analysis's); write ``report.html`` beside it."""
+    results = load_analysis_results(study_dir / METRICS_FILE)
+    report = study_dir / REPORT_FILE
+    report.write_text(render_analysis_report(results), encoding="utf-8")
+    return report

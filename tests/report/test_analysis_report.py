@@ -1,0 +1,84 @@
+"""The analysis report: any analysis's tables, what was withheld, escaped and offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcare.report.analysis_html import table_html, write_analysis_report
+from fedcare.report.results import MetricsFileError
+
+
+def metrics(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "schema_version": 1,
+        "type": "analysis",
+        "study": {
+            "name": "<b>ages</b>",
+            "dataset": "heart-disease",
+            "split": "all",
+            "plan_hash": "ab" * 32,
+            "created": "2026-01-01T00:00:00Z",
+            "fedcare_version": "0",
+            "wall_time_s": 0.1,
+            "mode": "simulated",
+            "config": {},
+        },
+        "sites": [{"name": "north", "rows": 40, "min_cell": 5, "release_extremes": False}],
+        "disclosure": {"min_cell": 5, "release_extremes": False, "noise": None, "secure": "none"},
+        "analyses": [
+            {
+                "id": "km",
+                "kind": "unknown-kind",
+                "result_kind": "x",
+                "title": "Survival",
+                "tables": {"curve": {"time": [1, 2], "survival": [0.9, None]}},
+                "notes": ["north: 3 events < 5 suppressed"],
+            }
+        ],
+        "suppressed": ["km: north: 3 events < 5 suppressed"],
+        "releases": [
+            {
+                "analysis": "km",
+                "step": "km_counts",
+                "question": 0,
+                "site": "north",
+                "values": {"at_risk": [2]},
+                "suppressed": ["3 events < 5"],
+                "noise": [],
+            }
+        ],
+    }
+    return base | changes
+
+
+def write(folder: Path, data: dict[str, object]) -> Path:
+    (folder / "metrics.json").write_text(json.dumps(data))
+    return write_analysis_report(folder)
+
+
+def test_an_analysis_without_its_own_renderer_shows_its_tables_and_what_was_withheld(tmp_path):
+    page = write(tmp_path, metrics()).read_text()
+    assert "&lt;b&gt;ages&lt;/b&gt;" in page and "<b>ages</b>" not in page
+    assert "<th>time</th><th>survival</th>" in page
+    assert "<td>0.9</td>" in page and '<span class="na">—</span>' in page  # None as a dash
+    assert "km: north: 3 events &lt; 5 suppressed" in page
+    assert "default-src 'none'" in page and "<script" not in page
+    assert "ab" * 32 in page
+
+
+def test_a_malformed_metrics_file_names_the_field(tmp_path):
+    broken = metrics(
+        sites=[{"name": "north", "rows": "40", "min_cell": 5, "release_extremes": False}]
+    )
+    with pytest.raises(MetricsFileError, match=r"field 'sites\[0\].rows': expected int, found str"):
+        write(tmp_path, broken)
+
+
+def test_tables_of_every_shape_render():
+    assert "<th>a</th><th>b</th>" in table_html("", [{"a": 1, "b": 2.5}])
+    assert '<th scope="row">hr</th><td>1.234</td>' in table_html("", {"hr": 1.23449})
+    nested = table_html("cox", {"n": 10, "coef": {"age": 0.5}})
+    assert "<h4>cox</h4>" in nested and "<h4>coef</h4>" in nested and "<td>10</td>" in nested

@@ -1,0 +1,123 @@
+"""``fedcare analyze``'s configuration and simulated run, on the shipped heart data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedcare.core.errors import ConfigError
+from fedcare.data.heart import load_heart_disease
+from fedcare.study.analysis_config import load_analysis_config, parse_analysis_config
+from fedcare.study.analysis_runner import AnalysisRunner
+from tests.runtime.query_kinds import moments_kind  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.usefixtures("moments_kind")
+
+BASE = {
+    "name": "heart-ages",
+    "dataset": {"name": "heart-disease"},
+    "analyses": [{"kind": "moments", "params": {"column": "age"}}],
+}
+
+
+def test_every_key_is_checked_with_a_hint():
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'disclosure.min_cel'; did you mean 'min_cell'"
+    ):
+        parse_analysis_config({**BASE, "disclosure": {"min_cel": 3}})
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'disclosure.sites.va.min_cels'; did you mean 'min_cell'"
+    ):
+        parse_analysis_config({**BASE, "disclosure": {"sites": {"va": {"min_cels": 3}}}})
+    with pytest.raises(ConfigError, match=r"analyses\[0\]: unknown analysis kind 'moment'"):
+        parse_analysis_config({**BASE, "analyses": [{"kind": "moment"}]})
+    with pytest.raises(ConfigError, match=r"analyses\[0\] \(moments\): 'column': Field required"):
+        parse_analysis_config({**BASE, "analyses": [{"kind": "moments"}]})
+    with pytest.raises(ConfigError, match="the gaussian mechanism needs 'delta'"):
+        parse_analysis_config({**BASE, "dp": {"mechanism": "gaussian", "epsilon": 1}})
+    with pytest.raises(ConfigError, match="'split': Input should be 'train', 'test' or 'all'"):
+        parse_analysis_config({**BASE, "split": "validation"})
+
+
+def test_a_file_without_what_it_is_about_is_refused(tmp_path):
+    empty = tmp_path / "a.yaml"
+    empty.write_text("")
+    with pytest.raises(
+        ConfigError, match=r"a.yaml: expected a mapping with name, dataset, analyses"
+    ):
+        load_analysis_config(empty)
+    partial = tmp_path / "b.yaml"
+    partial.write_text("name: x\ndataset: {params: {}}\n")
+    with pytest.raises(ConfigError, match=r"missing required key\(s\): analyses, dataset.name"):
+        load_analysis_config(partial)
+
+
+def test_repeated_kinds_get_numbered_ids():
+    twice = [{"kind": "moments", "params": {"column": c}} for c in ("age", "chol")]
+    config = parse_analysis_config({**BASE, "analyses": twice})
+    assert [s.id for s in config.specs()] == ["moments-1", "moments-2"]
+
+
+def pooled_ages() -> pd.Series:
+    heart = load_heart_disease(normalisation="none")
+    column = heart.feature_names.index("age")
+    frames = [pd.Series(s.x_train[:, column]) for s in heart.sites]
+    frames += [pd.Series(s.x_test[:, column]) for s in heart.sites]
+    return pd.concat(frames).astype(float)
+
+
+def test_the_simulated_run_gives_the_pooled_numbers_and_writes_the_folder(tmp_path):
+    config = parse_analysis_config(
+        {**BASE, "disclosure": {"min_cell": 5, "sites": {"switzerland": {"min_cell": 8}}}}
+    )
+    outcome = AnalysisRunner(config, tmp_path / "out").run()
+    folder = Path(outcome.directory)
+    assert {p.name for p in folder.iterdir()} == {
+        "metrics.json",
+        "plan.json",
+        "config.yaml",
+        "report.html",
+    }
+    metrics = json.loads((folder / "metrics.json").read_text())
+    [entry] = metrics["analyses"]
+    ages = pooled_ages()
+    assert entry["tables"]["summary"]["n"] == len(ages)
+    assert entry["tables"]["summary"]["mean"] == pytest.approx(ages.mean(), rel=1e-12)
+    assert entry["tables"]["summary"]["variance"] == pytest.approx(ages.var(), rel=1e-12)
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["hash"] == outcome.plan_hash == metrics["study"]["plan_hash"]
+    assert {s["name"]: s["min_cell"] for s in metrics["sites"]}["switzerland"] == 8
+    # Every site answered both questions; each release is listed with its arrays' shapes.
+    assert [(r["question"], r["site"]) for r in metrics["releases"]] == [
+        (q, s) for q in (0, 1) for s in ("cleveland", "hungarian", "switzerland", "va")
+    ]
+    assert metrics["releases"][0]["values"] == {"n": [1], "sum": [1]}
+
+
+def test_sites_too_small_for_the_minimum_cell_release_nothing_and_the_report_says_so(tmp_path):
+    config = parse_analysis_config({**BASE, "split": "test", "disclosure": {"min_cell": 40}})
+    outcome = AnalysisRunner(config, tmp_path).run()
+    metrics = outcome.metrics
+    rows = {s["name"]: s["rows"] for s in metrics["sites"]}
+    small = sorted(s for s, n in rows.items() if n < 40)
+    assert small  # the heart test splits hold 20 to 60 rows
+    withheld = {r["site"] for r in metrics["releases"] if r["suppressed"]}
+    assert withheld == set(small)
+    assert any(line.startswith(f"moments: {small[0]}: age:") for line in metrics["suppressed"])
+    assert metrics["analyses"][0]["tables"]["summary"]["n"] == sum(
+        n for s, n in rows.items() if s not in small
+    )
+    report = (tmp_path / "report.html").read_text()
+    assert "Suppressed or noised, and why" in report and f"{small[0]}: age:" in report
+
+
+def test_noise_and_secure_sums_are_refused_until_they_can_run(tmp_path):
+    noised = parse_analysis_config({**BASE, "dp": {"mechanism": "laplace", "epsilon": 1}})
+    with pytest.raises(ConfigError, match=r"'dp' .* is not available"):
+        AnalysisRunner(noised, tmp_path)
+    secure = parse_analysis_config({**BASE, "secure": "secagg"})
+    with pytest.raises(ConfigError, match="'secure: secagg' is not available"):
+        AnalysisRunner(secure, tmp_path)
