@@ -101,7 +101,7 @@ MOMENTS = AnalysisKind(
     name="moments",
     title="Mean and variance",
     params=MomentsParams,
-    build=lambda id, p: Moments(id, p.column),
+    build=lambda id, p, _rules: Moments(id, p.column),
 )
 
 

@@ -121,3 +121,31 @@ def test_noise_and_secure_sums_are_refused_until_they_can_run(tmp_path):
     secure = parse_analysis_config({**BASE, "secure": "secagg"})
     with pytest.raises(ConfigError, match="'secure: secagg' is not available"):
         AnalysisRunner(secure, tmp_path)
+
+
+def test_a_tcga_brca_survival_analysis_matches_lifelines_on_the_pooled_rows(tmp_path):
+    from lifelines import CoxPHFitter, KaplanMeierFitter
+
+    from fedcare.stats.site_tables import tcga_brca_site_tables
+
+    config = parse_analysis_config(
+        {
+            "name": "brca",
+            "dataset": {"name": "tcga-brca"},
+            "disclosure": {"min_cell": 1},
+            "analyses": [
+                {"kind": "km"},
+                {"kind": "cox", "params": {"covariates": ["age_at_index", "race_white"]}},
+            ],
+        }
+    )
+    km, cox = AnalysisRunner(config, tmp_path).run().metrics["analyses"]
+    pooled = pd.concat([t.frame for t in tcga_brca_site_tables("all").values()])
+    reference = KaplanMeierFitter().fit(pooled["T"], pooled["E"])
+    curve = km["tables"]["curves"]["overall"]
+    expected = reference.survival_function_at_times(curve["times"]).to_numpy()
+    assert max(abs(a - b) for a, b in zip(curve["survival"], expected, strict=True)) <= 1e-12
+    fitted = CoxPHFitter().fit(pooled[["T", "E", "age_at_index", "race_white"]], "T", "E")
+    assert cox["tables"]["coef"] == pytest.approx(fitted.params_.to_list(), rel=1e-6)
+    assert cox["tables"]["se"] == pytest.approx(fitted.standard_errors_.to_list(), rel=1e-6)
+    assert cox["tables"]["log_likelihood"] == pytest.approx(fitted.log_likelihood_, rel=1e-6)

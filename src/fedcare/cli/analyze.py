@@ -56,6 +56,8 @@ def analyze(
         f"{cfg.split} rows ({escape(rows)}), {len(runner.plan.analyses)} analyses",
         highlight=False,
     )
+    for warning in runner.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     console.print(f"Plan hash: {runner.plan.hash}", highlight=False)
     outcome = runner.run()
     for entry in outcome.metrics["analyses"]:

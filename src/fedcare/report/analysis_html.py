@@ -150,8 +150,14 @@ def _summary(results: AnalysisResults) -> str:
         ("Run", results.mode),
     ]
     cards = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
+    warned = "".join(f"<li>{_e(w)}</li>" for w in results.data_warnings)
+    warnings = (
+        f"<div class='alert'><strong>Data warnings</strong><ul>{warned}</ul></div>"
+        if warned
+        else ""
+    )
     return (
-        f'<dl class="summary">{cards}</dl>'
+        f'<dl class="summary">{cards}</dl>{warnings}'
         f'<p class="note">Plan hash (what each data owner approved): '
         f"<code>{_e(results.plan_hash)}</code></p>"
     )

@@ -64,6 +64,7 @@ class AnalysisResults:
     analyses: tuple[AnalysisEntry, ...]
     suppressed: tuple[str, ...]
     releases: tuple[Release, ...]
+    data_warnings: tuple[str, ...] = ()
 
 
 def is_analysis_metrics(path: Path) -> bool:
@@ -162,4 +163,5 @@ def load_analysis_results(path: Path) -> AnalysisResults:
         analyses=analyses,
         suppressed=tuple(str(s) for s in r.get(raw, "suppressed", list, "")),
         releases=releases,
+        data_warnings=tuple(str(w) for w in study.get("data_warnings", [])),
     )

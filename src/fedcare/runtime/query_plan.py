@@ -36,12 +36,13 @@ QUERY_JOB = "query"  # the job kind on the wire and in the plan
 @dataclass(frozen=True)
 class AnalysisKind:
     """A kind of analysis a plan may name: ``params`` validates its settings, ``build``
-    makes the coordinator-side state machine from an id and those settings."""
+    makes the coordinator-side state machine from an id, those settings and the plan's
+    disclosure rules (a histogram without a declared grid needs released extremes)."""
 
     name: str
     title: str
     params: type[BaseModel]
-    build: Callable[[str, Any], Analysis]
+    build: Callable[[str, Any, DisclosureRules], Analysis]
 
 
 ANALYSIS_KINDS: dict[str, AnalysisKind] = {}
@@ -61,8 +62,14 @@ def unregister_analysis_kind(name: str) -> None:
     del ANALYSIS_KINDS[name]
 
 
+def _builtin() -> None:
+    # Imported on first use: the built-in kinds import every stats analysis.
+    import fedcare.runtime.query_kinds  # noqa: F401
+
+
 def analysis_kind(name: str, where: str) -> AnalysisKind:
     """The kind called ``name``, or a ConfigError naming ``where`` and the known kinds."""
+    _builtin()
     found = ANALYSIS_KINDS.get(name)
     if found is None:
         close = difflib.get_close_matches(name, list(ANALYSIS_KINDS), n=1)
@@ -97,9 +104,17 @@ class AnalysisSpec:
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    def build(self) -> Analysis:
-        kind = analysis_kind(self.kind, f"analysis '{self.id}'")
-        analysis = kind.build(self.id, check_params(kind, self.params, f"analysis '{self.id}'"))
+    def build(self, rules: DisclosureRules) -> Analysis:
+        """The analysis under the plan's ``rules``; its own refusals name it."""
+        where = f"analysis '{self.id}'"
+        kind = analysis_kind(self.kind, where)
+        params = check_params(kind, self.params, where)
+        try:
+            analysis = kind.build(self.id, params, rules)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({self.kind}): {exc}") from None
+        except ValueError as exc:  # the stats analyses check their own settings
+            raise ConfigError(f"{where} ({self.kind}): {exc}") from None
         if analysis.id != self.id:
             raise ConfigError(
                 f"analysis kind '{self.kind}' built an analysis with id '{analysis.id}' for "
@@ -159,7 +174,7 @@ class QueryPlan:
 
     def build(self) -> list[Analysis]:
         """Every analysis of the plan as its coordinator-side state machine, in order."""
-        return [spec.build() for spec in self.analyses]
+        return [spec.build(self.rules) for spec in self.analyses]
 
     def permits(self, question: Question, analyses: list[Analysis] | None = None) -> bool:
         """Whether ``question`` is one the plan's analysis it names would ask."""

@@ -168,8 +168,9 @@ def parse_analysis_config(raw: dict[str, Any], source: str = "analysis") -> Anal
         config = AnalysisConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-    try:
-        config.specs()  # each kind known and its params valid, before anything runs
+    try:  # each kind known, its params valid and the analysis buildable, before anything runs
+        for spec in config.specs():
+            spec.build(config.disclosure.rules())
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config

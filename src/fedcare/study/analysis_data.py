@@ -1,15 +1,18 @@
 """Each site's rows for a simulated query, as :class:`~fedcare.stats.protocol.SiteTable`.
 
-A dataset that declares survival roles (time, event, entry) loads its tables through
-``fedcare.data.survival_table`` when that module provides ``load_site_tables``; any other
-registered dataset is read from its feature matrix: one column per feature under its
-name, plus the label as ``label`` (its class index), for the rows of the chosen split.
+- ``tcga-brca``: the six regions with their 39 features, ``T`` (days) and ``E``, in the
+  FLamby split (``fedcare.stats.site_tables``);
+- ``tabular``: hospitals' own files, each checked against the schema by the code a deployed
+  site runs (errors naming site, file, row and column; warnings such as an all-censored
+  site are returned to be shown);
+- any other registered tabular dataset (``heart-disease``, ``synthetic``): its feature
+  matrix, one column per feature under its name plus the class index as ``label``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,28 +22,49 @@ from fedcare.core.errors import ConfigError
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.registry import load_dataset
 from fedcare.stats.protocol import SiteTable
+from fedcare.stats.site_tables import tcga_brca_site_tables, user_site_table
 
 LABEL = "label"
 
 
-def _survival_loader() -> Any:
-    try:
-        module = importlib.import_module("fedcare.data.survival_table")
-    except ModuleNotFoundError:
-        return None
-    return getattr(module, "load_site_tables", None)
+@dataclass(frozen=True)
+class AnalysisData:
+    tables: dict[str, SiteTable]
+    warnings: list[str] = field(default_factory=list)
 
 
-def site_tables(name: str, params: Mapping[str, Any], split: str) -> dict[str, SiteTable]:
+def site_tables(name: str, params: Mapping[str, Any], split: str) -> AnalysisData:
     """Every site's table of ``split`` ("train", "test" or "all") for dataset ``name``."""
-    loader = _survival_loader()
-    if loader is not None:
-        tables = loader(name, dict(params), split)
-        if tables is not None:
-            return dict(tables)
+    if name == "tcga-brca":
+        if params:
+            raise ConfigError(f"dataset 'tcga-brca' takes no params here, found {sorted(params)}")
+        return AnalysisData(tcga_brca_site_tables(split))  # type: ignore[arg-type]
+    if name == "tabular":
+        return _own_tables(params, split)
     if name == "heart-disease" and "normalisation" not in params:
         params = {**params, "normalisation": "none"}  # describe raw units, not z-scores
-    return tables_from_dataset(load_dataset(name, **params), split)
+    return AnalysisData(tables_from_dataset(load_dataset(name, **params), split))
+
+
+def _own_tables(params: Mapping[str, Any], split: str) -> AnalysisData:
+    unknown = sorted(set(params) - {"schema", "files"})
+    if unknown or "schema" not in params or not isinstance(params.get("files"), dict):
+        raise ConfigError(
+            "dataset 'tabular' takes params {schema: FILE, files: {SITE: FILE, ...}}"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
+    if split != "all":
+        raise ConfigError(
+            f"split '{split}' on hospitals' own tables: an analysis reads every row of each "
+            "site's file; use 'split: all' (or give each site the file of the rows to analyse)"
+        )
+    tables: dict[str, SiteTable] = {}
+    warnings: list[str] = []
+    for site, path in params["files"].items():
+        table, issues = user_site_table(params["schema"], str(site), path)
+        tables[str(site)] = table
+        warnings += [str(issue) for issue in issues]
+    return AnalysisData(tables, warnings)
 
 
 def tables_from_dataset(dataset: FederatedDataset, split: str) -> dict[str, SiteTable]:

@@ -156,7 +156,9 @@ class AnalysisRunner:
     def __init__(self, config: AnalysisConfig, out_dir: Path) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
-        self.tables = site_tables(config.dataset.name, config.dataset.params, config.split)
+        data = site_tables(config.dataset.name, config.dataset.params, config.split)
+        self.tables = data.tables
+        self.warnings = data.warnings
         self.plan = config.plan(list(self.tables))
         problem = unsupported(self.plan)
         if problem:
@@ -168,5 +170,7 @@ class AnalysisRunner:
         metrics = analysis_metrics(
             self.config, self.plan, self.tables, outcome, time.perf_counter() - started
         )
+        if self.warnings:
+            metrics["study"]["data_warnings"] = list(self.warnings)
         write_analysis_folder(self.out_dir, self.config, self.plan, metrics)
         return AnalysisOutcome(self.out_dir, self.plan.hash, metrics)
