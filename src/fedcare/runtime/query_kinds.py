@@ -151,9 +151,7 @@ KINDS = (
         "crosstab",
         "Cross-tabulation",
         CrossTabParams,
-        lambda id, p, _: CrossTab(
-            id, p.row, p.row_levels, p.col, p.col_levels, by_site=p.by_site
-        ),
+        lambda id, p, _: CrossTab(id, p.row, p.row_levels, p.col, p.col_levels, by_site=p.by_site),
     ),
     AnalysisKind(
         "correlation",
