@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcare.report.analysis_html import table_html, write_analysis_report
+from fedcare.report.analysis_html import write_analysis_report
+from fedcare.report.analysis_sections import table_html
 from fedcare.report.results import MetricsFileError
 
 
@@ -82,3 +83,65 @@ def test_tables_of_every_shape_render():
     assert '<th scope="row">hr</th><td>1.234</td>' in table_html("", {"hr": 1.23449})
     nested = table_html("cox", {"n": 10, "coef": {"age": 0.5}})
     assert "<h4>cox</h4>" in nested and "<h4>coef</h4>" in nested and "<td>10</td>" in nested
+
+
+def test_survival_analyses_get_their_figures_at_risk_table_and_tests(tmp_path):
+    curve = {
+        "times": [1.0, 2.0],
+        "at_risk": [10.0, 6.0],
+        "events": [2.0, 1.0],
+        "survival": [0.8, 0.6667],
+        "lower": [0.4, 0.3],
+        "upper": [0.95, 0.9],
+    }
+    km = {
+        "id": "km",
+        "kind": "logrank",
+        "result_kind": "kaplan_meier",
+        "title": "Log-rank test",
+        "notes": [],
+        "tables": {
+            "mode": "exact",
+            "alpha": 0.05,
+            "curves": {"overall": curve, "a": curve, "b": curve},
+            "median": {"overall": None, "a": None, "b": None},
+            "at_risk_table": {"times": [0, 2], "overall": [20, 12], "a": [10, 6], "b": [10, 6]},
+            "logrank": {
+                "group": "arm",
+                "statistic": 0.0,
+                "df": 1,
+                "p_value": 1.0,
+                "observed": {"a": 3.0, "b": 3.0},
+                "expected": {"a": 3.0, "b": 3.0},
+            },
+        },
+    }
+    cox = {
+        "id": "cox",
+        "kind": "cox",
+        "result_kind": "cox",
+        "title": "Cox",
+        "notes": [],
+        "tables": {
+            "covariates": ["age"],
+            "strata": "site",
+            "coef": [0.03],
+            "se": [0.01],
+            "hazard_ratio": [1.03],
+            "hr_lower": [1.01],
+            "hr_upper": [1.05],
+            "p_value": [0.002],
+            "n": 20,
+            "events": 6,
+            "log_likelihood": -20.5,
+            "iterations": 4,
+            "converged": True,
+            "alpha": 0.05,
+        },
+    }
+    page = write(tmp_path, metrics(analyses=[km, cox])).read_text()
+    assert page.count('<img src="data:image/png;base64,') == 2  # the curves, the forest plot
+    assert "<th>Number at risk</th><th>0</th><th>2</th>" in page
+    assert "χ² = 0 on 1 df, p = 1" in page
+    assert "<td>age</td><td>0.03</td><td>0.01</td><td>1.03</td><td>1.01 – 1.05</td>" in page
+    assert "a baseline hazard per site" in page

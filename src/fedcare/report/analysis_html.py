@@ -10,113 +10,18 @@ as the training report: nothing is fetched, no script runs.
 
 from __future__ import annotations
 
-import html
-import math
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from fedcare.report.analysis_results import (
     AnalysisEntry,
     AnalysisResults,
     load_analysis_results,
 )
+from fedcare.report.analysis_sections import RENDERERS, _e, generic_section
 from fedcare.report.style import CSS
 
 REPORT_FILE = "report.html"
 METRICS_FILE = "metrics.json"
-_DASH = '<span class="na">—</span>'
-
-Renderer = Callable[[AnalysisEntry], str]
-RENDERERS: dict[str, Renderer] = {}
-"""Section renderers by analysis kind; a kind without one is shown as its tables."""
-
-
-def renders(kind: str) -> Callable[[Renderer], Renderer]:
-    """Register the section renderer of analysis ``kind``."""
-
-    def register(fn: Renderer) -> Renderer:
-        RENDERERS[kind] = fn
-        return fn
-
-    return register
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def number(value: Any) -> str:
-    """A table cell: numbers to 4 significant digits (integers whole), None as a dash."""
-    if value is None:
-        return _DASH
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _DASH
-        if value.is_integer() and abs(value) < 1e15:
-            return f"{int(value):,}"
-        return f"{value:.4g}"
-    return _e(value)
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
-def _columns(value: Mapping[str, Any]) -> int | None:
-    """The common length when every value is a list of scalars of one length."""
-    lengths = {len(v) for v in value.values() if isinstance(v, list) and all(map(_is_scalar, v))}
-    lists = all(isinstance(v, list) for v in value.values())
-    return lengths.pop() if lists and len(lengths) == 1 and value else None
-
-
-def table_html(name: str, value: Any, depth: int = 0) -> str:
-    """Any JSON table as HTML: columns of equal length as a table, a mapping of numbers as
-    a two-column table, a list of uniform records as rows; nested mappings by heading."""
-    title = f"<h4>{_e(name)}</h4>" if name else ""
-    if _is_scalar(value):
-        return f"<p>{title}{number(value)}</p>" if name else number(value)
-    if isinstance(value, list):
-        if all(isinstance(v, dict) for v in value) and value:
-            keys = list(dict.fromkeys(k for v in value for k in v))
-            if all(_is_scalar(v.get(k)) for v in value for k in keys):
-                head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-                rows = "".join(
-                    "<tr>" + "".join(f"<td>{number(v.get(k))}</td>" for k in keys) + "</tr>"
-                    for v in value
-                )
-                return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-        cells = ", ".join(number(v) if _is_scalar(v) else _e(v) for v in value)
-        return f"{title}<p>{cells}</p>"
-    if isinstance(value, dict):
-        if _columns(value) is not None:
-            keys = list(value)
-            head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{number(value[k][i])}</td>" for k in keys) + "</tr>"
-                for i in range(len(value[keys[0]]))
-            )
-            return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-        if all(_is_scalar(v) for v in value.values()):
-            rows = "".join(
-                f'<tr><th scope="row">{_e(k)}</th><td>{number(v)}</td></tr>'
-                for k, v in value.items()
-            )
-            return f"{title}<table><tbody>{rows}</tbody></table>"
-        scalars = {k: v for k, v in value.items() if _is_scalar(v)}
-        parts = [table_html("", scalars, depth + 1)] if scalars else []
-        parts += [table_html(str(k), v, depth + 1) for k, v in value.items() if not _is_scalar(v)]
-        return title + "".join(parts)
-    return f"{title}<p>{_e(value)}</p>"
-
-
-def generic_section(entry: AnalysisEntry) -> str:
-    """An analysis without its own renderer: every table it returned."""
-    return "".join(table_html(str(name), value) for name, value in entry.tables.items())
 
 
 def _notes(entry: AnalysisEntry) -> str:
