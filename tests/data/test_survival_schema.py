@@ -1,11 +1,14 @@
 """Hospitals' own survival tables: time/event/entry roles, their checks, both training paths."""
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedcare.core.errors import ConfigError, DataValidationError
 from fedcare.data.schema import SurvivalSpec, TabularSchema, TabularValidationError
@@ -257,3 +260,22 @@ def test_analysis_rows_raise_every_error_of_the_file_at_once(schema, tmp_path):
     assert {i.column for i in caught.value.report.errors} == {"days", "status"}
     with pytest.raises(DataValidationError, match=r"site 'north'.*file not found"):
         load_analysis_rows(schema, "north", tmp_path / "absent.csv")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=30),
+    data=st.data(),
+)
+def test_property_a_bad_time_or_event_is_reported_at_its_own_row_and_line(n, data):
+    schema = TabularSchema.parse(SURVIVAL_SCHEMA)
+    frame = cohort(n, n)
+    row = data.draw(st.integers(min_value=0, max_value=n - 1))
+    column = data.draw(st.sampled_from(["days", "status"]))
+    frame[column] = frame[column].astype(object)
+    frame.loc[row, column] = -1.5 if column == "days" else "unknown"
+    with tempfile.TemporaryDirectory() as folder:
+        files = {"north": write_csv(Path(folder), "north", frame)}
+        (error,) = validate_sites(schema, files).errors  # (all censored is only a warning)
+    issue = str(error)
+    assert f"column '{column}'" in issue and f"in row {row + 1} (line {row + 2})" in issue

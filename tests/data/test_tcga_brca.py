@@ -139,3 +139,24 @@ def test_a_split_file_that_disagrees_with_the_barcodes_is_refused(monkeypatch):
     finally:
         monkeypatch.undo()
         tcga_brca_table.cache_clear()
+
+
+def test_an_impossible_time_in_the_shipped_rows_is_refused_naming_row_and_line(monkeypatch):
+    original = tcga_brca._read
+
+    def tampered(name: str) -> pd.DataFrame:
+        frame = original(name)
+        if name == "brca.csv":
+            frame.loc[2, "T"] = -3.0
+        return frame
+
+    monkeypatch.setattr(tcga_brca, "_read", tampered)
+    tcga_brca_table.cache_clear()
+    try:
+        with pytest.raises(
+            DataValidationError, match=r"column 'T'.*days >= 0, found -3.0 in row 3 \(line 4\)"
+        ):
+            tcga_brca_table()
+    finally:
+        monkeypatch.undo()
+        tcga_brca_table.cache_clear()

@@ -182,19 +182,32 @@ def datasets_schema(
         Path | None, typer.Option(help="Write the draft here (default: print it).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
+    time: Annotated[
+        str | None, typer.Option(help="Survival data: the follow-up time column (with --event).")
+    ] = None,
+    event: Annotated[
+        str | None, typer.Option(help="Survival data: the event indicator column (with --time).")
+    ] = None,
+    entry: Annotated[
+        str | None, typer.Option(help="Survival data, optional: the entry time (left truncation).")
+    ] = None,
 ) -> None:
     """Draft a schema from one file, to check and edit (`datasets describe tabular` explains it)."""
     from fedcare.cli.errors import err_console
     from fedcare.core.errors import ConfigError
-    from fedcare.data.schema_draft import draft_schema
+    from fedcare.data.schema_draft import SurvivalRoles, draft_schema
     from fedcare.data.table_file import read_table_file
+
+    if (time is None) != (event is None) or (entry is not None and time is None):
+        raise ConfigError("survival data needs both --time and --event (--entry is optional)")
+    roles = SurvivalRoles(time, event, entry) if time is not None and event is not None else None
 
     read = read_table_file(file.stem, file)
     for warning in read.warnings:  # stderr: stdout may be the YAML itself
         err_console.print(
             f"[yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True
         )
-    text = draft_schema(read.frame, str(file), target)
+    text = draft_schema(read.frame, str(file), target, roles)
     if out is None:
         console.print(text, markup=False, highlight=False, end="")
         return

@@ -143,21 +143,89 @@ def _feature_line(name: str, series: pd.Series) -> tuple[_Line, bool]:
     ), gaps
 
 
-def draft_schema(frame: pd.DataFrame, source: str, target: str | None = None) -> str:
-    """A commented YAML schema for ``frame`` (read from ``source``)."""
-    column, how = choose_target(frame, target)
+@dataclass(frozen=True)
+class SurvivalRoles:
+    """The columns named with ``--time``, ``--event`` and (optionally) ``--entry``."""
+
+    time: str
+    event: str
+    entry: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.time, self.event, self.entry) if c is not None]
+
+
+def _check_roles(frame: pd.DataFrame, roles: SurvivalRoles, target: str | None) -> None:
+    if target is not None:
+        raise ConfigError(
+            "give either --target (a label to classify) or --time and --event (survival), not both"
+        )
+    columns = [str(c) for c in frame.columns]
+    for option, column in zip(("--time", "--event", "--entry"), roles.columns, strict=False):
+        if column not in columns:
+            close = difflib.get_close_matches(column, columns, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{option} '{column}' is not a column of the file{hint}")
+    if len(set(roles.columns)) != len(roles.columns):
+        raise ConfigError(f"--time, --event and --entry name the same column: {roles.columns}")
+
+
+def _survival_lines(frame: pd.DataFrame, roles: SurvivalRoles) -> list[str]:
+    """The survival block: roles as given, event values guessed (marked CHECK)."""
+    times = pd.to_numeric(frame[roles.time], errors="coerce")
+    if times.notna().sum() == 0:
+        raise ConfigError(f"--time '{roles.time}' holds no number in this file")
+    values = _sorted_values(set(category_strings(frame[roles.event])))
+    if len(values) > 2:
+        raise ConfigError(
+            f"--event '{roles.event}' has {len(values)} distinct values ({values[:6]}): an "
+            "event indicator has two, event and censored"
+        )
+    truthy = [v for v in values if v.casefold() in _TRUE_FIRST]
+    event = truthy[0] if len(truthy) == 1 else values[-1] if len(values) == 2 else "1"
+    censored = next((v for v in values if v != event), "0" if event != "0" else "1")
     lines = [
+        "survival:",
+        f"  time: {_flow(roles.time)}  # {_observed(frame[roles.time], times)}; one unit at "
+        "every site",
+        f"  event: {_flow(roles.event)}",
+        f"  event_values: {_flow_list([event])}  # CHECK: the value meaning the event happened",
+        f"  censored_values: {_flow_list([censored])}  # any value in neither list is an error",
+    ]
+    if len(values) < 2:
+        lines[3] += f"; only {values} in this file"
+    if roles.entry is not None:
+        lines.append(f"  entry: {_flow(roles.entry)}  # left truncation: at most the time")
+    return lines
+
+
+def draft_schema(
+    frame: pd.DataFrame,
+    source: str,
+    target: str | None = None,
+    survival: SurvivalRoles | None = None,
+) -> str:
+    """A commented YAML schema for ``frame`` (read from ``source``): a classification
+    ``target`` (given or guessed), or the ``survival`` roles when they are given."""
+    head = [
         f"# Schema drafted by `fedcare datasets schema` from {source} ({len(frame)} rows).",
         "# Check every line marked CHECK; `fedcare datasets describe tabular` explains each",
         "# key. Observed ranges are comments: min/max would be rules for every site.",
-        "target:",
-        *_target_lines(frame[column], column, how),
-        "features:",
     ]
+    if survival is not None:
+        _check_roles(frame, survival, target)
+        outcome, skipped = _survival_lines(frame, survival), set(survival.columns)
+        besides = f"the survival columns {survival.columns}"
+    else:
+        column, how = choose_target(frame, target)
+        outcome, skipped = ["target:", *_target_lines(frame[column], column, how)], {column}
+        besides = f"the target '{column}'"
+    lines = [*head, *outcome, "features:"]
     split: str | None = None
     used = with_gaps = 0
     for name in (str(c) for c in frame.columns):
-        if name == column:
+        if name in skipped:
             continue
         values = set(category_strings(frame[name]))
         if values and values <= {"train", "test"} and split is None:
@@ -169,7 +237,7 @@ def draft_schema(frame: pd.DataFrame, source: str, target: str | None = None) ->
         with_gaps += gaps
     if not used:
         raise ConfigError(
-            f"{source}: no column besides the target '{column}' can be a feature "
+            f"{source}: no column besides {besides} can be a feature "
             "(each is empty, an identifier or free text)"
         )
     if split is not None:

@@ -41,7 +41,8 @@ A study on your own tables names one CSV or Parquet file per site and one schema
     params: {{schema: schema.yaml, files: {{north: north.csv, south: south.csv}}}}
 
 Paths are relative to the study YAML's folder. `fedcare datasets schema FILE.csv --target
-COLUMN --out schema.yaml` drafts a schema from one file for you to check and edit.
+COLUMN --out schema.yaml` drafts a schema from one file for you to check and edit
+(`--time COLUMN --event COLUMN [--entry COLUMN]` instead of --target: a survival schema).
 
 Example schema:
 

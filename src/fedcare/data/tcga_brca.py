@@ -62,7 +62,8 @@ class TcgaBrcaTable:
                 f"tcga-brca: unknown split {split!r}; expected 'train', 'test' or 'all'"
             )
         rows = self.frame[self.frame["region"] == site]
-        return rows if split == "all" else rows[rows["split"] == split]
+        # A copy: the table is read once per process and must not change under its users.
+        return (rows if split == "all" else rows[rows["split"] == split]).copy()
 
 
 def _read(name: str) -> pd.DataFrame:
@@ -109,12 +110,21 @@ def _check_values(raw: pd.DataFrame, features: tuple[str, ...]) -> None:
                 file=file,
                 column=column,
                 expected="a number",
-                found=f"{raw[column].iloc[row]!r} in row {row}",
+                found=f"{raw[column].iloc[row]!r} in row {row + 1} (line {row + 2})",
             )
-    if not raw[EVENT].isin([0, 1]).all() or not (raw[TIME] >= 0).all():
-        raise DataValidationError(
-            "events must be 0/1 and times not negative", file=file, column=f"{EVENT}/{TIME}"
-        )
+    for column, bad, expected in (
+        (EVENT, ~raw[EVENT].isin([0, 1]), "0 (censored) or 1 (death)"),
+        (TIME, raw[TIME] < 0, "days >= 0"),
+    ):
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(
+                f"{int(bad.sum())} invalid value(s)",
+                file=file,
+                column=column,
+                expected=expected,
+                found=f"{raw[column].iloc[row]} in row {row + 1} (line {row + 2})",
+            )
 
 
 def _regions(pids: pd.Series) -> pd.Series:
