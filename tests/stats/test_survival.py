@@ -275,3 +275,18 @@ def test_a_table_without_survival_roles_or_with_entry_times_is_refused() -> None
 def test_impossible_plans_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         KaplanMeier("km", **kwargs)  # type: ignore[arg-type]
+
+
+def test_tcga_brca_six_regions_curve_and_logrank_by_stage_equal_lifelines() -> None:
+    from fedcare.stats.site_tables import tcga_brca_site_tables
+
+    tables = tcga_brca_site_tables()
+    rows = pd.concat([t.frame for t in tables.values()], ignore_index=True)
+    stage = "ajcc_pathologic_stage_Stage IIA"
+    result = run_in_process(KaplanMeier("km", group=stage, levels=["0.0", "1.0"]), tables, OFF)
+    assert_equals_lifelines(result, "overall", rows)
+    assert_equals_lifelines(result, "1.0", rows[rows[stage] == 1])
+    reference = multivariate_logrank_test(rows["T"], rows[stage], rows["E"])
+    assert result.tables["logrank"]["statistic"] == pytest.approx(
+        reference.test_statistic, rel=1e-9
+    )

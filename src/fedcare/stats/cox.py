@@ -346,6 +346,7 @@ class CoxPH(Analysis):
                 return self._result(memo, previous, converged=False)
             halfway = (np.asarray(previous["beta"]) + beta) / 2
             return self._ask(memo, halfway.tolist())
+        self._check_identifiable(info, memo["notes"])
         delta = np.linalg.solve(info, score)
         accepted = {"beta": beta.tolist(), "loglik": loglik, "info": info.tolist()}
         memo["accepted"] = accepted
@@ -353,6 +354,28 @@ class CoxPH(Analysis):
         if converged or evaluations >= self.max_iterations:
             return self._result(memo, accepted, converged)
         return self._ask(memo, (beta + delta).tolist())
+
+    def _check_identifiable(self, info: FloatArray, notes: Sequence[str]) -> None:
+        """A (nearly) singular information matrix means some covariates are collinear over the
+        released rows (e.g. one-hot columns that always sum to one), or that a combination of
+        them separates the events so the fit runs off to infinity: name them."""
+        try:
+            pivots = np.diag(np.linalg.cholesky(info)) ** 2
+            if pivots.min() > 1e-10 * max(float(np.diag(info).max()), 1.0):
+                return
+        except np.linalg.LinAlgError:
+            pass  # not positive definite: named below
+        values, vectors = np.linalg.eigh(info)
+        if values[0] > 1e-10 * max(values[-1], 1.0):
+            return
+        weights = np.abs(vectors[:, 0])
+        involved = [c for c, w in zip(self.covariates, weights, strict=True) if w > 0.1]
+        raise ValueError(
+            f"analysis '{self.id}': the effects of {', '.join(involved)} cannot be told apart "
+            "over the released rows (collinear, or nearly: a combination of them that few "
+            "patients vary on); drop one of them or set a penalizer"
+            + (f" ({'; '.join(notes)})" if notes else "")
+        )
 
     def _result(
         self, memo: Mapping[str, Any], point: Mapping[str, Any], converged: bool

@@ -52,9 +52,12 @@ def risk_set_sums(
     with no key add nothing (another site's keys cover the events elsewhere)."""
     p = x.shape[1]
     k = len(key_times)
-    w = np.exp(x @ beta)
-    wx = w[:, None] * x
-    wxx = wx[:, :, None] * x[:, None, :]
+    # A Newton step that overshoots can overflow here; the coordinator sees a NaN
+    # log-likelihood and halves the step.
+    with np.errstate(over="ignore", invalid="ignore"):
+        w = np.exp(x @ beta)
+        wx = w[:, None] * x
+        wxx = wx[:, :, None] * x[:, None, :]
     died = event == 1
     out = RiskSetSums(
         d=np.zeros(k),
@@ -101,14 +104,23 @@ def efron_from_sums(sums: RiskSetSums, beta: FloatArray) -> tuple[float, FloatAr
     score = sums.x_events.copy()
     info = np.zeros((len(beta), len(beta)))
     d = sums.d
-    for level in range(int(d.max()) if d.size else 0):
-        keys = d > level
-        frac = level / d[keys]
-        den = sums.s0[keys] - frac * sums.d0[keys]
-        num1 = sums.s1[keys] - frac[:, None] * sums.d1[keys]
-        num2 = sums.s2[keys] - frac[:, None, None] * sums.d2[keys]
-        z = num1 / den[:, None]
-        loglik -= float(np.log(den).sum())
-        score -= z.sum(axis=0)
-        info += (num2 / den[:, None, None]).sum(axis=0) - z.T @ z
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for level in range(int(d.max()) if d.size else 0):
+            loglik, score, info = _add_tie_level(sums, level, loglik, score, info)
+    return loglik, score, info
+
+
+def _add_tie_level(
+    sums: RiskSetSums, level: int, loglik: float, score: FloatArray, info: FloatArray
+) -> tuple[float, FloatArray, FloatArray]:
+    """The terms of the ``level``-th of the tied events at every key with more than ``level``."""
+    keys = sums.d > level
+    frac = level / sums.d[keys]
+    den = sums.s0[keys] - frac * sums.d0[keys]
+    num1 = sums.s1[keys] - frac[:, None] * sums.d1[keys]
+    num2 = sums.s2[keys] - frac[:, None, None] * sums.d2[keys]
+    z = num1 / den[:, None]
+    loglik -= float(np.log(den).sum())
+    score = score - z.sum(axis=0)
+    info = info + (num2 / den[:, None, None]).sum(axis=0) - z.T @ z
     return loglik, score, info

@@ -54,6 +54,8 @@ def _column(table: SiteTable, name: str, what: str) -> pd.Series:
 
 def _numeric(table: SiteTable, name: str, what: str) -> FloatArray:
     series = _column(table, name, what)
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        return series.to_numpy(dtype=np.float64)
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(np.isnan(values) & series.notna().to_numpy())
     if bad.size:
