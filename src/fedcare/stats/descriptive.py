@@ -222,6 +222,8 @@ def site_centred(params: Mapping[str, Any], table: SiteTable, rules: DisclosureR
             raise ConfigError(
                 f"describe.centred: '{variable}' needs {groups} group means, found {means.size}"
             )
+        if bounds is not None:  # a noised mean may fall outside; |x - m| <= hi - lo needs it in
+            means = np.clip(means, *bounds)
         ss = np.zeros(groups)
         for g in range(groups):
             rows = members[g] & present
