@@ -114,13 +114,32 @@ def test_sites_too_small_for_the_minimum_cell_release_nothing_and_the_report_say
     assert "Suppressed or noised, and why" in report and f"{small[0]}: age:" in report
 
 
-def test_noise_and_secure_sums_are_refused_until_they_can_run(tmp_path):
-    noised = parse_analysis_config({**BASE, "dp": {"mechanism": "laplace", "epsilon": 1}})
-    with pytest.raises(ConfigError, match=r"'dp' .* is not available"):
-        AnalysisRunner(noised, tmp_path)
+def test_a_secure_sum_gives_the_clear_totals_and_noise_is_charged_to_each_sites_ledger(tmp_path):
+    plain = AnalysisRunner(parse_analysis_config(BASE), tmp_path / "plain").run()
     secure = parse_analysis_config({**BASE, "secure": "secagg"})
-    with pytest.raises(ConfigError, match="'secure: secagg' is not available"):
-        AnalysisRunner(secure, tmp_path)
+    hidden = AnalysisRunner(secure, tmp_path / "secagg").run()
+    assert hidden.plan_hash != plain.plan_hash  # the owners approve the secure sum too
+    clear, summed = (o.metrics["analyses"][0]["tables"]["summary"] for o in (plain, hidden))
+    assert summed["n"] == clear["n"]
+    assert summed["mean"] == pytest.approx(clear["mean"], rel=1e-9)  # 2**-32 fixed point
+    crosstab = {
+        "kind": "crosstab",
+        "params": {"row": "sex", "row_levels": ["0", "1"]},
+    }
+    noised = parse_analysis_config(
+        {**BASE, "analyses": [crosstab], "dp": {"mechanism": "laplace", "epsilon": 0.5}}
+    )
+    metrics = AnalysisRunner(noised, tmp_path / "dp").run().metrics
+    assert metrics["privacy_spent"] == {
+        site: {"epsilon": 0.5, "delta": 0.0}
+        for site in ("cleveland", "hungarian", "switzerland", "va")
+    }
+    assert all(
+        r["noise"] and r["noise"][0].startswith("noised counts") for r in metrics["releases"]
+    )
+    unbounded = parse_analysis_config({**BASE, "dp": {"mechanism": "laplace", "epsilon": 0.5}})
+    with pytest.raises(ConfigError, match=r"would release \['n', 'sum'\] with no bound"):
+        AnalysisRunner(unbounded, tmp_path / "refused").run()
 
 
 def test_a_tcga_brca_survival_analysis_matches_lifelines_on_the_pooled_rows(tmp_path):

@@ -68,15 +68,24 @@ def _summary(results: AnalysisResults) -> str:
     )
 
 
+def _spent(results: AnalysisResults, site: str) -> str:
+    if site not in results.privacy_spent:
+        return ""
+    epsilon, delta = results.privacy_spent[site]
+    return f'<td class="num">ε = {epsilon:g}, δ = {delta:g}</td>'
+
+
 def _sites(results: AnalysisResults) -> str:
     rows = "".join(
         f'<tr><th scope="row">{_e(s.name)}</th><td class="num">{s.rows:,}</td>'
-        f'<td class="num">{s.min_cell}</td><td>{"yes" if s.release_extremes else "no"}</td></tr>'
+        f'<td class="num">{s.min_cell}</td><td>{"yes" if s.release_extremes else "no"}</td>'
+        f"{_spent(results, s.name)}</tr>"
         for s in results.sites
     )
+    spent = "<th class='num'>Privacy spent</th>" if results.privacy_spent else ""
     return (
         "<table class='sites'><thead><tr><th>Site</th><th class='num'>Rows</th>"
-        "<th class='num'>Min cell applied</th><th>Min/max released</th></tr></thead>"
+        f"<th class='num'>Min cell applied</th><th>Min/max released</th>{spent}</tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 

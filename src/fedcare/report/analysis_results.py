@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class AnalysisResults:
     suppressed: tuple[str, ...]
     releases: tuple[Release, ...]
     data_warnings: tuple[str, ...] = ()
+    privacy_spent: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def is_analysis_metrics(path: Path) -> bool:
@@ -164,4 +165,8 @@ def load_analysis_results(path: Path) -> AnalysisResults:
         suppressed=tuple(str(s) for s in r.get(raw, "suppressed", list, "")),
         releases=releases,
         data_warnings=tuple(str(w) for w in study.get("data_warnings", [])),
+        privacy_spent={
+            str(site): (float(v["epsilon"]), float(v["delta"]))
+            for site, v in raw.get("privacy_spent", {}).items()
+        },
     )

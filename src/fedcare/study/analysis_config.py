@@ -63,12 +63,23 @@ class DisclosureConfig(_Strict):
         return DisclosureRules(min_cell=self.min_cell, release_extremes=self.release_extremes)
 
 
+class BudgetConfig(_Strict):
+    """The privacy budget each simulated site's ledger holds (a deployed site has its own)."""
+
+    epsilon: float = Field(default=10.0, gt=0)
+    delta: float = Field(default=1e-4, ge=0, lt=1)
+
+
 class NoiseConfig(_Strict):
-    """Differential privacy per release: Laplace (epsilon) or Gaussian (epsilon, delta)."""
+    """Differential privacy per release: Laplace (epsilon) or Gaussian (epsilon, delta),
+    each answered question charged to the site's budget ledger. ``site_budget`` and
+    ``seed`` are the simulation's (the simulated ledgers' budget, the noise draws)."""
 
     mechanism: Literal["laplace", "gaussian"]
     epsilon: float = Field(gt=0)
     delta: float = Field(default=0.0, ge=0, lt=1)
+    site_budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _delta_for_gaussian(self) -> NoiseConfig:
@@ -129,7 +140,9 @@ class AnalysisConfig(_Strict):
             sites=tuple(sites),
             analyses=self.specs(),
             rules=self.disclosure.rules(),
-            noise=None if self.dp is None else NoisePlan(**self.dp.model_dump()),
+            noise=None
+            if self.dp is None
+            else NoisePlan(self.dp.mechanism, self.dp.epsilon, self.dp.delta),
             secure=self.secure,
         )
 

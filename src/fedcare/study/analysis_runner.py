@@ -12,9 +12,10 @@ what was withheld), ``plan.json`` (the plan and its hash), ``config.yaml`` and
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,15 @@ import yaml
 
 from fedcare import __version__
 from fedcare.core.errors import ConfigError
+from fedcare.core.seeds import SeedStream
+from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.report.analysis_html import write_analysis_report
 from fedcare.runtime.query_plan import ANALYSIS_KINDS, QueryPlan
 from fedcare.runtime.query_run import QueryRun, ReleaseRecord, release_record
 from fedcare.runtime.query_site import QuerySite
-from fedcare.stats.protocol import DisclosureRules, SiteTable, combine
+from fedcare.stats.noise import NoiseSpec, SiteNoise
+from fedcare.stats.protocol import DisclosureRules, SiteTable
+from fedcare.stats.secure import SecureSummer
 from fedcare.study.analysis_config import AnalysisConfig
 from fedcare.study.analysis_data import site_tables
 
@@ -40,42 +45,65 @@ class QueryOutcome:
 
     run: QueryRun
     releases: list[ReleaseRecord] = field(default_factory=list)
+    spent: dict[str, tuple[float, float]] = field(default_factory=dict)  # (epsilon, delta)
 
 
-def unsupported(plan: QueryPlan) -> str:
-    """Why the simulator cannot run ``plan`` as written ("" when it can)."""
-    if plan.noise is not None:
-        return (
-            "'dp' (noise on releases) is not available in this build: no noise mechanism "
-            "for query releases is installed; remove 'dp' to run without noise"
+NOISED = "noised "  # how a noise line of a release begins (stats.noise)
+
+
+def site_noise(
+    plan: QueryPlan, ledgers: Path, budget: PrivacyBudget, seed: int
+) -> dict[str, SiteNoise]:
+    """Each simulated site's noise for ``plan``, charged to its own ledger under ``ledgers``
+    (a fresh file per site: a simulation starts every site with its whole budget)."""
+    if plan.noise is None:
+        return {}
+    spec = NoiseSpec(plan.noise.mechanism, plan.noise.epsilon, plan.noise.delta)
+    job = JobRef(f"query-{plan.name}", plan.hash)
+    ledgers.mkdir(parents=True, exist_ok=True)
+    return {
+        site: SiteNoise(
+            site,
+            spec,
+            BudgetLedger(
+                ledgers / f"{site}.sqlite", site=site, dataset=plan.dataset, budget=budget
+            ),
+            job,
+            SeedStream(seed),
+            index,
         )
-    if plan.secure != "none":
-        return (
-            f"'secure: {plan.secure}' is not available in this build: no secure sum for "
-            "query releases is installed; use 'secure: none'"
-        )
-    return ""
+        for index, site in enumerate(plan.sites)
+    }
 
 
 def run_query(
     plan: QueryPlan,
     tables: Mapping[str, SiteTable],
     own_rules: Mapping[str, DisclosureRules] | None = None,
+    noise: Mapping[str, SiteNoise] | None = None,
 ) -> QueryOutcome:
-    """Drive every analysis of ``plan`` to its result over in-memory site tables."""
-    problem = unsupported(plan)
-    if problem:
-        raise ConfigError(problem)
+    """Drive every analysis of ``plan`` to its result over in-memory site tables: each
+    site answers (and noises, charging its ledger, when the plan says so); ``sum``
+    questions are combined by the plan's secure sum, so only totals are combined."""
+    if plan.noise is not None and not noise:
+        raise ConfigError("the plan noises every release: give each site its SiteNoise")
     rules = own_rules or {}
     sites = {name: QuerySite.of(plan, tables[name], rules.get(name)) for name in plan.sites}
+    summer = SecureSummer(plan.secure)
     run = QueryRun.start(plan)
     outcome = QueryOutcome(run)
     while (question := run.question) is not None:
-        releases = {name: site.answer(question) for name, site in sites.items()}
-        outcome.releases.extend(
-            release_record(question, run.asked, name, release) for name, release in releases.items()
-        )
-        run.advance(combine(question, releases))
+        releases = {}
+        for name, site in sites.items():
+            release = site.answer(question)
+            if noise:
+                release = noise[name].apply(question, release, run.asked)
+            withheld = tuple(x for x in release.suppressed if not x.startswith(NOISED))
+            noised = tuple(x for x in release.suppressed if x.startswith(NOISED))
+            releases[name] = replace(release, suppressed=withheld)
+            outcome.releases.append(release_record(question, run.asked, name, release, noised))
+        run.advance(summer.combine(question, releases))
+    outcome.spent = {name: each.spent for name, each in (noise or {}).items()}
     return outcome
 
 
@@ -123,6 +151,9 @@ def analysis_metrics(
             for result in outcome.run.results
         ],
         "suppressed": list(outcome.run.suppressed),
+        "privacy_spent": {
+            site: {"epsilon": eps, "delta": delta} for site, (eps, delta) in outcome.spent.items()
+        },
         "releases": [r.to_dict() for r in outcome.releases],
     }
 
@@ -160,13 +191,23 @@ class AnalysisRunner:
         self.tables = data.tables
         self.warnings = data.warnings
         self.plan = config.plan(list(self.tables))
-        problem = unsupported(self.plan)
-        if problem:
-            raise ConfigError(problem)
+
+    def _budget(self) -> PrivacyBudget:
+        dp = self.config.dp
+        if dp is None:
+            return PrivacyBudget(1.0, 0.0)  # unused: nothing is noised
+        return PrivacyBudget(dp.site_budget.epsilon, dp.site_budget.delta)
+
+    def _seed(self) -> int:
+        return 0 if self.config.dp is None else self.config.dp.seed
 
     def run(self) -> AnalysisOutcome:
         started = time.perf_counter()
-        outcome = run_query(self.plan, self.tables, self.config.site_rules())
+        with tempfile.TemporaryDirectory(prefix="fedcare-ledgers-") as ledgers:
+            noise = site_noise(self.plan, Path(ledgers), self._budget(), self._seed())
+            outcome = run_query(self.plan, self.tables, self.config.site_rules(), noise)
+            for each in noise.values():
+                each.ledger.close()
         metrics = analysis_metrics(
             self.config, self.plan, self.tables, outcome, time.perf_counter() - started
         )
