@@ -54,7 +54,9 @@ class Link:
         self.coordinator = QueryCoordinator(plan, "query-1")
         self.stores = {s: ApprovalStore(tmp_path / s / "approvals.json") for s in plan.sites}
         self.sites = {
-            s: QuerySiteMachine(s, self.stores[s], tables[s], coordinator="coordinator")
+            s: QuerySiteMachine(
+                s, self.stores[s], lambda _split, s=s: tables[s], coordinator="coordinator"
+            )
             for s in plan.sites
         }
         if approve:

@@ -38,7 +38,7 @@ from fedcare.runtime.messages import (
 )
 from fedcare.runtime.query_messages import QUERY, QueryQuestion, QueryRelease
 from fedcare.runtime.query_plan import QueryPlan
-from fedcare.runtime.query_run import QueryRun, jsonable, release_record
+from fedcare.runtime.query_run import QueryRun, ReleaseRecord, jsonable, release_record
 from fedcare.runtime.router import ANY, Router, Unrouted
 from fedcare.stats.protocol import Release, combine
 
@@ -94,6 +94,8 @@ class QueryCoordinator:
         self.phase = QueryPhase.FINISHED if self.run.done else QueryPhase.WAITING
         self.releases: dict[str, Release] = {}
         self.failure = ""
+        self.rows: dict[str, int] = {}  # each site's row count, as its Hello said
+        self.records: list[ReleaseRecord] = []  # every release combined by this machine
         self._events: list[QueryEvent] = []
 
     @classmethod
@@ -144,6 +146,9 @@ class QueryCoordinator:
             problems = "; ".join(hello.problems) or "its data check failed"
             return self._fail(f"site {env.sender}: {problems}")
         site.data_ok = True
+        rows = hello.data.get("rows")
+        if isinstance(rows, int) and not isinstance(rows, bool):
+            self.rows[env.sender] = rows
         if self.done:
             return [self._finished(env.sender)]
         plan = JobPlan(self.run_id, self.run.asked, self.plan.to_dict(), self.plan.hash)
@@ -178,6 +183,7 @@ class QueryCoordinator:
         release = Release(dict(msg.values), tuple(msg.suppressed))
         self.releases[env.sender] = release
         record = release_record(question, self.run.asked, env.sender, release)
+        self.records.append(record)
         self._event("query_release", site=env.sender, detail=record.to_dict())
         if set(self.releases) != set(self.sites):
             return []

@@ -1,6 +1,8 @@
 """A site's side of a deployed ``query`` job, as a sans-IO state machine.
 
-Phases: WAITING_PLAN -> WAITING_APPROVAL -> READY -> FINISHED. The site says Hello (row
+``table_for(split)`` gives the site's rows; the rows of ``all`` are read when the machine
+is made (so a file's problems show before the site connects), a plan's split when it is
+approved. Phases: WAITING_PLAN -> WAITING_APPROVAL -> READY -> FINISHED. The site says Hello (row
 count only), receives the query plan, checks that it hashes to the announced hash and
 names this site, and asks its owner (the approval store: an approved hash or an allow
 rule, exactly as for a training plan). Only then does it answer questions, each one
@@ -12,6 +14,7 @@ ask is refused with an ErrorReport and nothing is computed. Every release is an 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -64,14 +67,15 @@ class QuerySiteMachine:
         self,
         name: str,
         approvals: ApprovalStore,
-        table: SiteTable,
+        table_for: Callable[[str], SiteTable],
         *,
         own_rules: DisclosureRules | None = None,
         coordinator: str | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
-        self.table = table
+        self.table_for = table_for  # the site's rows of a split ("train", "test", "all")
+        self.table = table_for("all")  # read (and checked) before anything is said
         self.own_rules = own_rules
         self.coordinator = coordinator
         self.phase = QuerySitePhase.WAITING_PLAN
@@ -79,6 +83,7 @@ class QuerySiteMachine:
         self.offered: tuple[dict[str, Any], str] | None = None  # plan, hash awaiting owner
         self.site: QuerySite | None = None
         self.guard = ReplayGuard(NO_RUN)
+        self.status = ""  # how the query ended, as the coordinator said ("finished", "failed")
         self._events: list[QuerySiteEvent] = []
 
     def start(self) -> list[Envelope]:
@@ -141,7 +146,7 @@ class QuerySiteMachine:
 
     def _accept(self, raw: dict[str, Any], hash_: str, reason: str) -> list[Envelope]:
         plan = QueryPlan.from_dict(raw)
-        self.site = QuerySite.of(plan, self.table, self.own_rules)
+        self.site = QuerySite.of(plan, self.table_for(plan.split), self.own_rules)
         self.offered = None
         self.phase = QuerySitePhase.READY
         self._event("approved", {"plan_hash": hash_, "detail": reason})
@@ -183,6 +188,7 @@ class QuerySiteMachine:
 
     def _on_finished(self, env: Envelope, message: RunFinished) -> list[Envelope]:
         self.phase = QuerySitePhase.FINISHED
+        self.status = message.status
         self._event("query_finished", {"status": message.status, "detail": message.detail})
         return []
 

@@ -103,6 +103,7 @@ class AnalysisConfig(_Strict):
     name: str = Field(min_length=1)
     dataset: DatasetConfig
     split: Literal["train", "test", "all"] = "all"
+    sites: list[str] | None = Field(default=None, min_length=1)  # default: every site
     analyses: list[AnalysisEntry] = Field(min_length=1)
     disclosure: DisclosureConfig = Field(default_factory=DisclosureConfig)
     dp: NoiseConfig | None = None
@@ -124,8 +125,22 @@ class AnalysisConfig(_Strict):
         same = [i for i, e in enumerate(self.analyses) if e.kind == kind and e.id is None]
         return kind if len(same) == 1 else f"{kind}-{same.index(position) + 1}"
 
-    def plan(self, sites: list[str]) -> QueryPlan:
-        """The plan the owners approve, over ``sites`` (the dataset's, in its order)."""
+    def chosen_sites(self, available: list[str]) -> list[str]:
+        """The sites the analysis runs over: ``sites`` if given (each one the dataset's),
+        else every site of the dataset, in the dataset's order."""
+        if self.sites is None:
+            return list(available)
+        missing = [s for s in self.sites if s not in available]
+        if missing:
+            raise ConfigError(
+                f"sites names {missing}, which the dataset does not have (its sites: "
+                f"{', '.join(available)})"
+            )
+        return [s for s in available if s in self.sites]
+
+    def plan(self, available: list[str]) -> QueryPlan:
+        """The plan the owners approve, over the chosen sites of ``available``."""
+        sites = self.chosen_sites(available)
         unknown = sorted(set(self.disclosure.sites) - set(sites))
         if unknown:
             raise ConfigError(

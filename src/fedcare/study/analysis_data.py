@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pandas as pd
 from fedcare.core.errors import ConfigError
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.data.registry import load_dataset
+from fedcare.data.tcga_brca import SITES as TCGA_SITES
 from fedcare.stats.protocol import SiteTable
 from fedcare.stats.site_tables import tcga_brca_site_tables, user_site_table
 
@@ -86,3 +88,48 @@ def _table(dataset: FederatedDataset, site: SiteData, names: list[str], split: s
     frame = pd.DataFrame(x, columns=names)
     frame[LABEL] = y.astype(np.float64)
     return SiteTable(site=site.name, frame=frame, source=f"{dataset.name}:{site.name}")
+
+
+def shipped_sites(name: str) -> list[str]:
+    """The site names of a dataset that ships with fedcare (in its order)."""
+    if name == "tcga-brca":
+        return list(TCGA_SITES)
+    return list(site_tables(name, {}, "all").tables)
+
+
+def site_table_loader(data: str, schema: Path | None, site: str) -> Callable[[str], SiteTable]:
+    """One deployed site's rows by split, from ``--data``: ``DATASET:SITE`` for shipped
+    data, or a CSV/Parquet file checked against ``schema`` (every row: split ``all``)."""
+    if schema is None:
+        dataset, _, name = data.partition(":")
+        if not name:
+            raise ConfigError(
+                f"--data '{data}': give DATASET:SITE (e.g. tcga-brca:northeast), or a file "
+                "with --schema"
+            )
+        if dataset == "tabular":
+            raise ConfigError("--data tabular:SITE: give the site's own file and --schema")
+
+        def shipped(split: str) -> SiteTable:
+            tables = site_tables(dataset, {}, split).tables
+            if name not in tables:
+                raise ConfigError(
+                    f"--data '{data}': dataset '{dataset}' has no site '{name}' "
+                    f"(its sites: {', '.join(tables)})"
+                )
+            return tables[name]
+
+        return shipped
+    table, issues = user_site_table(schema, site, data)
+    for issue in issues:
+        print(f"warning: {issue}")
+
+    def own(split: str) -> SiteTable:
+        if split != "all":
+            raise ConfigError(
+                f"the query plan asks for the '{split}' rows; a site's own file is analysed "
+                "whole (split: all)"
+            )
+        return table
+
+    return own

@@ -27,6 +27,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.seeds import SeedStream
 from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.report.analysis_html import write_analysis_report
+from fedcare.runtime.query_coordinator import QueryCoordinator
 from fedcare.runtime.query_plan import ANALYSIS_KINDS, QueryPlan
 from fedcare.runtime.query_run import QueryRun, ReleaseRecord, release_record
 from fedcare.runtime.query_site import QuerySite
@@ -110,11 +111,12 @@ def run_query(
 def analysis_metrics(
     config: AnalysisConfig,
     plan: QueryPlan,
-    tables: Mapping[str, SiteTable],
+    rows: Mapping[str, int],
     outcome: QueryOutcome,
     wall: float,
+    mode: str = "simulated",
 ) -> dict[str, Any]:
-    """The analysis's metrics.json document."""
+    """The analysis's metrics.json document (``rows``: each site's row count)."""
     titles = {name: kind.title for name, kind in ANALYSIS_KINDS.items()}
     own = config.site_rules()
     return {
@@ -128,13 +130,13 @@ def analysis_metrics(
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "fedcare_version": __version__,
             "wall_time_s": wall,
-            "mode": "simulated",
+            "mode": mode,
             "config": config.model_dump(mode="json"),
         },
         "sites": [
             {
                 "name": name,
-                "rows": len(tables[name].frame),
+                "rows": int(rows.get(name, 0)),
                 "min_cell": plan.site_rules(own.get(name)).min_cell,
                 "release_extremes": plan.site_rules(own.get(name)).release_extremes,
             }
@@ -188,7 +190,8 @@ class AnalysisRunner:
         self.config = config
         self.out_dir = Path(out_dir)
         data = site_tables(config.dataset.name, config.dataset.params, config.split)
-        self.tables = data.tables
+        chosen = config.chosen_sites(list(data.tables))
+        self.tables = {name: data.tables[name] for name in chosen}
         self.warnings = data.warnings
         self.plan = config.plan(list(self.tables))
 
@@ -208,10 +211,21 @@ class AnalysisRunner:
             outcome = run_query(self.plan, self.tables, self.config.site_rules(), noise)
             for each in noise.values():
                 each.ledger.close()
+        rows = {name: len(table.frame) for name, table in self.tables.items()}
         metrics = analysis_metrics(
-            self.config, self.plan, self.tables, outcome, time.perf_counter() - started
+            self.config, self.plan, rows, outcome, time.perf_counter() - started
         )
         if self.warnings:
             metrics["study"]["data_warnings"] = list(self.warnings)
         write_analysis_folder(self.out_dir, self.config, self.plan, metrics)
         return AnalysisOutcome(self.out_dir, self.plan.hash, metrics)
+
+
+def write_deployed_query(
+    folder: Path, config: AnalysisConfig, plan: QueryPlan, machine: QueryCoordinator
+) -> Path:
+    """A finished deployed query's folder: the simulated one's files, from the machine."""
+    outcome = QueryOutcome(machine.run, list(machine.records))
+    metrics = analysis_metrics(config, plan, machine.rows, outcome, 0.0, mode="deployed")
+    metrics["study"]["run_id"] = machine.run_id
+    return write_analysis_folder(folder, config, plan, metrics)
