@@ -145,8 +145,11 @@ def test_a_covariate_with_one_value_everywhere_is_refused_by_name() -> None:
     frames = survival_sites([20, 20, 20], seed=18)
     for frame in frames.values():
         frame["sex"] = 1.0
+        frame["height"] = 1000.1  # a large constant: its sum of squares does not cancel exactly
     with pytest.raises(ValueError, match="covariate\\(s\\) sex take a single value"):
         run_in_process(CoxPH("cox", COVARIATES), tables_of(frames), OFF)
+    with pytest.raises(ValueError, match="covariate\\(s\\) height take a single value"):
+        run_in_process(CoxPH("cox", ["age", "height"]), tables_of(frames), OFF)
 
 
 def test_memo_is_json_and_permits_checks_the_plan() -> None:
@@ -214,3 +217,11 @@ def test_tcga_brca_regions_fit_equals_lifelines_pooled_and_stratified_by_region(
             fit_options=TIGHT,
         )
         assert_same_fit(result, reference)
+
+
+def test_a_fit_stopped_before_convergence_says_so() -> None:
+    frames = survival_sites([60, 60, 60], seed=21)
+    result = run_in_process(CoxPH("cox", COVARIATES, max_iterations=2), tables_of(frames), OFF)
+    assert result.tables["converged"] is False
+    assert result.tables["iterations"] == 2
+    assert any("did not converge in 2 evaluations" in note for note in result.notes)

@@ -23,6 +23,7 @@ from fedcare.stats.protocol import (
     run_in_process,
 )
 from fedcare.stats.survival import KaplanMeier, curves
+from fedcare.stats.survival_km import merge_small_cells
 from tests.stats.survival_data import pooled, survival_sites, tables_of
 
 OFF = DisclosureRules(min_cell=1)
@@ -270,6 +271,7 @@ def test_a_table_without_survival_roles_or_with_entry_times_is_refused() -> None
         ({"grid": [1.0]}, "'grid' is given but the mode is 'exact'"),
         ({"group": "arm"}, "needs both 'group' and its 'levels'"),
         ({"mode": "weekly"}, "mode must be 'exact' or 'grid'"),
+        ({"at_risk_times": [0.0, 365.0, 100.0]}, "at_risk_times must be increasing times >= 0"),
     ],
 )
 def test_impossible_plans_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -290,3 +292,80 @@ def test_tcga_brca_six_regions_curve_and_logrank_by_stage_equal_lifelines() -> N
     assert result.tables["logrank"]["statistic"] == pytest.approx(
         reference.test_statistic, rel=1e-9
     )
+
+
+@pytest.mark.parametrize("mode", ["exact", "grid"])
+def test_one_patient_changes_each_released_array_by_at_most_its_declared_sensitivity(
+    mode: str,
+) -> None:
+    frame = survival_sites([40], seed=31, tie_days=30.0)["site-0"]
+    grid = [float(t) for t in range(0, 3000, 60)] if mode == "grid" else []
+    analysis = KaplanMeier("km", mode=mode, grid=grid, group="arm", levels=ARMS)  # type: ignore[arg-type]
+    times = sorted(frame.loc[frame["E"] == 1, "T"].unique()) if mode == "exact" else grid
+    question = analysis._counts(times)
+    full = answer(question, SiteTable("a", frame, "T", "E"), OFF)
+    assert set(full.sensitivity) == set(full.values)
+    for row in range(0, 40, 7):
+        without = answer(question, SiteTable("a", frame.drop(index=row), "T", "E"), OFF)
+        for key, (l1, l2) in full.sensitivity.items():
+            change = full.values[key] - without.values[key]
+            assert np.abs(change).sum() <= l1
+            assert np.sqrt((change**2).sum()) <= l2 + 1e-12
+
+
+@settings(max_examples=40)
+@given(
+    bins=st.lists(st.integers(0, 19), min_size=1, max_size=80),
+    seed=st.integers(0, 10_000),
+    min_cell=st.integers(2, 8),
+)
+def test_property_merging_small_cells_keeps_totals_moves_only_later_and_leaves_no_small_count(
+    bins: list[int], seed: int, min_cell: int
+) -> None:
+    rows = np.asarray(bins, dtype=np.int64)
+    event = np.random.default_rng(seed).integers(0, 2, len(rows)).astype(float)
+    merged, ok = merge_small_cells(rows, event, 20, min_cell)
+    if not ok:  # only when a whole total is itself a small count
+        assert 0 < event.sum() < min_cell or 0 < (1 - event).sum() < min_cell
+        return
+    assert np.all(merged >= rows)
+    for weights in (event, 1 - event):
+        counts = np.bincount(merged, weights=weights, minlength=20)
+        assert counts.sum() == weights.sum()
+        assert not np.any((counts > 0) & (counts < min_cell))
+
+
+def test_an_infinite_covariate_is_refused_naming_its_row() -> None:
+    from fedcare.stats.survival_rows import survival_rows
+
+    frame = survival_sites([10], seed=1)["site-0"]
+    frame.loc[4, "marker"] = np.inf
+    with pytest.raises(
+        ValueError, match=r"row 5 \(line 6\), column 'marker': expected a finite number"
+    ):
+        survival_rows(SiteTable("a", frame, "T", "E", source="a.csv"), ["age", "marker"])
+
+
+def test_a_declared_level_nobody_has_gets_no_curve_and_no_share_of_the_logrank() -> None:
+    frames = survival_sites([40, 50, 30], seed=41)
+    rows = pooled(frames)
+    levels = [*ARMS, "radiotherapy"]
+    result = run_in_process(KaplanMeier("km", group="arm", levels=levels), tables_of(frames), OFF)
+    assert set(result.tables["curves"]) == {"overall", *ARMS}
+    assert "arm=radiotherapy: no released rows, so no curve" in result.notes
+    reference = multivariate_logrank_test(rows["T"], rows["arm"], rows["E"])
+    assert result.tables["logrank"]["df"] == 2
+    assert result.tables["logrank"]["statistic"] == pytest.approx(
+        reference.test_statistic, rel=1e-9
+    )
+
+
+def test_rows_without_a_group_count_in_the_overall_curve_only() -> None:
+    frames = survival_sites([40, 30, 30], seed=43)
+    frames["site-2"].loc[[0, 5, 9], "arm"] = None
+    rows = pooled(frames)
+    result = run_in_process(KaplanMeier("km", group="arm", levels=ARMS), tables_of(frames), OFF)
+    assert_equals_lifelines(result, "overall", rows)
+    assert_equals_lifelines(result, "drug", rows[rows["arm"] == "drug"])
+    expected = "site-2: curves by arm: 3 of 30 rows left out: missing arm (complete cases)"
+    assert expected in result.notes

@@ -54,20 +54,23 @@ def pair_counts(
     time: FloatArray,
     event: FloatArray,
     risk: FloatArray,
+    block: int = 1 << 20,
 ) -> tuple[float, float, float]:
     """(concordant, tied, comparable) over pairs of an index event (time, risk) and a row
-    (``time``, ``event``, ``risk``) that outlived it."""
-    order = np.argsort(time, kind="stable")
-    time, event, risk = time[order], event[order], risk[order]
+    (``time``, ``event``, ``risk``) that outlived it: ``time > t``, or censored at ``t``.
+
+    Compared as blocks of index events against all rows (at most ``block`` pairs at once).
+    """
     concordant = tied = comparable = 0.0
-    for t, r in zip(index_times, index_risks, strict=True):
-        later = np.searchsorted(time, t, "right")
-        same = np.searchsorted(time, t, "left")
-        # Rows after t, plus rows censored exactly at t.
-        others = np.concatenate([risk[later:], risk[same:later][event[same:later] == 0]])
-        comparable += others.size
-        concordant += float((others < r).sum())
-        tied += float((others == r).sum())
+    step = max(1, block // max(len(time), 1))
+    censored = event == 0
+    for first in range(0, len(index_times), step):
+        t = index_times[first : first + step, None]
+        r = index_risks[first : first + step, None]
+        outlived = (time > t) | ((time == t) & censored)
+        comparable += float(outlived.sum())
+        concordant += float((outlived & (risk < r)).sum())
+        tied += float((outlived & (risk == r)).sum())
     return concordant, tied, comparable
 
 

@@ -298,8 +298,8 @@ class CoxPH(Analysis):
         std = np.sqrt(np.maximum(total["sum_sq"] - n * mean**2, 0.0) / (n - 1))
         flat = [
             c
-            for c, s in zip(self.covariates, std, strict=True)
-            if not s > 1e-12 * max(1.0, abs(mean[0]))
+            for c, s, m in zip(self.covariates, std, mean, strict=True)
+            if not s > 1e-7 * max(1.0, abs(m))  # one value, up to rounding in sum_sq
         ]
         if flat:
             raise ValueError(

@@ -49,15 +49,18 @@ def risk_set_sums(
     key_times: FloatArray,
 ) -> RiskSetSums:
     """One site's sums at the given keys (a key's stratum and event time); rows of a stratum
-    with no key add nothing (another site's keys cover the events elsewhere)."""
+    with no key add nothing (another site's keys cover the events elsewhere).
+
+    Rows are bucketed by the last key at or before their time: the risk set at key ``j`` is
+    every bucket from ``j`` on, so its sums are suffix sums over the buckets (no per-row
+    ``p x p`` array is ever built).
+    """
     p = x.shape[1]
     k = len(key_times)
     # A Newton step that overshoots can overflow here; the coordinator sees a NaN
     # log-likelihood and halves the step.
     with np.errstate(over="ignore", invalid="ignore"):
         w = np.exp(x @ beta)
-        wx = w[:, None] * x
-        wxx = wx[:, :, None] * x[:, None, :]
     died = event == 1
     out = RiskSetSums(
         d=np.zeros(k),
@@ -69,33 +72,52 @@ def risk_set_sums(
         d2=np.zeros((k, p, p)),
         x_events=x[died].sum(axis=0),
     )
+    unkeyed = np.setdiff1d(stratum[died], key_strata)
+    if unkeyed.size:
+        raise ValueError(f"events in stratum {int(unkeyed[0])} have no key")
     for s in np.unique(key_strata):
         keys = np.flatnonzero(key_strata == s)
+        keys = keys[np.argsort(key_times[keys], kind="stable")]
+        times = key_times[keys]
         rows = np.flatnonzero(stratum == s)
-        order = rows[np.argsort(time[rows], kind="stable")]
-        sorted_time = time[order]
-        # Suffix sums over the rows sorted by time: the risk set at t starts at the first
-        # row with time >= t.
-        start = np.searchsorted(sorted_time, key_times[keys], "left")
-        for target, values in ((out.s0, w), (out.s1, wx), (out.s2, wxx)):
-            suffix = np.concatenate(
-                [np.cumsum(values[order][::-1], axis=0)[::-1], np.zeros((1, *values.shape[1:]))]
-            )
-            target[keys] = suffix[start]
-        events = order[died[order]]
-        at = np.searchsorted(key_times[keys], time[events])
+        rows = rows[np.argsort(time[rows], kind="stable")]
+        bucket = np.searchsorted(times, time[rows], "right") - 1
+        s0, s1, s2 = _segment_sums(x[rows], w[rows], bucket, len(keys))
+        with np.errstate(over="ignore", invalid="ignore"):
+            out.s0[keys] = np.cumsum(s0[::-1])[::-1]
+            out.s1[keys] = np.cumsum(s1[::-1], axis=0)[::-1]
+            out.s2[keys] = np.cumsum(s2[::-1], axis=0)[::-1]
+        events = rows[died[rows]]
+        at = np.searchsorted(times, time[events], "left")
         found = at < len(keys)
-        found[found] &= key_times[keys][at[found]] == time[events][found]
+        found[found] &= times[at[found]] == time[events][found]
         if not found.all():
             raise ValueError(
                 f"an event at time {time[events][~found][0]!r} has no key in its stratum"
             )
-        key_of_event = keys[at]
-        np.add.at(out.d, key_of_event, 1.0)
-        np.add.at(out.d0, key_of_event, w[events])
-        np.add.at(out.d1, key_of_event, wx[events])
-        np.add.at(out.d2, key_of_event, wxx[events])
+        d0, d1, d2 = _segment_sums(x[events], w[events], at, len(keys))
+        out.d[keys] = np.bincount(at, minlength=len(keys))
+        out.d0[keys], out.d1[keys], out.d2[keys] = d0, d1, d2
     return out
+
+
+def _segment_sums(
+    x: FloatArray, w: FloatArray, segment: IntArray, count: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Sums of ``w``, ``w x`` and ``w x x'`` per segment ``0..count-1`` of rows sorted by
+    segment (rows in segment -1 are left out)."""
+    p = x.shape[1]
+    sums0, sums1, sums2 = np.zeros(count), np.zeros((count, p)), np.zeros((count, p, p))
+    starts = np.searchsorted(segment, np.arange(count), "left")
+    ends = np.searchsorted(segment, np.arange(count), "right")
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in np.flatnonzero(ends > starts):
+            xs, ws = x[starts[j] : ends[j]], w[starts[j] : ends[j]]
+            wx = ws[:, None] * xs
+            sums0[j] = ws.sum()
+            sums1[j] = wx.sum(axis=0)
+            sums2[j] = wx.T @ xs
+    return sums0, sums1, sums2
 
 
 def efron_from_sums(sums: RiskSetSums, beta: FloatArray) -> tuple[float, FloatArray, FloatArray]:

@@ -66,10 +66,10 @@ def _slices(params: Mapping[str, Any], table: SiteTable) -> list[SurvivalRows]:
     levels = [str(v) for v in params["levels"]]
     grouped = survival_rows(table, group=group, levels=levels)
     picks = [grouped.group == g for g in range(len(levels))]
+    # Rows without a group still count in the overall curve: say they only miss the groups.
+    notes = tuple(f"curves by {group}: {n}" for n in grouped.notes)
     return [overall] + [
-        SurvivalRows(
-            grouped.time[p], grouped.event[p], grouped.x[p], grouped.group[p], grouped.notes
-        )
+        SurvivalRows(grouped.time[p], grouped.event[p], grouped.x[p], grouped.group[p], notes)
         for p in picks
     ]
 
@@ -100,6 +100,7 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
     k = len(times)
     at_risk = np.zeros((len(slices), k))
     events = np.zeros((len(slices), k))
+    rows_of = np.zeros(len(slices))  # per slice: so a level nobody has is not drawn as a curve
     notes: list[str] = list(dict.fromkeys(n for s in slices for n in s.notes))
     names = ["overall", *(f"{params['group']}={v}" for v in params.get("levels", []))]
     if params["mode"] == "exact":
@@ -116,12 +117,13 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
                         f"site {table.site}: event time {missing[0]!r} is not among the "
                         "question's times (the table changed since the site released them?)"
                     )
+                rows_of[g] = len(rows.time)
                 at_risk[g] = len(rows.time) - np.searchsorted(np.sort(rows.time), times, "left")
                 events[g] = np.bincount(np.searchsorted(times, dead), minlength=k)[:k]
                 at_risk_at[g] = len(rows.time) - np.searchsorted(
                     np.sort(rows.time), report_times, "left"
                 )
-        values = {"at_risk": at_risk, "events": events, "at_risk_at": at_risk_at}
+        values = {"rows": rows_of, "at_risk": at_risk, "events": events, "at_risk_at": at_risk_at}
     else:
         for g, rows in enumerate(slices):
             bins = np.searchsorted(times, rows.time, "left")
@@ -150,16 +152,21 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
                         f"merged so every released count is 0 or >= {rules.min_cell})"
                     )
                 bins = merged
+            rows_of[g] = len(bins)  # = at risk at the first grid point: nothing new
             at_risk[g] = len(bins) - np.searchsorted(np.sort(bins), np.arange(k), "left")
             events[g] = np.bincount(bins, weights=event, minlength=k)
-        values = {"at_risk": at_risk, "events": events}
+        values = {"rows": rows_of, "at_risk": at_risk, "events": events}
     # One patient sits in the overall slice and at most one group slice: it changes each
     # at-risk count once per slice and one event count per slice.
     width = 2.0 if len(slices) > 1 else 1.0
     sensitivity = {
+        "rows": (width, float(np.sqrt(width))),
         "at_risk": (width * k, float(np.sqrt(width * k))),
         "events": (width, float(np.sqrt(width))),
     }
+    if "at_risk_at" in values:
+        m = values["at_risk_at"].shape[1]
+        sensitivity["at_risk_at"] = (width * m, float(np.sqrt(width * m)))
     return Release(values=values, suppressed=tuple(notes), sensitivity=sensitivity)
 
 
@@ -197,6 +204,12 @@ class KaplanMeier(Analysis):
             raise ValueError(f"analysis '{self.id}': repeated levels in {list(self.levels)}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"analysis '{self.id}': alpha must be in (0, 1), found {self.alpha}")
+        report = np.asarray(self.at_risk_times, dtype=np.float64)
+        if report.size and (np.any(np.diff(report) <= 0) or report[0] < 0):
+            raise ValueError(
+                f"analysis '{self.id}': at_risk_times must be increasing times >= 0; "
+                f"found {list(self.at_risk_times)}"
+            )
 
     def _grouping(self) -> dict[str, Any]:
         if self.group is None:
@@ -257,14 +270,20 @@ class KaplanMeier(Analysis):
         params: Mapping[str, Any],
     ) -> AnalysisResult:
         names = ["overall", *(str(v) for v in self.levels)]
-        if total["at_risk"][0, 0] == 0:
+        if total["rows"][0] == 0:
             raise ValueError(
                 f"analysis '{self.id}': no site released any rows"
                 + (f" ({'; '.join(notes)})" if notes else "")
             )
+        shown = [g for g in range(len(names)) if total["rows"][g] > 0]
+        notes.extend(
+            f"{self.group}={names[g]}: no released rows, so no curve"
+            for g in range(1, len(names))
+            if g not in shown
+        )
         curves = {
-            name: kaplan_meier(times, total["at_risk"][g], total["events"][g], self.alpha)
-            for g, name in enumerate(names)
+            names[g]: kaplan_meier(times, total["at_risk"][g], total["events"][g], self.alpha)
+            for g in shown
         }
         if self.mode == "exact":
             report_times = np.asarray(params["at_risk_times"], dtype=np.float64)
@@ -285,19 +304,23 @@ class KaplanMeier(Analysis):
             "median": {name: _finite_or_none(c.median()) for name, c in curves.items()},
             "at_risk_table": {
                 "times": report_times.tolist(),
-                **{name: at_risk_at[g].tolist() for g, name in enumerate(names)},
+                **{names[g]: at_risk_at[g].tolist() for g in shown},
             },
         }
-        if self.group is not None and len(self.levels) >= 2:
-            test = logrank(total["at_risk"][1:], total["events"][1:])
+        compared = [g for g in shown if g > 0]
+        if self.group is not None and len(compared) >= 2:
+            test = logrank(total["at_risk"][compared], total["events"][compared])
+            levels = [names[g] for g in compared]
             tables["logrank"] = {
                 "group": self.group,
                 "statistic": test.statistic,
                 "df": test.df,
                 "p_value": test.p_value,
-                "observed": dict(zip(names[1:], test.observed.tolist(), strict=True)),
-                "expected": dict(zip(names[1:], test.expected.tolist(), strict=True)),
+                "observed": dict(zip(levels, test.observed.tolist(), strict=True)),
+                "expected": dict(zip(levels, test.expected.tolist(), strict=True)),
             }
+        elif self.group is not None:
+            notes.append(f"no log-rank test: fewer than two levels of {self.group} have rows")
         return AnalysisResult(self.id, "kaplan_meier", tables, tuple(notes))
 
 

@@ -117,6 +117,13 @@ def survival_rows(
     x = np.empty((n, len(covariates)), dtype=np.float64)
     for k, name in enumerate(covariates):
         x[:, k] = _numeric(table, name, "covariate")
+        infinite = np.flatnonzero(np.isinf(x[:, k]))
+        if infinite.size:
+            row = int(infinite[0])
+            raise ValueError(
+                f"{_where(table)}, {_row(table, row)}, column '{name}': expected a finite "
+                f"number for the covariate, found {float(x[row, k])!r}"
+            )
     codes = np.zeros(n, dtype=np.int64)
     keep = ~np.isnan(x).any(axis=1)
     if group is not None:
