@@ -220,3 +220,48 @@ def test_bad_input_names_the_site_file_row_and_column():
         run_in_process(Describe("d", ["age"]), {"st-mary": table}, OPEN)
     with pytest.raises(ConfigError, match=r"site st-mary: the plan asks for column 'bmi'"):
         run_in_process(Describe("d", ["bmi"]), {"st-mary": table}, OPEN)
+
+
+def test_a_plan_option_that_would_be_ignored_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"bounds given for \['bmi'\]"):
+        Describe("d", ["age"], bounds={"bmi": [10, 60]})
+    with pytest.raises(ConfigError, match="grouping by 'sex' needs its declared levels"):
+        Describe("d", ["age"], by="sex")
+    with pytest.raises(ConfigError, match=r"levels \['F'\] given without 'by'"):
+        Histogram("h", "age", edges=[0, 50, 100], levels=["F"])
+    with pytest.raises(ConfigError, match="both edges and bins"):
+        Histogram("h", "age", edges=[0, 50, 100], bins=4)
+    with pytest.raises(ConfigError, match="col_levels"):
+        CrossTab("c", "stage", ["I", "II"], None, ["F"])
+    with pytest.raises(ConfigError, match=r"levels of 'stage' repeat \['I'\]"):
+        CrossTab("c", "stage", ["I", "II", "I"])
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        Histogram("h", "age", edges=[0, 50, 50])
+
+
+def test_table_one_by_site_adds_a_column_per_hospital():
+    tables = hospitals(8, [80, 120])
+    result = run_in_process(
+        TableOne(
+            "t1",
+            numeric=["bmi"],
+            categorical={"stage": ["I", "II", "III", "IV"]},
+            edges={"bmi": list(range(0, 61, 5))},
+            by_site=True,
+        ),
+        tables,
+        DisclosureRules(),
+    )
+    assert result.tables["columns"] == ["overall", "site site0", "site site1"]
+    cells = {(r["variable"], r["statistic"]): r["cells"] for r in result.tables["rows"]}
+    for name, table in tables.items():
+        bmi, stage = table.frame.bmi, table.frame.stage
+        assert cells["bmi", "mean (SD)"][f"site {name}"] == f"{bmi.mean():.2f} ({bmi.std():.2f})"
+        assert cells["bmi", "missing, n"][f"site {name}"] == str(bmi.isna().sum())
+        share = 100 * (stage == "I").mean()
+        assert (
+            cells["stage", "I, n (%)"][f"site {name}"] == f"{(stage == 'I').sum()} ({share:.1f}%)"
+        )
+    rows = pooled(tables)
+    assert cells["bmi", "mean (SD)"]["overall"] == f"{rows.bmi.mean():.2f} ({rows.bmi.std():.2f})"
+    json.dumps(result.tables)

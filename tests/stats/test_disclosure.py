@@ -155,3 +155,39 @@ def test_every_release_of_a_query_with_suppression_on_has_no_count_below_the_thr
         assert not small(counts, threshold[site]).any(), (site, _question.step)
     assert scanned > 1000
     assert any(release.suppressed for _, _, release in releases)
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(5, 80), min_size=2, max_size=4))
+def test_quartile_intervals_still_hold_the_exact_quartiles_when_bins_are_withheld(seed, sizes):
+    rng = np.random.default_rng(seed)
+    tables = {
+        f"h{i}": SiteTable(f"h{i}", pd.DataFrame({"x": rng.gamma(2.0, 10.0, n)}))
+        for i, n in enumerate(sizes)
+    }
+    pooled = pd.concat([t.frame.x for t in tables.values()])
+    edges = [float(e) for e in np.linspace(0, pooled.max() + 1, 12)]
+    result = run_secure(Histogram("h", "x", edges=edges), tables, DisclosureRules(min_cell=5))
+    group = result.tables["groups"]["overall"]
+    for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75)):
+        if group[name]["interval"] is not None:
+            low, high = group[name]["interval"]
+            assert low <= pooled.quantile(p) <= high
+
+
+def test_a_withheld_n_takes_its_missing_count_along_since_another_variable_gives_the_rows():
+    # 20 women: age known for all (n = 20 released), bmi for only 3; releasing bmi's
+    # missing count (17) would give bmi's n as 20 - 17.
+    frame = pd.DataFrame(
+        {
+            "age": np.arange(40.0),
+            "bmi": [25.0] * 3 + [np.nan] * 17 + [22.0] * 20,
+            "sex": ["F"] * 20 + ["M"] * 20,
+        }
+    )
+    params = {"variables": ["age", "bmi"], "by": "sex", "levels": ["F", "M"]}
+    release = site_sums(params, SiteTable("st-anne", frame), DisclosureRules())
+    assert release.values["age:n"].tolist() == [40, 20, 20, 0]
+    assert release.values["bmi:n" + SUPPRESSED_SUFFIX].tolist()[1] == 1
+    assert release.values["bmi:missing" + SUPPRESSED_SUFFIX].tolist()[1] == 1
+    assert release.values["bmi:missing"][1] == 0.0

@@ -129,3 +129,26 @@ def test_a_spec_that_is_not_differential_privacy_is_refused():
         NoiseSpec("gaussian", 1.0)
     with pytest.raises(ConfigError, match="epsilon must be positive"):
         NoiseSpec("laplace", 0.0)
+
+
+def test_noise_and_a_secure_sum_compose_the_noise_each_site_adds_is_in_the_total(tmp_path):
+    spec = NoiseSpec("laplace", epsilon=1.0)
+    clear = run_secure(
+        Describe("d", ["age"], bounds=BOUNDS),
+        sites(),
+        OPEN,
+        noise=noises(tmp_path / "a", spec, 5.0),
+    )
+    secure = run_secure(
+        Describe("d", ["age"], bounds=BOUNDS),
+        sites(),
+        OPEN,
+        noise=noises(tmp_path / "b", spec, 5.0),
+        secure="secagg",
+    )
+    got, want = (
+        secure.tables["variables"]["age"]["overall"],
+        clear.tables["variables"]["age"]["overall"],
+    )
+    assert got["mean"] == pytest.approx(want["mean"], rel=1e-12)
+    assert got["sd"] == pytest.approx(want["sd"], rel=1e-9)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.stats.descriptive_analysis import Correlation, CrossTab, Describe, Histogram
 from fedcare.stats.protocol import (
     DisclosureRules,
@@ -162,3 +162,15 @@ def test_secure_kaplan_meier_on_tcga_brca_equals_the_plain_one_and_releases_no_s
     )
     assert released.size > 1000
     assert not ((released > 0) & (released < 5)).any()
+
+
+def test_releases_that_do_not_line_up_are_refused_naming_both_sites():
+    question = Question("d", "describe.sums", {}, "sum")
+    releases = {
+        "north": Release({"counts": np.zeros((2, 3))}),
+        "south": Release({"counts": np.zeros((3, 2))}),
+    }
+    with pytest.raises(
+        ProtocolError, match=r"site south released \[\('counts', \(3, 2\)\)\], site north"
+    ):
+        SecureSummer("secagg").combine(question, releases)

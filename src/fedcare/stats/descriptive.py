@@ -142,6 +142,42 @@ def _withhold(
     return describe_suppressed(labels, primary, final, what, rules.min_cell)
 
 
+def _withhold_counts(
+    values: Values,
+    variable: str,
+    n: npt.NDArray[np.float64],
+    missing: npt.NDArray[np.float64],
+    labels: Sequence[str],
+    rules: DisclosureRules,
+) -> tuple[str, ...]:
+    """Release a variable's n (with its sum) and missing counts per group, jointly.
+
+    n + missing is the group's row count, which every other variable's counts give away,
+    so a withheld n with a released missing count (or the reverse) could be recovered:
+    they are one equation, besides overall = sum of the groups for each.
+    """
+    g = len(labels)
+    rows = n + missing  # not released: a pseudo-total that links n and missing
+    flat = np.concatenate([n, missing, rows])
+    equations = [*group_equations(g), *group_equations(g, offset=g)]
+    equations += [(2 * g + i, [i, g + i]) for i in range(g)]
+    primary = small(flat[: 2 * g], rules.min_cell)
+    withheld = np.concatenate([primary, np.zeros(g, bool)])
+    final = complete_suppression(flat, withheld, equations, fixed=range(2 * g, 3 * g))
+    n_out, missing_out = final[:g], final[g : 2 * g]
+    values[f"{variable}:n"] = np.where(n_out, 0.0, n)
+    values[f"{variable}:sum"] = np.where(n_out, 0.0, values[f"{variable}:sum"])
+    values[f"{variable}:missing"] = np.where(missing_out, 0.0, missing)
+    for key, mask in (("n", n_out), ("sum", n_out), ("missing", missing_out)):
+        values[f"{variable}:{key}{SUPPRESSED_SUFFIX}"] = mask.astype(np.float64)
+    return (
+        *describe_suppressed(labels, primary[:g], n_out, f"'{variable}' n", rules.min_cell),
+        *describe_suppressed(
+            labels, primary[g:], missing_out, f"'{variable}' missing", rules.min_cell
+        ),
+    )
+
+
 def bounds_of(params: Mapping[str, Any], variable: str) -> tuple[float, float] | None:
     """The plan's declared range of a variable (clips it and bounds its sensitivity)."""
     declared = params.get("bounds", {}).get(variable)
@@ -185,13 +221,7 @@ def site_sums(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRule
         n = (members & present).sum(axis=1).astype(np.float64)
         missing = (members & ~present).sum(axis=1).astype(np.float64)
         values[f"{variable}:sum"] = members.astype(np.float64) @ clean
-        eqs = group_equations(groups)
-        lines += _withhold(
-            values, f"{variable}:n", n, eqs, labels, rules, f"'{variable}' n", [f"{variable}:sum"]
-        )
-        lines += _withhold(
-            values, f"{variable}:missing", missing, eqs, labels, rules, f"'{variable}' missing"
-        )
+        lines += _withhold_counts(values, variable, n, missing, labels, rules)
         sensitivity[f"{variable}:n"] = count_sensitivity(groups)
         sensitivity[f"{variable}:missing"] = count_sensitivity(groups)
     return Release(values, tuple(lines), sensitivity)

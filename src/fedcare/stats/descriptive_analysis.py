@@ -68,6 +68,22 @@ def _permits(question: Question, id_: str, expected: Mapping[str, Mapping[str, A
     return all(question.params.get(k) == v for k, v in base.items())
 
 
+def _check_unique(id_: str, what: str, names: Sequence[str]) -> None:
+    seen = [str(n) for n in names]
+    repeated = sorted({n for n in seen if seen.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"analysis '{id_}': {what} repeat {repeated}")
+
+
+def _check_grouping(id_: str, by: str | None, levels: Sequence[str]) -> None:
+    """A grouping variable comes with its declared levels (they fix every array's shape)."""
+    if by is None and levels:
+        raise ConfigError(f"analysis '{id_}': levels {list(levels)} given without 'by'")
+    if by is not None and not levels:
+        raise ConfigError(f"analysis '{id_}': grouping by '{by}' needs its declared levels")
+    _check_unique(id_, f"levels of '{by}'", levels)
+
+
 class Describe(Analysis):
     """Count, missing, mean, SD (and min/max where every site releases extremes).
 
@@ -88,8 +104,14 @@ class Describe(Analysis):
     ) -> None:
         if not variables:
             raise ConfigError(f"analysis '{id}': describe needs at least one variable")
-        if by is not None and not levels:
-            raise ConfigError(f"analysis '{id}': grouping by '{by}' needs its declared levels")
+        _check_grouping(id, by, levels)
+        _check_unique(id, "variables", variables)
+        stray = sorted(set(bounds or {}) - set(variables))
+        if stray:
+            raise ConfigError(
+                f"analysis '{id}': bounds given for {stray}, which are not among its "
+                f"variables {list(variables)}"
+            )
         self.id = id
         self.variables = list(variables)
         self.base: dict[str, Any] = {"variables": self.variables, "by": by, "levels": [*levels]}
@@ -166,8 +188,8 @@ def _moments(sums: Values, ss: Values, v: str, labels: Sequence[str]) -> dict[st
         mean = sums[f"{v}:sum"][g] / n if n > 0 else math.nan
         var = ss[f"{v}:ss"][g] / (n - 1) if n > 1 else math.nan
         out[label] = {
-            "n": int(n),
-            "missing": int(sums[f"{v}:missing"][g]),
+            "n": round(n),  # a noised count is reported to the nearest integer
+            "missing": round(float(sums[f"{v}:missing"][g])),
             "mean": _f(mean),
             "variance": _f(var),
             "sd": _f(math.sqrt(var)) if math.isfinite(var) else None,
@@ -326,6 +348,12 @@ class Histogram(Analysis):
         self.id = id
         self.variable = variable
         plan = rules or DisclosureRules()
+        _check_grouping(id, by, levels)
+        if edges is not None and bins is not None:
+            raise ConfigError(
+                f"analysis '{id}': histogram of '{variable}' has both edges and bins; "
+                f"give edges (a declared grid) or bins (a grid agreed from the extremes)"
+            )
         if edges is None:
             if bins is None or bins < 1:
                 raise ConfigError(
@@ -388,39 +416,58 @@ class Histogram(Analysis):
         self, combined: Combined, edges: Sequence[float], notes: list[str]
     ) -> AnalysisResult:
         e = np.asarray(edges, dtype=np.float64)
-        t = totals(combined)
-        counts, flags = t["counts"], t["counts" + SUPPRESSED_SUFFIX]
         notes = [*notes, *combined.suppressed]
+        groups = self._groups(totals(combined), e, notes)
+        tables: dict[str, Any] = {"variable": self.variable, "edges": e.tolist(), "groups": groups}
+        if combined.per_site is not None:
+            tables["by_site"] = {
+                site: self._groups(values, e, [], f"site {site}, ")
+                for site, values in combined.per_site.items()
+            }
+        return AnalysisResult(self.id, "histogram", tables, tuple(notes))
+
+    def _groups(
+        self, t: Values, e: npt.NDArray[np.float64], notes: list[str], where: str = ""
+    ) -> dict[str, Any]:
+        """Counts, n and quartiles per group from (total or one site's) counts and flags."""
+        counts, flags = t["counts"], t["counts" + SUPPRESSED_SUFFIX]
         groups: dict[str, Any] = {}
         for g, label in enumerate(self.labels):
             bins, withheld = counts[g, :-1], flags[g, :-1] > 0
             n_known = not flags[g, -1] > 0
+            quartiles = {
+                name: withheld_quantile(bins, withheld, counts[g, -1], e, p)
+                if n_known
+                else dict(_NO_QUANTILE)
+                for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
+            }
+            q1, q3 = quartiles["q1"], quartiles["q3"]
+            iqr: dict[str, Any] = dict(_NO_QUANTILE)
+            if q1["estimate"] is not None and q3["estimate"] is not None:
+                iqr = {
+                    "estimate": q3["estimate"] - q1["estimate"],
+                    "interval": None,
+                    "error_bound": q1["error_bound"] + q3["error_bound"],
+                }
             groups[label] = {
                 "counts": bins.tolist(),
-                "n": int(counts[g, -1]) if n_known else None,
+                "n": round(float(counts[g, -1])) if n_known else None,
                 "withheld_bins": int(withheld.sum()),
-                **{
-                    name: withheld_quantile(bins, withheld, counts[g, -1], e, p)
-                    if n_known
-                    else dict(_NO_QUANTILE)
-                    for name, p in (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
-                },
+                **quartiles,
+                "iqr": iqr,
             }
             if not n_known:
                 notes.append(
-                    f"'{self.variable}' histogram ({label}): a site withheld its n, so the "
+                    f"'{self.variable}' histogram ({where}{label}): n withheld, so the "
                     f"quartiles are withheld"
                 )
             elif withheld.any():
                 notes.append(
-                    f"'{self.variable}' histogram ({label}): {int(withheld.sum())} bin(s) "
-                    f"withheld at some site; counts cover the released rows only and the "
+                    f"'{self.variable}' histogram ({where}{label}): {int(withheld.sum())} "
+                    f"bin(s) withheld at some site; counts cover the released rows only and the "
                     f"quartile intervals are widened to hold wherever the withheld rows lie"
                 )
-        tables: dict[str, Any] = {"variable": self.variable, "edges": e.tolist(), "groups": groups}
-        if combined.per_site is not None:
-            tables["by_site"] = {s: v["counts"].tolist() for s, v in combined.per_site.items()}
-        return AnalysisResult(self.id, "histogram", tables, tuple(notes))
+        return groups
 
     def permits(self, question: Question) -> bool:
         if question.step == "describe.extremes":
@@ -445,6 +492,13 @@ class CrossTab(Analysis):
         *,
         by_site: bool = False,
     ) -> None:
+        _check_unique(id, f"levels of '{row}'", row_levels)
+        if col is None and col_levels:
+            raise ConfigError(
+                f"analysis '{id}': col_levels {list(col_levels)} given without a column variable"
+            )
+        if col is not None:
+            _check_grouping(id, col, col_levels)
         self.id = id
         self.params: dict[str, Any] = {
             "row": row,
@@ -462,7 +516,7 @@ class CrossTab(Analysis):
         t = totals(combined)
         flags = t["counts" + SUPPRESSED_SUFFIX]
         cells = [
-            [None if flags[i, j] > 0 else int(t["counts"][i, j]) for j in range(len(cols))]
+            [None if flags[i, j] > 0 else round(float(t["counts"][i, j])) for j in range(len(cols))]
             for i in range(len(rows))
         ]
         notes = list(combined.suppressed)
@@ -470,9 +524,12 @@ class CrossTab(Analysis):
         notes += withheld_note(flags.ravel(), labels, "crosstab cell")
         tables: dict[str, Any] = {"rows": rows, "cols": cols, "counts": cells, **self.params}
         if combined.per_site is not None:
-            tables["by_site"] = {
-                s: np.where(v["counts" + SUPPRESSED_SUFFIX] > 0, np.nan, v["counts"]).tolist()
-                for s, v in combined.per_site.items()
+            tables["by_site"] = {  # None where the site withheld the cell
+                site: [
+                    [None if f > 0 else round(float(c)) for c, f in zip(row, flag, strict=True)]
+                    for row, flag in zip(v["counts"], v["counts" + SUPPRESSED_SUFFIX], strict=True)
+                ]
+                for site, v in combined.per_site.items()
             }
         return AnalysisResult(self.id, "crosstab", tables, tuple(notes))
 

@@ -94,37 +94,40 @@ class TableOne(Analysis):
         return WITHHELD if x is None else f"{x:.{self.digits}f}"
 
     def _result(self, done: Mapping[str, Any]) -> AnalysisResult:
+        notes: list[str] = [line for part in done.values() for line in part["notes"]]
+        tables = {name: part["tables"] for name, part in done.items()}
+        sites = sorted(next((t["by_site"] for t in tables.values() if "by_site" in t), {}))
+        # Each column: where its numbers come from (the pooled groups, or one site's overall).
+        columns: dict[str, Any] = {c: (c, None) for c in self.columns}
+        columns.update({f"site {site}": (OVERALL, site) for site in sites})
         rows: list[dict[str, Any]] = []
-        notes: list[str] = []
-        for part in done.values():
-            notes += part["notes"]
-        described = done.get("describe", {}).get("tables", {}).get("variables", {})
         for v in self.numeric:
-            stats = described[v]
+            stats = {c: self._described(tables["describe"], v, *src) for c, src in columns.items()}
             rows.append(
                 {
                     "variable": v,
                     "statistic": "mean (SD)",
                     "cells": {
-                        c: f"{self._num(stats[c]['mean'])} ({self._num(stats[c]['sd'])})"
-                        for c in self.columns
+                        c: f"{self._num(x['mean'])} ({self._num(x['sd'])})"
+                        for c, x in stats.items()
                     },
-                    "n": {c: stats[c]["n"] for c in self.columns},
+                    "n": {c: x["n"] for c, x in stats.items()},
                 }
             )
-            hist = done.get(f"histogram:{v}")
-            if hist is not None:
-                groups = hist["tables"]["groups"]
+            if f"histogram:{v}" in tables:
+                hist = tables[f"histogram:{v}"]
+                groups = {
+                    c: (hist["groups"] if site is None else hist["by_site"][site])[label]
+                    for c, (label, site) in columns.items()
+                }
                 rows.append(
                     {
                         "variable": v,
                         "statistic": "median [Q1, Q3]",
-                        "cells": {c: self._quartiles(groups[c]) for c in self.columns},
+                        "cells": {c: self._quartiles(g) for c, g in groups.items()},
                         "error_bound": {
-                            c: max(
-                                (groups[c][q]["error_bound"] or 0.0) for q in ("q1", "median", "q3")
-                            )
-                            for c in self.columns
+                            c: max((g[q]["error_bound"] or 0.0) for q in ("q1", "median", "q3"))
+                            for c, g in groups.items()
                         },
                     }
                 )
@@ -132,18 +135,20 @@ class TableOne(Analysis):
                 {
                     "variable": v,
                     "statistic": "missing, n",
-                    "cells": {c: str(stats[c]["missing"]) for c in self.columns},
+                    "cells": {c: str(x["missing"]) for c, x in stats.items()},
                 }
             )
         for v, v_levels in self.categorical.items():
-            rows += self._categorical(v, v_levels, done[f"crosstab:{v}"]["tables"])
-        tables = {
-            "columns": self.columns,
-            "by": self.by,
-            "rows": rows,
-            "parts": {name: part["tables"] for name, part in done.items()},
-        }
-        return AnalysisResult(self.id, "table_one", tables, tuple(notes))
+            rows += self._categorical(v, v_levels, tables[f"crosstab:{v}"], columns)
+        result = {"columns": list(columns), "by": self.by, "rows": rows, "parts": tables}
+        return AnalysisResult(self.id, "table_one", result, tuple(notes))
+
+    @staticmethod
+    def _described(
+        tables: Mapping[str, Any], v: str, label: str, site: str | None
+    ) -> Mapping[str, Any]:
+        stats = tables["variables"] if site is None else tables["by_site"][site]
+        return stats[v][label]  # type: ignore[no-any-return]
 
     def _quartiles(self, group: Mapping[str, Any]) -> str:
         q1, median, q3 = (group[q]["estimate"] for q in ("q1", "median", "q3"))
@@ -152,24 +157,32 @@ class TableOne(Analysis):
         return f"{self._num(median)} [{self._num(q1)}, {self._num(q3)}]"
 
     def _categorical(
-        self, v: str, v_levels: Sequence[str], tables: Mapping[str, Any]
+        self,
+        v: str,
+        v_levels: Sequence[str],
+        tables: Mapping[str, Any],
+        columns: Mapping[str, tuple[str, str | None]],
     ) -> list[dict[str, Any]]:
-        counts: list[list[int | None]] = tables["counts"]
         col_labels: list[str] = tables["cols"]
-        # Table-one column -> crosstab column: overall is the crosstab's total column.
+        total = len(col_labels) - 1  # the overall column is the crosstab's total column
+        # Each table-one column: the crosstab (pooled or one site's) and its column in it.
         where = {
-            c: (len(col_labels) - 1 if c == OVERALL else col_labels.index(c)) for c in self.columns
+            c: (
+                tables["counts"] if site is None else tables["by_site"][site],
+                total if label == OVERALL else col_labels.index(label),
+            )
+            for c, (label, site) in columns.items()
         }
         missing_row = len(v_levels)
         out: list[dict[str, Any]] = []
         for i, level in enumerate(v_levels):
             cells = {}
-            for c, j in where.items():
-                count, total, missing = counts[i][j], counts[-1][j], counts[missing_row][j]
-                if count is None or total is None or missing is None:
+            for c, (counts, j) in where.items():
+                count, n, missing = counts[i][j], counts[-1][j], counts[missing_row][j]
+                if count is None or n is None or missing is None:
                     cells[c] = WITHHELD
                     continue
-                present = total - missing
+                present = n - missing
                 share = 100.0 * count / present if present else 0.0
                 cells[c] = f"{count} ({share:.1f}%)"
             out.append({"variable": v, "statistic": f"{level}, n (%)", "cells": cells})
@@ -179,7 +192,7 @@ class TableOne(Analysis):
                 "statistic": "missing, n",
                 "cells": {
                     c: WITHHELD if counts[missing_row][j] is None else str(counts[missing_row][j])
-                    for c, j in where.items()
+                    for c, (counts, j) in where.items()
                 },
             }
         )

@@ -9,6 +9,12 @@ against its overall column), a single withheld part could be recovered by subtra
 a second part (the smallest released non-zero one, else the total) is withheld as well,
 until no such equation has exactly one unknown.
 
+Scope: the equations are those inside one release, plus totals any release gives away
+(a group's row count, which links a variable's n and missing count). Linked tables across
+questions (the same n in a histogram and in a describe) are protected by the same rule
+applied to the same numbers, which picks the same complements in the common cases, but no
+joint audit across questions is made; exact recovery is prevented, intervals are not.
+
 A withheld entry is released as 0 with a flag in a parallel ``<key>:suppressed`` array
 (1 where withheld), so a ``sum`` question keeps its fixed shape, a secure sum can carry it,
 and the combined flags say how many sites withheld each entry.
@@ -41,28 +47,38 @@ def small(counts: npt.ArrayLike, min_cell: int) -> npt.NDArray[np.bool_]:
 
 
 def complete_suppression(
-    values: npt.ArrayLike, withheld: npt.ArrayLike, equations: Sequence[Equation]
+    values: npt.ArrayLike,
+    withheld: npt.ArrayLike,
+    equations: Sequence[Equation],
+    fixed: Sequence[int] = (),
 ) -> npt.NDArray[np.bool_]:
     """Add complementary suppressions so no equation has exactly one withheld entry.
 
-    ``values``: the flat counts; ``withheld``: the primary suppressions. For an equation
-    with exactly one unknown, the smallest released non-zero part is withheld too (a zero
-    part would tell nothing new: the attacker learns the first cell exactly), else the whole.
-    Repeats until stable, since a new suppression can open another equation.
+    ``values``: the flat counts; ``withheld``: the primary suppressions; ``fixed``: entries
+    known anyway (released by another question), never withheld. For an equation with
+    exactly one unknown, the smallest released non-zero part is withheld too (a zero part
+    protects little: the two then add up to the first cell), else the whole, else a zero
+    part. Repeats until stable, since a new suppression can open another equation.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     mask = np.asarray(withheld, dtype=bool).ravel().copy()
+    known = set(fixed)
     changed = True
     while changed:
         changed = False
         for whole, parts in equations:
-            members = [whole, *parts]
-            if int(mask[members].sum()) != 1:
+            if int(mask[[whole, *parts]].sum()) != 1:
                 continue
-            candidates = [p for p in parts if not mask[p] and v[p] > 0]
-            pick = min(candidates, key=lambda p: (v[p], p)) if candidates else whole
-            if mask[pick]:  # every released part is zero and the whole is withheld
-                pick = next(p for p in parts if not mask[p])
+            free = [p for p in parts if not mask[p] and p not in known]
+            nonzero = [p for p in free if v[p] > 0]
+            if nonzero:
+                pick = min(nonzero, key=lambda p: (v[p], p))
+            elif not mask[whole] and whole not in known:
+                pick = whole
+            elif free:
+                pick = free[0]
+            else:
+                continue  # nothing left to withhold: the cell is as protected as it can be
             mask[pick] = True
             changed = True
     return mask

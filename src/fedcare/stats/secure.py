@@ -110,24 +110,46 @@ class LimbCode:
         return np.array([t / scale for t in totals.tolist()], dtype=np.float64)
 
 
-def _flatten(question: Question, releases: Mapping[str, Release]) -> tuple[list[str], list[int]]:
-    """The keys (sorted) and sizes every site's release must have; a mismatch is refused."""
-    first = next(iter(releases))
-    keys = sorted(releases[first].values)
-    sizes = [int(np.size(releases[first].values[k])) for k in keys]
-    for site, release in releases.items():
-        if sorted(release.values) != keys:
-            raise ProtocolError(
-                f"question '{question.step}': site {site} released {sorted(release.values)}, "
-                f"site {first} released {keys}"
-            )
-        for key, size in zip(keys, sizes, strict=True):
-            if int(np.size(release.values[key])) != size:
-                raise ProtocolError(
-                    f"question '{question.step}': '{key}' has {np.size(release.values[key])} "
-                    f"values at site {site} but {size} at site {first}"
-                )
-    return keys, sizes
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+"""A release's keys (sorted) with their shapes: fixed by the question, so sent in the clear."""
+
+
+def layout_of(release: Release) -> Layout:
+    return tuple((k, tuple(np.shape(release.values[k]))) for k in sorted(release.values))
+
+
+def site_digits(
+    release: Release, code: LimbCode, where: str
+) -> tuple[Layout, npt.NDArray[np.float64]]:
+    """What a site feeds the secure sum: its release's layout and the limb digits of its values."""
+    layout = layout_of(release)
+    flat = [np.ravel(np.asarray(release.values[k], dtype=np.float64)) for k, _ in layout]
+    return layout, code.encode(np.concatenate(flat) if flat else np.zeros(0), where)
+
+
+def totals_from_digits(layout: Layout, digit_sums: npt.NDArray[np.int64], code: LimbCode) -> Values:
+    """The coordinator's side: the summed digits back into the release's named arrays."""
+    sizes = [math.prod(shape) for _, shape in layout]
+    flat = code.decode(digit_sums, sum(sizes))
+    total: Values = {}
+    offset = 0
+    for (key, shape), n in zip(layout, sizes, strict=True):
+        total[key] = flat[offset : offset + n].reshape(shape)
+        offset += n
+    return total
+
+
+def limb_code(kind: Secure, sites: int, ckks: CkksParams | None = None) -> LimbCode:
+    """The digits' width for a scheme and a number of sites, so no digit sum can wrap."""
+    if kind == "secagg":
+        return LimbCode(math.floor(math.log2(_RING_SIGNED_LIMIT / sites + 1)))
+    params = ckks or CkksParams()
+    if sites > params.max_summands:
+        raise ConfigError(
+            f"CKKS secure sum over {sites} sites, its parameters allow "
+            f"{params.max_summands} (max_summands)"
+        )
+    return LimbCode(math.floor(math.log2(params.max_abs_input + 1)))
 
 
 @dataclass
@@ -140,15 +162,7 @@ class SecureSummer:
     steps: int = 0
 
     def code(self, sites: int) -> LimbCode:
-        if self.kind == "secagg":
-            bits = math.floor(math.log2(_RING_SIGNED_LIMIT / sites + 1))
-            return LimbCode(bits)
-        if sites > self.ckks.max_summands:
-            raise ConfigError(
-                f"CKKS secure sum over {sites} sites, its parameters allow "
-                f"{self.ckks.max_summands} (max_summands)"
-            )
-        return LimbCode(math.floor(math.log2(self.ckks.max_abs_input + 1)))
+        return limb_code(self.kind, sites, self.ckks)
 
     def combine(self, question: Question, releases: Mapping[str, Release]) -> Combined:
         """Like :func:`protocol.combine`, but the coordinator only ever holds totals."""
@@ -159,30 +173,28 @@ class SecureSummer:
                 f"question '{question.step}': a secure sum needs at least 2 sites, found "
                 f"{len(releases)}"
             )
-        keys, sizes = _flatten(question, releases)
-        first = releases[next(iter(releases))].values
         code = self.code(len(releases))
-        size = sum(sizes)
-        digits = {
-            site: code.encode(
-                np.concatenate([np.ravel(r.values[k]) for k in keys]) if keys else np.zeros(0),
-                f"site {site}, question '{question.step}'",
-            )
-            for site, r in releases.items()
+        sent = {
+            site: site_digits(release, code, f"site {site}, question '{question.step}'")
+            for site, release in releases.items()
         }
+        first = next(iter(sent))
+        layout = sent[first][0]
+        for site, (theirs, _) in sent.items():
+            if theirs != layout:
+                raise ProtocolError(
+                    f"question '{question.step}': site {site} released {list(theirs)}, "
+                    f"site {first} released {list(layout)}"
+                )
+        digits = {site: vector for site, (_, vector) in sent.items()}
         self.steps += 1
-        if size == 0:
+        if not layout or sent[first][1].size == 0:
             sums = np.zeros(0, dtype=np.int64)
         elif self.kind == "secagg":
             sums = self._secagg(question, digits)
         else:
             sums = self._ckks(digits)
-        flat = code.decode(sums, size)
-        total: Values = {}
-        offset = 0
-        for key, n in zip(keys, sizes, strict=True):
-            total[key] = flat[offset : offset + n].reshape(np.shape(first[key]))
-            offset += n
+        total = totals_from_digits(layout, sums, code)
         return Combined(total=total, suppressed=_flag_notes(total))
 
     def _secagg(
@@ -239,8 +251,8 @@ def _flag_notes(total: Values) -> tuple[str, ...]:
         if key.endswith(SUPPRESSED_SUFFIX) and np.any(flags > 0):
             what = key.removesuffix(SUPPRESSED_SUFFIX)
             notes.append(
-                f"'{what}': {int(np.count_nonzero(flags))} entr(y/ies) withheld by at least one "
-                f"site (small cells; which sites is known to the sites only under a secure sum)"
+                f"'{what}': {int(np.count_nonzero(flags))} of {flags.size} entries withheld by "
+                f"at least one site (small cells; under a secure sum only the sites know which)"
             )
     return tuple(notes)
 
@@ -262,8 +274,9 @@ def run_secure(
 ) -> AnalysisResult:
     """Drive ``analysis`` like :func:`protocol.run_in_process`, with the options it lacks.
 
-    ``rules``: each site's own rules; ``plan``: the plan's, which a site applies only
-    where they are stricter than its own (:func:`disclosure.site_rules`);
+    ``rules``: each site's own rules (a site left out has none of its own); ``plan``: the
+    plan's, which a site applies where they are stricter than its own
+    (:func:`disclosure.site_rules`; without a plan, a site with no rules gets the defaults);
     ``secure``: how ``sum`` questions are combined (``none``: in the clear); ``noise``: a
     site's DP on its releases, charged to its budget ledger before anything is released;
     ``on_release``: every release, as it leaves its site (with its suppression lines).
@@ -277,8 +290,9 @@ def run_secure(
         step = step_or_result
         releases: dict[str, Release] = {}
         for site, table in tables.items():
-            own = rules[site] if isinstance(rules, Mapping) else rules
-            release = answer(step.question, table, own if plan is None else site_rules(plan, own))
+            own = rules.get(site) if isinstance(rules, Mapping) else rules
+            effective = (own or DisclosureRules()) if plan is None else site_rules(plan, own)
+            release = answer(step.question, table, effective)
             if noise is not None and site in noise:
                 release = noise[site].apply(step.question, release, index)
             if on_release is not None:
