@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from fedcare.core.errors import ConfigError
+from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import ErrorReport, parse_message
@@ -174,7 +175,58 @@ def test_a_plan_altered_on_the_way_is_refused_before_the_owner_is_asked(tables, 
     assert link.stores["south"].pending() == {}
 
 
-def test_noise_and_secure_sums_are_refused_for_a_deployed_query():
-    noised = QueryPlan(**{**survival_plan().__dict__, "noise": NoisePlan("laplace", 1.0)})
-    with pytest.raises(ConfigError, match="'secure' and 'dp' run in the simulator only"):
-        QueryCoordinator(noised, "q")
+def noised_plan(*columns: str) -> QueryPlan:
+    crosstabs = tuple(
+        AnalysisSpec(f"ct-{c}", "crosstab", {"row": c, "row_levels": ["0", "1"]}) for c in columns
+    )
+    return QueryPlan(
+        name="noised",
+        dataset="tcga-brca",
+        sites=SITES,
+        analyses=crosstabs,
+        noise=NoisePlan("laplace", 1.0),
+    )
+
+
+def with_ledgers(link: Link, tmp_path, epsilon: float) -> None:
+    for name, machine in link.sites.items():
+        machine.ledger = BudgetLedger(
+            tmp_path / name / "budget.sqlite",
+            site=name,
+            dataset="tcga-brca",
+            budget=PrivacyBudget(epsilon, 0.0),
+        )
+
+
+def test_deployed_noise_is_charged_to_each_sites_own_ledger_before_the_release_leaves(
+    tables, tmp_path
+):
+    plan = noised_plan("race_white", "prior_malignancy_yes")
+    link = Link(plan, tables, tmp_path)
+    with_ledgers(link, tmp_path, epsilon=1.5)  # room for one noised answer, not two
+    for site in SITES:
+        link.connect(site)
+    link.run()
+    assert link.coordinator.phase is QueryPhase.FAILED
+    assert link.coordinator.failure.startswith("site northeast: budget_exceeded")
+    first = [r for r in link.coordinator.records if r.index == 0]
+    assert len(first) == len(SITES) and all(r.noise for r in first)
+    for machine in link.sites.values():
+        assert machine.ledger is not None
+        assert machine.ledger.spent() == pytest.approx((1.0, 0.0))  # the refused one: nothing
+
+
+def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_deployed(
+    tables, tmp_path
+):
+    link = Link(noised_plan("race_white"), tables, tmp_path, approve=False)
+    link.connect("west")
+    [(_, _, hello)] = list(link.queue)
+    [out] = link.coordinator.handle(hello.from_peer("west"))
+    [refusal] = link.sites["west"].handle(out.envelope.from_peer("coordinator"))
+    report = parse_message(refusal)
+    assert isinstance(report, ErrorReport) and report.code == "plan_refused"
+    assert "keeps no ledger" in report.message
+    secure = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    with pytest.raises(ConfigError, match="'secure: secagg' runs in the simulator only"):
+        QueryCoordinator(secure, "q")

@@ -179,6 +179,16 @@ def site_query(
         bool,
         typer.Option(help="Whether this site lets min/max leave it at all (when the plan asks)."),
     ] = True,
+    budget_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Privacy budget (epsilon) of this dataset, kept in the site's ledger "
+            "(--state/budget.sqlite); plans with dp are charged to it, refused without it."
+        ),
+    ] = None,
+    budget_delta: Annotated[
+        float, typer.Option(help="Privacy budget (delta), with --budget-epsilon.")
+    ] = 0.0,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
     ] = False,
@@ -210,6 +220,12 @@ def site_query(
         else DisclosureRules(min_cell=min_cell or 1, release_extremes=release_extremes)
     )
     state.mkdir(parents=True, exist_ok=True)
+    ledger = None
+    if budget_epsilon is not None:
+        from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
+
+        budget = PrivacyBudget(budget_epsilon, budget_delta)
+        ledger = BudgetLedger(state / "budget.sqlite", site=site_name, dataset=data, budget=budget)
     status = run_query_site(
         coordinator,
         site_name,
@@ -217,6 +233,7 @@ def site_query(
         table_for,
         tls=tls,
         own_rules=own,
+        ledger=ledger,
         log=lambda line: console.print(escape(line), highlight=False),
     )
     console.print(f"query {escape(status)}", highlight=False)

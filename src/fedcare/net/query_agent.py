@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from fedcare.net.channel import TlsMaterial, open_session
+from fedcare.privacy.budget import BudgetLedger
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.query_site_machine import QuerySiteEvent, QuerySiteMachine, QuerySitePhase
 from fedcare.stats.protocol import DisclosureRules, SiteTable
@@ -42,13 +43,14 @@ def run_query_site(
     *,
     tls: TlsMaterial | None,
     own_rules: DisclosureRules | None = None,
+    ledger: BudgetLedger | None = None,
     server_name: str | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
     """Take part in one query job; its final status ("finished", "failed", or why the
     stream ended)."""
     machine = QuerySiteMachine(
-        name, approvals, table_for, own_rules=own_rules, coordinator="coordinator"
+        name, approvals, table_for, own_rules=own_rules, coordinator="coordinator", ledger=ledger
     )
     session = open_session(
         target,

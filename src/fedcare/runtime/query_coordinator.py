@@ -14,8 +14,9 @@ else is sent. A machine restored from that memo re-asks the question it was on o
 sites are back (sites answer it again; answers are deterministic) and asks none twice
 that had been combined.
 
-Deployed queries combine in the clear: a plan with ``secure`` other than ``none`` or with
-noise is refused here (the secure sum and site noise run in the simulator).
+Deployed queries combine in the clear: a plan with ``secure`` other than ``none`` is
+refused here (the secure sum runs in the simulator). Noise is the sites' own: each noises
+its releases and charges its ledger before they leave.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from fedcare.runtime.messages import (
 )
 from fedcare.runtime.query_messages import QUERY, QueryQuestion, QueryRelease
 from fedcare.runtime.query_plan import QueryPlan
-from fedcare.runtime.query_run import QueryRun, ReleaseRecord, jsonable, release_record
+from fedcare.runtime.query_run import (
+    QueryRun,
+    ReleaseRecord,
+    jsonable,
+    release_record,
+    split_noise,
+)
 from fedcare.runtime.router import ANY, Router, Unrouted
 from fedcare.stats.protocol import Release, combine
 
@@ -82,10 +89,10 @@ class QueryCoordinator:
     """One query job over the plan's sites; ``run_id`` names it on the wire."""
 
     def __init__(self, plan: QueryPlan, run_id: str, run: QueryRun | None = None) -> None:
-        if plan.secure != "none" or plan.noise is not None:
+        if plan.secure != "none":
             raise ConfigError(
-                "a deployed query combines releases in the clear: 'secure' and 'dp' run in "
-                "the simulator only (fedcare analyze); remove them to deploy this plan"
+                f"a deployed query combines releases in the clear: 'secure: {plan.secure}' "
+                "runs in the simulator only (fedcare analyze); use 'secure: none' to deploy"
             )
         self.plan = plan
         self.run_id = run_id
@@ -181,7 +188,7 @@ class QueryCoordinator:
         if env.sender in self.releases:
             return [self._error(env.sender, "duplicate", f"question {env.round} already answered")]
         release = Release(dict(msg.values), tuple(msg.suppressed))
-        self.releases[env.sender] = release
+        self.releases[env.sender] = split_noise(release)[0]
         record = release_record(question, self.run.asked, env.sender, release)
         self.records.append(record)
         self._event("query_release", site=env.sender, detail=record.to_dict())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -107,16 +107,27 @@ class ReleaseRecord:
         }
 
 
-def release_record(
-    question: Question, index: int, site: str, release: Release, noise: tuple[str, ...] = ()
-) -> ReleaseRecord:
+NOISED = "noised "  # how a release's noise line begins (stats.noise.SiteNoise.apply)
+
+
+def split_noise(release: Release) -> tuple[Release, tuple[str, ...]]:
+    """The release with only its withheld lines, and its noise lines apart (what was
+    noised is reported per release; the analysis notes say what was withheld)."""
+    noise = tuple(x for x in release.suppressed if x.startswith(NOISED))
+    withheld = tuple(x for x in release.suppressed if not x.startswith(NOISED))
+    return replace(release, suppressed=withheld), noise
+
+
+def release_record(question: Question, index: int, site: str, release: Release) -> ReleaseRecord:
+    """What ``site`` released for question ``index`` (withheld and noise lines apart)."""
+    kept, noise = split_noise(release)
     return ReleaseRecord(
         analysis=question.analysis,
         step=question.step,
         index=index,
         site=site,
         shapes={k: tuple(np.shape(v)) for k, v in release.values.items()},
-        suppressed=tuple(release.suppressed),
+        suppressed=tuple(kept.suppressed),
         noise=noise,
     )
 

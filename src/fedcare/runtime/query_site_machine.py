@@ -14,16 +14,20 @@ ask is refused with an ErrorReport and nothing is computed. Every release is an 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fedcare.core.errors import FedcareError
+from fedcare.core.errors import FedcareError, PrivacyBudgetExceededError
+from fedcare.core.seeds import SeedStream
+from fedcare.privacy.budget import BudgetLedger, JobRef
 from fedcare.runtime.approvals import ApprovalStore, plan_hash
 from fedcare.runtime.codec import SCHEMAS
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
+    BUDGET_EXCEEDED,
     NO_RUN,
     SESSION,
     ApprovalStatus,
@@ -37,6 +41,7 @@ from fedcare.runtime.query_plan import QueryPlan
 from fedcare.runtime.query_site import QuerySite
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.router import ANY, Router, Unrouted
+from fedcare.stats.noise import NoiseSpec, SiteNoise
 from fedcare.stats.protocol import DisclosureRules, Question, SiteTable
 
 QUESTION_REFUSED = "question_refused"  # ErrorReport code: not a question the plan asks
@@ -71,6 +76,7 @@ class QuerySiteMachine:
         *,
         own_rules: DisclosureRules | None = None,
         coordinator: str | None = None,
+        ledger: BudgetLedger | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
@@ -78,6 +84,8 @@ class QuerySiteMachine:
         self.table = table_for("all")  # read (and checked) before anything is said
         self.own_rules = own_rules
         self.coordinator = coordinator
+        self.ledger = ledger  # the site's privacy budget ledger (plans with noise need one)
+        self.noise: SiteNoise | None = None
         self.phase = QuerySitePhase.WAITING_PLAN
         self.run_id = NO_RUN
         self.offered: tuple[dict[str, Any], str] | None = None  # plan, hash awaiting owner
@@ -131,6 +139,11 @@ class QuerySiteMachine:
             if self.name not in plan.sites:
                 raise FedcareError(f"the query plan does not name this site ({self.name})")
             plan.build()  # every analysis known to this site's fedcare, its settings valid
+            if plan.noise is not None and self.ledger is None:
+                raise FedcareError(
+                    "the plan noises every release, charged to the site's privacy budget, "
+                    "and this site keeps no ledger (start it with --budget-epsilon)"
+                )
         except FedcareError as exc:
             return [self._error(env, "plan_refused", str(exc))]
         if message.run_id != self.run_id:
@@ -147,6 +160,14 @@ class QuerySiteMachine:
     def _accept(self, raw: dict[str, Any], hash_: str, reason: str) -> list[Envelope]:
         plan = QueryPlan.from_dict(raw)
         self.site = QuerySite.of(plan, self.table_for(plan.split), self.own_rules)
+        if plan.noise is not None and self.ledger is not None:
+            spec = NoiseSpec(plan.noise.mechanism, plan.noise.epsilon, plan.noise.delta)
+            # The noise is the site's secret: drawn from the OS CSPRNG, never from a seed
+            # the plan (known to every site and the coordinator) could reproduce.
+            seeds = SeedStream(secrets.randbits(63))
+            job = JobRef(self.run_id, hash_)
+            index = plan.sites.index(self.name)
+            self.noise = SiteNoise(self.name, spec, self.ledger, job, seeds, index)
         self.offered = None
         self.phase = QuerySitePhase.READY
         self._event("approved", {"plan_hash": hash_, "detail": reason})
@@ -163,6 +184,11 @@ class QuerySiteMachine:
         question = Question(message.analysis, message.step, message.params, message.combine)  # type: ignore[arg-type]
         try:
             release = self.site.answer(question)
+            if self.noise is not None:  # charged to the ledger before anything leaves
+                release = self.noise.apply(question, release, env.round)
+        except PrivacyBudgetExceededError as exc:
+            self._event("question_refused", {"question": env.round, "detail": str(exc)})
+            return [self._error(env, BUDGET_EXCEEDED, str(exc))]
         except (FedcareError, ValueError) as exc:
             self._event("question_refused", {"question": env.round, "detail": str(exc)})
             return [self._error(env, QUESTION_REFUSED, str(exc))]

@@ -15,7 +15,7 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.report.analysis_html import write_analysis_report
 from fedcare.runtime.query_coordinator import QueryCoordinator
 from fedcare.runtime.query_plan import ANALYSIS_KINDS, QueryPlan
-from fedcare.runtime.query_run import QueryRun, ReleaseRecord, release_record
+from fedcare.runtime.query_run import QueryRun, ReleaseRecord, release_record, split_noise
 from fedcare.runtime.query_site import QuerySite
 from fedcare.stats.noise import NoiseSpec, SiteNoise
 from fedcare.stats.protocol import DisclosureRules, SiteTable
@@ -47,9 +47,6 @@ class QueryOutcome:
     run: QueryRun
     releases: list[ReleaseRecord] = field(default_factory=list)
     spent: dict[str, tuple[float, float]] = field(default_factory=dict)  # (epsilon, delta)
-
-
-NOISED = "noised "  # how a noise line of a release begins (stats.noise)
 
 
 def site_noise(
@@ -99,10 +96,8 @@ def run_query(
             release = site.answer(question)
             if noise:
                 release = noise[name].apply(question, release, run.asked)
-            withheld = tuple(x for x in release.suppressed if not x.startswith(NOISED))
-            noised = tuple(x for x in release.suppressed if x.startswith(NOISED))
-            releases[name] = replace(release, suppressed=withheld)
-            outcome.releases.append(release_record(question, run.asked, name, release, noised))
+            releases[name] = split_noise(release)[0]
+            outcome.releases.append(release_record(question, run.asked, name, release))
         run.advance(summer.combine(question, releases))
     outcome.spent = {name: each.spent for name, each in (noise or {}).items()}
     return outcome
