@@ -64,3 +64,39 @@ def test_the_python_api_runs_the_same_analysis_as_the_yaml(tmp_path):
     assert in_code.result("ages")["summary"]["n"] > 0
     with pytest.raises(KeyError, match=r"no analysis 'km' in this run; it has \['ages'\]"):
         in_code.result("km")
+
+
+def test_coordinator_start_refuses_training_options_for_an_analysis_file(tmp_path):
+    config = tmp_path / "analysis.yaml"
+    config.write_text(YAML)
+    result = runner.invoke(
+        app,
+        [
+            "coordinator", "start", "--study", str(config), "--insecure",
+            "--address", "127.0.0.1:0", "--rounds", "3", "--out", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--rounds: training options; an analysis file deploys as a query job" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_site_query_names_what_is_wrong_with_its_data_option(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "site", "query", "--coordinator", "127.0.0.1:1", "--insecure", "--name", "north",
+            "--data", "tcga-brca", "--state", str(tmp_path),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--data 'tcga-brca': give DATASET:SITE (e.g. tcga-brca:northeast)" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "site", "query", "--coordinator", "127.0.0.1:1", "--insecure", "--name", "north",
+            "--data", "tcga-brca:north", "--state", str(tmp_path),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "dataset 'tcga-brca' has no site 'north' (its sites: northeast" in result.output

@@ -152,6 +152,7 @@ def _deployed_sites(cfg: Any) -> list[str]:
     return shipped_sites(cfg.dataset.name)
 
 
+@friendly_errors
 def site_query(
     coordinator: Annotated[str, typer.Option(help="HOST:PORT of the coordinator.")],
     data: Annotated[
@@ -214,6 +215,8 @@ def site_query(
         tls = TlsBundle.load(bundle)
         site_name = tls.name
     table_for = site_table_loader(data, schema, site_name)
+    rows = len(table_for("all").frame)  # read and checked before anything connects
+    console.print(f"site {escape(site_name)}: {rows} rows from {escape(data)}", highlight=False)
     own = (
         None
         if min_cell is None and release_extremes

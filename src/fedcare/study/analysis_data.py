@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ def site_table_loader(data: str, schema: Path | None, site: str) -> Callable[[st
         if dataset == "tabular":
             raise ConfigError("--data tabular:SITE: give the site's own file and --schema")
 
+        @functools.cache
         def shipped(split: str) -> SiteTable:
             tables = site_tables(dataset, {}, split).tables
             if name not in tables:
