@@ -16,7 +16,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.envelope import Envelope
-from fedcare.runtime.messages import ErrorReport, parse_message
+from fedcare.runtime.messages import ErrorReport, JobPlan, parse_message
 from fedcare.runtime.query_coordinator import QueryCoordinator, QueryPhase
 from fedcare.runtime.query_messages import QueryQuestion
 from fedcare.runtime.query_plan import AnalysisSpec, NoisePlan, QueryPlan
@@ -230,3 +230,17 @@ def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_d
     secure = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
     with pytest.raises(ConfigError, match="'secure: secagg' runs in the simulator only"):
         QueryCoordinator(secure, "q")
+
+
+def test_a_site_whose_rows_were_checked_against_another_schema_refuses_the_plan(tables, tmp_path):
+    plan = QueryPlan(**{**survival_plan().__dict__, "dataset_params": {"schema_sha256": "ab" * 32}})
+    store = ApprovalStore(tmp_path / "approvals.json")
+    machine = QuerySiteMachine(
+        "south", store, lambda _split: tables["south"], schema_sha256="cd" * 32
+    )
+    offer = JobPlan("q", 0, plan.to_dict(), plan.hash).to_envelope().from_peer("coordinator")
+    [refusal] = machine.handle(offer)
+    report = parse_message(refusal)
+    assert isinstance(report, ErrorReport) and report.code == "plan_refused"
+    assert f"the plan's schema has SHA-256 {'ab' * 32}" in report.message
+    assert store.pending() == {}  # the owner is never asked about a plan it cannot run

@@ -168,3 +168,46 @@ def test_a_tcga_brca_survival_analysis_matches_lifelines_on_the_pooled_rows(tmp_
     assert cox["tables"]["coef"] == pytest.approx(fitted.params_.to_list(), rel=1e-6)
     assert cox["tables"]["se"] == pytest.approx(fitted.standard_errors_.to_list(), rel=1e-6)
     assert cox["tables"]["log_likelihood"] == pytest.approx(fitted.log_likelihood_, rel=1e-6)
+
+
+def test_hospitals_own_survival_files_are_analysed_and_the_plan_names_the_schema_not_paths(
+    tmp_path,
+):
+    import hashlib
+
+    import numpy as np
+    from lifelines import KaplanMeierFitter
+
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(
+        "survival: {time: months, event: died}\nfeatures:\n  - {name: age, type: numeric}\n"
+    )
+    rng = np.random.default_rng(4)
+    files = {}
+    for site, n in (("north", 60), ("south", 45), ("east", 30)):
+        frame = pd.DataFrame(
+            {
+                "age": rng.integers(30, 90, n),
+                "months": rng.integers(1, 40, n).astype(float),  # ties on purpose
+                "died": (rng.random(n) < 0.5).astype(int) if site != "east" else 0,
+            }
+        )
+        frame.to_csv(tmp_path / f"{site}.csv", index=False)
+        files[site] = f"{site}.csv"
+    (tmp_path / "analysis.yaml").write_text(
+        "name: own\n"
+        f"dataset: {{name: tabular, params: {{schema: schema.yaml, files: {files}}}}}\n"
+        "disclosure: {min_cell: 1}\n"
+        "analyses: [{kind: km}]\n"
+    )
+    runner = AnalysisRunner(load_analysis_config(tmp_path / "analysis.yaml"), tmp_path / "out")
+    assert runner.plan.dataset_params == {
+        "schema_sha256": hashlib.sha256(schema.read_bytes()).hexdigest()
+    }
+    metrics = runner.run().metrics
+    assert any("east" in w and "censored" in w for w in metrics["study"]["data_warnings"])
+    pooled = pd.concat([pd.read_csv(tmp_path / f) for f in files.values()])
+    curve = metrics["analyses"][0]["tables"]["curves"]["overall"]
+    expected = KaplanMeierFitter().fit(pooled["months"], pooled["died"])
+    reference = expected.survival_function_at_times(curve["times"]).to_numpy()
+    assert np.abs(np.array(curve["survival"]) - reference).max() <= 1e-12

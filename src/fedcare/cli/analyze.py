@@ -201,6 +201,7 @@ def site_query(
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
     from fedcare.stats.protocol import DisclosureRules
+    from fedcare.study.analysis_config import schema_digest
     from fedcare.study.analysis_data import site_table_loader
 
     if insecure:
@@ -237,6 +238,7 @@ def site_query(
         tls=tls,
         own_rules=own,
         ledger=ledger,
+        schema_sha256=None if schema is None else schema_digest(schema),
         log=lambda line: console.print(escape(line), highlight=False),
     )
     console.print(f"query {escape(status)}", highlight=False)

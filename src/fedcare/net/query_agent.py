@@ -44,13 +44,20 @@ def run_query_site(
     tls: TlsMaterial | None,
     own_rules: DisclosureRules | None = None,
     ledger: BudgetLedger | None = None,
+    schema_sha256: str | None = None,
     server_name: str | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
     """Take part in one query job; its final status ("finished", "failed", or why the
     stream ended)."""
     machine = QuerySiteMachine(
-        name, approvals, table_for, own_rules=own_rules, coordinator="coordinator", ledger=ledger
+        name,
+        approvals,
+        table_for,
+        own_rules=own_rules,
+        coordinator="coordinator",
+        ledger=ledger,
+        schema_sha256=schema_sha256,
     )
     session = open_session(
         target,

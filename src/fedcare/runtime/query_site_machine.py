@@ -77,6 +77,7 @@ class QuerySiteMachine:
         own_rules: DisclosureRules | None = None,
         coordinator: str | None = None,
         ledger: BudgetLedger | None = None,
+        schema_sha256: str | None = None,
     ) -> None:
         self.name = name
         self.approvals = approvals
@@ -86,6 +87,7 @@ class QuerySiteMachine:
         self.coordinator = coordinator
         self.ledger = ledger  # the site's privacy budget ledger (plans with noise need one)
         self.noise: SiteNoise | None = None
+        self.schema_sha256 = schema_sha256  # of the schema its own file was checked against
         self.phase = QuerySitePhase.WAITING_PLAN
         self.run_id = NO_RUN
         self.offered: tuple[dict[str, Any], str] | None = None  # plan, hash awaiting owner
@@ -139,6 +141,13 @@ class QuerySiteMachine:
             if self.name not in plan.sites:
                 raise FedcareError(f"the query plan does not name this site ({self.name})")
             plan.build()  # every analysis known to this site's fedcare, its settings valid
+            wanted = plan.dataset_params.get("schema_sha256")
+            if wanted is not None and wanted != self.schema_sha256:
+                raise FedcareError(
+                    f"the plan's schema has SHA-256 {wanted}; this site's rows were checked "
+                    f"against {self.schema_sha256 or 'no schema (shipped data)'}: start the "
+                    "agent with the study's schema (--schema)"
+                )
             if plan.noise is not None and self.ledger is None:
                 raise FedcareError(
                     "the plan noises every release, charged to the site's privacy budget, "

@@ -20,6 +20,7 @@ analyses:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -150,7 +151,7 @@ class AnalysisConfig(_Strict):
         return QueryPlan(
             name=self.name,
             dataset=self.dataset.name,
-            dataset_params=self.dataset.params,
+            dataset_params=self._plan_params(),
             split=self.split,
             sites=tuple(sites),
             analyses=self.specs(),
@@ -161,12 +162,31 @@ class AnalysisConfig(_Strict):
             secure=self.secure,
         )
 
+    def _plan_params(self) -> dict[str, Any]:
+        """The dataset's settings as the plan carries them. Hospitals' own tables: the
+        schema's SHA-256 (each site checks its own schema file against it), never the
+        coordinator's file paths."""
+        if self.dataset.name != "tabular":
+            return dict(self.dataset.params)
+        schema = self.dataset.params.get("schema")
+        if not isinstance(schema, str):
+            raise ConfigError("dataset 'tabular' needs params.schema (the schema YAML)")
+        return {"schema_sha256": schema_digest(Path(schema))}
+
     def site_rules(self) -> dict[str, DisclosureRules]:
         """The simulated sites' own rules (sites not named have none of their own)."""
         return {
             site: DisclosureRules(min_cell=r.min_cell, release_extremes=r.release_extremes)
             for site, r in self.disclosure.sites.items()
         }
+
+
+def schema_digest(path: Path) -> str:
+    """The SHA-256 of a schema file's bytes: what a query plan on own tables names."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"schema '{path}': cannot be read ({exc.strerror or exc})") from None
 
 
 REQUIRED_KEYS = ("name", "dataset", "analyses")
