@@ -45,3 +45,14 @@ def tables_of(frames: dict[str, pd.DataFrame]) -> dict[str, SiteTable]:
 
 def pooled(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames.values(), ignore_index=True)
+
+
+def with_delayed_entry(frames: dict[str, pd.DataFrame], seed: int) -> dict[str, SiteTable]:
+    """Half the patients enter follow-up late (left truncation): entry <= T."""
+    rng = np.random.default_rng(seed)
+    for frame in frames.values():
+        late = rng.random(len(frame)) < 0.5
+        frame["entry"] = np.where(late, np.floor(frame["T"] * rng.random(len(frame))), 0.0)
+    return {
+        s: SiteTable(s, f, "T", "E", entry="entry", source=f"{s}.csv") for s, f in frames.items()
+    }

@@ -99,3 +99,31 @@ def test_a_score_must_be_given_one_way() -> None:
         Concordance("c")
     with pytest.raises(ValueError, match="3 covariates but 2 coefficients"):
         Concordance("c", COVARIATES, [1.0, 2.0])
+
+
+def test_the_c_index_refuses_delayed_entry_it_does_not_adjust_for() -> None:
+    from fedcare.stats.protocol import SiteTable
+
+    frame = survival_sites([20], seed=25)["site-0"].assign(entry=0.0)
+    with pytest.raises(ValueError, match="declares an entry time 'entry'"):
+        run_in_process(
+            Concordance("c", COVARIATES, COEF),
+            {"a": SiteTable("a", frame, "T", "E", entry="entry")},
+            OFF,
+        )
+
+
+def test_a_site_refuses_to_compare_with_events_that_leave_out_its_own() -> None:
+    from fedcare.stats.protocol import answer
+
+    frames = survival_sites([30, 30, 30], seed=26)
+    analysis = Concordance("c", COVARIATES, COEF)
+    probe = Question(
+        "c",
+        "cindex.pair_counts",
+        {**analysis._score(), "event_times": [100.0], "event_risks": [2.5]},
+        "sum",
+    )
+    assert analysis.permits(probe)  # the plan cannot tell a probe from real events...
+    with pytest.raises(ValueError, match="do not include the events this site released"):
+        answer(probe, tables_of(frames)["site-0"], OFF)  # ...but the site can

@@ -14,7 +14,7 @@ from lifelines import CoxPHFitter
 
 from fedcare.stats.cox import CoxPH
 from fedcare.stats.protocol import AnalysisResult, DisclosureRules, Question, run_in_process
-from tests.stats.survival_data import pooled, survival_sites, tables_of
+from tests.stats.survival_data import pooled, survival_sites, tables_of, with_delayed_entry
 
 OFF = DisclosureRules(min_cell=1)
 COVARIATES = ["age", "sex", "marker"]
@@ -225,3 +225,21 @@ def test_a_fit_stopped_before_convergence_says_so() -> None:
     assert result.tables["converged"] is False
     assert result.tables["iterations"] == 2
     assert any("did not converge in 2 evaluations" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("strata", [None, "site"])
+def test_delayed_entry_fit_equals_lifelines_with_entry_col(strata: str | None) -> None:
+    frames = survival_sites([80, 60, 90], seed=53, tie_days=14.0)
+    tables = with_delayed_entry(frames, seed=53)
+    result = run_in_process(CoxPH("cox", COVARIATES, strata=strata), tables, OFF)
+    rows = pooled(frames)
+    columns = [*COVARIATES, "T", "E", "entry", *([strata] if strata else [])]
+    reference = CoxPHFitter().fit(
+        rows[columns],
+        "T",
+        "E",
+        entry_col="entry",
+        strata=[strata] if strata else None,
+        fit_options=TIGHT,
+    )
+    assert_same_fit(result, reference)

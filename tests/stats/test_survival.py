@@ -24,7 +24,7 @@ from fedcare.stats.protocol import (
 )
 from fedcare.stats.survival import KaplanMeier, curves
 from fedcare.stats.survival_km import merge_small_cells
-from tests.stats.survival_data import pooled, survival_sites, tables_of
+from tests.stats.survival_data import pooled, survival_sites, tables_of, with_delayed_entry
 
 OFF = DisclosureRules(min_cell=1)
 ARMS = ["control", "drug", "surgery"]
@@ -255,12 +255,48 @@ def test_bad_rows_are_refused_naming_site_file_row_and_column(
         run_in_process(KaplanMeier("km", group="arm", levels=ARMS), tables_of(frames), OFF)
 
 
-def test_a_table_without_survival_roles_or_with_entry_times_is_refused() -> None:
+def test_a_table_without_survival_roles_is_refused() -> None:
     frame = survival_sites([10], seed=1)["site-0"]
     with pytest.raises(ValueError, match="declares no time/event roles"):
         run_in_process(KaplanMeier("km"), {"a": SiteTable("a", frame)}, OFF)
-    with pytest.raises(ValueError, match="declares an entry time 'age'"):
-        run_in_process(KaplanMeier("km"), {"a": SiteTable("a", frame, "T", "E", entry="age")}, OFF)
+
+
+def test_exact_curves_with_delayed_entry_equal_lifelines_with_entry() -> None:
+    frames = survival_sites([60, 45, 70], seed=51, tie_days=7.0)
+    tables = with_delayed_entry(frames, seed=51)
+    result = run_in_process(KaplanMeier("km", group="arm", levels=ARMS), tables, OFF)
+    rows = pooled(frames)
+    for name, part in [("overall", rows), ("drug", rows[rows["arm"] == "drug"])]:
+        reference = KaplanMeierFitter().fit(part["T"], part["E"], entry=part["entry"])
+        timeline = reference.survival_function_.index.to_numpy()
+        survival, lower, upper = curves(result)[name].at(timeline)
+        np.testing.assert_allclose(
+            survival, reference.survival_function_.to_numpy()[:, 0], atol=1e-12
+        )
+        np.testing.assert_allclose(
+            upper, reference.confidence_interval_.to_numpy()[:, 1], atol=1e-12
+        )
+        np.testing.assert_allclose(
+            lower, reference.confidence_interval_.to_numpy()[:, 0], atol=1e-12
+        )
+    times = result.tables["at_risk_table"]["times"]
+    expected = [float(((rows["entry"] < t) & (rows["T"] >= t)).sum()) for t in times]
+    assert result.tables["at_risk_table"]["overall"] == expected
+
+
+def test_delayed_entry_is_refused_where_it_is_not_adjusted_for_and_checked_where_it_is() -> None:
+    frames = survival_sites([20, 20, 20], seed=52)
+    tables = with_delayed_entry(frames, seed=52)
+    with pytest.raises(
+        ValueError, match=r"declares an entry time 'entry'.*a time grid and the C-index do not"
+    ):
+        run_in_process(KaplanMeier("km", mode="grid", grid=[100.0, 1000.0]), tables, OFF)
+    frames["site-1"].loc[4, "entry"] = frames["site-1"].loc[4, "T"] + 1
+    with pytest.raises(
+        ValueError,
+        match=r"site-1 \(site-1.csv\), row 5 \(line 6\), column 'entry': expected an entry time >= 0 and <= the time",
+    ):
+        run_in_process(KaplanMeier("km"), tables, OFF)
 
 
 @pytest.mark.parametrize(

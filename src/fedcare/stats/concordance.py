@@ -18,7 +18,11 @@ covariates, so it runs only where ``min_cell`` is 0 or 1, like exact Kaplan-Meie
 concordant and tied, and releases just those three totals (``sum``; one patient's row is
 compared with every event, its own included, so summing over sites counts every pooled
 pair exactly once). A site that withholds step (1) withholds (2) too, so the pooled
-C-index is exact over the sites that released.
+C-index is exact over the sites that released. In step (2) a site checks that its own
+released events are among those it is asked about, but cannot tell other sites' events
+from made-up probes (:meth:`Concordance.permits` checks the rest of the question against
+the plan); it answers with three totals only, and limiting repeated probes is the query
+job's (the coordinator is assumed honest-but-curious, as for exact Kaplan-Meier).
 """
 
 from __future__ import annotations
@@ -135,13 +139,17 @@ def site_pair_counts(
         zeros = {"concordant": np.zeros(1), "tied": np.zeros(1), "comparable": np.zeros(1)}
         return Release(zeros, (_withheld(rules),))
     time, event, risk = _site_risks(params, table)
-    counts = pair_counts(
-        np.asarray(params["event_times"], dtype=np.float64),
-        np.asarray(params["event_risks"], dtype=np.float64),
-        time,
-        event,
-        risk,
-    )
+    index_times = np.asarray(params["event_times"], dtype=np.float64)
+    index_risks = np.asarray(params["event_risks"], dtype=np.float64)
+    # The events it released in step 1 must be among those it is asked to compare with.
+    asked = set(zip(index_times.tolist(), index_risks.tolist(), strict=True))
+    died = event == 1
+    if not set(zip(time[died].tolist(), risk[died].tolist(), strict=True)) <= asked:
+        raise ValueError(
+            f"site {table.site}: the question's events do not include the events this site "
+            "released (a made-up or altered list; or the table changed since)"
+        )
+    counts = pair_counts(index_times, index_risks, time, event, risk)
     return Release(
         {
             k: np.array([v])

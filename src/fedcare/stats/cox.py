@@ -22,13 +22,19 @@ over rows. The conversation:
    Newton steps are halved while the log-likelihood falls; the fit stops when the Newton
    step is below ``tolerance`` (on the standardised scale).
 
+Delayed entry (an ``entry`` role): a patient joins the risk sets of event times after
+entry only, as lifelines' ``entry_col``.
+
 What leaves a site: the pooled-risk-set modes reveal its event times and, per event time,
 sums of ``exp(x'b) x`` over its risk set; the risk set of the last few event times can be
 small, so these modes run only where the site's effective ``min_cell`` is 0 or 1 (the
 through-the-secure-sum deployment is the one to prefer); a stricter site withholds its rows
 and the fit is exact over the sites that released. The site-stratified mode releases only
 sums over all of a site's events (no times), so it runs under ``min_cell`` too, for sites
-with at least ``min_cell`` events.
+with at least ``min_cell`` events. A site cannot check the coordinator's keys beyond its own
+event times (:meth:`CoxPH.permits` checks everything else against the plan): keys placed
+between two patients' times would difference out one row, so these modes assume an
+honest-but-curious coordinator, as the exact Kaplan-Meier does.
 """
 
 from __future__ import annotations
@@ -66,8 +72,8 @@ SITE = "site"
 def _rows(params: Mapping[str, Any], table: SiteTable) -> SurvivalRows:
     strata = params.get("strata")
     if strata is None or strata == SITE:
-        return survival_rows(table, params["covariates"])
-    return survival_rows(table, params["covariates"], strata, params["levels"])
+        return survival_rows(table, params["covariates"], allow_entry=True)
+    return survival_rows(table, params["covariates"], strata, params["levels"], allow_entry=True)
 
 
 def _withheld(params: Mapping[str, Any], rows: SurvivalRows, rules: DisclosureRules) -> str | None:
@@ -149,6 +155,7 @@ def site_risk_sets(params: Mapping[str, Any], table: SiteTable, rules: Disclosur
             beta,
             key_strata,
             key_times,
+            rows.entry,
         )
     except ValueError as error:
         raise ValueError(
@@ -177,6 +184,7 @@ def site_efron(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRul
         beta,
         np.zeros(len(times), np.int64),
         times,
+        rows.entry,
     )
     loglik, score, info = efron_from_sums(sums, beta)
     return Release({"loglik": np.array([loglik]), "score": score, "info": info}, rows.notes)

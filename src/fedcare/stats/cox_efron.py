@@ -47,13 +47,15 @@ def risk_set_sums(
     beta: FloatArray,
     key_strata: IntArray,
     key_times: FloatArray,
+    entry: FloatArray | None = None,
 ) -> RiskSetSums:
     """One site's sums at the given keys (a key's stratum and event time); rows of a stratum
     with no key add nothing (another site's keys cover the events elsewhere).
 
     Rows are bucketed by the last key at or before their time: the risk set at key ``j`` is
     every bucket from ``j`` on, so its sums are suffix sums over the buckets (no per-row
-    ``p x p`` array is ever built).
+    ``p x p`` array is ever built). With delayed ``entry`` a row is at risk only at keys
+    ``t > entry``: the rows not yet entered (bucketed the same way by entry) come off.
     """
     p = x.shape[1]
     k = len(key_times)
@@ -83,6 +85,11 @@ def risk_set_sums(
         rows = rows[np.argsort(time[rows], kind="stable")]
         bucket = np.searchsorted(times, time[rows], "right") - 1
         s0, s1, s2 = _segment_sums(x[rows], w[rows], bucket, len(keys))
+        if entry is not None:
+            late = rows[np.argsort(entry[rows], kind="stable")]
+            entered = np.searchsorted(times, entry[late], "right") - 1
+            e0, e1, e2 = _segment_sums(x[late], w[late], entered, len(keys))
+            s0, s1, s2 = s0 - e0, s1 - e1, s2 - e2
         with np.errstate(over="ignore", invalid="ignore"):
             out.s0[keys] = np.cumsum(s0[::-1])[::-1]
             out.s1[keys] = np.cumsum(s1[::-1], axis=0)[::-1]

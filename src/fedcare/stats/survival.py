@@ -19,6 +19,9 @@ Two modes, chosen in the plan:
   count it releases (events and censored per bin, hence also at risk) is 0 or at least
   ``min_cell``; a site whose total events or censored are below it withholds its rows.
 
+Delayed entry (an ``entry`` role, left truncation): in exact mode a patient is at risk at
+``t`` only when ``entry < t <= time``, as lifelines' ``entry=``; a grid refuses it.
+
 At-risk tables for the report: in exact mode each site also counts its rows still at risk
 at the plan's ``at_risk_times``; on a grid they are read off the grid counts (at the first
 grid point at or after each time).
@@ -58,18 +61,27 @@ COUNTS = "km.counts"
 
 
 def _slices(params: Mapping[str, Any], table: SiteTable) -> list[SurvivalRows]:
-    """The overall rows, then one slice per declared group level."""
-    overall = survival_rows(table)
+    """The overall rows, then one slice per declared group level (delayed entry is taken
+    into account in exact mode only: on a grid an entry time would need rounding too)."""
+    exact = params.get("mode", "exact") == "exact"
+    overall = survival_rows(table, allow_entry=exact)
     group = params.get("group")
     if group is None:
         return [overall]
     levels = [str(v) for v in params["levels"]]
-    grouped = survival_rows(table, group=group, levels=levels)
+    grouped = survival_rows(table, group=group, levels=levels, allow_entry=exact)
     picks = [grouped.group == g for g in range(len(levels))]
     # Rows without a group still count in the overall curve: say they only miss the groups.
     notes = tuple(f"curves by {group}: {n}" for n in grouped.notes)
     return [overall] + [
-        SurvivalRows(grouped.time[p], grouped.event[p], grouped.x[p], grouped.group[p], notes)
+        SurvivalRows(
+            grouped.time[p],
+            grouped.event[p],
+            grouped.x[p],
+            grouped.group[p],
+            notes,
+            None if grouped.entry is None else grouped.entry[p],
+        )
         for p in picks
     ]
 
@@ -86,7 +98,7 @@ def site_event_times(
     params: Mapping[str, Any], table: SiteTable, rules: DisclosureRules
 ) -> Release:
     """Exact mode, step 1: the site's distinct event times (none when its rules forbid)."""
-    rows = survival_rows(table)
+    rows = survival_rows(table, allow_entry=True)
     if not releases_small_counts(rules):
         return Release(values={"times": np.zeros(0)}, suppressed=(_withheld_line(rules),))
     return Release(values={"times": np.unique(rows.time[rows.event == 1])}, suppressed=rows.notes)
@@ -118,11 +130,9 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
                         "question's times (the table changed since the site released them?)"
                     )
                 rows_of[g] = len(rows.time)
-                at_risk[g] = len(rows.time) - np.searchsorted(np.sort(rows.time), times, "left")
+                at_risk[g] = _at_risk(rows, times)
                 events[g] = np.bincount(np.searchsorted(times, dead), minlength=k)[:k]
-                at_risk_at[g] = len(rows.time) - np.searchsorted(
-                    np.sort(rows.time), report_times, "left"
-                )
+                at_risk_at[g] = _at_risk(rows, report_times)
         values = {"rows": rows_of, "at_risk": at_risk, "events": events, "at_risk_at": at_risk_at}
     else:
         for g, rows in enumerate(slices):
@@ -168,6 +178,16 @@ def site_counts(params: Mapping[str, Any], table: SiteTable, rules: DisclosureRu
         m = values["at_risk_at"].shape[1]
         sensitivity["at_risk_at"] = (width * m, float(np.sqrt(width * m)))
     return Release(values=values, suppressed=tuple(notes), sensitivity=sensitivity)
+
+
+def _at_risk(rows: SurvivalRows, times: FloatArray) -> FloatArray:
+    """Rows at risk at each time ``t``: ``t <= time``, and ``entry < t`` with delayed entry."""
+    at_risk: FloatArray = (
+        len(rows.time) - np.searchsorted(np.sort(rows.time), times, "left")
+    ).astype(np.float64)
+    if rows.entry is not None:  # not yet entered: entry >= t
+        at_risk -= len(rows.entry) - np.searchsorted(np.sort(rows.entry), times, "left")
+    return at_risk
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,15 @@ IntArray = npt.NDArray[np.int64]
 class SurvivalRows:
     """One site's usable rows: ``time`` (>= 0), ``event`` (0/1 as float), ``x`` (rows x
     covariates, float), ``group`` (index into the declared levels, or all 0 without a
-    grouping); ``notes``: what was left out and why."""
+    grouping), ``entry`` (delayed-entry time <= ``time``, or None without an entry role:
+    at risk from the start, time 0 included); ``notes``: what was left out and why."""
 
     time: FloatArray
     event: FloatArray
     x: FloatArray
     group: IntArray
     notes: tuple[str, ...]
+    entry: FloatArray | None = None
 
 
 def _where(table: SiteTable) -> str:
@@ -72,23 +74,28 @@ def survival_rows(
     covariates: Sequence[str] = (),
     group: str | None = None,
     levels: Sequence[str] = (),
+    allow_entry: bool = False,
 ) -> SurvivalRows:
     """The site's rows for a survival computation, validated.
 
     ``time`` must be present, finite and >= 0 and ``event`` 0 or 1 on every row (a survival
     table without them is unusable, so these are errors, not left-out rows); ``covariates``
     are numeric columns; ``group`` a column whose values (as text) must be among ``levels``.
+    An ``entry`` role (left truncation: a patient is at risk only after entry, at times
+    ``entry < t <= time``) is refused unless the computation adjusts for it
+    (``allow_entry``).
     """
     if table.time is None or table.event is None:
         raise ValueError(
             f"{_where(table)}: the table declares no time/event roles; a survival analysis "
             "needs a schema with a 'time' and an 'event' column"
         )
-    if table.entry is not None:
+    if table.entry is not None and not allow_entry:
         raise ValueError(
             f"{_where(table)}: the table declares an entry time '{table.entry}' (left "
-            "truncation); these survival estimators assume every patient is at risk from "
-            "time 0, so drop the entry role or analyse without it"
+            "truncation) and this computation assumes every patient is at risk from time 0 "
+            "(exact Kaplan-Meier and Cox adjust for delayed entry; a time grid and the "
+            "C-index do not): drop the entry role or use one that does"
         )
     time = _numeric(table, table.time, "time")
     event = _numeric(table, table.event, "event")
@@ -114,6 +121,16 @@ def survival_rows(
             f"indicator 0 or 1, found {float(event[row])!r}"
         )
     n = len(time)
+    entry: FloatArray | None = None
+    if table.entry is not None:
+        entry = _numeric(table, table.entry, "entry time")
+        bad_entry = np.flatnonzero(~np.isfinite(entry) | (entry < 0) | (entry > time))
+        if bad_entry.size:
+            row = int(bad_entry[0])
+            raise ValueError(
+                f"{_where(table)}, {_row(table, row)}, column '{table.entry}': expected an "
+                f"entry time >= 0 and <= the time {float(time[row])!r}, found {float(entry[row])!r}"
+            )
     x = np.empty((n, len(covariates)), dtype=np.float64)
     for k, name in enumerate(covariates):
         x[:, k] = _numeric(table, name, "covariate")
@@ -145,7 +162,9 @@ def survival_rows(
     if dropped:
         columns = [*covariates, *([group] if group is not None else [])]
         notes = (f"{dropped} of {n} rows left out: missing {', '.join(columns)} (complete cases)",)
-    return SurvivalRows(time[keep], event[keep], x[keep], codes[keep], notes)
+    return SurvivalRows(
+        time[keep], event[keep], x[keep], codes[keep], notes, None if entry is None else entry[keep]
+    )
 
 
 def releases_small_counts(rules: DisclosureRules) -> bool:
