@@ -1,13 +1,16 @@
 """A KM + Cox query deployed: a coordinator and four site processes on loopback with mTLS.
 
 Real processes through the ``fedcare`` CLI (``coordinator start --study analysis.yaml``,
-``site query``), real certificates from the study CA; the deployed numbers must be exactly
-the simulator's (``fedcare analyze`` on the same file).
+``site query``), real certificates from the study CA, a real kill -9 of the coordinator
+halfway; the deployed numbers must be exactly the simulator's (``fedcare analyze`` on the
+same file).
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +50,21 @@ def spawn(root: Path, name: str, args: list[str], procs: list) -> subprocess.Pop
     return proc
 
 
-def test_a_deployed_km_and_cox_query_over_mtls_gives_exactly_the_simulators_numbers(
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not log.exists() or text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"'{text}' not in {log}:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_a_km_and_cox_query_over_mtls_survives_kill_9_and_gives_exactly_the_simulators_numbers(
     tmp_path: Path,
 ) -> None:
     ca = init_study_ca(tmp_path / "ca", "brca-query")
@@ -61,24 +78,14 @@ def test_a_deployed_km_and_cox_query_over_mtls_gives_exactly_the_simulators_numb
         store = ApprovalStore(tmp_path / "sites" / site / "approvals.json")
         store.approve(simulated.plan_hash, by=f"data owner of {site}")
     procs: list[subprocess.Popen[bytes]] = []
+    port = free_port()
+    coordinator_args = [
+        "coordinator", "start", "--study", str(analysis), "--out", "out",
+        "--bundle", "bundles/coordinator", "--ca", "ca", "--run-id", "brca-query",
+        "--address", f"127.0.0.1:{port}",
+    ]  # fmt: skip
     try:
-        coordinator = spawn(
-            tmp_path,
-            "coordinator",
-            [
-                "coordinator", "start", "--study", str(analysis), "--out", "out",
-                "--bundle", "bundles/coordinator", "--ca", "ca",
-                "--address", "127.0.0.1:0", "--port-file", "port",
-            ],
-            procs,
-        )  # fmt: skip
-        deadline = time.monotonic() + 90
-        port_file = tmp_path / "port"
-        while not port_file.exists() or not port_file.read_text():
-            assert coordinator.poll() is None, (tmp_path / "coordinator.log").read_text()
-            assert time.monotonic() < deadline, "the coordinator did not start"
-            time.sleep(0.1)
-        port = port_file.read_text()
+        first = spawn(tmp_path, "coordinator", coordinator_args, procs)
         sites = []
         for site in SITES:
             args = [
@@ -87,7 +94,12 @@ def test_a_deployed_km_and_cox_query_over_mtls_gives_exactly_the_simulators_numb
                 "--state", f"sites/{site}",
             ]  # fmt: skip
             sites.append(spawn(tmp_path, site, args, procs))
-        assert coordinator.wait(timeout=300) == 0, (tmp_path / "coordinator.log").read_text()
+        # Kill the coordinator once a few Newton steps of the Cox fit are combined.
+        wait_for(tmp_path / "coordinator.log", "question 4 (cox/", first)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = spawn(tmp_path, "coordinator", coordinator_args, procs)
+        assert second.wait(timeout=300) == 0, (tmp_path / "coordinator.log").read_text()
         for site, proc in zip(SITES, sites, strict=True):
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{site}.log").read_text()
     finally:
@@ -95,6 +107,8 @@ def test_a_deployed_km_and_cox_query_over_mtls_gives_exactly_the_simulators_numb
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+    said = (tmp_path / "coordinator.log").read_text()
+    assert "resuming from query-checkpoint.json" in said
     deployed = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert deployed["study"]["plan_hash"] == simulated.plan_hash
     assert deployed["analyses"] == simulated.metrics["analyses"]  # exactly, every number
@@ -102,12 +116,16 @@ def test_a_deployed_km_and_cox_query_over_mtls_gives_exactly_the_simulators_numb
     assert {s["name"]: s["rows"] for s in deployed["sites"]} == {
         s["name"]: s["rows"] for s in simulated.metrics["sites"]
     }
-    # Every release is in the signed audit log, once per site and question.
+    # Every release is in the signed audit log (the question open at the kill was asked
+    # again, so it may appear twice), and every question has every site's release.
     log = tmp_path / "out" / "audit.log"
     keys = {"coordinator": TlsBundle.load(tmp_path / "bundles/coordinator").signing_public_key()}
     report = verify(log, keys)
     assert report.ok, report.summary()
     entries = [e for e in AuditLog(log).entries() if e.kind == "query_release"]
     questions = {e.body["question"] for e in entries}
-    assert len(entries) == len(SITES) * len(questions)
+    assert questions == set(range(len(questions))) and len(questions) >= 6
+    assert {(e.body["site"], e.body["question"]) for e in entries} == {
+        (site, q) for site in SITES for q in questions
+    }
     assert "released km.counts" in (tmp_path / "south.log").read_text()

@@ -120,7 +120,9 @@ def deploy_query(
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
     if (folder / "metrics.json").exists():
         raise ConfigError(f"{folder} already holds results; use another --out folder")
-    console.print(f"[bold]Query[/] {escape(cfg.name)} over {', '.join(sites)}", highlight=False)
+    console.print(
+        f"[bold]Query[/] {escape(cfg.name)} over {', '.join(plan.sites)}", highlight=False
+    )
     console.print(f"Plan hash (each site approves it): {plan.hash}", highlight=False)
     machine = serve_query(
         plan,
@@ -190,6 +192,14 @@ def site_query(
     budget_delta: Annotated[
         float, typer.Option(help="Privacy budget (delta), with --budget-epsilon.")
     ] = 0.0,
+    give_up_after: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Minutes to keep reconnecting while the coordinator is away (a restarted "
+            "coordinator resumes the query from its checkpoint).",
+        ),
+    ] = 30.0,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Plain text on loopback, for tests only.")
     ] = False,
@@ -239,6 +249,7 @@ def site_query(
         own_rules=own,
         ledger=ledger,
         schema_sha256=None if schema is None else schema_digest(schema),
+        give_up_after_s=give_up_after * 60.0,
         log=lambda line: console.print(escape(line), highlight=False),
     )
     console.print(f"query {escape(status)}", highlight=False)

@@ -1,6 +1,7 @@
 """A hospital's agent for ``query`` jobs: the gRPC stream around a :class:`QuerySiteMachine`.
 
-It connects out to the coordinator (mutual TLS; ``--insecure`` on loopback for tests),
+It connects out to the coordinator (mutual TLS; ``--insecure`` on loopback for tests;
+reconnecting with back-off when the coordinator is away, e.g. restarting),
 says Hello, waits for its owner to approve the query plan's hash (re-reading the approval
 store every second), answers the approved plan's questions and stops when the coordinator
 says the query ended. Every event (approval, release, refusal) is printed in the
@@ -10,9 +11,10 @@ hospital's terminal.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
-from fedcare.net.channel import TlsMaterial, open_session
+from fedcare.net.channel import Backoff, TlsMaterial, TransportError, open_session
 from fedcare.privacy.budget import BudgetLedger
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.query_site_machine import QuerySiteEvent, QuerySiteMachine, QuerySitePhase
@@ -46,10 +48,13 @@ def run_query_site(
     ledger: BudgetLedger | None = None,
     schema_sha256: str | None = None,
     server_name: str | None = None,
+    give_up_after_s: float = 1800.0,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Take part in one query job; its final status ("finished", "failed", or why the
-    stream ended)."""
+    """Take part in one query job until the coordinator says it ended: its status
+    ("finished" or "failed"). A lost or unreachable coordinator (a restart: it resumes
+    from its checkpoint) is retried with back-off for ``give_up_after_s``; a refusal that
+    retrying cannot fix (certificate, TLS) raises at once."""
     machine = QuerySiteMachine(
         name,
         approvals,
@@ -59,6 +64,34 @@ def run_query_site(
         ledger=ledger,
         schema_sha256=schema_sha256,
     )
+    backoff = Backoff()
+    deadline = time.monotonic() + give_up_after_s
+    while True:
+        try:
+            _session(machine, target, tls, name, server_name, log)
+            backoff.reset()
+        except TransportError as exc:
+            if exc.refused:
+                raise
+            log(f"coordinator unreachable: {exc}")
+        if machine.phase is QuerySitePhase.FINISHED:
+            return machine.status
+        delay = backoff.next_delay()
+        if time.monotonic() + delay > deadline:
+            return f"gave up after {give_up_after_s / 60:g} minutes without the coordinator"
+        log(f"reconnecting in {delay:.1f} s")
+        time.sleep(delay)
+
+
+def _session(
+    machine: QuerySiteMachine,
+    target: str,
+    tls: TlsMaterial | None,
+    name: str,
+    server_name: str | None,
+    log: Callable[[str], None],
+) -> None:
+    """One connection: Hello, then answer until the query ends or the stream does."""
     session = open_session(
         target,
         tls=tls,
@@ -67,7 +100,6 @@ def run_query_site(
     )
     lock = threading.Lock()
     stop = threading.Event()
-    status = "stream closed before the query ended"
 
     def flush() -> None:
         for event in machine.drain_events():
@@ -83,8 +115,7 @@ def run_query_site(
     with lock:
         for env in machine.start():
             session.send(env)
-    thread = threading.Thread(target=ticker, name="approval-poll", daemon=True)
-    thread.start()
+    threading.Thread(target=ticker, name="approval-poll", daemon=True).start()
     try:
         for env in session:
             with lock:
@@ -92,9 +123,7 @@ def run_query_site(
                     session.send(reply)
                 flush()
                 if machine.phase is QuerySitePhase.FINISHED:
-                    status = machine.status
-                    break
+                    return
     finally:
         stop.set()
         session.close()
-    return status
