@@ -101,3 +101,12 @@ class QueryRelease(WireMessage):
     values: dict[str, npt.NDArray[np.float64]]
     suppressed: Annotated[list[str], Strings()] = field(default_factory=list)
     sender: str = ""
+
+
+def fuzz_seeds(run_id: str) -> list[tuple[str, Envelope]]:
+    """One valid message of each kind and who receives it, for the wire fuzzer's corpus
+    (:mod:`fedcare.net.wire_fuzz` fuzzes every declared kind)."""
+    question = QueryQuestion(run_id, 1, "km", "km.counts", {"times": [1.0, 2.5]}, "sum")
+    values = {"at_risk": np.arange(6.0).reshape(2, 3), "events": np.ones(3)}
+    release = QueryRelease(run_id, 1, "km", "km.counts", values, ["one cell withheld"])
+    return [("site", question.to_envelope()), ("coordinator", release.to_envelope())]
