@@ -129,3 +129,7 @@ def test_a_km_and_cox_query_over_mtls_survives_kill_9_and_gives_exactly_the_simu
         (site, q) for site in SITES for q in questions
     }
     assert "released km.counts" in (tmp_path / "south.log").read_text()
+    # The folder lists every release once, across the restart, as the simulator does.
+    assert [(r["question"], r["site"]) for r in deployed["releases"]] == [
+        (r["question"], r["site"]) for r in simulated.metrics["releases"]
+    ]

@@ -27,6 +27,7 @@ from fedcare.core.errors import ConfigError
 from fedcare.core.seeds import SeedStream
 from fedcare.privacy.budget import BudgetLedger, JobRef, PrivacyBudget
 from fedcare.report.analysis_html import write_analysis_report
+from fedcare.runtime.audit import AuditLog
 from fedcare.runtime.query_coordinator import QueryCoordinator
 from fedcare.runtime.query_plan import ANALYSIS_KINDS, QueryPlan
 from fedcare.runtime.query_run import QueryRun, ReleaseRecord, release_record, split_noise
@@ -219,8 +220,27 @@ class AnalysisRunner:
 def write_deployed_query(
     folder: Path, config: AnalysisConfig, plan: QueryPlan, machine: QueryCoordinator
 ) -> Path:
-    """A finished deployed query's folder: the simulated one's files, from the machine."""
+    """A finished deployed query's folder: the simulated one's files, from the machine;
+    its releases from the audit log (complete across coordinator restarts: a question
+    asked again after a restart is listed once, with the answers that were combined)."""
     outcome = QueryOutcome(machine.run, list(machine.records))
     metrics = analysis_metrics(config, plan, machine.rows, outcome, 0.0, mode="deployed")
     metrics["study"]["run_id"] = machine.run_id
+    audited = audited_releases(folder / "audit.log", plan)
+    if audited:
+        metrics["releases"] = audited
     return write_analysis_folder(folder, config, plan, metrics)
+
+
+def audited_releases(log: Path, plan: QueryPlan) -> list[dict[str, Any]]:
+    """Every ``query_release`` entry of ``log`` as a release record, the last one per
+    site and question, in question then plan-site order."""
+    if not log.exists():
+        return []
+    latest: dict[tuple[int, str], dict[str, Any]] = {}
+    for entry in AuditLog(log).entries():
+        if entry.kind == "query_release":
+            body = {k: v for k, v in entry.body.items() if k != "run_id"}
+            latest[(int(body["question"]), str(body["site"]))] = body
+    order = {site: i for i, site in enumerate(plan.sites)}
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[0], order.get(k[1], 0)))]
