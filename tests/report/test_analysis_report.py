@@ -145,3 +145,32 @@ def test_survival_analyses_get_their_figures_at_risk_table_and_tests(tmp_path):
     assert "χ² = 0 on 1 df, p = 1" in page
     assert "<td>age</td><td>0.03</td><td>0.01</td><td>1.03</td><td>1.01 – 1.05</td>" in page
     assert "a baseline hazard per site" in page
+
+
+def test_a_crosstab_shows_withheld_cells_and_a_histogram_its_bins_and_quantile_bounds(tmp_path):
+    crosstab = {
+        "id": "ct",
+        "kind": "crosstab",
+        "result_kind": "crosstab",
+        "title": "Cross-tabulation",
+        "notes": [],
+        "tables": {"row": "sex", "col": "arm", "rows": ["F", "M"], "cols": ["a", "b"]}
+        | {"counts": [[12, None], [7, 30]]},
+    }
+    quartile = {"estimate": 52.5, "interval": [50, 60], "error_bound": 10.0}
+    histogram = {
+        "id": "h",
+        "kind": "histogram",
+        "result_kind": "histogram",
+        "title": "Histogram",
+        "notes": [],
+        "tables": {
+            "variable": "age",
+            "edges": [40.0, 60.0],
+            "groups": {"overall": {"counts": [3, 20, 9], "q1": quartile, "median": quartile}},
+        },
+    }
+    page = write(tmp_path, metrics(analyses=[crosstab, histogram])).read_text()
+    assert '<td><strong>F</strong></td><td>12</td><td><span class="na">withheld</span></td>' in page
+    assert "<td>&lt; 40</td><td>3</td>" in page and "<td>40 – 60</td><td>20</td>" in page
+    assert "<td>overall</td><td>median</td><td>52.5</td><td>10</td>" in page

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -268,3 +269,65 @@ def concordance(entry: AnalysisEntry) -> str:
         "(time, risk) released to the others, so it reveals event times and risks."
     )
     return _rows(["Site", "C-index", "Comparable pairs"], rows, caption)
+
+
+def _matrix(rows: list[str], cols: list[str], cells: list[list[Any]], corner: str) -> str:
+    body = [
+        [f"<strong>{_e(r)}</strong>"]
+        + [number(v) if v is not None else '<span class="na">withheld</span>' for v in line]
+        for r, line in zip(rows, cells, strict=False)
+    ]
+    return _rows([corner, *cols], body)
+
+
+@renders("crosstab")
+def crosstab(entry: AnalysisEntry) -> str:
+    t = entry.tables
+    corner = f"{t.get('row')} \\ {t.get('col')}" if t.get("col") else str(t.get("row"))
+    return _matrix(
+        [str(r) for r in t.get("rows", [])],
+        [str(c) for c in t.get("cols", [])],
+        t.get("counts", []),
+        corner,
+    )
+
+
+@renders("correlation")
+def correlation(entry: AnalysisEntry) -> str:
+    t = entry.tables
+    names = [str(v) for v in t.get("variables", [])]
+    caption = f"<p class='note'>{_e(t.get('method', ''))}; n = {number(t.get('n'))}.</p>"
+    return _matrix(names, names, t.get("matrix", []), "") + caption
+
+
+@renders("histogram")
+def histogram(entry: AnalysisEntry) -> str:
+    t = entry.tables
+    edges = [float(e) for e in t.get("edges", [])]
+    bins = (
+        [f"< {number(edges[0])}"]
+        + [f"{number(a)} – {number(b)}" for a, b in itertools.pairwise(edges)]
+        + [f"≥ {number(edges[-1])}"]
+        if edges
+        else []
+    )
+    groups = t.get("groups", {})
+    counts = {g: v.get("counts", []) for g, v in groups.items()}
+    body = [[_e(b)] + [number(counts[g][i]) for g in groups] for i, b in enumerate(bins)]
+    parts = [_rows([str(t.get("variable", "")), *groups], body)]
+    quantiles = [
+        [_e(g), _e(q), number(v[q].get("estimate")), number(v[q].get("error_bound"))]
+        for g, v in groups.items()
+        for q in ("q1", "median", "q3")
+        if isinstance(v.get(q), dict)
+    ]
+    if quantiles:
+        parts.append(
+            _rows(
+                ["Group", "Quantile", "Estimate", "Error bound"],
+                quantiles,
+                "Interpolated within the bin that holds the quantile of the pooled counts; "
+                "the exact pooled quantile is within the error bound.",
+            )
+        )
+    return "".join(parts)
