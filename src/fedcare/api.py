@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from fedcare.sim.backends.choice import choose_backend
 from fedcare.study.config import StudyConfig, parse_config
 from fedcare.study.runner import StudyRunner
+
+if TYPE_CHECKING:
+    from fedcare.study.analysis_config import AnalysisConfig
 
 
 @dataclass
@@ -85,3 +88,80 @@ class Study:
         choice = choose_backend(backend, address)
         outcome = StudyRunner(self.config(), Path(out_dir), backend=choice).run()
         return StudyResult(outcome.directory, outcome.metrics)
+
+
+@dataclass
+class AnalysisRun:
+    """A finished analysis: its folder, the plan hash and every analysis's tables."""
+
+    directory: Path
+    plan_hash: str
+    metrics: dict[str, Any]
+
+    def result(self, analysis_id: str) -> dict[str, Any]:
+        """The tables of the analysis with ``analysis_id`` (its kind's, when unnamed)."""
+        for entry in self.metrics["analyses"]:
+            if entry["id"] == analysis_id:
+                return dict(entry["tables"])
+        known = [e["id"] for e in self.metrics["analyses"]]
+        raise KeyError(f"no analysis '{analysis_id}' in this run; it has {known}")
+
+    @property
+    def suppressed(self) -> list[str]:
+        """What the sites withheld, and why."""
+        return list(self.metrics["suppressed"])
+
+
+@dataclass
+class Analysis:
+    """Federated statistics in Python; ``run`` checks it exactly as an analysis YAML is.
+
+    ``Analysis.from_yaml("analysis.yaml").run("studies/x")``, or built in code:
+    ``Analysis("brca", dataset="tcga-brca").add("km").add("cox", covariates=["age"])``.
+    """
+
+    name: str = "analysis"
+    dataset: str = "heart-disease"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    split: str = "all"
+    analyses: list[dict[str, Any]] = field(default_factory=list)
+    disclosure: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = None  # a whole analysis file, as read by from_yaml
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Analysis:
+        from fedcare.study.analysis_config import load_analysis_config
+
+        config = load_analysis_config(path)
+        return cls(name=config.name, raw=config.model_dump(mode="json"))
+
+    def add(self, kind: str, *, id: str | None = None, **params: Any) -> Analysis:
+        """Append an analysis of ``kind`` with its parameters."""
+        if self.raw is not None:
+            raise ValueError("this analysis was read from a file; edit the file instead")
+        entry: dict[str, Any] = {"kind": kind, "params": params}
+        if id is not None:
+            entry["id"] = id
+        self.analyses.append(entry)
+        return self
+
+    def config(self) -> AnalysisConfig:
+        from fedcare.study.analysis_config import parse_analysis_config
+
+        raw = self.raw or {
+            "name": self.name,
+            "dataset": {"name": self.dataset, "params": self.dataset_params},
+            "split": self.split,
+            "analyses": self.analyses,
+            "disclosure": self.disclosure,
+        }
+        return parse_analysis_config(raw, source="Analysis")
+
+    def run(self, out_dir: str | Path | None = None) -> AnalysisRun:
+        """Run it in the simulator into ``out_dir`` (default: studies/NAME)."""
+        from fedcare.study.analysis_runner import AnalysisRunner
+
+        config = self.config()
+        target = Path(out_dir or config.output or f"studies/{config.name}")
+        outcome = AnalysisRunner(config, target).run()
+        return AnalysisRun(outcome.directory, outcome.plan_hash, outcome.metrics)

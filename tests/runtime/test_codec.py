@@ -12,6 +12,7 @@ from fedcare.core.errors import ProtocolError
 from fedcare.runtime.codec import SchemaTable, WireMessage
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import NO_RUN, SCHEMAS, ErrorReport, JobPlan, parse_message
+from fedcare.runtime.query_messages import QUERY  # noqa: F401 - declares the query messages
 from fedcare.runtime.wire_fields import Float32, Json, Strings, Text
 
 
@@ -29,6 +30,8 @@ def test_every_protocol_message_is_declared_under_its_job_kind():
         "update_verdict": "train",
         "eval_request": "evaluate",
         "eval_result": "evaluate",
+        "query_question": "query",
+        "query_release": "query",
     }
     assert (SCHEMAS.job_of("secagg"), SCHEMAS.job_of("he")) == ("train", "train")
 

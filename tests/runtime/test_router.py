@@ -12,6 +12,8 @@ from fedcare.runtime.codec import SchemaTable, WireMessage
 from fedcare.runtime.coordinator import COORDINATOR_ROUTES
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import SCHEMAS
+from fedcare.runtime.query_coordinator import QUERY_COORDINATOR_ROUTES
+from fedcare.runtime.query_site_machine import QUERY_SITE_ROUTES
 from fedcare.runtime.router import ANY, Routed, Router, Unrouted
 from fedcare.runtime.site import SITE_ROUTES
 from fedcare.runtime.wire_fields import Integer
@@ -115,7 +117,9 @@ def test_each_machine_routes_what_the_other_sends_and_a_site_trains_only_when_re
         ("train", ANY, "he"),
         ("evaluate", "ready", "eval_request"),
     }
-    # Every declared kind has a receiver; the site agent takes audit entries itself
-    # (it verifies the coordinator's signature before anything else reads them).
-    routed = {kind for _, _, kind in [*COORDINATOR_ROUTES.routes(), *SITE_ROUTES.routes()]}
+    # Every declared kind has a receiver (the query job's on its own machines' routers);
+    # the site agent takes audit entries itself (it verifies the coordinator's signature
+    # before anything else reads them).
+    routers = [COORDINATOR_ROUTES, SITE_ROUTES, QUERY_COORDINATOR_ROUTES, QUERY_SITE_ROUTES]
+    routed = {kind for router in routers for _, _, kind in router.routes()}
     assert set(SCHEMAS) - routed == {"audit_entry"}

@@ -583,6 +583,24 @@ def coordinator_start(
     # Everything is checked before anything is written: a refused start leaves the study
     # folder as it was (no plan files, no runs.db row, no audit entry).
     address = _listen_address(address, insecure)
+    from fedcare.cli.analyze import deploy_query, is_analysis_file
+
+    if is_analysis_file(study):  # an analysis YAML (fedcare analyze) deploys as a query job
+        training: dict[str, object] = {"strategy": strategy, "seed": seed, "rounds": rounds}
+        training |= {"min_sites": min_sites, "max_update_norm": max_update_norm}
+        training |= {  # set away from their defaults: options of training rounds
+            "round_timeout": round_timeout != 600.0,
+            "start_grace": start_grace != 60.0,
+            "approval_timeout": approval_timeout != 3600.0,
+            "chunk_mib": chunk_mib != DEFAULT_CHUNK_MIB,
+            "max_model_gib": max_model_gib != 8.0,
+        }
+        security = _security(bundle, ca, insecure)
+        deploy_query(
+            study, security, address, out, run_id=run_id, insecure=insecure,
+            port_file=port_file, ignored=training,
+        )  # fmt: skip
+        return
     cfg = load_config(study)
     folder = out or Path(cfg.output or f"studies/{cfg.name}")
     _check_folder(folder)

@@ -223,16 +223,20 @@ def datasets_schema(
 
 # Deployment across hospitals: certificates, audit log, coordinator and site agents.
 # Imported last: these modules take friendly_errors/console from this one.
+from fedcare.cli.analyze import HELP as ANALYZE_HELP  # noqa: E402
+from fedcare.cli.analyze import analyze, site_query  # noqa: E402
 from fedcare.cli.audit import app as audit_app  # noqa: E402
 from fedcare.cli.certs import app as certs_app  # noqa: E402
 from fedcare.cli.deploy import coordinator_app, site_app  # noqa: E402
 from fedcare.cli.he_keys import app as he_keys_app  # noqa: E402
 from fedcare.cli.site_models import allow_model  # noqa: E402, F401 - registers commands
 
+app.command("analyze", help=ANALYZE_HELP)(analyze)
 app.add_typer(certs_app, name="certs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(site_app, name="site")
+site_app.command("query")(site_query)
 site_app.add_typer(he_keys_app, name="he-keys")
 
 if __name__ == "__main__":  # pragma: no cover

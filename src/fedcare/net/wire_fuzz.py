@@ -57,6 +57,7 @@ from fedcare.runtime.messages import (
     WireDelta,
     parse_message,
 )
+from fedcare.runtime.query_messages import fuzz_seeds as query_fuzz_seeds
 from fedcare.runtime.rounds import RunPlan, StudyPlan
 from fedcare.runtime.secure_wire import (
     SECAGG,
@@ -294,6 +295,7 @@ class DecoderBench:
             AuditCopy(RUN_ID, 1, _audit_entry(), "-----BEGIN CERTIFICATE-----\n"),
         ]
         seeds += [Seed("site", m.to_envelope()) for m in to_site]
+        seeds += [Seed(to, env) for to, env in query_fuzz_seeds(RUN_ID)]  # the query job's
         self.seeds = seeds
         # The receivers' vector limit: the largest message these plans send (a CKKS
         # ciphertext of the model when TenSEAL is here, else SCAFFOLD's update or the

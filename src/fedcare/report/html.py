@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from fedcare.report.analysis_html import write_analysis_report
+from fedcare.report.analysis_results import is_analysis_metrics
 from fedcare.report.deployment import DEPLOYMENT_KEY, deployment_section
 from fedcare.report.findings import baseline_notes, findings
 from fedcare.report.plots import (
@@ -432,6 +434,8 @@ def render_report(results: StudyResults) -> str:
 
 def write_report(study_dir: Path) -> Path:
     """Read ``study_dir/metrics.json``; write ``report.html`` and ``metrics.csv`` beside it."""
+    if is_analysis_metrics(study_dir / METRICS_FILE):  # an analysis folder has its own report
+        return write_analysis_report(study_dir)
     results = load_results(study_dir / METRICS_FILE)
     write_metrics_csv(results, study_dir / CSV_FILE)
     report = study_dir / REPORT_FILE
