@@ -18,7 +18,7 @@ import torch
 @dataclass
 class DataBank:
     x: torch.Tensor  # (total rows, *input_shape), float32
-    y: torch.Tensor  # (total rows,), int64
+    y: torch.Tensor  # (total rows,) int64 labels, or (total rows, 2) float64 (time, event)
     offsets: npt.NDArray[np.int64]  # first row of each site
     counts: npt.NDArray[np.int64]  # rows of each site
 
@@ -29,7 +29,10 @@ class DataBank:
         counts = np.array([len(y) for y in ys], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         x = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(xs)), dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(ys)), dtype=np.int64))
+        targets = np.concatenate(list(ys))
+        # Survival targets stay float (time, event); anything else is a class label.
+        dtype = np.float64 if np.issubdtype(targets.dtype, np.floating) else np.int64
+        y = torch.from_numpy(np.ascontiguousarray(targets, dtype=dtype))
         return cls(x=x, y=y, offsets=offsets, counts=counts)
 
     def rows(self, site: int) -> slice:
