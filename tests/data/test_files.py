@@ -10,7 +10,7 @@ from fedcare.core.errors import DataValidationError
 from fedcare.data.files import data_folder, verify_folder
 
 
-@pytest.mark.parametrize("name", ["heart-disease", "medmnist"])
+@pytest.mark.parametrize("name", ["heart-disease", "medmnist", "tcga-brca"])
 def test_shipped_folders_match_their_checksums(name):
     folder = data_folder(name)
     assert folder.joinpath("SHA256SUMS").is_file()

@@ -15,6 +15,7 @@ def test_every_dataset_is_listed():
         "retinamnist",
         "synthetic",
         "tabular",
+        "tcga-brca",
     ]
 
 
@@ -32,6 +33,19 @@ def test_heart_description_has_sites_rows_balance_and_attribution():
     assert sum(cleveland["label_share_train"]) == pytest.approx(1.0, abs=1e-3)
     assert info["num_features"] == 13 and info["classes"] == ["no disease", "disease"]
     assert info["license"] == "CC BY 4.0" and "Detrano" in info["source"]
+
+
+def test_tcga_brca_description_has_regions_events_and_follow_up():
+    info = describe_dataset("tcga-brca")
+    assert info["task"] == "survival" and info["num_features"] == 39
+    northeast = info["sites"][0]
+    assert (northeast["name"], northeast["train"], northeast["test"]) == ("northeast", 248, 63)
+    assert sum(s["events_train"] + s["events_test"] for s in info["sites"]) == 151
+    assert northeast["event_share_train"] == pytest.approx(
+        northeast["events_train"] / 248, abs=1e-3
+    )
+    assert northeast["median_time_train"] > 0
+    assert "TCGA Research Network" in info["source"]
 
 
 def test_parameters_reach_the_loader():

@@ -14,11 +14,11 @@ from importlib.resources.abc import Traversable
 
 from fedcare.core.errors import DataValidationError
 
-SHIPPED_FOLDERS = ("heart-disease", "medmnist")
+SHIPPED_FOLDERS = ("heart-disease", "medmnist", "tcga-brca")
 
 
 def data_folder(name: str) -> Traversable:
-    """A shipped dataset folder (``heart-disease`` or ``medmnist``), verified once per process."""
+    """A shipped dataset folder (one of :data:`SHIPPED_FOLDERS`), verified once per process."""
     if name not in SHIPPED_FOLDERS:
         raise DataValidationError(
             "no such shipped dataset folder",

@@ -18,6 +18,7 @@ from fedcare.data.schema import TabularSchema
 from fedcare.data.schema_guide import SCHEMA_GUIDE
 from fedcare.data.synthetic import make_synthetic
 from fedcare.data.tabular import RunSplit, load_tabular_sites, run_split
+from fedcare.data.tcga_brca import load_tcga_brca
 
 _LOADERS: dict[str, Callable[..., FederatedDataset]] = {
     "heart-disease": load_heart_disease,
@@ -25,8 +26,9 @@ _LOADERS: dict[str, Callable[..., FederatedDataset]] = {
     "retinamnist": functools.partial(load_medmnist, "retinamnist"),
     "synthetic": make_synthetic,
     "tabular": load_tabular_sites,
+    "tcga-brca": load_tcga_brca,
 }
-_SHIPPED = ("heart-disease", "breastmnist", "retinamnist", "synthetic")
+_SHIPPED = ("heart-disease", "breastmnist", "retinamnist", "synthetic", "tcga-brca")
 
 
 def dataset_names() -> list[str]:
@@ -100,7 +102,10 @@ def describe_dataset(name: str, **params: Any) -> dict[str, Any]:
         "input_shape": list(ds.input_shape),
         "num_features": int(np.prod(ds.input_shape)),
         "features": ds.feature_names,
-        "sites": [_describe_site(s, ds.num_classes) for s in ds.sites],
+        "sites": [
+            _describe_survival_site(s) if s.is_survival else _describe_site(s, ds.num_classes)
+            for s in ds.sites
+        ],
         "license": ds.extra.get("license", "-"),
         "description": ds.description,
         "source": ds.source,
@@ -118,6 +123,18 @@ def _describe_site(site: SiteData, num_classes: int) -> dict[str, Any]:
         "label_counts_test": np.bincount(site.y_test, minlength=num_classes).tolist(),
         "label_share_train": (counts_train / max(site.num_train, 1)).round(3).tolist(),
     }
+
+
+def _describe_survival_site(site: SiteData) -> dict[str, Any]:
+    """Rows, events and follow-up: a survival site's label balance is its event rate."""
+    facts: dict[str, Any] = {"name": site.name, "train": site.num_train, "test": site.num_test}
+    for split in ("train", "test"):
+        events = getattr(site, f"y_{split}")
+        time = getattr(site, f"time_{split}")
+        facts[f"events_{split}"] = int(events.sum())
+        facts[f"event_share_{split}"] = round(float(events.mean()) if events.size else 0.0, 3)
+        facts[f"median_time_{split}"] = float(np.median(time)) if time.size else None
+    return facts
 
 
 def shipped_datasets() -> tuple[str, ...]:

@@ -15,8 +15,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -139,6 +141,54 @@ class TargetSpec(_Strict):
         return f"positive {self.positive} or negative {self.negative}"
 
 
+class SurvivalSpec(_Strict):
+    """The survival roles of a table: follow-up ``time``, ``event`` indicator, optional
+    ``entry`` time (left truncation: a patient joins the risk set at entry, not at 0).
+
+    ``event_values``/``censored_values`` are the values of the event column that mean the
+    event was observed / the row is censored (category text, default 1 and 0); any other
+    value is an error naming its row, never a silent censoring. Times are numbers >= 0 in
+    one unit for every site; a row's entry, when declared, is at most its time.
+    """
+
+    time: str
+    event: str
+    entry: str | None = None
+    event_values: list[str] = Field(default_factory=lambda: ["1"])
+    censored_values: list[str] = Field(default_factory=lambda: ["0"])
+
+    @field_validator("event_values", "censored_values", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return _values_as_text(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SurvivalSpec:
+        roles = [c for c in (self.time, self.event, self.entry) if c is not None]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"time, event and entry must be three different columns: {roles}")
+        for name in ("event_values", "censored_values"):
+            if not getattr(self, name):
+                raise ValueError(f"'{name}' lists no value")
+        both = sorted(set(self.event_values) & set(self.censored_values))
+        if both:
+            raise ValueError(f"{both} listed in both event_values and censored_values")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """The role columns every site's file must have."""
+        return [c for c in (self.time, self.event, self.entry) if c is not None]
+
+    @property
+    def event_index(self) -> dict[str, int]:
+        """Each declared event-column value (category text) and its indicator, 1 or 0."""
+        return dict.fromkeys(self.censored_values, 0) | dict.fromkeys(self.event_values, 1)
+
+    def declared(self) -> str:
+        return f"event {self.event_values} or censored {self.censored_values}"
+
+
 def _values_as_text(value: Any) -> Any:
     """Category values as text; YAML's unquoted yes/no/true/false are refused, since the
     spelling the file uses can no longer be told (yes? True? on?)."""
@@ -160,8 +210,13 @@ def _values_as_text(value: Any) -> Any:
 
 
 class TabularSchema(_Strict):
-    target: TargetSpec
+    """A table's declared columns. Exactly one outcome: ``target`` (a classification label)
+    or ``survival`` (time/event/entry roles); a survival table has no classification target,
+    and its rows are for survival analyses and Cox models."""
+
+    target: TargetSpec | None = None
     features: list[FeatureSpec] = Field(min_length=1)
+    survival: SurvivalSpec | None = None
     split_column: str | None = None  # values 'train'/'test'; otherwise a seeded split
     test_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)  # seeded split's share
     seed: int | None = Field(default=None, ge=0)  # seed of the seeded stratified split
@@ -173,11 +228,58 @@ class TabularSchema(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"features declared twice: {dupes}")
-        if self.target.column in names:
-            raise ValueError(f"target column '{self.target.column}' is also declared as a feature")
+        if (self.target is None) == (self.survival is None):
+            raise ValueError(
+                "declare exactly one outcome: 'target' (a label to classify) or 'survival' "
+                "(time and event columns), found "
+                + ("both" if self.target is not None else "neither")
+            )
+        for role, column in self.outcome_roles().items():
+            if column in names:
+                raise ValueError(f"{role} column '{column}' is also declared as a feature")
+            if column == self.split_column:
+                raise ValueError(f"{role} column '{column}' is also the split_column")
         if self.split_column is not None and self.test_fraction is not None:
             raise ValueError("give either 'split_column' or 'test_fraction', not both")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_outcome(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # The undeclared outcome is left out, so a classification schema dumps (and hashes,
+        # hence is approved) exactly as before survival schemas existed.
+        data = handler(self)
+        for key in ("target", "survival"):
+            if isinstance(data, dict) and data.get(key, "") is None:
+                del data[key]
+        return data
+
+    def outcome_roles(self) -> dict[str, str]:
+        """The outcome's columns by role: target, or time/event(/entry)."""
+        if self.target is not None:
+            return {"target": self.target.column}
+        if self.survival is None:
+            return {}
+        roles = {"time": self.survival.time, "event": self.survival.event}
+        return roles | ({"entry": self.survival.entry} if self.survival.entry else {})
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the target; a survival table's rows are event/censored (one output)."""
+        return 2 if self.target is None else self.target.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["censored", "event"] if self.target is None else self.target.class_names
+
+    @property
+    def label(self) -> TargetSpec:
+        """The classification target; a survival schema has none (a clear error, not None)."""
+        if self.target is None:
+            raise ConfigError(
+                "this schema declares 'survival' (time/event columns), not a classification "
+                "'target': it is for survival analyses and survival models"
+            )
+        return self.target
 
     @classmethod
     def load(cls, path: Path | str) -> TabularSchema:
@@ -186,7 +288,10 @@ class TabularSchema(_Strict):
     @classmethod
     def parse(cls, raw: Any, source: str = "schema") -> TabularSchema:
         if raw is None:
-            raise ConfigError(f"{source}: the schema is empty; it needs 'target' and 'features'")
+            raise ConfigError(
+                f"{source}: the schema is empty; it needs 'target' and 'features' "
+                "('survival' instead of 'target' for time-to-event data)"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -231,6 +336,7 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
 
 _NESTED: dict[tuple[type[BaseModel], str], type[BaseModel]] = {
     (TabularSchema, "target"): TargetSpec,
+    (TabularSchema, "survival"): SurvivalSpec,
     (TabularSchema, "features"): FeatureSpec,
 }
 

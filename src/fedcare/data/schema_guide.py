@@ -22,6 +22,17 @@ missing_indicator: true  # a 0/1 "<name>_missing" column per numeric or binary f
 test_fraction: 0.3       # share of each site's rows held out (or split_column: set)
 """
 
+SURVIVAL_EXAMPLE = """\
+survival:                # instead of target: time-to-event data
+  time: days             # follow-up time, a number >= 0 in every row (one unit everywhere)
+  event: died            # the event indicator column
+  event_values: [1]      # the value(s) meaning the event was observed (default [1])
+  censored_values: [0]   # the value(s) meaning censored (default [0]); others are errors
+features:
+  - {name: age, type: numeric, min: 0, max: 120}
+  - {name: stage, type: categorical, categories: [I, II, III, IV]}
+"""
+
 SCHEMA_GUIDE = f"""\
 A study on your own tables names one CSV or Parquet file per site and one schema (YAML):
 
@@ -63,7 +74,24 @@ seed               pins that random split; without it the split follows each run
                    (and dataset.params.seed pins it for one study).
 missing_indicator  default false. true adds a 0/1 "<name>_missing" column for numeric and
                    binary features (with per-site normalisation: for every one of them).
+survival           instead of target, for time-to-event data (survival analyses such as
+                   Kaplan-Meier and Cox, and survival models trained on time and event).
+                   A schema declares exactly one of target and survival.
+  time             the follow-up time column: a number >= 0 in every row, in one unit
+                   (e.g. days) at every site. A missing, non-numeric or negative time is an
+                   error naming the row and line.
+  event            the event indicator column; every row needs a declared value.
+  event_values     the value(s) meaning the event was observed (default [1]).
+  censored_values  the value(s) meaning the row is censored (default [0]). Any other value
+                   is an error, never a silent censoring.
+  entry            optional: when the patient entered follow-up (left truncation), a
+                   number >= 0 and at most the row's time. Used by analyses; training a
+                   model refuses a schema that declares it rather than ignore it.
+                   time, event and entry are not features and not the split_column.
 
+Example survival schema:
+
+{SURVIVAL_EXAMPLE}
 Values are compared as text: 1, 1.0 and '1' are the same value, spaces around a value are
 ignored, case is not (Yes is not yes). In YAML quote yes/no/true/false/on/off (['yes']):
 unquoted, YAML turns them into booleans, and the schema refuses them.
@@ -81,7 +109,9 @@ delimiters and around header names ignored; or Parquet. A missing column is repo
 the file's closest column name ("did you mean ...?").
 
 Warnings (the run goes on): a category seen at one site only (an error with strict: true);
-a site whose training rows are all one class. Its local-only baseline then learns to
-predict that class, it still sends federated updates (which pull the shared model toward
-that class), and its own AUC is undefined wherever its test rows are one class too.
+a survival site whose rows are all censored (it adds no event to a log-rank test or a Cox
+model, and its own C-index is undefined); a site whose training rows are all one class.
+Its local-only baseline then learns to predict that class, it still sends federated
+updates (which pull the shared model toward that class), and its own AUC is undefined
+wherever its test rows are one class too.
 """

@@ -31,6 +31,7 @@ from fedcare.data.table_file import read_table_file
 from fedcare.data.tabular import (
     SplitSource,
     encode_site,
+    refuse_entry_for_training,
     run_split,
     split_settings,
     split_site,
@@ -80,6 +81,7 @@ class SiteTableSpec:
             )
         schema = TabularSchema.load(params["schema"])
         fixed_encoding(schema)  # undeclared categories cannot be deployed
+        refuse_entry_for_training(schema)
         split = run_split(schema, params.get("seed"), run_seed)
         fraction, seed = split_settings(schema, params.get("test_fraction"), split.seed)
         return cls(schema, fraction, seed, split.source)
@@ -90,7 +92,7 @@ class SiteTableSpec:
 
     @property
     def num_classes(self) -> int:
-        return self.schema.target.num_classes
+        return self.schema.num_classes
 
     @property
     def feature_names(self) -> list[str]:
@@ -239,6 +241,8 @@ def _one_class(
     spec: SiteTableSpec, site: str, file: str, train_labels: npt.NDArray[np.int64]
 ) -> list[ValidationIssue]:
     """The simulator's one-class warning, for this site's training rows."""
+    if spec.schema.target is None:  # survival: the table checks warn of a site with no event
+        return []
     problem = one_class_problem(train_labels, spec.schema.target.class_names)
     column = spec.schema.target.column
     return [] if problem is None else [ValidationIssue("warning", problem, site, file, column)]

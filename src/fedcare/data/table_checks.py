@@ -1,4 +1,5 @@
-"""The checks one site's table must pass before any training, each reported, none raised.
+"""The checks one site's table must pass before any training or analysis, each reported,
+none raised.
 
 Every issue names the site, the file and the column, what was expected and an example of
 what was found, so the engineer at that hospital can fix it without seeing other sites.
@@ -12,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from fedcare.data.harmonise import binary_values, category_strings
-from fedcare.data.schema import FeatureSpec, TabularSchema, ValidationIssue
+from fedcare.data.schema import (
+    FeatureSpec,
+    Severity,
+    SurvivalSpec,
+    TabularSchema,
+    TargetSpec,
+    ValidationIssue,
+)
 
 
 class _Issues:
@@ -26,9 +34,10 @@ class _Issues:
         column: str | None,
         expected: str | None = None,
         found: str | None = None,
+        severity: Severity = "error",
     ) -> None:
         self.items.append(
-            ValidationIssue("error", problem, self.site, self.file, column, expected, found)
+            ValidationIssue(severity, problem, self.site, self.file, column, expected, found)
         )
 
     def where(self, row: int) -> str:
@@ -44,7 +53,7 @@ def check_table(
     if frame.empty:
         issues.add("the table has no rows", None)
         return issues.items
-    needed = [schema.target.column] + [f.name for f in schema.features if f.required]
+    needed = [*schema.outcome_roles().values()] + [f.name for f in schema.features if f.required]
     if schema.split_column:
         needed.append(schema.split_column)
     missing = [c for c in needed if c not in frame.columns]
@@ -57,8 +66,10 @@ def check_table(
     for feature in schema.features:
         if feature.name in frame.columns:
             _check_feature(issues, feature, frame[feature.name])
-    if schema.target.column in frame.columns:
-        _check_target(issues, schema, frame[schema.target.column])
+    if schema.target is not None and schema.target.column in frame.columns:
+        _check_target(issues, schema.target, frame[schema.target.column])
+    if schema.survival is not None:
+        _check_survival(issues, schema.survival, frame)
     if schema.split_column and schema.split_column in frame.columns:
         values = set(category_strings(frame[schema.split_column]))
         if frame[schema.split_column].isna().any() or not values <= {"train", "test"}:
@@ -142,8 +153,8 @@ def _check_feature(issues: _Issues, f: FeatureSpec, series: pd.Series) -> None:
             )
 
 
-def _check_target(issues: _Issues, schema: TabularSchema, labels: pd.Series) -> None:
-    column = schema.target.column
+def _check_target(issues: _Issues, target: TargetSpec, labels: pd.Series) -> None:
+    column = target.column
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
         issues.add(
@@ -153,13 +164,97 @@ def _check_target(issues: _Issues, schema: TabularSchema, labels: pd.Series) -> 
             f"first in {issues.where(first)}",
         )
     text = category_strings(labels)
-    undeclared = text[~text.isin(list(schema.target.class_index))]
+    undeclared = text[~text.isin(list(target.class_index))]
     if not undeclared.empty:
         # Never a silent negative: every value must be one the schema declares.
         first = int(undeclared.index[0])
         issues.add(
             f"{len(undeclared)} label(s) not among the declared values",
             column,
-            schema.target.declared(),
+            target.declared(),
             f"{sorted(set(undeclared))[:5]}, first {labels.iloc[first]!r} in {issues.where(first)}",
         )
+
+
+def _check_survival(issues: _Issues, spec: SurvivalSpec, frame: pd.DataFrame) -> None:
+    """Times present, numeric and not negative; events declared; entry before time; and a
+    warning when no row at the site has the event (it then adds nothing to a Cox fit)."""
+    times = _check_times(issues, frame, spec.time, "follow-up time")
+    if spec.entry is not None:
+        entries = _check_times(issues, frame, spec.entry, "entry time")
+        if times is not None and entries is not None:
+            late = np.flatnonzero((entries > times).to_numpy())
+            if late.size:
+                first = int(late[0])
+                issues.add(
+                    f"{late.size} row(s) enter after their follow-up time ends",
+                    spec.entry,
+                    f"{spec.entry} <= {spec.time}",
+                    f"{spec.entry} {entries.iloc[first]} > {spec.time} {times.iloc[first]} "
+                    f"in {issues.where(first)}",
+                )
+    if spec.event not in frame.columns:
+        return
+    events = frame[spec.event]
+    if events.isna().any():
+        first = int(np.flatnonzero(events.isna().to_numpy())[0])
+        issues.add(
+            f"{int(events.isna().sum())} row(s) have no event indicator",
+            spec.event,
+            spec.declared(),
+            f"first in {issues.where(first)}",
+        )
+    text = category_strings(events)
+    undeclared = text[~text.isin(list(spec.event_index))]
+    if not undeclared.empty:
+        # Never a silent censoring: every value must be one the schema declares.
+        first = int(undeclared.index[0])
+        issues.add(
+            f"{len(undeclared)} event value(s) not among the declared values",
+            spec.event,
+            spec.declared(),
+            f"{sorted(set(undeclared))[:5]}, first {events.iloc[first]!r} in {issues.where(first)}",
+        )
+    elif not events.isna().any() and not text.isin(spec.event_values).any():
+        issues.add(
+            f"all {len(events)} rows are censored (no event observed at this site): its rows "
+            "still count in survival curves and risk sets, but add nothing to a log-rank "
+            "test's or Cox model's events and leave its own C-index undefined",
+            spec.event,
+            f"at least one row with an event value {spec.event_values}",
+            f"only censored values {sorted(set(text))[:5]}",
+            severity="warning",
+        )
+
+
+def _check_times(issues: _Issues, frame: pd.DataFrame, column: str, what: str) -> pd.Series | None:
+    """The column as numbers, with an issue per kind of problem; None when it is absent."""
+    if column not in frame.columns:
+        return None
+    series = frame[column]
+    values = pd.to_numeric(series, errors="coerce")
+    missing = np.flatnonzero(series.isna().to_numpy())
+    if missing.size:
+        issues.add(
+            f"{missing.size} row(s) have no {what}",
+            column,
+            f"a {what} (a number >= 0) in every row",
+            f"first in {issues.where(int(missing[0]))}",
+        )
+    text = np.flatnonzero((series.notna() & values.isna()).to_numpy())
+    if text.size:
+        issues.add(
+            f"{text.size} non-numeric {what}(s)",
+            column,
+            "numbers >= 0",
+            f"e.g. {series.iloc[text[0]]!r} in {issues.where(int(text[0]))}",
+        )
+    negative = np.flatnonzero((values < 0).to_numpy())
+    if negative.size:
+        issues.add(
+            f"{negative.size} negative {what}(s)",
+            column,
+            "numbers >= 0",
+            f"e.g. {values.iloc[negative[0]]} in {issues.where(int(negative[0]))}",
+        )
+    return values

@@ -42,6 +42,7 @@ from fedcare.data.harmonise import (
 )
 from fedcare.data.schema import (
     Severity,
+    SurvivalSpec,
     TabularSchema,
     ValidationIssue,
     ValidationReport,
@@ -54,23 +55,46 @@ NORMALISE: tuple[Normalise, ...] = ("pooled", "site")
 
 
 def label_array(frame: pd.DataFrame, schema: TabularSchema) -> npt.NDArray[np.int64]:
-    """Class indices from the target column, by the declared values of each class.
+    """Class indices from the target column, by the declared values of each class; for a
+    survival schema the event indicator (1 event, 0 censored) from its declared values.
 
     Validation reports missing and undeclared labels first; should one get here anyway it
     is an error, never a silent negative.
     """
-    column = schema.target.column
-    index = schema.target.class_index
+    outcome = schema.survival or schema.label
+    column = outcome.event if isinstance(outcome, SurvivalSpec) else outcome.column
+    index = outcome.event_index if isinstance(outcome, SurvivalSpec) else outcome.class_index
     classes = category_strings(frame[column]).reindex(frame.index).map(index)
     if classes.isna().any():
         row = int(np.flatnonzero(classes.isna().to_numpy())[0])
         raise DataValidationError(
             f"label missing or not declared in row {row + 1}",
             column=column,
-            expected=schema.target.declared(),
+            expected=outcome.declared(),
             found=repr(frame[column].iloc[row]),
         )
     return np.asarray(classes, dtype=np.int64)
+
+
+def time_array(frame: pd.DataFrame, schema: TabularSchema) -> npt.NDArray[np.float64] | None:
+    """A survival schema's follow-up times (checked by validation first); None otherwise.
+
+    Training uses time and event only: a declared ``entry`` (left truncation) is refused
+    by :func:`refuse_entry_for_training` rather than silently dropped.
+    """
+    if schema.survival is None:
+        return None
+    return pd.to_numeric(frame[schema.survival.time]).to_numpy(dtype=np.float64)
+
+
+def refuse_entry_for_training(schema: TabularSchema) -> None:
+    """Survival models train on (time, event); delayed entry would be ignored, so refuse it."""
+    if schema.survival is not None and schema.survival.entry is not None:
+        raise ConfigError(
+            f"tabular dataset: the schema declares survival.entry "
+            f"('{schema.survival.entry}', left truncation), which survival analyses use but "
+            "model training does not; remove it from the schema to train on time and event"
+        )
 
 
 def _read_and_validate(
@@ -191,7 +215,10 @@ def encode_site(
     encoding: GlobalEncoding,
 ) -> SiteData:
     x = encode(frame, schema, encoding)
-    return SiteData(site, x[~test], labels[~test], x[test], labels[test])
+    time = time_array(frame, schema)
+    if time is None:
+        return SiteData(site, x[~test], labels[~test], x[test], labels[test])
+    return SiteData(site, x[~test], labels[~test], x[test], labels[test], time[~test], time[test])
 
 
 def load_tabular_sites(
@@ -219,6 +246,7 @@ def load_tabular_sites(
             f"tabular dataset: normalise must be one of {list(NORMALISE)}, found {normalise!r}"
         )
     fraction, split_seed = split_settings(schema, test_fraction, seed)
+    refuse_entry_for_training(schema)
     if normalise == "site":
         fixed_encoding(schema)  # refuses undeclared categories before reading any file
     report, frames = _read_and_validate(schema, files, strict)
@@ -240,12 +268,13 @@ def load_tabular_sites(
         for site, frame in frames.items()
     ]
     encoding = next(iter(encodings.values()))
-    num_classes = schema.target.num_classes
-    class_names = schema.target.class_names
+    num_classes = schema.num_classes
+    class_names = schema.class_names
+    survival = schema.survival is not None
     return FederatedDataset(
         name=name,
         sites=sites,
-        task="binary" if num_classes == 2 else "multiclass",
+        task="survival" if survival else "binary" if num_classes == 2 else "multiclass",
         num_classes=num_classes,
         input_shape=(sites[0].x_train.shape[1],),
         feature_names=encoding.feature_names(schema),
@@ -258,6 +287,8 @@ def load_tabular_sites(
             if normalise == "pooled"
             else {s: e.to_dict() for s, e in encodings.items()},
             "normalise": normalise,
-            "warnings": [str(w) for w in report.warnings] + one_class_sites(sites, class_names),
+            # A survival site with no event is warned about by the table checks instead.
+            "warnings": [str(w) for w in report.warnings]
+            + ([] if survival else one_class_sites(sites, class_names)),
         },
     )

@@ -1,0 +1,141 @@
+"""TCGA-BRCA prepared exactly as FLamby's Fed-TCGA-BRCA: six regions, static split, survival."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcare.core.errors import ConfigError, DataValidationError
+from fedcare.data import tcga_brca
+from fedcare.data.files import data_folder
+from fedcare.data.tcga_brca import REGIONS, SITES, load_tcga_brca, tcga_brca_table
+
+FLAMBY_COUNTS = {
+    "northeast": (248, 63),
+    "south": (156, 40),
+    "west": (164, 42),
+    "midwest": (129, 33),
+    "europe": (129, 33),
+    "canada": (40, 11),
+}
+
+
+def shipped(name: str) -> pd.DataFrame:
+    text = data_folder("tcga-brca").joinpath(name).read_text(encoding="utf-8")
+    return pd.read_csv(io.StringIO(text))
+
+
+@pytest.fixture(scope="module")
+def brca():
+    return load_tcga_brca()
+
+
+def test_six_regions_in_flamby_order_with_flamby_train_test_counts(brca):
+    assert brca.site_names == ["northeast", "south", "west", "midwest", "europe", "canada"]
+    assert {s.name: (s.num_train, s.num_test) for s in brca.sites} == FLAMBY_COUNTS
+    assert sum(s.num_train + s.num_test for s in brca.sites) == 1088
+
+
+def test_a_patients_region_is_its_barcodes_tissue_source_site():
+    centers = shipped("centers.csv").set_index("TSS Code")["Region"]
+    frame = tcga_brca_table().frame
+    # TCGA-E2-A9RU: characters 6-7 are the tissue source site E2.
+    from_barcode = frame["pid"].str[5:7].map(centers).str.lower()
+    assert (from_barcode == frame["region"]).all()
+    # ... and agrees with the region index k of the split file's train_k / test_k.
+    split = shipped("train_test_split.csv").set_index("pid")["fold2"]
+    k = frame["pid"].map(split).str.split("_").str[1].astype(int)
+    assert (frame["region"] == k.map(dict(enumerate(SITES)))).all()
+
+
+def test_the_eight_patients_in_no_split_come_from_other_regions_and_are_dropped():
+    raw = shipped("brca.csv")
+    centers = shipped("centers.csv").set_index("TSS Code")["Region"]
+    kept = set(tcga_brca_table().frame["pid"])
+    dropped = raw[~raw["pid"].isin(kept)]
+    assert len(raw) == 1096 and len(dropped) == 8
+    regions = set(dropped["pid"].str[5:7].map(centers))
+    assert regions == {"Other"} and not regions & set(REGIONS)
+
+
+def test_rows_keep_the_files_order_within_a_region_as_flamby_does():
+    raw = shipped("brca.csv")
+    frame = tcga_brca_table().frame
+    for site in SITES:
+        pids = frame.loc[frame["region"] == site, "pid"].tolist()
+        positions = raw.index[raw["pid"].isin(pids)].tolist()
+        assert raw.loc[positions, "pid"].tolist() == pids
+
+
+def test_survival_targets_are_time_in_days_and_event_per_row(brca):
+    assert (brca.task, brca.num_classes) == ("survival", 2)
+    assert brca.class_names == ["censored", "event"]
+    raw = shipped("brca.csv").set_index("pid")
+    table = tcga_brca_table()
+    northeast_train = table.rows("northeast", "train")
+    site = brca.site("northeast")
+    assert site.time_train is not None and site.time_train.dtype == np.float64
+    np.testing.assert_array_equal(site.time_train, raw.loc[northeast_train["pid"], "T"])
+    np.testing.assert_array_equal(site.y_train, raw.loc[northeast_train["pid"], "E"])
+    events = sum(int(s.y_train.sum() + s.y_test.sum()) for s in brca.sites)
+    assert events == 151  # every death is in one of the six regions
+
+
+def test_features_are_fed_unscaled_as_in_flamby(brca):
+    assert brca.input_shape == (39,)
+    assert brca.feature_names is not None and brca.feature_names[0] == "age_at_index"
+    x = brca.pooled().x_train
+    assert x.dtype == np.float32
+    assert x[:, 0].min() >= 20 and x[:, 0].max() <= 90  # age in years
+    assert set(np.unique(x[:, 1:])) == {0.0, 1.0}  # one-hot clinical levels
+
+
+def test_site_normalisation_zscores_with_each_regions_training_rows():
+    for site in load_tcga_brca(normalisation="site").sites:
+        np.testing.assert_allclose(site.x_train.mean(axis=0), 0.0, atol=1e-5)
+        stds = site.x_train.std(axis=0, ddof=1)
+        assert np.all((np.abs(stds - 1) < 1e-4) | (stds < 1e-6))  # absent levels stay 0
+        assert np.isfinite(site.x_test).all()
+
+
+def test_pooled_reference_keeps_times_aligned_with_rows(brca):
+    pooled = brca.pooled()
+    assert pooled.time_train is not None and pooled.time_test is not None
+    assert pooled.time_train.shape == (866,) and pooled.time_test.shape == (222,)
+    np.testing.assert_array_equal(pooled.time_test[:63], brca.site("northeast").time_test)
+
+
+def test_unknown_normalisation_split_or_region_is_a_config_error():
+    with pytest.raises(ConfigError, match="'none' or 'site'"):
+        load_tcga_brca(normalisation="global")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="sites \\(FLamby order\\): northeast"):
+        tcga_brca_table().rows("boston")
+    with pytest.raises(ConfigError, match="'train', 'test' or 'all'"):
+        tcga_brca_table().rows("south", "validation")  # type: ignore[arg-type]
+
+
+def test_attribution_carries_the_tcga_acknowledgement(brca):
+    assert "generated by the TCGA Research Network" in brca.source
+    notice = data_folder("tcga-brca").joinpath("NOTICE.md").read_text(encoding="utf-8")
+    assert "generated by the TCGA Research Network" in notice and "MIT" in notice
+
+
+def test_a_split_file_that_disagrees_with_the_barcodes_is_refused(monkeypatch):
+    original = tcga_brca._read
+
+    def tampered(name: str) -> pd.DataFrame:
+        frame = original(name)
+        if name == "train_test_split.csv":  # move a Northeast patient to region 1
+            first = frame.index[frame["fold2"] == "train_0"][0]
+            frame.loc[first, "fold2"] = "train_1"
+        return frame
+
+    monkeypatch.setattr(tcga_brca, "_read", tampered)
+    tcga_brca_table.cache_clear()
+    try:
+        with pytest.raises(DataValidationError, match=r"fold2.*region from the barcode"):
+            tcga_brca_table()
+    finally:
+        monkeypatch.undo()
+        tcga_brca_table.cache_clear()
