@@ -37,7 +37,7 @@ class DataBank:
 
     @classmethod
     def from_arrays(
-        cls, xs: Sequence[npt.NDArray[np.float32]], ys: Sequence[npt.NDArray[np.int64]]
+        cls, xs: Sequence[npt.NDArray[np.float32]], ys: Sequence[npt.NDArray[np.generic]]
     ) -> DataBank:
         counts = np.array([len(y) for y in ys], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
