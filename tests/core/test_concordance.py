@@ -1,5 +1,6 @@
 """Harrell's C-index as additive counts, exact against lifelines' concordance_index."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lifelines.utils import concordance_index
 
-from fedcare.core.metrics import EvalStats, concordance_counts
+from fedcare.core.metrics import EvalStats, concordance_counts, eval_counts, eval_from_counts
 
 
 @settings(max_examples=60, deadline=None)
@@ -51,3 +52,13 @@ def test_survival_and_classification_counts_do_not_mix() -> None:
     survival = EvalStats.from_survival(np.zeros(2), np.ones(2), np.ones(2), 0.0, 2)
     with pytest.raises(ValueError, match="survival and of a classification"):
         _ = survival + EvalStats.empty(2)
+
+
+def test_survival_counts_survive_their_json_form() -> None:
+    stats = EvalStats.from_survival(
+        np.array([0.2, 0.1, 0.4]), np.array([3.0, 1.0, 2.0]), np.array([1, 1, 0]), 2.5, 2
+    )
+    back = eval_from_counts(json.loads(json.dumps(eval_counts(stats))))
+    assert back.concordance == stats.concordance
+    assert back.summary() == stats.summary()
+    assert "concordance" not in eval_counts(EvalStats.empty(2))  # classification unchanged

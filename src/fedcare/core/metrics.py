@@ -247,7 +247,7 @@ def eval_counts(stats: EvalStats) -> dict[str, Any]:
     """The additive counts behind an evaluation, as JSON (the score histogram kept sparse)."""
     hist = stats.score_hist.reshape(-1)
     nonzero = np.flatnonzero(hist)
-    return {
+    counts: dict[str, Any] = {
         "num_classes": stats.num_classes,
         "count": stats.count,
         "loss_sum": stats.loss_sum,
@@ -258,6 +258,12 @@ def eval_counts(stats: EvalStats) -> dict[str, Any]:
             "value": hist[nonzero].tolist(),
         },
     }
+    if stats.concordance is not None:
+        counts["concordance"] = {
+            "concordant": stats.concordance.concordant,
+            "comparable": stats.concordance.comparable,
+        }
+    return counts
 
 
 def eval_from_counts(raw: Mapping[str, Any], where: str = "result.json") -> EvalStats:
@@ -275,6 +281,11 @@ def eval_from_counts(raw: Mapping[str, Any], where: str = "result.json") -> Eval
             raise ValueError(f"score_hist shape {hist['shape']}, expected {stats.score_hist.shape}")
         flat = stats.score_hist.reshape(-1)
         flat[np.asarray(hist["index"], dtype=np.int64)] = np.asarray(hist["value"], np.int64)
+        if "concordance" in raw:
+            pairs = raw["concordance"]
+            stats.concordance = ConcordanceCounts(
+                float(pairs["concordant"]), int(pairs["comparable"])
+            )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ConfigError(f"{where}: evaluation counts are malformed: {exc}") from exc
     return stats
