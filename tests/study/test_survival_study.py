@@ -57,3 +57,8 @@ def test_sample_level_dp_sgd_is_refused_for_a_survival_study(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="cannot train a survival"):
         StudyRunner(config, tmp_path).run()
+
+
+def test_asking_for_permutation_importance_on_survival_data_is_an_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="explain: permutation importance"):
+        StudyRunner(survival_config(explain=True), tmp_path)

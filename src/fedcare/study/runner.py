@@ -152,6 +152,16 @@ class StudyRunner:
         self.splits: dict[int, RunSplit] = {}
         first = config.seeds[0] if config.seeds else 0
         self.dataset, self.tests = self.data_for(first)
+        if (
+            self.dataset.task == "survival"
+            and config.explain
+            and "explain" in config.model_fields_set
+        ):
+            raise ConfigError(
+                f"explain: permutation importance counts the accuracy a feature's shuffle "
+                f"costs; dataset '{self.dataset.name}' is a survival task scored by C-index, "
+                "so there is nothing to explain with; remove 'explain' (survival studies skip it)"
+            )
 
     def data_for(self, seed: int) -> tuple[FederatedDataset, TestSets]:
         """(dataset, its test tensors) split as the run with ``seed`` splits it."""
