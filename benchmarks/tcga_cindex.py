@@ -199,7 +199,9 @@ def main() -> None:
         )
     print()
     print(f"FLamby metric on the test rows, mean +- std over seeds {test_seeds}")
-    print("| method | C-index | seed std | median | chosen on validation | FLamby published |")
+    print(
+        "| method | C-index | seed std | median | chosen by cross-validation | FLamby published |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for method, setting, _val, scores, _regions, _s in rows:
         print(
