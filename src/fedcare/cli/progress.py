@@ -34,7 +34,7 @@ class StudyProgress:
             TextColumn("[bold]{task.fields[job]:<22}[/] seed {task.fields[seed]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[acc]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -54,12 +54,15 @@ class StudyProgress:
             self.progress.start()
             self._started = True
         self._tasks[(job, seed)] = self.progress.add_task(
-            "", total=rounds, job=job, seed=seed, acc="  -  "
+            "", total=rounds, job=job, seed=seed, acc="acc  -  "
         )
 
     def on_round(self, job: str, seed: int, record: RoundRecord) -> None:
-        acc = record.mean_site("accuracy")
-        text = f"{acc:.3f}" if record.site_metrics else "  -  "
+        # The headline per-site metric: accuracy, or a survival model's C-index.
+        survival = "c_index" in next(iter(record.site_metrics.values()), {})
+        metric, name = ("c_index", "C-index") if survival else ("accuracy", "acc")
+        value = f"{record.mean_site(metric):.3f}" if record.site_metrics else "  -  "
+        text = f"{name} {value}"
         self.progress.update(self._tasks[(job, seed)], advance=1, acc=text)
 
 
@@ -71,25 +74,27 @@ def _fmt(stat: dict[str, Any] | None) -> str:
 
 def results_table(metrics: dict[str, Any]) -> Table:
     sites = [s["name"] for s in metrics["sites"]]
+    survival = metrics["study"].get("task") == "survival"
+    metric, title = ("c_index", "C-index") if survival else ("accuracy", "accuracy")
     table = Table(
-        title=f"{metrics['study']['name']}: test accuracy per site (mean ± std over seeds)"
+        title=f"{metrics['study']['name']}: test {title} per site (mean ± std over seeds)"
     )
     table.add_column("strategy", style="bold", no_wrap=True)
     for site in sites:
         table.add_column(site, justify="right")
     table.add_column("mean of sites", justify="right", style="cyan")
     table.add_column("worst site", justify="right")
-    table.add_column("pooled AUC", justify="right")
+    table.add_column("within-site pairs" if survival else "pooled AUC", justify="right")
     table.add_column("traffic", justify="right")
     for entry in metrics["strategies"]:
         overall = entry["overall"]
         traffic = _traffic(entry)
         table.add_row(
             entry["name"],
-            *[_fmt(entry["per_site"][s]["accuracy"]) for s in sites],
-            _fmt(overall["mean_site_accuracy"]),
-            _fmt(overall["worst_site_accuracy"]),
-            _fmt(overall["pooled_auc"]),
+            *[_fmt(entry["per_site"][s][metric]) for s in sites],
+            _fmt(overall[f"mean_site_{metric}"]),
+            _fmt(overall[f"worst_site_{metric}"]),
+            _fmt(overall["within_site_c_index" if survival else "pooled_auc"]),
             traffic,
         )
     return table

@@ -40,7 +40,7 @@ from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
 from fedcare.ml import optim
 from fedcare.ml.databank import DataBank
-from fedcare.ml.losses import per_sample_loss
+from fedcare.ml.losses import COUPLED_LOSS, is_survival_target, per_sample_loss
 from fedcare.ml.schedule import PAD
 from fedcare.ml.torch_adapter import has_buffers, layout_of, module_to_vector
 from fedcare.ml.trainer import TrainResult
@@ -52,6 +52,7 @@ from fedcare.privacy.mechanisms import secure_rng
 from fedcare.privacy.sample_level import sampling_rate
 
 __all__ = [
+    "SURVIVAL_REFUSAL",
     "DPSGDConfig",
     "DPSGDTrainer",
     "dp_sgd_generators",
@@ -60,6 +61,12 @@ __all__ = [
 ]
 
 Method = Literal["auto", "vmap", "layerwise"]
+
+SURVIVAL_REFUSAL = (
+    f"sample-level DP-SGD cannot train a survival (Cox) model: {COUPLED_LOSS}, so one "
+    "patient's record moves every other event's gradient and clipping per-sample gradients "
+    "no longer bounds one patient's influence; use client-level DP (a 'dp' section) instead"
+)
 
 # As Opacus: clip factor C / (norm + 1e-6), so a clipped norm stays strictly below C.
 _NORM_EPS = 1e-6
@@ -302,6 +309,8 @@ class DPSGDTrainer:
         ``noise_multipliers`` (one per site, each calibrated to its own sampling rate)
         replace the config's z.
         """
+        if is_survival_target(bank.y):
+            raise ConfigError(SURVIVAL_REFUSAL)
         k = len(sites)
         if starts.shape != (k, self.layout.size):
             raise ValueError(

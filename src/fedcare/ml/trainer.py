@@ -24,7 +24,7 @@ from fedcare.core.records import LocalObjective, TrainSpec
 from fedcare.core.vectors import ParamLayout
 from fedcare.ml import optim
 from fedcare.ml.databank import DataBank
-from fedcare.ml.losses import per_sample_loss
+from fedcare.ml.losses import batch_loss, is_survival_target, per_sample_loss
 from fedcare.ml.schedule import stack_schedules
 from fedcare.ml.torch_adapter import has_buffers, layout_of, load_vector, module_to_vector
 from fedcare.models.stacked import StackedForward
@@ -91,8 +91,7 @@ class LocalTrainer:
         ]
         params = {view[0]: leaf for view, leaf in zip(self._views, leaves, strict=True)}
         logits = self.module.stacked_forward(params, x)  # type: ignore[operator]
-        losses = per_sample_loss(logits, y, self.num_classes)
-        site_losses = (losses * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        site_losses = batch_loss(logits, y, w, self.num_classes)
         # Sites are independent, so the gradient of the sum is each site's own gradient.
         parts = torch.autograd.grad(site_losses.sum(), leaves, allow_unused=True)
         grads = torch.cat(
@@ -109,8 +108,7 @@ class LocalTrainer:
     ) -> torch.Tensor:
         params = {name: flat[start:stop].view(shape) for name, start, stop, shape in self._views}
         logits = functional_call(self.module, params, (x,))
-        losses = per_sample_loss(logits, y, self.num_classes)
-        return (losses * w).sum() / w.sum().clamp(min=1.0)
+        return batch_loss(logits, y, w, self.num_classes)
 
     def _train_batched(
         self,
@@ -203,15 +201,19 @@ class LocalTrainer:
             if opt_states is not None and opt_states[i] is not None:
                 opt.load_state_dict(opt_states[i])
             x_site, y_site = bank.site_arrays(site)
+            survival = is_survival_target(y_site)
             obj = objectives[i]
             extra = self._sequential_terms(obj, starts[i], named)
             total = 0.0
             for batch in schedules[i]:
                 rows = torch.from_numpy(batch[batch >= 0])
                 opt.zero_grad(set_to_none=False)
-                loss = per_sample_loss(
-                    self.module(x_site[rows]), y_site[rows], self.num_classes
-                ).mean()
+                logits = self.module(x_site[rows])
+                loss = (
+                    batch_loss(logits, y_site[rows], torch.ones(len(rows)), self.num_classes)
+                    if survival  # the Cox loss couples the batch's rows
+                    else per_sample_loss(logits, y_site[rows], self.num_classes).mean()
+                )
                 loss.backward()
                 if extra:
                     with torch.no_grad():

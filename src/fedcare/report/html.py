@@ -154,7 +154,28 @@ def _site_metric(site: str, metric: str) -> Callable[[Strategy], Stat | None]:
     return lambda s: s.per_site.get(site, {}).get(metric)
 
 
+def _survival_results_table(results: StudyResults) -> str:
+    columns = [_Column(site, _site_metric(site, "c_index")) for site in results.site_names]
+    columns += [
+        _Column("Mean of sites", _overall("mean_site_c_index")),
+        _Column("Worst site", _overall("worst_site_c_index")),
+        _Column("Within-site pairs", _overall("within_site_c_index")),
+        _Column("Traffic", _traffic, lower_is_better=True, fmt=_bytes, tie=0.0),
+    ]
+    n = len(results.study.seeds)
+    caption = (
+        f"Harrell's C-index on each site's own test set, mean ± std over {n} seed"
+        f"{'s' if n != 1 else ''}. Mean of sites: the mean of the sites' C-indices (FLamby's "
+        "Fed-TCGA-BRCA metric). Within-site pairs: one C-index from all sites' summed "
+        "concordance counts, which compare two patients of the same site only (no risk "
+        "score leaves a site). Best value per column highlighted."
+    )
+    return _metric_table(results, columns, caption)
+
+
 def _results_table(results: StudyResults) -> str:
+    if results.study.task == "survival":
+        return _survival_results_table(results)
     columns = [_Column(site, _site_metric(site, "accuracy")) for site in results.site_names]
     columns += [
         _Column("Mean of sites", _overall("mean_site_accuracy")),
@@ -342,11 +363,15 @@ def _privacy_figure(results: StudyResults) -> str:
 
 
 def _figures(results: StudyResults) -> str:
+    metric, name = (
+        ("c_index", "C-index") if results.study.task == "survival" else ("accuracy", "accuracy")
+    )
     parts = [
         _figure(
-            site_accuracy_png(results),
-            "Grouped bar chart of per-site accuracy for each strategy",
-            "Accuracy on each site's own test set; error bars are the std over seeds.",
+            site_accuracy_png(results, metric),
+            f"Grouped bar chart of per-site {name} for each strategy",
+            f"{name[0].upper()}{name[1:]} on each site's own test set; error bars are the std "
+            "over seeds.",
         )
     ]
     if any(s.curves and s.curves.series for s in results.strategies):
@@ -354,7 +379,7 @@ def _figures(results: StudyResults) -> str:
             0,
             _figure(
                 learning_curves_png(results),
-                "Learning curves: mean site accuracy and pooled loss per round",
+                f"Learning curves: mean site {name} and pooled loss per round",
                 _curves_caption(results),
             ),
         )

@@ -157,12 +157,16 @@ def _curve_panel(
 
 
 def learning_curves_png(results: StudyResults) -> bytes:
-    """Mean site accuracy and pooled loss per round, mean line with a ±1 std band over seeds."""
+    """Mean site accuracy (C-index for survival) and pooled loss per round, mean line with a
+    ±1 std band over seeds."""
     styles = strategy_styles(results)
     fig, (acc_ax, loss_ax) = _new_figure(10, 3.6, ncols=2)
-    _curve_panel(acc_ax, results, "mean_site_accuracy", styles, "Mean site accuracy")
+    survival = results.study.task == "survival"
+    metric, title = ("c_index", "C-index") if survival else ("accuracy", "accuracy")
+    _curve_panel(acc_ax, results, f"mean_site_{metric}", styles, f"Mean site {title}")
     _curve_panel(loss_ax, results, "pooled_loss", styles, "Pooled test loss")
-    for ax, ylabel in ((acc_ax, "accuracy"), (loss_ax, "cross-entropy")):
+    loss_name = "Cox loss per row" if survival else "cross-entropy"
+    for ax, ylabel in ((acc_ax, title), (loss_ax, loss_name)):
         _style(ax, ylabel=ylabel, xlabel="round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     handles, labels = acc_ax.get_legend_handles_labels()

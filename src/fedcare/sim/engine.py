@@ -23,12 +23,19 @@ from torch import nn
 from fedcare.algorithms.aggregate import aggregation_weight
 from fedcare.algorithms.attacks import AttackSpec, attack_update, choose_attackers, flip_labels
 from fedcare.algorithms.strategy import Strategy, chain_aggregate
+from fedcare.core.errors import ConfigError
 from fedcare.core.metrics import EvalStats
 from fedcare.core.records import LocalObjective, LocalOutcome, ServerState, SiteState, TrainSpec
 from fedcare.core.seeds import SeedStream
 from fedcare.data.base import FederatedDataset, SiteData
 from fedcare.ml.databank import DataBank
-from fedcare.ml.dp_sgd import DPSGDConfig, DPSGDTrainer, dp_sgd_generators, poisson_schedule
+from fedcare.ml.dp_sgd import (
+    SURVIVAL_REFUSAL,
+    DPSGDConfig,
+    DPSGDTrainer,
+    dp_sgd_generators,
+    poisson_schedule,
+)
 from fedcare.ml.evaluate import evaluate_vector
 from fedcare.ml.schedule import batch_schedule
 from fedcare.ml.torch_adapter import local_tensor_mask
@@ -149,9 +156,7 @@ class FederatedSimulation:
         self.site_chunk = site_chunk
         self.eval_every = eval_every
         self.checkpoint_dir = checkpoint_dir
-        self.bank = DataBank.from_arrays(
-            [s.x_train for s in dataset.sites], [s.y_train for s in dataset.sites]
-        )
+        self.bank = DataBank.from_sites(dataset.sites)
         self.tests = test_sets or TestSets(dataset)
         self.names = dataset.site_names
         self.attack = attack
@@ -160,6 +165,10 @@ class FederatedSimulation:
             self.attackers = choose_attackers(
                 self.names, attack.fraction, self.seeds.generator("attack")
             )
+            if attack.kind == "label_flip" and dataset.task == "survival":
+                raise ConfigError(
+                    "attack 'label_flip' needs class labels; survival data has times and events"
+                )
             if attack.kind == "label_flip":
                 for k, name in enumerate(self.names):
                     if name in self.attackers:
@@ -182,6 +191,8 @@ class FederatedSimulation:
         # Sample-level DP-SGD: sites train with DPSGDTrainer, each charging its own accountant.
         self.sample_private: SampleLevelPrivacy | None = None
         self.dp_trainer: DPSGDTrainer | None = None
+        if strategy.sample_dp is not None and dataset.task == "survival":
+            raise ConfigError(SURVIVAL_REFUSAL)
         if strategy.sample_dp is not None:
             counts = {n: int(c) for n, c in zip(self.names, self.bank.counts, strict=True)}
             self.sample_private = SampleLevelPrivacy(strategy.sample_dp, counts, self.spec, rounds)
@@ -555,9 +566,7 @@ class IsolatedTraining:
         self.trainer = LocalTrainer(module, dataset.num_classes, mode=mode)
         self.eval_every = eval_every
         train_sets: list[SiteData] = [dataset.pooled()] if pooled else dataset.sites
-        self.bank = DataBank.from_arrays(
-            [s.x_train for s in train_sets], [s.y_train for s in train_sets]
-        )
+        self.bank = DataBank.from_sites(train_sets)
         self.tests = test_sets or TestSets(dataset)
 
     def _evaluate(self, params: npt.NDArray[np.float32]) -> dict[str, EvalStats]:

@@ -12,6 +12,7 @@ from torch import nn
 from fedcare.core.metrics import EvalStats
 from fedcare.core.vectors import ParamLayout
 from fedcare.data.base import FederatedDataset
+from fedcare.ml.databank import site_targets
 from fedcare.ml.evaluate import evaluate_vector
 
 
@@ -24,7 +25,7 @@ class TestSets:
         self.names = dataset.site_names
         self.num_classes = dataset.num_classes
         self._x = [torch.from_numpy(s.x_test) for s in dataset.sites]
-        self._y = [torch.from_numpy(s.y_test) for s in dataset.sites]
+        self._y = [torch.from_numpy(site_targets(s, "test")) for s in dataset.sites]
 
     def evaluate_global(
         self, module: nn.Module, layout: ParamLayout, params: npt.NDArray[np.float32]

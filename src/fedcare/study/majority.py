@@ -18,9 +18,11 @@ import numpy.typing as npt
 
 from fedcare.core.metrics import EvalStats
 from fedcare.data.base import FederatedDataset
+from fedcare.ml.losses import cox_neg_log_likelihood
 from fedcare.sim.engine import RunResult
 
 RULE = "each site predicts the most common class of its own training rows"
+SURVIVAL_RULE = "every patient gets the same risk score (no covariates): C-index 0.5"
 
 
 def class_prior(labels: npt.NDArray[np.int64], num_classes: int) -> npt.NDArray[np.float64]:
@@ -52,6 +54,17 @@ def majority_run(dataset: FederatedDataset) -> tuple[RunResult, dict[str, int]]:
     """Every site's evaluation under the majority rule, and the class each site predicts."""
     evals: dict[str, EvalStats] = {}
     classes: dict[str, int] = {}
+    if dataset.task == "survival":
+        # The survival floor: one risk for all, so no pair is ordered and the loss is the
+        # Cox loss of knowing nothing about the patients.
+        for site in dataset.sites:
+            assert site.time_test is not None
+            risk = np.zeros(site.num_test)
+            loss = cox_neg_log_likelihood(risk, site.time_test, site.y_test)
+            evals[site.name] = EvalStats.from_survival(
+                risk, site.time_test, site.y_test, loss, dataset.num_classes
+            )
+        return RunResult(history=[], final_params=[], final_eval=evals), classes
     for site in dataset.sites:
         prior = class_prior(site.y_train, dataset.num_classes)
         evals[site.name] = prior_eval(prior, site.y_test, dataset.num_classes)

@@ -43,8 +43,13 @@ from fedcare.sim.engine import IsolatedTraining, RoundRecord, RunResult
 from fedcare.sim.evaluation import TestSets
 from fedcare.study.config import ContributionConfig, StrategyConfig, StudyConfig
 from fedcare.study.contribution import CoalitionUtility, site_contributions
-from fedcare.study.majority import RULE, describe_classes, majority_run
-from fedcare.study.summary import SeedRun, add_personalisation_gains, summarise_strategy
+from fedcare.study.majority import RULE, SURVIVAL_RULE, describe_classes, majority_run
+from fedcare.study.summary import (
+    SeedRun,
+    add_personalisation_gains,
+    headline_metric,
+    summarise_strategy,
+)
 
 if TYPE_CHECKING:
     from fedcare.sim.backends.ray_backend import RayBackend
@@ -147,6 +152,16 @@ class StudyRunner:
         self.splits: dict[int, RunSplit] = {}
         first = config.seeds[0] if config.seeds else 0
         self.dataset, self.tests = self.data_for(first)
+        if (
+            self.dataset.task == "survival"
+            and config.explain
+            and "explain" in config.model_fields_set
+        ):
+            raise ConfigError(
+                f"explain: permutation importance counts the accuracy a feature's shuffle "
+                f"costs; dataset '{self.dataset.name}' is a survival task scored by C-index, "
+                "so there is nothing to explain with; remove 'explain' (survival studies skip it)"
+            )
 
     def data_for(self, seed: int) -> tuple[FederatedDataset, TestSets]:
         """(dataset, its test tensors) split as the run with ``seed`` splits it."""
@@ -218,7 +233,12 @@ class StudyRunner:
             runs.append(SeedRun(seed=seed, result=result, wall_time_s=time.perf_counter() - t0))
             classes.append(predicted)
         entry = summarise_strategy(
-            job.name, job.kind, job.label, {"rule": RULE}, runs, self.dataset.site_names
+            job.name,
+            job.kind,
+            job.label,
+            {"rule": SURVIVAL_RULE if self.dataset.task == "survival" else RULE},
+            runs,
+            self.dataset.site_names,
         )
         entry["predicts"] = describe_classes(classes, self.dataset.class_names)
         return entry
@@ -348,6 +368,9 @@ class StudyRunner:
         """Permutation importance at each site, for tabular studies with named features."""
         if len(ds.input_shape) != 1 or not ds.feature_names or not self.config.explain:
             return None
+        if ds.task == "survival":
+            # Permutation importance counts accuracy drops: not defined for a risk score.
+            return None
         seeds = SeedStream(seed)
         out = {}
         for i, site in enumerate(ds.sites):
@@ -475,9 +498,13 @@ def write_study_folder(out_dir: Path, config: StudyConfig, metrics: dict[str, An
 
 
 def best_federated(metrics: dict[str, Any]) -> tuple[str, float]:
-    """The federated strategy with the highest mean per-site accuracy."""
+    """The federated strategy with the highest mean per-site accuracy (C-index: survival)."""
     fed = [s for s in metrics["strategies"] if s["kind"] == "federated"]
     if not fed:
         return "", float("nan")
-    best = max(fed, key=lambda s: s["overall"]["mean_site_accuracy"]["mean"] or -np.inf)
-    return best["name"], float(best["overall"]["mean_site_accuracy"]["mean"])
+
+    def score(entry: dict[str, Any]) -> Any:
+        return entry["overall"][f"mean_site_{headline_metric(entry)}"]["mean"]
+
+    best = max(fed, key=lambda s: score(s) or -np.inf)
+    return best["name"], float(score(best))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from fedcare.sim.engine import RunResult
 from fedcare.sim.evaluation import pooled
 
 SITE_METRICS = ("accuracy", "balanced_accuracy", "auc", "loss")
+SURVIVAL_SITE_METRICS = ("c_index", "loss")
 
 
 @dataclass
@@ -44,24 +46,19 @@ def summarise_strategy(
     feature_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """One entry of ``metrics.json``'s ``strategies`` list."""
+    survival = runs[0].result.final_eval[site_names[0]].is_survival
     per_site: dict[str, dict[str, Any]] = {}
     for site in site_names:
         per_site[site] = {
             m: stat([run.result.final_eval[site].summary()[m] for run in runs])
-            for m in SITE_METRICS
+            for m in (SURVIVAL_SITE_METRICS if survival else SITE_METRICS)
         }
     pooled_stats: list[EvalStats] = [pooled(run.result.final_eval) for run in runs]
-    site_acc = np.array(
-        [[run.result.final_eval[s].accuracy for s in site_names] for run in runs], dtype=np.float64
+    overall = (
+        _survival_overall(runs, site_names, pooled_stats)
+        if survival
+        else _classification_overall(runs, site_names, pooled_stats)
     )
-    overall = {
-        "mean_site_accuracy": stat(site_acc.mean(axis=1)),
-        "worst_site_accuracy": stat(site_acc.min(axis=1)),
-        "pooled_accuracy": stat([p.accuracy for p in pooled_stats]),
-        "pooled_balanced_accuracy": stat([p.balanced_accuracy for p in pooled_stats]),
-        "pooled_auc": stat([p.auc for p in pooled_stats]),
-        "pooled_loss": stat([p.loss for p in pooled_stats]),
-    }
     entry: dict[str, Any] = {
         "name": name,
         "kind": kind,
@@ -69,10 +66,68 @@ def summarise_strategy(
         "hyperparameters": hyperparameters,
         "per_site": per_site,
         "overall": overall,
-        "curves": _curves(runs),
+        "curves": _curves(runs, survival),
         "communication": _communication(runs, site_names),
         "wall_time_s": float(np.mean([r.wall_time_s for r in runs])),
     }
+    _add_privacy(entry, runs, site_names)
+    if all(run.importance for run in runs):
+        entry["explanations"] = summarise_importance(runs, feature_names or [], site_names)
+    headline = "c_index" if survival else "accuracy"
+    if all("global" in run.result.reference_evals for run in runs):
+        entry["personalisation"] = {
+            site: {
+                "personal": per_site[site][headline],
+                "global": stat(
+                    [run.result.reference_evals["global"][site].summary()[headline] for run in runs]
+                ),
+            }
+            for site in site_names
+        }
+    return entry
+
+
+def headline_metric(entry: dict[str, Any]) -> str:
+    """The per-site metric a strategy entry is ranked by: accuracy, or C-index (survival)."""
+    return "c_index" if "mean_site_c_index" in entry["overall"] else "accuracy"
+
+
+def _survival_overall(
+    runs: Sequence[SeedRun], site_names: Sequence[str], pooled_stats: list[EvalStats]
+) -> dict[str, Any]:
+    """The mean of the sites' C-indices (FLamby's Fed-TCGA-BRCA metric), the worst site,
+    and the C-index of the summed concordance counts (pairs of rows of the same site)."""
+    site_c = np.array(
+        [[run.result.final_eval[s].c_index for s in site_names] for run in runs], dtype=np.float64
+    )
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a site without comparable pairs
+        mean_c, worst_c = np.nanmean(site_c, axis=1), np.nanmin(site_c, axis=1)
+    return {
+        "mean_site_c_index": stat(mean_c),
+        "worst_site_c_index": stat(worst_c),
+        "within_site_c_index": stat([p.c_index for p in pooled_stats]),
+        "pooled_loss": stat([p.loss for p in pooled_stats]),
+    }
+
+
+def _classification_overall(
+    runs: Sequence[SeedRun], site_names: Sequence[str], pooled_stats: list[EvalStats]
+) -> dict[str, Any]:
+    site_acc = np.array(
+        [[run.result.final_eval[s].accuracy for s in site_names] for run in runs], dtype=np.float64
+    )
+    return {
+        "mean_site_accuracy": stat(site_acc.mean(axis=1)),
+        "worst_site_accuracy": stat(site_acc.min(axis=1)),
+        "pooled_accuracy": stat([p.accuracy for p in pooled_stats]),
+        "pooled_balanced_accuracy": stat([p.balanced_accuracy for p in pooled_stats]),
+        "pooled_auc": stat([p.auc for p in pooled_stats]),
+        "pooled_loss": stat([p.loss for p in pooled_stats]),
+    }
+
+
+def _add_privacy(entry: dict[str, Any], runs: Sequence[SeedRun], site_names: Sequence[str]) -> None:
     epsilons = [[rec.epsilon for rec in run.result.history] for run in runs]
     # A run without rounds (the majority-class baseline) spent no privacy at all.
     if epsilons and all(run_eps and None not in run_eps for run_eps in epsilons):
@@ -87,19 +142,6 @@ def summarise_strategy(
     sample = summarise_sample_privacy(runs, site_names)
     if sample is not None:
         entry["sample_privacy"] = sample
-    if all(run.importance for run in runs):
-        entry["explanations"] = summarise_importance(runs, feature_names or [], site_names)
-    if all("global" in run.result.reference_evals for run in runs):
-        entry["personalisation"] = {
-            site: {
-                "personal": per_site[site]["accuracy"],
-                "global": stat(
-                    [run.result.reference_evals["global"][site].accuracy for run in runs]
-                ),
-            }
-            for site in site_names
-        }
-    return entry
 
 
 def summarise_sample_privacy(
@@ -146,21 +188,20 @@ def add_personalisation_gains(entries: list[dict[str, Any]]) -> None:
     """Each personalised strategy's per-site gain over the global model and over local-only."""
     local = next((e for e in entries if e["kind"] == "local"), None)
     for entry in entries:
+        metric = headline_metric(entry)
         for site, block in entry.get("personalisation", {}).items():
             personal = block["personal"]["mean"]
             block["gain_vs_global"] = _diff(personal, block["global"]["mean"])
             if local is not None:
-                block["local"] = local["per_site"][site]["accuracy"]
-                block["gain_vs_local"] = _diff(
-                    personal, local["per_site"][site]["accuracy"]["mean"]
-                )
+                block["local"] = local["per_site"][site][metric]
+                block["gain_vs_local"] = _diff(personal, local["per_site"][site][metric]["mean"])
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else float(a - b)
 
 
-def _curves(runs: Sequence[SeedRun]) -> dict[str, Any]:
+def _curves(runs: Sequence[SeedRun], survival: bool = False) -> dict[str, Any]:
     evaluated = [[rec for rec in run.result.history if rec.site_metrics] for run in runs]
     rounds = [rec.round for rec in evaluated[0]] if evaluated else []
     if not rounds or any(len(e) != len(rounds) for e in evaluated):
@@ -173,6 +214,14 @@ def _curves(runs: Sequence[SeedRun]) -> dict[str, Any]:
             "std": _finite_or_none(matrix.std(axis=0)),
         }
 
+    if survival:
+        return {
+            "round": rounds,
+            "mean_site_c_index": series(lambda r: r.mean_site("c_index")),
+            "pooled_loss": series(lambda r: r.pooled_metrics["loss"]),
+            "within_site_c_index": series(lambda r: r.pooled_metrics["c_index"]),
+            "train_loss": series(lambda r: r.train_loss),
+        }
     return {
         "round": rounds,
         "mean_site_accuracy": series(lambda r: r.mean_site("accuracy")),
