@@ -74,6 +74,16 @@ SCHEMAS.declare_raw(SECAGG, TRAIN)
 SCHEMAS.declare_raw(HE, TRAIN)
 
 
+@dataclass(frozen=True, eq=False)
+class RunMessage(WireMessage):
+    """A message of one run's round; both travel in the envelope, and so does ``sender``,
+    which the transport sets from the authenticated peer on receipt."""
+
+    run_id: str
+    round: int
+    sender: str = field(default="", kw_only=True)
+
+
 @SCHEMAS.declare(SESSION)
 @dataclass(frozen=True, eq=False)
 class Hello(WireMessage):
@@ -91,7 +101,7 @@ class Hello(WireMessage):
 
 @SCHEMAS.declare(SESSION)
 @dataclass(frozen=True, eq=False)
-class JobPlan(WireMessage):
+class JobPlan(RunMessage):
     """Coordinator -> site: what would run on the site's data, and its content hash.
 
     A run of a deployed study also carries the whole study plan (every run, in order) and
@@ -99,27 +109,21 @@ class JobPlan(WireMessage):
     """
 
     KIND: ClassVar[str] = "job_plan"
-    run_id: str
-    round: int
     plan: Annotated[dict[str, Any], Json()]
     plan_hash: Annotated[str, Text()]
-    sender: str = ""
     study: Annotated[dict[str, Any] | None, HeaderField(Json(), optional=True)] = None
     study_hash: Annotated[str, HeaderField(Text(), only_with="study")] = ""
 
 
 @SCHEMAS.declare(SESSION)
 @dataclass(frozen=True, eq=False)
-class ApprovalStatus(WireMessage):
+class ApprovalStatus(RunMessage):
     """Site -> coordinator: the data owner approved the plan, or it waits for approval."""
 
     KIND: ClassVar[str] = "approval_status"
-    run_id: str
-    round: int
     plan_hash: Annotated[str, Text()]
     approved: Annotated[bool, Flag()]
     detail: Annotated[str, Text()] = ""
-    sender: str = ""
 
 
 class SecureField(FieldType):
@@ -214,7 +218,7 @@ class TrainVector:
 
 @SCHEMAS.declare(TRAIN, TrainVector())
 @dataclass(frozen=True, eq=False)
-class TrainRequest(WireMessage):
+class TrainRequest(RunMessage):
     """Coordinator -> sampled site: train round ``round`` from ``params``.
 
     ``arrays`` are the strategy's broadcast arrays (SCAFFOLD's control variate); the
@@ -226,8 +230,6 @@ class TrainRequest(WireMessage):
     """
 
     KIND: ClassVar[str] = "train_request"
-    run_id: str
-    round: int
     plan_hash: Annotated[str, Text()]
     params: FloatVector
     arrays: dict[str, FloatVector]
@@ -242,7 +244,6 @@ class TrainRequest(WireMessage):
     contributed: Annotated[int, Integer(minimum=-1)] = -1
     # the round's secure-sum session, under SecAgg
     secure: Annotated[SecureRound | None, HeaderField(SecureField(), optional=True)] = None
-    sender: str = ""
     site_context: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
@@ -345,7 +346,7 @@ def _wire_parts(env: Envelope, h: HeaderReader) -> tuple[WireDelta, dict[str, Fl
 
 @SCHEMAS.declare(TRAIN, UpdateVector())
 @dataclass(frozen=True, eq=False)
-class UpdateMessage(WireMessage):
+class UpdateMessage(RunMessage):
     """Site -> coordinator: the site's update for a round (delta, weight, algorithm extras).
 
     With a compression stage, ``wire`` holds the encoded delta and the vector on the wire
@@ -353,8 +354,6 @@ class UpdateMessage(WireMessage):
     """
 
     KIND: ClassVar[str] = "update"
-    run_id: str
-    round: int
     attempt: Annotated[int, Integer()]
     delta: FloatVector
     extras: dict[str, FloatVector]
@@ -362,7 +361,6 @@ class UpdateMessage(WireMessage):
     num_samples: Annotated[int, Integer()]
     metrics: Annotated[dict[str, float], Numbers()] = field(default_factory=dict)
     update_hash: str = ""  # sha256 of the vector as sent; the coordinator recomputes it
-    sender: str = ""
     wire: WireDelta | None = None
     # the site's trained personal model, when the personal pass collects them (MOCHA)
     personal: FloatVector | None = None
@@ -392,34 +390,28 @@ class UpdateMessage(WireMessage):
 
 @SCHEMAS.declare(TRAIN)
 @dataclass(frozen=True, eq=False)
-class UpdateVerdict(WireMessage):
+class UpdateVerdict(RunMessage):
     """Coordinator -> site: whether its update went into the aggregate, and why not."""
 
     KIND: ClassVar[str] = "update_verdict"
-    run_id: str
-    round: int
     attempt: Annotated[int, Integer()]
     accepted: Annotated[bool, Flag()]
     reason: Annotated[str, Text()] = ""
-    sender: str = ""
 
 
 @SCHEMAS.declare(EVALUATE, Float32("params"))
 @dataclass(frozen=True, eq=False)
-class EvalRequest(WireMessage):
+class EvalRequest(RunMessage):
     """Coordinator -> site: evaluate the global model of ``round`` on the site's test rows.
 
     ``final``: after the last round; personalised strategies also evaluate the site's own model.
     """
 
     KIND: ClassVar[str] = "eval_request"
-    run_id: str
-    round: int
     params: FloatVector
     final: Annotated[bool, Flag()] = False
     deadline_s: Annotated[float, Number(minimum=0.0)] = 0.0
     contributed: Annotated[int, Integer(minimum=-1)] = -1
-    sender: str = ""
 
 
 class EvalCounts:
@@ -491,51 +483,42 @@ def _eval_stats(
 
 @SCHEMAS.declare(EVALUATE, EvalCounts())
 @dataclass(frozen=True, eq=False)
-class EvalResult(WireMessage):
+class EvalResult(RunMessage):
     """Site -> coordinator: additive evaluation counts per model ('global', 'personal').
 
     Counts, never predictions: summed at the coordinator they give the pooled metrics.
     """
 
     KIND: ClassVar[str] = "eval_result"
-    run_id: str
-    round: int
     stats: dict[str, EvalStats]
-    sender: str = ""
 
 
 @SCHEMAS.declare(SESSION)
 @dataclass(frozen=True, eq=False)
-class RunFinished(WireMessage):
+class RunFinished(RunMessage):
     """Coordinator -> every site: the run ended (``status`` finished or failed)."""
 
     KIND: ClassVar[str] = "run_finished"
-    run_id: str
-    round: int
     status: Annotated[str, Text()]
     # sha256 of the final global model, as the audit log records it
     model_hash: Annotated[str, Text()] = ""
     detail: Annotated[str, Text()] = ""
     contributed: Annotated[int, Integer(minimum=-1)] = -1
-    sender: str = ""
 
 
 @SCHEMAS.declare(SESSION, run_id_if_empty=NO_RUN)
 @dataclass(frozen=True, eq=False)
-class ErrorReport(WireMessage):
+class ErrorReport(RunMessage):
     """Either way: something went wrong (bad data, a refused plan, a rejected message)."""
 
     KIND: ClassVar[str] = "error_report"
-    run_id: str
-    round: int
     code: Annotated[str, Text()]
     message: Annotated[str, Text()]
-    sender: str = ""
 
 
 @SCHEMAS.declare(SESSION)
 @dataclass(frozen=True)
-class AuditCopy(WireMessage):
+class AuditCopy(RunMessage):
     """Coordinator -> site: one signed audit entry that concerns the site, for its own copy.
 
     ``certificate`` is the coordinator's certificate (PEM): the site checks it against the
@@ -543,11 +526,8 @@ class AuditCopy(WireMessage):
     """
 
     KIND: ClassVar[str] = "audit_entry"
-    run_id: str
-    round: int
     entry: Annotated[dict[str, Any], Json()]
     certificate: Annotated[str, Text()]
-    sender: str = ""
 
 
 Message = (
