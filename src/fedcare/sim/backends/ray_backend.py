@@ -21,11 +21,11 @@ import logging
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import ray
 
+from fedcare.core.closing import Closing
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import SiteState
 from fedcare.privacy.accountant import PrivacyAccountant
@@ -140,7 +140,7 @@ def _probe(address: str) -> None:
         ) from exc
 
 
-class RayBackend:
+class RayBackend(Closing):
     """A connection to a Ray cluster that runs simulations' chunks of sites.
 
     With ``address`` it joins that existing cluster; without, it reuses the Ray instance
@@ -174,17 +174,6 @@ class RayBackend:
         if self.started and ray.is_initialized():
             ray.shutdown()
         self.started = False
-
-    def __enter__(self) -> RayBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
