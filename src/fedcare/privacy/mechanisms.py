@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -61,7 +62,34 @@ def _check_sites(expected_sites: float, sampling_rate: float) -> None:
         raise ConfigError(f"site sampling rate must be in (0, 1], found {sampling_rate}")
 
 
-class CentralDPFedAvg:
+class _Cohort(TypedDict):
+    noise_multiplier: float
+    expected_sites: float
+    sampling_rate: float
+    accountant: PrivacyAccountant
+
+
+class _CohortRelease:
+    """What the coordinator's client-level mechanisms share: noise multiplier z, the
+    expected number of sites a mean divides by, the site sampling rate, the accountant."""
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        expected_sites: float,
+        sampling_rate: float,
+        accountant: PrivacyAccountant,
+    ) -> None:
+        _check_z(noise_multiplier)
+        _check_sites(expected_sites, sampling_rate)
+        self.noise_multiplier = noise_multiplier
+        self.expected_sites = float(expected_sites)
+        self.sampling_rate = sampling_rate
+        self.accountant = accountant
+
+
+class CentralDPFedAvg(_CohortRelease):
     """DP-FedAvg with central noise: clip each site's update, sum, noise once, average.
 
     ``clip`` is a fixed norm C or an :class:`AdaptiveClipNorm` (Andrew et al. 2021); with
@@ -72,27 +100,19 @@ class CentralDPFedAvg:
     def __init__(
         self,
         *,
-        noise_multiplier: float,
-        expected_sites: float,
-        sampling_rate: float,
-        accountant: PrivacyAccountant,
         clip: float | AdaptiveClipNorm,
         rng: np.random.Generator | None = None,
+        **cohort: Unpack[_Cohort],
     ) -> None:
-        _check_z(noise_multiplier)
-        _check_sites(expected_sites, sampling_rate)
-        self.noise_multiplier = noise_multiplier
-        self.expected_sites = float(expected_sites)
-        self.sampling_rate = sampling_rate
-        self.accountant = accountant
+        super().__init__(**cohort)
         self.adaptive = clip if isinstance(clip, AdaptiveClipNorm) else None
         if not isinstance(clip, AdaptiveClipNorm):
             check_clip_norm(clip)
         self._clip = clip
         self.update_noise_multiplier = (
-            self.adaptive.update_noise_multiplier(noise_multiplier)
+            self.adaptive.update_noise_multiplier(self.noise_multiplier)
             if self.adaptive is not None
-            else noise_multiplier
+            else self.noise_multiplier
         )
         self.rng = rng if rng is not None else secure_rng()
 
@@ -201,27 +221,12 @@ class DistributedNoiseShare:
         return (clipped + noise).astype(np.float32)
 
 
-class DistributedDPFedAvg:
+class DistributedDPFedAvg(_CohortRelease):
     """Coordinator half of distributed DP: receives only the (securely aggregated) sum.
 
     If sites drop out, fewer noise shares reach the sum; the release is recorded with the
     noise it really carries, z * sqrt(received / cohort).
     """
-
-    def __init__(
-        self,
-        *,
-        noise_multiplier: float,
-        expected_sites: float,
-        sampling_rate: float,
-        accountant: PrivacyAccountant,
-    ) -> None:
-        _check_z(noise_multiplier)
-        _check_sites(expected_sites, sampling_rate)
-        self.noise_multiplier = noise_multiplier
-        self.expected_sites = float(expected_sites)
-        self.sampling_rate = sampling_rate
-        self.accountant = accountant
 
     def effective_noise_multiplier(self, cohort_size: int, received: int) -> float:
         if not (1 <= received <= cohort_size):
