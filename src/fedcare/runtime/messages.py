@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, TypeVar, dataclass_transform
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,7 @@ from fedcare.runtime.wire_fields import (
     SegmentList,
     Strings,
     Text,
+    VectorLayout,
     count,
     finite,
 )
@@ -74,6 +75,27 @@ SCHEMAS.declare_raw(SECAGG, TRAIN)
 SCHEMAS.declare_raw(HE, TRAIN)
 
 
+M = TypeVar("M", bound=WireMessage)
+
+
+@dataclass_transform(frozen_default=True, eq_default=False, field_specifiers=(field,))
+def message(
+    job: str,
+    vector: VectorLayout | None = None,
+    *,
+    eq: bool = False,
+    run_id_if_empty: str | None = None,
+) -> Callable[[type[M]], type[M]]:
+    """Class decorator: the frozen message dataclass below it, declared in :data:`SCHEMAS`
+    under ``job`` with its vector layout. Messages compare by identity unless ``eq``."""
+
+    def declare(cls: type[M]) -> type[M]:
+        built = dataclass(frozen=True, eq=eq)(cls)
+        return SCHEMAS.declare(job, vector, run_id_if_empty=run_id_if_empty)(built)
+
+    return declare
+
+
 @dataclass(frozen=True, eq=False)
 class RunMessage(WireMessage):
     """A message of one run's round; both travel in the envelope, and so does ``sender``,
@@ -84,8 +106,7 @@ class RunMessage(WireMessage):
     sender: str = field(default="", kw_only=True)
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
+@message(SESSION)
 class Hello(WireMessage):
     """Site -> coordinator on every (re)connection: what data it has and whether it passed the schema."""
 
@@ -99,8 +120,7 @@ class Hello(WireMessage):
     sender: str = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
+@message(SESSION)
 class JobPlan(RunMessage):
     """Coordinator -> site: what would run on the site's data, and its content hash.
 
@@ -115,8 +135,7 @@ class JobPlan(RunMessage):
     study_hash: Annotated[str, HeaderField(Text(), only_with="study")] = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
+@message(SESSION)
 class ApprovalStatus(RunMessage):
     """Site -> coordinator: the data owner approved the plan, or it waits for approval."""
 
@@ -216,8 +235,7 @@ class TrainVector:
         return {**parts, "site_context": context}
 
 
-@SCHEMAS.declare(TRAIN, TrainVector())
-@dataclass(frozen=True, eq=False)
+@message(TRAIN, TrainVector())
 class TrainRequest(RunMessage):
     """Coordinator -> sampled site: train round ``round`` from ``params``.
 
@@ -344,8 +362,7 @@ def _wire_parts(env: Envelope, h: HeaderReader) -> tuple[WireDelta, dict[str, Fl
     return WireDelta(raw[:delta_bytes], stage, length), parts
 
 
-@SCHEMAS.declare(TRAIN, UpdateVector())
-@dataclass(frozen=True, eq=False)
+@message(TRAIN, UpdateVector())
 class UpdateMessage(RunMessage):
     """Site -> coordinator: the site's update for a round (delta, weight, algorithm extras).
 
@@ -388,8 +405,7 @@ class UpdateMessage(RunMessage):
         return replace(self, delta=delta)
 
 
-@SCHEMAS.declare(TRAIN)
-@dataclass(frozen=True, eq=False)
+@message(TRAIN)
 class UpdateVerdict(RunMessage):
     """Coordinator -> site: whether its update went into the aggregate, and why not."""
 
@@ -399,8 +415,7 @@ class UpdateVerdict(RunMessage):
     reason: Annotated[str, Text()] = ""
 
 
-@SCHEMAS.declare(EVALUATE, Float32("params"))
-@dataclass(frozen=True, eq=False)
+@message(EVALUATE, Float32("params"))
 class EvalRequest(RunMessage):
     """Coordinator -> site: evaluate the global model of ``round`` on the site's test rows.
 
@@ -481,8 +496,7 @@ def _eval_stats(
     return EvalStats(c, rows_seen, loss, arrays["confusion"], arrays["score_hist"])
 
 
-@SCHEMAS.declare(EVALUATE, EvalCounts())
-@dataclass(frozen=True, eq=False)
+@message(EVALUATE, EvalCounts())
 class EvalResult(RunMessage):
     """Site -> coordinator: additive evaluation counts per model ('global', 'personal').
 
@@ -493,8 +507,7 @@ class EvalResult(RunMessage):
     stats: dict[str, EvalStats]
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
+@message(SESSION)
 class RunFinished(RunMessage):
     """Coordinator -> every site: the run ended (``status`` finished or failed)."""
 
@@ -506,8 +519,7 @@ class RunFinished(RunMessage):
     contributed: Annotated[int, Integer(minimum=-1)] = -1
 
 
-@SCHEMAS.declare(SESSION, run_id_if_empty=NO_RUN)
-@dataclass(frozen=True, eq=False)
+@message(SESSION, run_id_if_empty=NO_RUN)
 class ErrorReport(RunMessage):
     """Either way: something went wrong (bad data, a refused plan, a rejected message)."""
 
@@ -516,8 +528,7 @@ class ErrorReport(RunMessage):
     message: Annotated[str, Text()]
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True)
+@message(SESSION, eq=True)
 class AuditCopy(RunMessage):
     """Coordinator -> site: one signed audit entry that concerns the site, for its own copy.
 
