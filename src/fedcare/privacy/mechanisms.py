@@ -151,7 +151,21 @@ class CentralDPFedAvg(_CohortRelease):
         return self.release(total, len(results), sum(not r.clipped for r in results))
 
 
-class LocalDPGaussian:
+class _SiteNoise:
+    """What a site's own noise mechanisms share: clip norm C, noise multiplier z, the RNG
+    (the OS CSPRNG unless one is given)."""
+
+    def __init__(
+        self, *, clip_norm: float, noise_multiplier: float, rng: np.random.Generator | None
+    ) -> None:
+        check_clip_norm(clip_norm)
+        _check_z(noise_multiplier)
+        self.clip_norm = clip_norm
+        self.noise_multiplier = noise_multiplier
+        self.rng = rng if rng is not None else secure_rng()
+
+
+class LocalDPGaussian(_SiteNoise):
     """Local DP at one site: clip to C and add N(0, (zC)^2) before anything leaves the site.
 
     The site's own accountant records one release per upload (sampling rate 1: the
@@ -166,12 +180,8 @@ class LocalDPGaussian:
         accountant: PrivacyAccountant,
         rng: np.random.Generator | None = None,
     ) -> None:
-        check_clip_norm(clip_norm)
-        _check_z(noise_multiplier)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
+        super().__init__(clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng)
         self.accountant = accountant
-        self.rng = rng if rng is not None else secure_rng()
 
     def privatise(self, update: npt.ArrayLike) -> FloatVector:
         clipped = l2_clip(update, self.clip_norm).vector
@@ -187,7 +197,7 @@ def mean_over_expected(total: npt.ArrayLike, expected_sites: float) -> FloatVect
     return (vec / np.float32(expected_sites)).astype(np.float32)
 
 
-class DistributedNoiseShare:
+class DistributedNoiseShare(_SiteNoise):
     """Site half of distributed DP: clip to C and add N(0, (zC)^2 / n), n = cohort size.
 
     The n shares sum to N(0, (zC)^2). If ``accountant`` is given, it records what this
@@ -203,12 +213,8 @@ class DistributedNoiseShare:
         rng: np.random.Generator | None = None,
         accountant: PrivacyAccountant | None = None,
     ) -> None:
-        check_clip_norm(clip_norm)
-        _check_z(noise_multiplier)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
+        super().__init__(clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng)
         self.accountant = accountant
-        self.rng = rng if rng is not None else secure_rng()
 
     def privatise(self, update: npt.ArrayLike, cohort_size: int) -> FloatVector:
         if cohort_size < 1:
