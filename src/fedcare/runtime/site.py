@@ -840,16 +840,9 @@ class SiteMachine:
         if not epochs:
             return model
         spec = replace(strategy.local_spec(plan.spec), epochs=epochs, steps=None)
-        task = TrainTask(
-            round=plan.rounds,
-            site_index=plan.site_index(self.name),
-            seed=plan.seed,
-            start=model,
-            objective=LocalObjective(),
-            spec=spec,
-            purpose="misc",
-        )
-        return work.train(task).params
+        own = site_step.TrainingTask(model, LocalObjective(), "misc")
+        index = plan.site_index(self.name)
+        return work.train(self._task(own, plan.rounds, index, plan.seed, spec)).params
 
     # -- helpers ---------------------------------------------------------------------------
 
