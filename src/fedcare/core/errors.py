@@ -6,6 +6,8 @@ what was found. Input checks raise these; they never ``assert``.
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 
 class FedcareError(Exception):
     """Base class of every error fedcare raises on purpose."""
@@ -15,6 +17,7 @@ class ConfigError(FedcareError):
     """A study or job configuration is invalid (unknown key, bad value, illegal combination)."""
 
 
+@dataclass(eq=False, repr=False)
 class DataValidationError(FedcareError):
     """A site's data does not match the declared schema.
 
@@ -22,22 +25,15 @@ class DataValidationError(FedcareError):
     person at that hospital can fix it without seeing anyone else's data.
     """
 
-    def __init__(
-        self,
-        problem: str,
-        *,
-        site: str | None = None,
-        file: str | None = None,
-        column: str | None = None,
-        expected: str | None = None,
-        found: str | None = None,
-    ) -> None:
-        self.problem = problem
-        self.site = site
-        self.file = file
-        self.column = column
-        self.expected = expected
-        self.found = found
+    problem: str
+    _: KW_ONLY
+    site: str | None = None
+    file: str | None = None
+    column: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def __post_init__(self) -> None:
         super().__init__(self._render())
 
     def _render(self) -> str:

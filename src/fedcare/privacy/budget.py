@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
+from fedcare.core.closing import Closing
 from fedcare.core.errors import ConfigError, FedcareError, PrivacyBudgetExceededError, ProtocolError
 
 _GENESIS = "0" * 64
@@ -124,7 +125,7 @@ def _entry_hash(
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-class BudgetLedger:
+class BudgetLedger(Closing):
     """The privacy ledger of one dataset at one site; one sqlite file may hold many datasets.
 
     Open with ``budget`` the first time; later opens read the recorded budget (passing a
@@ -235,17 +236,6 @@ class BudgetLedger:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> BudgetLedger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals (call inside a transaction) -------------------------------------------
     def _transaction(self, write: bool = True) -> _Transaction:

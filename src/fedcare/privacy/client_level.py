@@ -44,7 +44,7 @@ from fedcare.privacy.mechanisms import (
     l2_clip,
     mean_over_expected,
 )
-from fedcare.privacy.spec import DPSpec
+from fedcare.privacy.spec import DPSpec, PlannedCost
 
 Vector = npt.NDArray[np.float32]
 
@@ -317,7 +317,7 @@ class PrivateRounds:
 
 
 @dataclass(frozen=True)
-class JobPrivacy:
+class JobPrivacy(PlannedCost):
     """What one DP job costs a site, computed from the approved plan alone.
 
     A site never takes the coordinator's word for its spend: it recomputes the noise
@@ -337,14 +337,6 @@ class JobPrivacy:
 
     def epsilon_after(self, releases: int) -> float:
         return spend_after(self.spec, self.noise_multiplier, self.sampling_rate, releases)
-
-    @property
-    def planned_epsilon(self) -> float:
-        return self.epsilon_after(self.rounds)
-
-    @property
-    def delta(self) -> float:
-        return self.spec.delta
 
 
 class JobCost(Protocol):

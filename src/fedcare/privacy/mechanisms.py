@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -61,7 +62,34 @@ def _check_sites(expected_sites: float, sampling_rate: float) -> None:
         raise ConfigError(f"site sampling rate must be in (0, 1], found {sampling_rate}")
 
 
-class CentralDPFedAvg:
+class _Cohort(TypedDict):
+    noise_multiplier: float
+    expected_sites: float
+    sampling_rate: float
+    accountant: PrivacyAccountant
+
+
+class _CohortRelease:
+    """What the coordinator's client-level mechanisms share: noise multiplier z, the
+    expected number of sites a mean divides by, the site sampling rate, the accountant."""
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        expected_sites: float,
+        sampling_rate: float,
+        accountant: PrivacyAccountant,
+    ) -> None:
+        _check_z(noise_multiplier)
+        _check_sites(expected_sites, sampling_rate)
+        self.noise_multiplier = noise_multiplier
+        self.expected_sites = float(expected_sites)
+        self.sampling_rate = sampling_rate
+        self.accountant = accountant
+
+
+class CentralDPFedAvg(_CohortRelease):
     """DP-FedAvg with central noise: clip each site's update, sum, noise once, average.
 
     ``clip`` is a fixed norm C or an :class:`AdaptiveClipNorm` (Andrew et al. 2021); with
@@ -72,27 +100,19 @@ class CentralDPFedAvg:
     def __init__(
         self,
         *,
-        noise_multiplier: float,
-        expected_sites: float,
-        sampling_rate: float,
-        accountant: PrivacyAccountant,
         clip: float | AdaptiveClipNorm,
         rng: np.random.Generator | None = None,
+        **cohort: Unpack[_Cohort],
     ) -> None:
-        _check_z(noise_multiplier)
-        _check_sites(expected_sites, sampling_rate)
-        self.noise_multiplier = noise_multiplier
-        self.expected_sites = float(expected_sites)
-        self.sampling_rate = sampling_rate
-        self.accountant = accountant
+        super().__init__(**cohort)
         self.adaptive = clip if isinstance(clip, AdaptiveClipNorm) else None
         if not isinstance(clip, AdaptiveClipNorm):
             check_clip_norm(clip)
         self._clip = clip
         self.update_noise_multiplier = (
-            self.adaptive.update_noise_multiplier(noise_multiplier)
+            self.adaptive.update_noise_multiplier(self.noise_multiplier)
             if self.adaptive is not None
-            else noise_multiplier
+            else self.noise_multiplier
         )
         self.rng = rng if rng is not None else secure_rng()
 
@@ -131,7 +151,21 @@ class CentralDPFedAvg:
         return self.release(total, len(results), sum(not r.clipped for r in results))
 
 
-class LocalDPGaussian:
+class _SiteNoise:
+    """What a site's own noise mechanisms share: clip norm C, noise multiplier z, the RNG
+    (the OS CSPRNG unless one is given)."""
+
+    def __init__(
+        self, *, clip_norm: float, noise_multiplier: float, rng: np.random.Generator | None
+    ) -> None:
+        check_clip_norm(clip_norm)
+        _check_z(noise_multiplier)
+        self.clip_norm = clip_norm
+        self.noise_multiplier = noise_multiplier
+        self.rng = rng if rng is not None else secure_rng()
+
+
+class LocalDPGaussian(_SiteNoise):
     """Local DP at one site: clip to C and add N(0, (zC)^2) before anything leaves the site.
 
     The site's own accountant records one release per upload (sampling rate 1: the
@@ -146,12 +180,8 @@ class LocalDPGaussian:
         accountant: PrivacyAccountant,
         rng: np.random.Generator | None = None,
     ) -> None:
-        check_clip_norm(clip_norm)
-        _check_z(noise_multiplier)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
+        super().__init__(clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng)
         self.accountant = accountant
-        self.rng = rng if rng is not None else secure_rng()
 
     def privatise(self, update: npt.ArrayLike) -> FloatVector:
         clipped = l2_clip(update, self.clip_norm).vector
@@ -167,7 +197,7 @@ def mean_over_expected(total: npt.ArrayLike, expected_sites: float) -> FloatVect
     return (vec / np.float32(expected_sites)).astype(np.float32)
 
 
-class DistributedNoiseShare:
+class DistributedNoiseShare(_SiteNoise):
     """Site half of distributed DP: clip to C and add N(0, (zC)^2 / n), n = cohort size.
 
     The n shares sum to N(0, (zC)^2). If ``accountant`` is given, it records what this
@@ -183,12 +213,8 @@ class DistributedNoiseShare:
         rng: np.random.Generator | None = None,
         accountant: PrivacyAccountant | None = None,
     ) -> None:
-        check_clip_norm(clip_norm)
-        _check_z(noise_multiplier)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
+        super().__init__(clip_norm=clip_norm, noise_multiplier=noise_multiplier, rng=rng)
         self.accountant = accountant
-        self.rng = rng if rng is not None else secure_rng()
 
     def privatise(self, update: npt.ArrayLike, cohort_size: int) -> FloatVector:
         if cohort_size < 1:
@@ -201,27 +227,12 @@ class DistributedNoiseShare:
         return (clipped + noise).astype(np.float32)
 
 
-class DistributedDPFedAvg:
+class DistributedDPFedAvg(_CohortRelease):
     """Coordinator half of distributed DP: receives only the (securely aggregated) sum.
 
     If sites drop out, fewer noise shares reach the sum; the release is recorded with the
     noise it really carries, z * sqrt(received / cohort).
     """
-
-    def __init__(
-        self,
-        *,
-        noise_multiplier: float,
-        expected_sites: float,
-        sampling_rate: float,
-        accountant: PrivacyAccountant,
-    ) -> None:
-        _check_z(noise_multiplier)
-        _check_sites(expected_sites, sampling_rate)
-        self.noise_multiplier = noise_multiplier
-        self.expected_sites = float(expected_sites)
-        self.sampling_rate = sampling_rate
-        self.accountant = accountant
 
     def effective_noise_multiplier(self, cohort_size: int, received: int) -> float:
         if not (1 <= received <= cohort_size):

@@ -38,7 +38,7 @@ from fedcare.privacy.accountant import (
     calibrate_noise_multiplier,
     epsilon_of,
 )
-from fedcare.privacy.spec import SampleDPSpec
+from fedcare.privacy.spec import PlannedCost, SampleDPSpec
 
 
 def sampling_rate(num_samples: int, spec: TrainSpec) -> float:
@@ -154,7 +154,7 @@ class SitePlan:
 
 
 @dataclass(frozen=True)
-class SiteSampleCost:
+class SiteSampleCost(PlannedCost):
     """What a job's DP-SGD costs one site's records, from the plan and its own row count
     (charged as if it trained every round: an upper bound when sites are sampled)."""
 
@@ -168,14 +168,6 @@ class SiteSampleCost:
 
     def epsilon_after(self, releases: int) -> float:
         return self.plan.epsilon_after(self.spec, releases)
-
-    @property
-    def planned_epsilon(self) -> float:
-        return self.epsilon_after(self.rounds)
-
-    @property
-    def delta(self) -> float:
-        return self.spec.delta
 
 
 class SampleLevelPrivacy:

@@ -23,6 +23,7 @@ it hides each site's update so the coordinator sees only the sum.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -111,6 +112,14 @@ def _positive(value: Any, field: str, where: str) -> float:
     return number
 
 
+def _check_keys(raw: Any, where: str, what: str, allowed: set[str]) -> None:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {what}, found {raw!r}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
 def _guarantee(
     raw: Mapping[str, Any], where: str, calibrated: str, reported: str
 ) -> tuple[bool, bool, float, Any]:
@@ -132,13 +141,23 @@ def _guarantee(
     return has_eps, has_z, delta, accountant
 
 
+def _release(
+    raw: Mapping[str, Any], where: str, has_eps: bool, has_z: bool, delta: float
+) -> dict[str, Any]:
+    """The guarantee and clip norm both DP kinds take from their settings."""
+    return {
+        "epsilon": _positive(raw["epsilon"], "epsilon", where) if has_eps else None,
+        "noise_multiplier": _positive(raw["noise_multiplier"], "noise_multiplier", where)
+        if has_z
+        else None,
+        "delta": delta,
+        "clip_norm": _positive(raw.get("clip_norm", 1.0), "clip_norm", where),
+    }
+
+
 def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
     """A DPSpec from a config mapping; every problem names the key and what was expected."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of DP settings, found {raw!r}")
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_KEYS)}")
+    _check_keys(raw, where, "DP settings", _KEYS)
     mode = raw.get("mode", "central")
     if mode not in DP_MODES:
         raise ConfigError(f"{where}: 'mode' must be one of {DP_MODES}, found {mode!r}")
@@ -177,12 +196,7 @@ def parse_dp(raw: Mapping[str, Any], *, where: str = "dp") -> DPSpec:
             )
     return DPSpec(
         mode=mode,
-        epsilon=_positive(raw["epsilon"], "epsilon", where) if has_eps else None,
-        noise_multiplier=_positive(raw["noise_multiplier"], "noise_multiplier", where)
-        if has_z
-        else None,
-        delta=delta,
-        clip_norm=_positive(raw.get("clip_norm", 1.0), "clip_norm", where),
+        **_release(raw, where, has_eps, has_z, delta),
         adaptive_clip=adaptive,
         accountant=accountant,
     )
@@ -216,20 +230,29 @@ class SampleDPSpec:
 
 def parse_sample_dp(raw: Mapping[str, Any], *, where: str = "sample_dp") -> SampleDPSpec:
     """A SampleDPSpec from a config mapping; every problem names the key and what was expected."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of DP-SGD settings, found {raw!r}")
-    unknown = sorted(set(raw) - _SAMPLE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SAMPLE_KEYS)}")
+    _check_keys(raw, where, "DP-SGD settings", _SAMPLE_KEYS)
     has_eps, has_z, delta, accountant = _guarantee(
         raw, where, "each site's noise is", "each site's epsilon is"
     )
     return SampleDPSpec(
-        epsilon=_positive(raw["epsilon"], "epsilon", where) if has_eps else None,
-        noise_multiplier=_positive(raw["noise_multiplier"], "noise_multiplier", where)
-        if has_z
-        else None,
-        delta=delta,
-        clip_norm=_positive(raw.get("clip_norm", 1.0), "clip_norm", where),
+        **_release(raw, where, has_eps, has_z, delta),
         accountant=accountant,
     )
+
+
+class PlannedCost(ABC):
+    """What a job spends of a site's budget over its planned rounds, at its spec's delta."""
+
+    spec: DPSpec | SampleDPSpec
+    rounds: int
+
+    @abstractmethod
+    def epsilon_after(self, releases: int) -> float: ...
+
+    @property
+    def planned_epsilon(self) -> float:
+        return self.epsilon_after(self.rounds)
+
+    @property
+    def delta(self) -> float:
+        return self.spec.delta

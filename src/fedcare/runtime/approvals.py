@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,21 @@ def canonical_json(value: Any, where: str = "plan") -> bytes:
 def plan_hash(plan: Mapping[str, Any]) -> str:
     """The SHA-256 (hex) of a job plan's canonical JSON: what a data owner approves."""
     return hashlib.sha256(canonical_json(plan)).hexdigest()
+
+
+class Approvable(ABC):
+    """A document a data owner approves: its data, canonical JSON of it, and that hash."""
+
+    @abstractmethod
+    def content(self) -> dict[str, Any]: ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON data: what the owner sees and what :func:`plan_hash` hashes."""
+        return dict(canonical(self.content()))
+
+    @property
+    def hash(self) -> str:
+        return plan_hash(self.to_dict())
 
 
 def check_hash(value: str) -> str:
@@ -287,13 +303,7 @@ class ApprovalStore:
         hash = plan_hash(plan)
         decision = self.decide(hash, plan)
         if not decision.approved:
-            with self._edit() as data:
-                if hash not in data["pending"]:
-                    data["pending"][hash] = {
-                        "plan": canonical(plan),
-                        "from": from_,
-                        "time": _now(),
-                    }
+            self._keep_pending(hash, plan, from_)
         return decision
 
     def request_member(
@@ -303,15 +313,14 @@ class ApprovalStore:
         (not the run alone) for the owner to review and approve once."""
         decision = self.decide_member(plan, study)
         if not decision.approved:
-            study_hash = plan_hash(study)
-            with self._edit() as data:
-                if study_hash not in data["pending"]:
-                    data["pending"][study_hash] = {
-                        "plan": canonical(study),
-                        "from": from_,
-                        "time": _now(),
-                    }
+            self._keep_pending(plan_hash(study), study, from_)
         return decision
+
+    def _keep_pending(self, hash: str, plan: Mapping[str, Any], from_: str) -> None:
+        """Keep a plan (or a whole study) that waits for its owner, once, for review."""
+        with self._edit() as data:
+            if hash not in data["pending"]:
+                data["pending"][hash] = {"plan": canonical(plan), "from": from_, "time": _now()}
 
 
 def _membership(plan: Mapping[str, Any], study: Mapping[str, Any]) -> tuple[str, str]:

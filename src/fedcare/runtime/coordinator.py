@@ -518,14 +518,12 @@ class CoordinatorMachine:
         try:
             route = COORDINATOR_ROUTES.route(env, self.phase.value)
         except ProtocolError as exc:
-            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
-            return [self._error(site, "malformed", str(exc))]
+            return self._reject(site, "malformed", str(exc))
         if isinstance(route, Unrouted):
             detail = f"a site may not send '{env.kind}'"
             if route.phases:
                 detail = f"'{env.kind}' is not expected while the coordinator is {route.phase}"
-            self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
-            return [self._error(site, "unexpected", detail)]
+            return self._reject(site, "unexpected", detail)
         return route(self, env)
 
     def handle_streamed(self, env: Envelope, intake: UpdateIntake, now: float) -> list[Outgoing]:
@@ -547,8 +545,7 @@ class CoordinatorMachine:
                 raise ProtocolError(f"'{env.kind}' cannot stream as a plain update")
         except ProtocolError as exc:
             intake.discard()
-            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
-            return [self._error(site, "malformed", str(exc))]
+            return self._reject(site, "malformed", str(exc))
         out = self._on_update(stand_in, message, intake)
         aggregator = self.current.aggregator if self.current is not None else None
         kept = aggregator.sources if isinstance(aggregator, FoldedMean) else []
@@ -634,8 +631,7 @@ class CoordinatorMachine:
             detail = (
                 f"approval is for plan {status_msg.plan_hash}, this run's plan is {self.plan_hash}"
             )
-            self._event("message_rejected", site, {"reason": "wrong_plan", "detail": detail})
-            return [self._error(site, "wrong_plan", detail)]
+            return self._reject(site, "wrong_plan", detail)
         status = self.sites[site]
         status.approved = status_msg.approved
         status.waiting_approval = not status_msg.approved
@@ -701,10 +697,7 @@ class CoordinatorMachine:
         if stop:
             return self._stop(stop)
         ready = [s for s in sampled if self.sites[s].ready]
-        if self.waiting_since is None:
-            self.waiting_since = self._now
-        grace_over = self._now - self.waiting_since >= self.options.start_grace_s
-        awaited = [s for s in sampled if not self.sites[s].ready and self._awaits(s, grace_over)]
+        awaited = self._awaited(sampled)
         if len(ready) < self._needed() or awaited:
             return []
         self.waiting_since = None
@@ -715,13 +708,7 @@ class CoordinatorMachine:
         plan site is waited for as a round would wait for it)."""
         if self.completed is None:
             return []
-        if self.waiting_since is None:
-            self.waiting_since = self._now
-        grace_over = self._now - self.waiting_since >= self.options.start_grace_s
-        awaited = [
-            s for s, st in self.sites.items() if not st.ready and self._awaits(s, grace_over)
-        ]
-        if awaited:
+        if self._awaited(list(self.sites)):
             return []
         self.waiting_since = None
         self._event("evaluation_resent", detail={"round": self.round})
@@ -731,6 +718,14 @@ class CoordinatorMachine:
         """Updates a round needs: --min-sites; a secure sum needs two inputs at least, or
         the "sum" is one site's update."""
         return max(self.min_updates, 2 if self.strategy.secure else 1)
+
+    def _awaited(self, sites: list[str]) -> bool:
+        """Whether to wait longer for any of ``sites`` not ready yet (the start grace runs
+        from the first time this is asked since the last round started)."""
+        if self.waiting_since is None:
+            self.waiting_since = self._now
+        grace_over = self._now - self.waiting_since >= self.options.start_grace_s
+        return any(not self.sites[s].ready and self._awaits(s, grace_over) for s in sites)
 
     def _awaits(self, site: str, grace_over: bool) -> bool:
         """Whether the round still waits for this sampled site, which is not ready."""
@@ -971,8 +966,7 @@ class CoordinatorMachine:
             env.validate()
             session, attempt = session_of(env)
         except ProtocolError as exc:
-            self._event("message_rejected", site, {"reason": "malformed", "detail": str(exc)})
-            return [self._error(site, "malformed", str(exc))]
+            return self._reject(site, "malformed", str(exc))
         refusal = self._refusal(env, once_per_site=("secagg", attempt, step_of(env)))
         if refusal is not None:
             return [self._error(site, "rejected", refusal)]
@@ -984,8 +978,7 @@ class CoordinatorMachine:
             or session != progress.secure_session
         ):
             detail = "no secure aggregation of this session is open"
-            self._event("message_rejected", site, {"reason": "unexpected", "detail": detail})
-            return [self._error(site, "unexpected", detail)]
+            return self._reject(site, "unexpected", detail)
         member = self.plan.site_index(site)
         try:
             if "num_samples" in env.header:  # the first message: keys, or the encrypted input
@@ -1057,30 +1050,30 @@ class CoordinatorMachine:
                 "lost": len(collector.lost),
             },
         )
-        if len(progress.accepted) < max(self.min_updates, 1):
-            return self._retry_round(progress)
         aggregator = progress.aggregator
         if not isinstance(aggregator, SecureSumAggregator):
             raise ProtocolError(f"run '{self.run_id}': a secure sum finished a plain round")
-        self._account_local(progress)
-        total = result.total
-        return self._complete_round(progress, aggregator.release(total, len(result.included)))
+        return self._close_round(
+            progress, lambda: aggregator.release(result.total, len(result.included))
+        )
 
     def _maybe_finish_training(self) -> list[Outgoing]:
         progress = self.current
         if self.phase is not Phase.TRAINING or progress is None or progress.pending:
             return []
+        return self._close_round(progress, lambda: progress.aggregator.result().aggregate)
+
+    def _close_round(
+        self, progress: RoundProgress, aggregate: Callable[[], Aggregate]
+    ) -> list[Outgoing]:
+        """Retry a round with too few updates; else account local DP (each contributing
+        site noised its own update) and complete it with its aggregate."""
         if len(progress.accepted) < max(self.min_updates, 1):
             return self._retry_round(progress)
-        self._account_local(progress)
-        aggregate = progress.aggregator.result().aggregate
-        return self._complete_round(progress, aggregate)
-
-    def _account_local(self, progress: RoundProgress) -> None:
-        """Local DP: each contributing site noised its own update; its accountant records it."""
         if self.private is not None and self.private.spec.mode == "local":
             for site in progress.accepted:
                 self.private.record_local_release(site)
+        return self._complete_round(progress, aggregate())
 
     def _complete_round(self, progress: RoundProgress, aggregate: Aggregate) -> list[Outgoing]:
         progress.release()
@@ -1353,6 +1346,11 @@ class CoordinatorMachine:
     def _verdict(self, site: str, msg: UpdateMessage, accepted: bool, reason: str) -> Outgoing:
         verdict = UpdateVerdict(self.run_id, msg.round, msg.attempt, accepted, reason)
         return Outgoing(site, verdict.to_envelope())
+
+    def _reject(self, site: str, reason: str, detail: str) -> list[Outgoing]:
+        """Log a refused message and tell its sender why (``reason`` is the error code)."""
+        self._event("message_rejected", site, {"reason": reason, "detail": detail})
+        return [self._error(site, reason, detail)]
 
     def _error(self, site: str, code: str, message: str) -> Outgoing:
         return Outgoing(site, ErrorReport(self.run_id, self.round, code, message).to_envelope())

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, TypeVar, dataclass_transform
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,7 @@ from fedcare.runtime.wire_fields import (
     SegmentList,
     Strings,
     Text,
+    VectorLayout,
     count,
     finite,
 )
@@ -74,8 +75,38 @@ SCHEMAS.declare_raw(SECAGG, TRAIN)
 SCHEMAS.declare_raw(HE, TRAIN)
 
 
-@SCHEMAS.declare(SESSION)
+M = TypeVar("M", bound=WireMessage)
+
+
+@dataclass_transform(frozen_default=True, eq_default=False, field_specifiers=(field,))
+def message(
+    job: str,
+    vector: VectorLayout | None = None,
+    *,
+    eq: bool = False,
+    run_id_if_empty: str | None = None,
+) -> Callable[[type[M]], type[M]]:
+    """Class decorator: the frozen message dataclass below it, declared in :data:`SCHEMAS`
+    under ``job`` with its vector layout. Messages compare by identity unless ``eq``."""
+
+    def declare(cls: type[M]) -> type[M]:
+        built = dataclass(frozen=True, eq=eq)(cls)
+        return SCHEMAS.declare(job, vector, run_id_if_empty=run_id_if_empty)(built)
+
+    return declare
+
+
 @dataclass(frozen=True, eq=False)
+class RunMessage(WireMessage):
+    """A message of one run's round; both travel in the envelope, and so does ``sender``,
+    which the transport sets from the authenticated peer on receipt."""
+
+    run_id: str
+    round: int
+    sender: str = field(default="", kw_only=True)
+
+
+@message(SESSION)
 class Hello(WireMessage):
     """Site -> coordinator on every (re)connection: what data it has and whether it passed the schema."""
 
@@ -89,9 +120,8 @@ class Hello(WireMessage):
     sender: str = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
-class JobPlan(WireMessage):
+@message(SESSION)
+class JobPlan(RunMessage):
     """Coordinator -> site: what would run on the site's data, and its content hash.
 
     A run of a deployed study also carries the whole study plan (every run, in order) and
@@ -99,27 +129,20 @@ class JobPlan(WireMessage):
     """
 
     KIND: ClassVar[str] = "job_plan"
-    run_id: str
-    round: int
     plan: Annotated[dict[str, Any], Json()]
     plan_hash: Annotated[str, Text()]
-    sender: str = ""
     study: Annotated[dict[str, Any] | None, HeaderField(Json(), optional=True)] = None
     study_hash: Annotated[str, HeaderField(Text(), only_with="study")] = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
-class ApprovalStatus(WireMessage):
+@message(SESSION)
+class ApprovalStatus(RunMessage):
     """Site -> coordinator: the data owner approved the plan, or it waits for approval."""
 
     KIND: ClassVar[str] = "approval_status"
-    run_id: str
-    round: int
     plan_hash: Annotated[str, Text()]
     approved: Annotated[bool, Flag()]
     detail: Annotated[str, Text()] = ""
-    sender: str = ""
 
 
 class SecureField(FieldType):
@@ -212,9 +235,8 @@ class TrainVector:
         return {**parts, "site_context": context}
 
 
-@SCHEMAS.declare(TRAIN, TrainVector())
-@dataclass(frozen=True, eq=False)
-class TrainRequest(WireMessage):
+@message(TRAIN, TrainVector())
+class TrainRequest(RunMessage):
     """Coordinator -> sampled site: train round ``round`` from ``params``.
 
     ``arrays`` are the strategy's broadcast arrays (SCAFFOLD's control variate); the
@@ -226,8 +248,6 @@ class TrainRequest(WireMessage):
     """
 
     KIND: ClassVar[str] = "train_request"
-    run_id: str
-    round: int
     plan_hash: Annotated[str, Text()]
     params: FloatVector
     arrays: dict[str, FloatVector]
@@ -242,7 +262,6 @@ class TrainRequest(WireMessage):
     contributed: Annotated[int, Integer(minimum=-1)] = -1
     # the round's secure-sum session, under SecAgg
     secure: Annotated[SecureRound | None, HeaderField(SecureField(), optional=True)] = None
-    sender: str = ""
     site_context: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
@@ -343,9 +362,8 @@ def _wire_parts(env: Envelope, h: HeaderReader) -> tuple[WireDelta, dict[str, Fl
     return WireDelta(raw[:delta_bytes], stage, length), parts
 
 
-@SCHEMAS.declare(TRAIN, UpdateVector())
-@dataclass(frozen=True, eq=False)
-class UpdateMessage(WireMessage):
+@message(TRAIN, UpdateVector())
+class UpdateMessage(RunMessage):
     """Site -> coordinator: the site's update for a round (delta, weight, algorithm extras).
 
     With a compression stage, ``wire`` holds the encoded delta and the vector on the wire
@@ -353,8 +371,6 @@ class UpdateMessage(WireMessage):
     """
 
     KIND: ClassVar[str] = "update"
-    run_id: str
-    round: int
     attempt: Annotated[int, Integer()]
     delta: FloatVector
     extras: dict[str, FloatVector]
@@ -362,7 +378,6 @@ class UpdateMessage(WireMessage):
     num_samples: Annotated[int, Integer()]
     metrics: Annotated[dict[str, float], Numbers()] = field(default_factory=dict)
     update_hash: str = ""  # sha256 of the vector as sent; the coordinator recomputes it
-    sender: str = ""
     wire: WireDelta | None = None
     # the site's trained personal model, when the personal pass collects them (MOCHA)
     personal: FloatVector | None = None
@@ -390,36 +405,28 @@ class UpdateMessage(WireMessage):
         return replace(self, delta=delta)
 
 
-@SCHEMAS.declare(TRAIN)
-@dataclass(frozen=True, eq=False)
-class UpdateVerdict(WireMessage):
+@message(TRAIN)
+class UpdateVerdict(RunMessage):
     """Coordinator -> site: whether its update went into the aggregate, and why not."""
 
     KIND: ClassVar[str] = "update_verdict"
-    run_id: str
-    round: int
     attempt: Annotated[int, Integer()]
     accepted: Annotated[bool, Flag()]
     reason: Annotated[str, Text()] = ""
-    sender: str = ""
 
 
-@SCHEMAS.declare(EVALUATE, Float32("params"))
-@dataclass(frozen=True, eq=False)
-class EvalRequest(WireMessage):
+@message(EVALUATE, Float32("params"))
+class EvalRequest(RunMessage):
     """Coordinator -> site: evaluate the global model of ``round`` on the site's test rows.
 
     ``final``: after the last round; personalised strategies also evaluate the site's own model.
     """
 
     KIND: ClassVar[str] = "eval_request"
-    run_id: str
-    round: int
     params: FloatVector
     final: Annotated[bool, Flag()] = False
     deadline_s: Annotated[float, Number(minimum=0.0)] = 0.0
     contributed: Annotated[int, Integer(minimum=-1)] = -1
-    sender: str = ""
 
 
 class EvalCounts:
@@ -489,53 +496,40 @@ def _eval_stats(
     return EvalStats(c, rows_seen, loss, arrays["confusion"], arrays["score_hist"])
 
 
-@SCHEMAS.declare(EVALUATE, EvalCounts())
-@dataclass(frozen=True, eq=False)
-class EvalResult(WireMessage):
+@message(EVALUATE, EvalCounts())
+class EvalResult(RunMessage):
     """Site -> coordinator: additive evaluation counts per model ('global', 'personal').
 
     Counts, never predictions: summed at the coordinator they give the pooled metrics.
     """
 
     KIND: ClassVar[str] = "eval_result"
-    run_id: str
-    round: int
     stats: dict[str, EvalStats]
-    sender: str = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True, eq=False)
-class RunFinished(WireMessage):
+@message(SESSION)
+class RunFinished(RunMessage):
     """Coordinator -> every site: the run ended (``status`` finished or failed)."""
 
     KIND: ClassVar[str] = "run_finished"
-    run_id: str
-    round: int
     status: Annotated[str, Text()]
     # sha256 of the final global model, as the audit log records it
     model_hash: Annotated[str, Text()] = ""
     detail: Annotated[str, Text()] = ""
     contributed: Annotated[int, Integer(minimum=-1)] = -1
-    sender: str = ""
 
 
-@SCHEMAS.declare(SESSION, run_id_if_empty=NO_RUN)
-@dataclass(frozen=True, eq=False)
-class ErrorReport(WireMessage):
+@message(SESSION, run_id_if_empty=NO_RUN)
+class ErrorReport(RunMessage):
     """Either way: something went wrong (bad data, a refused plan, a rejected message)."""
 
     KIND: ClassVar[str] = "error_report"
-    run_id: str
-    round: int
     code: Annotated[str, Text()]
     message: Annotated[str, Text()]
-    sender: str = ""
 
 
-@SCHEMAS.declare(SESSION)
-@dataclass(frozen=True)
-class AuditCopy(WireMessage):
+@message(SESSION, eq=True)
+class AuditCopy(RunMessage):
     """Coordinator -> site: one signed audit entry that concerns the site, for its own copy.
 
     ``certificate`` is the coordinator's certificate (PEM): the site checks it against the
@@ -543,11 +537,8 @@ class AuditCopy(WireMessage):
     """
 
     KIND: ClassVar[str] = "audit_entry"
-    run_id: str
-    round: int
     entry: Annotated[dict[str, Any], Json()]
     certificate: Annotated[str, Text()]
-    sender: str = ""
 
 
 Message = (

@@ -28,7 +28,7 @@ from fedcare.data.site_table import SiteTableSpec
 from fedcare.privacy.client_level import planned_spend
 from fedcare.privacy.spec import DPSpec
 from fedcare.rounds import Aggregator
-from fedcare.runtime.approvals import canonical, canonical_json, plan_hash
+from fedcare.runtime.approvals import Approvable, canonical_json
 from fedcare.runtime.sampling import Participation
 from fedcare.runtime.streamed_update import FoldedMean
 
@@ -67,7 +67,7 @@ def spec_from_dict(raw: dict[str, Any]) -> TrainSpec:
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class RunPlan(Approvable):
     """One federated run of one strategy and seed, as the sites approve it."""
 
     sites: tuple[str, ...]
@@ -147,38 +147,30 @@ class RunPlan:
             raise ConfigError(f"site '{site}' is not part of this plan; sites: {list(self.sites)}")
         return self.sites.index(site)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON data: what the site shows its owner and what ``plan_hash`` hashes."""
-        return dict(
-            canonical(
-                {
-                    "study": self.study,
-                    "dataset": self.dataset,
-                    "sites": list(self.sites),
-                    "model": {
-                        "name": self.model,
-                        "params": self.model_params,
-                        "input_shape": list(self.input_shape),
-                        "num_classes": self.num_classes,
-                    },
-                    "strategy": {"name": self.strategy, "params": self.strategy_params},
-                    "local": spec_to_dict(self.spec),
-                    "rounds": self.rounds,
-                    "seed": self.seed,
-                    "participation": {
-                        "fraction": self.participation.fraction,
-                        "min_sites": self.participation.min_sites,
-                    },
-                    "eval_every": self.eval_every,
-                    "code": self.code,
-                    **({"data": self.data} if self.data else {}),
-                }
-            )
-        )
-
-    @property
-    def hash(self) -> str:
-        return plan_hash(self.to_dict())
+    def content(self) -> dict[str, Any]:
+        """What the site shows its owner (canonicalised by ``to_dict``, hashed by ``hash``)."""
+        return {
+            "study": self.study,
+            "dataset": self.dataset,
+            "sites": list(self.sites),
+            "model": {
+                "name": self.model,
+                "params": self.model_params,
+                "input_shape": list(self.input_shape),
+                "num_classes": self.num_classes,
+            },
+            "strategy": {"name": self.strategy, "params": self.strategy_params},
+            "local": spec_to_dict(self.spec),
+            "rounds": self.rounds,
+            "seed": self.seed,
+            "participation": {
+                "fraction": self.participation.fraction,
+                "min_sites": self.participation.min_sites,
+            },
+            "eval_every": self.eval_every,
+            "code": self.code,
+            **({"data": self.data} if self.data else {}),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunPlan:
@@ -213,7 +205,7 @@ class RunPlan:
 
 
 @dataclass(frozen=True)
-class StudyPlan:
+class StudyPlan(Approvable):
     """Every run of a deployed study, in order, as a data owner approves them at once.
 
     ``not_deployed`` names the parts of the study config the deployment leaves out
@@ -265,21 +257,13 @@ class StudyPlan:
         """The runs that follow the run with ``run_hash``."""
         return self.runs[self.position(run_hash) + 1 :]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON data: what a site's owner reviews and what ``plan_hash`` hashes."""
-        return dict(
-            canonical(
-                {
-                    "study": self.study,
-                    "runs": [r.to_dict() for r in self.runs],
-                    "not_deployed": list(self.not_deployed),
-                }
-            )
-        )
-
-    @property
-    def hash(self) -> str:
-        return plan_hash(self.to_dict())
+    def content(self) -> dict[str, Any]:
+        """What a site's owner reviews (canonicalised by ``to_dict``, hashed by ``hash``)."""
+        return {
+            "study": self.study,
+            "runs": [r.to_dict() for r in self.runs],
+            "not_deployed": list(self.not_deployed),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StudyPlan:

@@ -17,34 +17,21 @@ import numpy as np
 
 from fedcare.core.errors import ProtocolError
 from fedcare.runtime.envelope import Envelope
-from fedcare.secagg.messages import (
-    AdvertiseKeys,
-    ClientMessage,
-    EncryptedShare,
-    ForwardedShares,
-    KeyDirectory,
-    MaskedInput,
-    PublicKeys,
-    RevealedShare,
-    ServerMessage,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from fedcare.secagg import messages as sm
 from fedcare.secagg.shamir import Share
 
 SECAGG = "secagg"
 
 _CLIENT_KINDS = {
-    AdvertiseKeys: "advertise_keys",
-    ShareKeys: "share_keys",
-    MaskedInput: "masked_input",
-    UnmaskResponse: "unmask_response",
+    sm.AdvertiseKeys: "advertise_keys",
+    sm.ShareKeys: "share_keys",
+    sm.MaskedInput: "masked_input",
+    sm.UnmaskResponse: "unmask_response",
 }
 _SERVER_KINDS = {
-    KeyDirectory: "key_directory",
-    ForwardedShares: "forwarded_shares",
-    UnmaskRequest: "unmask_request",
+    sm.KeyDirectory: "key_directory",
+    sm.ForwardedShares: "forwarded_shares",
+    sm.UnmaskRequest: "unmask_request",
 }
 
 
@@ -120,18 +107,18 @@ def step_of(env: Envelope) -> str:
 
 
 def client_envelope(
-    message: ClientMessage, run_id: str, round_: int, attempt: int, **extra: Any
+    message: sm.ClientMessage, run_id: str, round_: int, attempt: int, **extra: Any
 ) -> Envelope:
     """A site's SecAgg message as the envelope it sends (``extra``: JSON header fields)."""
     header = secure_header(_CLIENT_KINDS[type(message)], message.session_id, attempt, **extra)
     vector = None
-    if isinstance(message, AdvertiseKeys):
+    if isinstance(message, sm.AdvertiseKeys):
         header["c_pk"], header["s_pk"] = _b64(message.keys.c_pk), _b64(message.keys.s_pk)
-    elif isinstance(message, ShareKeys):
+    elif isinstance(message, sm.ShareKeys):
         header["shares"] = [
             [s.recipient, _b64(s.nonce), _b64(s.ciphertext)] for s in message.shares
         ]
-    elif isinstance(message, MaskedInput):
+    elif isinstance(message, sm.MaskedInput):
         vector = np.ascontiguousarray(message.vector, dtype=np.uint32)
     else:
         header["b"] = [[r.owner, format(r.share.y, "x")] for r in message.self_mask_shares]
@@ -139,44 +126,46 @@ def client_envelope(
     return Envelope.create(SECAGG, run_id, round_, header=header, vector=vector)
 
 
-def parse_client(env: Envelope, sender: int) -> ClientMessage:
+def parse_client(env: Envelope, sender: int) -> sm.ClientMessage:
     """Decode a site's secagg envelope; ``sender`` is the authenticated site's index."""
     f = _Fields(env)
     session = f.raw("session")
     step = env.header.get("step")
     if step == "advertise_keys":
-        keys = PublicKeys(sender, f.raw("c_pk"), f.raw("s_pk"))
-        return AdvertiseKeys(session, sender, keys)
+        keys = sm.PublicKeys(sender, f.raw("c_pk"), f.raw("s_pk"))
+        return sm.AdvertiseKeys(session, sender, keys)
     if step == "share_keys":
         shares = tuple(
-            EncryptedShare(sender, f.integer("shares", r), f.raw("shares", n), f.raw("shares", c))
+            sm.EncryptedShare(
+                sender, f.integer("shares", r), f.raw("shares", n), f.raw("shares", c)
+            )
             for r, n, c in f.items("shares", 3)
         )
-        return ShareKeys(session, sender, shares)
+        return sm.ShareKeys(session, sender, shares)
     if step == "masked_input":
         if env.vector is None or env.vector.dtype != np.uint32:
             raise f.fail("vector", "a uint32 ring vector")
-        return MaskedInput(session, sender, env.vector)
+        return sm.MaskedInput(session, sender, env.vector)
     if step == "unmask_response":
         x = sender + 1  # the holder's Shamir point (SecAggConfig.point)
         b = tuple(
-            RevealedShare(f.integer("b", o), Share(x, f.element("b", y)))
+            sm.RevealedShare(f.integer("b", o), Share(x, f.element("b", y)))
             for o, y in f.items("b", 2)
         )
         s = tuple(
-            RevealedShare(f.integer("s", o), Share(x, f.element("s", y)))
+            sm.RevealedShare(f.integer("s", o), Share(x, f.element("s", y)))
             for o, y in f.items("s", 2)
         )
-        return UnmaskResponse(session, sender, b, s)
+        return sm.UnmaskResponse(session, sender, b, s)
     raise f.fail("step", f"one of {sorted(_CLIENT_KINDS.values())}")
 
 
-def server_envelope(message: ServerMessage, run_id: str, round_: int, attempt: int) -> Envelope:
+def server_envelope(message: sm.ServerMessage, run_id: str, round_: int, attempt: int) -> Envelope:
     """The coordinator's SecAgg message to ``message.recipient`` as an envelope."""
     header = secure_header(_SERVER_KINDS[type(message)], message.session_id, attempt)
-    if isinstance(message, KeyDirectory):
+    if isinstance(message, sm.KeyDirectory):
         header["keys"] = [[k.client, _b64(k.c_pk), _b64(k.s_pk)] for k in message.keys]
-    elif isinstance(message, ForwardedShares):
+    elif isinstance(message, sm.ForwardedShares):
         header["shares"] = [[s.sender, _b64(s.nonce), _b64(s.ciphertext)] for s in message.shares]
     else:
         header["survivors"] = sorted(message.survivors)
@@ -185,25 +174,25 @@ def server_envelope(message: ServerMessage, run_id: str, round_: int, attempt: i
     return Envelope.create(SECAGG, run_id, round_, header=header)
 
 
-def parse_server(env: Envelope, recipient: int) -> ServerMessage:
+def parse_server(env: Envelope, recipient: int) -> sm.ServerMessage:
     """Decode the coordinator's secagg envelope addressed to this site (``recipient``)."""
     f = _Fields(env)
     session = f.raw("session")
     step = env.header.get("step")
     if step == "key_directory":
         keys = tuple(
-            PublicKeys(f.integer("keys", c), f.raw("keys", a), f.raw("keys", b))
+            sm.PublicKeys(f.integer("keys", c), f.raw("keys", a), f.raw("keys", b))
             for c, a, b in f.items("keys", 3)
         )
-        return KeyDirectory(session, recipient, keys)
+        return sm.KeyDirectory(session, recipient, keys)
     if step == "forwarded_shares":
         shares = tuple(
-            EncryptedShare(
+            sm.EncryptedShare(
                 f.integer("shares", s), recipient, f.raw("shares", n), f.raw("shares", c)
             )
             for s, n, c in f.items("shares", 3)
         )
-        return ForwardedShares(session, recipient, shares)
+        return sm.ForwardedShares(session, recipient, shares)
     if step == "unmask_request":
-        return UnmaskRequest(session, recipient, f.ids("survivors"), f.ids("b"), f.ids("s"))
+        return sm.UnmaskRequest(session, recipient, f.ids("survivors"), f.ids("b"), f.ids("s"))
     raise f.fail("step", f"one of {sorted(_SERVER_KINDS.values())}")

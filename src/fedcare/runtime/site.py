@@ -60,16 +60,7 @@ from fedcare.privacy.client_level import (
     record_level_cost,
 )
 from fedcare.privacy.sample_level import SiteSampleCost
-from fedcare.rounds import (
-    SiteRound,
-    TrainingTask,
-    finish_training,
-    keep_personal,
-    personal_task,
-    site_context_layout,
-    site_model,
-    training_task,
-)
+from fedcare.rounds import site_step
 from fedcare.runtime.approvals import Decision, plan_hash
 from fedcare.runtime.encrypted_round import HE, decrypt_request, encrypted_update
 from fedcare.runtime.envelope import Envelope
@@ -205,6 +196,18 @@ class _Pending:
     state: SiteState
 
 
+def _checked_hash(document: dict[str, Any], announced: str, what: str) -> str:
+    """The document's hash, which must be the one the coordinator announced with it."""
+    computed = plan_hash(document)
+    if computed != announced:
+        raise ProtocolError(f"{what} announced hash {announced} but hashes to {computed}")
+    return computed
+
+
+def _unprefixed(tensors: dict[str, FloatVector], prefix: str) -> SiteState:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 class SiteMachine:
     """One site's protocol state; ``name`` is its certificate identity."""
 
@@ -286,9 +289,10 @@ class SiteMachine:
             return self._refuse(env, "unexpected", f"a coordinator may not send '{env.kind}'")
         return route(self, env)
 
-    def _replayed(self, env: Envelope) -> bool:
-        """The replay guard refuses ``env`` (logged): a copy, or of another run."""
-        rejection = self.guard.check(env, round_bound=False)
+    def _replayed(self, env: Envelope, *, any_run: bool = False) -> bool:
+        """The replay guard refuses ``env`` (logged): a copy, or of another run (unless
+        ``any_run``: a plan may start a new run)."""
+        rejection = self.guard.check(env, round_bound=False, any_run=any_run)
         if rejection is not None:
             self._event(
                 "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
@@ -362,19 +366,10 @@ class SiteMachine:
         self.committed_round = int(meta.get("committed_round", -1))
         self.last_round = int(meta.get("last_round", 0))
         self.guard = ReplayGuard(self.run_id)
-        self.state = {
-            k.removeprefix("committed/"): v
-            for k, v in tensors.items()
-            if k.startswith("committed/")
-        }
+        self.state = _unprefixed(tensors, "committed/")
         self.pending = None
         if meta.get("pending_round") is not None:
-            pending = {
-                k.removeprefix("pending/"): v
-                for k, v in tensors.items()
-                if k.startswith("pending/")
-            }
-            self.pending = _Pending(int(meta["pending_round"]), pending)
+            self.pending = _Pending(int(meta["pending_round"]), _unprefixed(tensors, "pending/"))
 
     @property
     def study_name(self) -> str:
@@ -392,18 +387,10 @@ class SiteMachine:
         if not self.data.ok:
             problems = "; ".join(self.data.problems) or "data check failed"
             return self._refuse(env, "data_invalid", problems)
-        rejection = self.guard.check(env, round_bound=False, any_run=True)
-        if rejection is not None:
-            self._event(
-                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
-            )
+        if self._replayed(env, any_run=True):
             return []
         try:
-            computed = plan_hash(message.plan)
-            if computed != message.plan_hash:
-                raise ProtocolError(
-                    f"job plan announced hash {message.plan_hash} but hashes to {computed}"
-                )
+            computed = _checked_hash(message.plan, message.plan_hash, "job plan")
             plan = RunPlan.from_dict(message.plan)
             plan.site_index(self.name)
             study = self._study_of(message, computed)
@@ -446,11 +433,7 @@ class SiteMachine:
         run parsed, and this run's hash found among them (ConfigError/ProtocolError if not)."""
         if message.study is None:
             return None
-        computed = plan_hash(message.study)
-        if computed != message.study_hash:
-            raise ProtocolError(
-                f"study plan announced hash {message.study_hash} but hashes to {computed}"
-            )
+        _checked_hash(message.study, message.study_hash, "study plan")
         study = StudyPlan.from_dict(message.study)
         study.position(run_hash)
         return study
@@ -472,7 +455,7 @@ class SiteMachine:
         except ModelNotAllowedError as exc:
             self._event("model_refused", {"plan_hash": hash_, "detail": str(exc)})
             self.offered = None
-            return [ErrorReport(self.run_id, 0, MODEL_NOT_ALLOWED, str(exc)).to_envelope()]
+            return self._report(0, MODEL_NOT_ALLOWED, str(exc))
         try:
             secure = plan.build_strategy().secure
             if secure is not None and secure.kind == "encrypt" and self.he_keys is None:
@@ -484,7 +467,7 @@ class SiteMachine:
             if work.num_params <= 0:
                 raise ProtocolError("the plan's model has no parameters")
         except FedcareError as exc:
-            return [ErrorReport(self.run_id, 0, "plan_incompatible", str(exc)).to_envelope()]
+            return self._report(0, "plan_incompatible", str(exc))
         self.plan, self.plan_hash, self.work, self.offered = plan, hash_, work, None
         self.job_cost = self._budget_costs.get(hash_)
         self.strategy = plan.build_strategy()
@@ -528,7 +511,7 @@ class SiteMachine:
         except FedcareError as exc:  # over budget, a broken ledger, an unreachable epsilon
             self.phase, self.offered = SitePhase.WAITING_PLAN, None
             self._event("budget_refused", {"plan_hash": hash_, "detail": str(exc)})
-            return [ErrorReport(self.run_id, round_, BUDGET_EXCEEDED, str(exc)).to_envelope()]
+            return self._report(round_, BUDGET_EXCEEDED, str(exc))
         remaining = self.budget.remaining()
         self._event(
             "budget_admitted",
@@ -581,7 +564,7 @@ class SiteMachine:
             )
         except FedcareError as exc:
             self._event("budget_exhausted", {"round": round_, "detail": str(exc)})
-            return [ErrorReport(self.run_id, round_, BUDGET_EXCEEDED, str(exc)).to_envelope()]
+            return self._report(round_, BUDGET_EXCEEDED, str(exc))
         self._event("budget_charged", {"round": round_, "epsilon": epsilon})
         return None
 
@@ -636,7 +619,7 @@ class SiteMachine:
         else:
             problem = self._context_problem(req, strategy, len(plan.sites), work.num_params)
         if problem:
-            return [ErrorReport(self.run_id, req.round, code, problem).to_envelope()]
+            return self._report(req.round, code, problem)
         self._settle(req.contributed)
         refusal = self._charge(req.round)
         if refusal is not None:
@@ -645,7 +628,7 @@ class SiteMachine:
             update = self._train(req, plan, strategy, work, index)
         except FedcareError as exc:
             self._event("train_failed", {"round": req.round, "error": str(exc)})
-            return [ErrorReport(self.run_id, req.round, "train_failed", str(exc)).to_envelope()]
+            return self._report(req.round, "train_failed", str(exc))
         self.last_round = req.round
         if strategy.secure is not None:
             return self._join_secure_sum(req, update, index)
@@ -664,8 +647,8 @@ class SiteMachine:
         local), then the strategy's personal pass, if it has one."""
         server = ServerState(round=req.round, params=req.params, arrays=dict(req.arrays))
         spec = strategy.local_spec(plan.spec)
-        site_plan = SiteRound(strategy, spec, server, len(req.sampled), self.mask)
-        task = training_task(site_plan, self.state)
+        site_plan = site_step.SiteRound(strategy, spec, server, len(req.sampled), self.mask)
+        task = site_step.training_task(site_plan, self.state)
         outcome = work.train(self._task(task, req.round, index, plan.seed, spec))
         dp = plan.dp
         privatise = None
@@ -679,15 +662,15 @@ class SiteMachine:
                 cohort=len(req.sampled),
             )  # noise from the OS CSPRNG: the coordinator knows the plan's seed
         compress = SeedStream(plan.seed).generator("compress", site_plan.round_index, index)
-        state, upload = finish_training(
+        state, upload = site_step.finish_training(
             site_plan, self.state, outcome, compress_rng=compress, privatise=privatise
         )
         personal = strategy.personal.personal_pass
         trained: FloatVector | None = None
         if personal is not None:
-            own = personal_task(personal, req.site_context, server, state)
+            own = site_step.personal_task(personal, req.site_context, server, state)
             trained = work.train(self._task(own, req.round, index, plan.seed, spec)).params
-            state = keep_personal(state, trained)
+            state = site_step.keep_personal(state, trained)
         self.pending = _Pending(req.round, state)
         message = UpdateMessage.from_update(
             self.run_id, req.round, req.attempt, upload.update, outcome.num_samples
@@ -706,7 +689,7 @@ class SiteMachine:
     ) -> str:
         """Why the request's site context is not what the plan's personal pass sends
         (its entries, each of the size the pass gives it), or ""."""
-        layout = site_context_layout(strategy, num_sites)
+        layout = site_step.site_context_layout(strategy, num_sites)
         found = req.site_context
         if found.keys() != layout.keys():
             return (
@@ -722,7 +705,9 @@ class SiteMachine:
         return ""
 
     @staticmethod
-    def _task(task: TrainingTask, round_: int, index: int, seed: int, spec: TrainSpec) -> TrainTask:
+    def _task(
+        task: site_step.TrainingTask, round_: int, index: int, seed: int, spec: TrainSpec
+    ) -> TrainTask:
         """A round core task as this site's local work runs it, keyed like the simulator's."""
         return TrainTask(
             round=round_,
@@ -749,7 +734,7 @@ class SiteMachine:
                 f"weight {update.weight:g} exceeds the round's public weight scale "
                 f"{secure.weight_scale:g}; it would be clipped inside the secure sum"
             )
-            return [ErrorReport(self.run_id, req.round, "train_refused", problem).to_envelope()]
+            return self._report(req.round, "train_refused", problem)
         vector = secure_input(update.delta, update.weight, secure.weight_scale, private=private)
         meta = {
             "weight": update.weight,
@@ -765,7 +750,7 @@ class SiteMachine:
             client = SecAggClient(config, index, vector)
             messages = client.start()
         except FedcareError as exc:
-            return [ErrorReport(self.run_id, req.round, "secagg_failed", str(exc)).to_envelope()]
+            return self._report(req.round, "secagg_failed", str(exc))
         self.secagg = client
         self.secure_turn = (req.round, req.attempt, secure.session)
         self._event("secure_sum_joined", {"round": req.round, "members": len(secure.members)})
@@ -788,7 +773,7 @@ class SiteMachine:
                 **meta,
             )
         except FedcareError as exc:
-            return [ErrorReport(self.run_id, req.round, "encrypt_failed", str(exc)).to_envelope()]
+            return self._report(req.round, "encrypt_failed", str(exc))
         self.secure_turn = (req.round, req.attempt, req.secure.session)
         self._event("update_sent", {"round": req.round, "attempt": req.attempt, "encrypted": True})
         return [env]
@@ -798,11 +783,7 @@ class SiteMachine:
         turn, plan = self.secure_turn, self.plan
         if self.phase is not SitePhase.READY or turn is None or plan is None:
             return self._refuse(env, "unexpected", "this site is in no secure sum")
-        rejection = self.guard.check(env, round_bound=False)
-        if rejection is not None:
-            self._event(
-                "message_rejected", {"reason": rejection.reason, "detail": rejection.detail}
-            )
+        if self._replayed(env):
             return []
         try:
             env.validate()
@@ -840,41 +821,37 @@ class SiteMachine:
         plan, strategy, work = self._ready()
         if req.params.size != work.num_params:
             problem = f"model has {req.params.size} values, the plan's model {work.num_params}"
-            return [ErrorReport(self.run_id, req.round, "eval_refused", problem).to_envelope()]
+            return self._report(req.round, "eval_refused", problem)
         self._settle(req.contributed)
         try:
             stats = {"global": work.evaluate(req.params)}
             if req.final and strategy.personal.active:
                 stats["personal"] = work.evaluate(self._personal_model(req, plan, strategy, work))
         except FedcareError as exc:
-            return [ErrorReport(self.run_id, req.round, "eval_failed", str(exc)).to_envelope()]
+            return self._report(req.round, "eval_failed", str(exc))
         return [EvalResult(self.run_id, req.round, stats).to_envelope()]
 
     def _personal_model(
         self, req: EvalRequest, plan: RunPlan, strategy: Strategy, work: LocalWork
     ) -> FloatVector:
         """This site's own final model, fine-tuned on its rows if the strategy asks."""
-        model = site_model(strategy, req.params, self.state, self.mask)
+        model = site_step.site_model(strategy, req.params, self.state, self.mask)
         epochs = strategy.personal.finetune_epochs
         if not epochs:
             return model
         spec = replace(strategy.local_spec(plan.spec), epochs=epochs, steps=None)
-        task = TrainTask(
-            round=plan.rounds,
-            site_index=plan.site_index(self.name),
-            seed=plan.seed,
-            start=model,
-            objective=LocalObjective(),
-            spec=spec,
-            purpose="misc",
-        )
-        return work.train(task).params
+        own = site_step.TrainingTask(model, LocalObjective(), "misc")
+        index = plan.site_index(self.name)
+        return work.train(self._task(own, plan.rounds, index, plan.seed, spec)).params
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _refuse(self, env: Envelope, code: str, message: str) -> list[Envelope]:
         self._event("refused", {"code": code, "message": message, "kind": env.kind})
-        return [ErrorReport(self.run_id, env.round, code, message).to_envelope()]
+        return self._report(env.round, code, message)
+
+    def _report(self, round_: int, code: str, message: str) -> list[Envelope]:
+        return [ErrorReport(self.run_id, round_, code, message).to_envelope()]
 
     def _event(self, kind: str, detail: dict[str, Any] | None = None) -> None:
         self._events.append(

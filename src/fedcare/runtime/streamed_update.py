@@ -20,7 +20,6 @@ model-sized float64 sum.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +33,8 @@ from fedcare.core.records import ClientUpdate
 from fedcare.core.vectors import FloatVector
 from fedcare.rounds import RoundAggregate
 from fedcare.rounds.aggregators import AddsEach
+from fedcare.runtime.validation import squared_norm
+from fedcare.runtime.wire_fields import MismatchError, SegmentList
 
 FOLD_BLOCK = 1 << 20  # values per block when folding: 8 MB of float64 per block
 
@@ -89,19 +90,10 @@ def segments_of(header: dict[str, Any], length: int) -> list[tuple[str, int]] | 
     """The ``segments`` of an update's header, if they are names and sizes tiling
     ``length`` values (None otherwise: the update is then parsed whole and refused with
     the parser's own message)."""
-    found = header.get("segments")
-    if not isinstance(found, list):
+    try:
+        segments = SegmentList().read(header.get("segments"))
+    except MismatchError:
         return None
-    segments: list[tuple[str, int]] = []
-    for item in found:
-        if not (isinstance(item, list | tuple) and len(item) == 2):
-            return None
-        name, size = item
-        if not isinstance(name, str) or not isinstance(size, int) or isinstance(size, bool):
-            return None
-        if size < 0 or name in dict(segments):
-            return None
-        segments.append((name, size))
     return segments if sum(n for _, n in segments) == length else None
 
 
@@ -119,7 +111,7 @@ class UpdateIntake:
     received: int = 0
     aborted: str = ""
     closed: bool = False
-    non_finite: str = ""  # the first problem found, in validation.squared_norm's words
+    non_finite: str = ""  # the first non-finite value found (squared_norm's message)
     squares: dict[str, float] = field(default_factory=dict)  # sum of squares per segment
     _hash: Any = field(default_factory=hashlib.sha256)
     _bounds: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -159,14 +151,10 @@ class UpdateIntake:
         self.received += values.size
 
     def _observe(self, name: str, offset: int, values: npt.NDArray[np.float32]) -> None:
-        part = values.astype(np.float64)
-        square = float(np.dot(part, part))
-        if not math.isfinite(square) and not self.non_finite:
-            bad = int(np.flatnonzero(~np.isfinite(part))[0])
-            self.non_finite = (
-                f"{name} has a non-finite value ({values[bad]}) at index {offset + bad}"
-            )
-        self.squares[name] += square
+        try:
+            self.squares[name] += squared_norm(values, name, offset)
+        except ValueError as exc:  # the update is refused for the first one found
+            self.non_finite = self.non_finite or str(exc)
 
     def close(self) -> None:
         if self.received != self.size:

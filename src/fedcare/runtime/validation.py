@@ -21,15 +21,17 @@ from fedcare.runtime.messages import UpdateMessage
 CHUNK = 1 << 20  # values per pass: 8 MB of float64 scratch
 
 
-def squared_norm(values: npt.NDArray[np.float32], what: str) -> float:
-    """sum(v**2) in float64, raising ValueError that names the first non-finite entry."""
+def squared_norm(values: npt.NDArray[np.float32], what: str, offset: int = 0) -> float:
+    """sum(v**2) in float64, raising ValueError that names the first non-finite entry
+    (its index counted from ``offset``: where ``values`` start in the whole array)."""
     total = 0.0
     for start in range(0, values.size, CHUNK):
         part = values[start : start + CHUNK].astype(np.float64)
         sq = float(np.dot(part, part))
         if not np.isfinite(sq):
             bad = start + int(np.flatnonzero(~np.isfinite(part))[0])
-            raise ValueError(f"{what} has a non-finite value ({values[bad]}) at index {bad}")
+            where = offset + bad
+            raise ValueError(f"{what} has a non-finite value ({values[bad]}) at index {where}")
         total += sq
     return total
 

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError, ProtocolError, UpdateRejectedError
+from fedcare.secagg import messages as sm
 from fedcare.secagg import shamir
 from fedcare.secagg.config import SecAggConfig
 from fedcare.secagg.crypto import (
@@ -36,23 +37,8 @@ from fedcare.secagg.crypto import (
 )
 from fedcare.secagg.field import ELEMENT_BYTES, RandomBytes, decode_element, encode_element
 from fedcare.secagg.masks import add_masks, pair_seed, pair_sign
-from fedcare.secagg.messages import (
-    AdvertiseKeys,
-    ClientMessage,
-    EncryptedShare,
-    ForwardedShares,
-    KeyDirectory,
-    MaskedInput,
-    PublicKeys,
-    RevealedShare,
-    ServerMessage,
-    ShareKeys,
-    Stage,
-    UnmaskRequest,
-    UnmaskResponse,
-)
 
-_Outcome = tuple[list["ClientMessage"], "ClientState"]  # replies, next state
+_Outcome = tuple[list["sm.ClientMessage"], "ClientState"]  # replies, next state
 _SHARE_HEADER = struct.Struct(">II")  # sender, recipient: repeated inside the ciphertext
 _SHARE_PLAINTEXT = _SHARE_HEADER.size + 2 * ELEMENT_BYTES
 
@@ -89,21 +75,21 @@ class SecAggClient:
         self._mask: RingVector | None = None  # the whole mask, while the input is awaited
         self._c_keys = KeyPair.generate(rng)
         self._s_keys = KeyPair.generate(rng)
-        self._peers: dict[int, PublicKeys] = {}
+        self._peers: dict[int, sm.PublicKeys] = {}
         self._inbound_keys: dict[int, bytes] = {}  # AEAD key for shares from each peer
         self._self_mask_seed = b""
         # owner -> (share of owner's b, share of owner's s_sk) that this client holds
         self._held: dict[int, tuple[shamir.Share, shamir.Share]] = {}
 
-    def start(self) -> list[ClientMessage]:
+    def start(self) -> list[sm.ClientMessage]:
         """Begin: advertise this client's two public keys."""
         if self.state is not ClientState.INIT:
             raise ProtocolError(f"client {self.client_id} has already started")
         self.state = ClientState.AWAIT_KEYS
-        keys = PublicKeys(self.client_id, self._c_keys.public, self._s_keys.public)
-        return [AdvertiseKeys(self.config.session_id, self.client_id, keys)]
+        keys = sm.PublicKeys(self.client_id, self._c_keys.public, self._s_keys.public)
+        return [sm.AdvertiseKeys(self.config.session_id, self.client_id, keys)]
 
-    def provide_input(self, vector: npt.ArrayLike) -> list[ClientMessage]:
+    def provide_input(self, vector: npt.ArrayLike) -> list[sm.ClientMessage]:
         """Hand over the vector of a client started with ``vector=None``.
 
         Returns the masked input at once if the mask is ready (state AWAIT_INPUT);
@@ -119,9 +105,9 @@ class SecAggClient:
         masked = np.add(encoded, self._mask, out=self._mask)  # the mask is not needed again
         self._mask = None
         self.state = ClientState.AWAIT_UNMASK
-        return [MaskedInput(self.config.session_id, self.client_id, masked)]
+        return [sm.MaskedInput(self.config.session_id, self.client_id, masked)]
 
-    def handle(self, message: ServerMessage) -> list[ClientMessage]:
+    def handle(self, message: sm.ServerMessage) -> list[sm.ClientMessage]:
         """Process one server message; on ProtocolError nothing changes."""
         if message.session_id != self.config.session_id:
             raise ProtocolError(f"client {self.client_id}: message from another session")
@@ -140,7 +126,7 @@ class SecAggClient:
 
     # -- stage handlers: check everything first, then commit -----------------------------
 
-    def _on_key_directory(self, message: KeyDirectory) -> _Outcome:
+    def _on_key_directory(self, message: sm.KeyDirectory) -> _Outcome:
         neighbours = self.config.graph.neighbours(self.client_id)
         peers = {k.client: k for k in message.keys}
         if len(peers) != len(message.keys) or not peers.keys() <= neighbours:
@@ -177,17 +163,17 @@ class SecAggClient:
                 self._ad(self.client_id, peer),
                 self._rng,
             )
-            sealed.append(EncryptedShare(self.client_id, peer, nonce, ciphertext))
+            sealed.append(sm.EncryptedShare(self.client_id, peer, nonce, ciphertext))
         own = self.config.point(self.client_id)
         self._peers = peers
         self._inbound_keys = inbound_keys
         self._self_mask_seed = self_mask_seed
         self._held = {self.client_id: (b_shares[own], s_shares[own])}
         return [
-            ShareKeys(self.config.session_id, self.client_id, tuple(sealed))
+            sm.ShareKeys(self.config.session_id, self.client_id, tuple(sealed))
         ], ClientState.AWAIT_SHARES
 
-    def _on_forwarded_shares(self, message: ForwardedShares) -> _Outcome:
+    def _on_forwarded_shares(self, message: sm.ForwardedShares) -> _Outcome:
         received: dict[int, tuple[shamir.Share, shamir.Share]] = {}
         x = self.config.point(self.client_id)
         for item in message.shares:
@@ -229,10 +215,10 @@ class SecAggClient:
             add_masks(self._mask, masks)
             return [], ClientState.AWAIT_INPUT
         add_masks(self._input, masks)  # in place: the plain input is never needed again
-        masked = MaskedInput(self.config.session_id, self.client_id, self._input)
+        masked = sm.MaskedInput(self.config.session_id, self.client_id, self._input)
         return [masked], ClientState.AWAIT_UNMASK
 
-    def _on_unmask_request(self, message: UnmaskRequest) -> _Outcome:
+    def _on_unmask_request(self, message: sm.UnmaskRequest) -> _Outcome:
         want_b, want_s = message.self_mask_owners, message.secret_key_owners
         if want_b & want_s:
             raise ProtocolError(
@@ -251,11 +237,11 @@ class SecAggClient:
             )
         if not (want_b | want_s) <= self._held.keys():
             raise ProtocolError(f"client {self.client_id}: asked for shares it does not hold")
-        response = UnmaskResponse(
+        response = sm.UnmaskResponse(
             self.config.session_id,
             self.client_id,
-            tuple(RevealedShare(o, self._held[o][0]) for o in sorted(want_b)),
-            tuple(RevealedShare(o, self._held[o][1]) for o in sorted(want_s)),
+            tuple(sm.RevealedShare(o, self._held[o][0]) for o in sorted(want_b)),
+            tuple(sm.RevealedShare(o, self._held[o][1]) for o in sorted(want_s)),
         )
         return [response], ClientState.DONE
 
@@ -274,14 +260,14 @@ class SecAggClient:
         return derive_key(shared, self.config.session_id, b"share", sender, recipient)
 
     def _ad(self, sender: int, recipient: int) -> bytes:
-        return associated_data(self.config.session_id, Stage.SHARE_KEYS, sender, recipient)
+        return associated_data(self.config.session_id, sm.Stage.SHARE_KEYS, sender, recipient)
 
 
 _Handler = Callable[[SecAggClient, Any], "_Outcome"]
 
 # Which message each state accepts; the handler says which state comes next.
 _TRANSITIONS: dict[tuple[ClientState, type], _Handler] = {
-    (ClientState.AWAIT_KEYS, KeyDirectory): SecAggClient._on_key_directory,
-    (ClientState.AWAIT_SHARES, ForwardedShares): SecAggClient._on_forwarded_shares,
-    (ClientState.AWAIT_UNMASK, UnmaskRequest): SecAggClient._on_unmask_request,
+    (ClientState.AWAIT_KEYS, sm.KeyDirectory): SecAggClient._on_key_directory,
+    (ClientState.AWAIT_SHARES, sm.ForwardedShares): SecAggClient._on_forwarded_shares,
+    (ClientState.AWAIT_UNMASK, sm.UnmaskRequest): SecAggClient._on_unmask_request,
 }

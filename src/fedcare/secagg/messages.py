@@ -50,38 +50,46 @@ class RevealedShare:
     share: Share
 
 
+@dataclass(frozen=True, eq=False)
+class FromClient:
+    """What every client message carries: its session and the sending client."""
+
+    session_id: bytes
+    sender: int
+
+
+@dataclass(frozen=True, eq=False)
+class ToClient:
+    """What every server message carries: its session and the client it is for."""
+
+    session_id: bytes
+    recipient: int
+
+
 # --- client -> server -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AdvertiseKeys:
+class AdvertiseKeys(FromClient):
     stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
-    session_id: bytes
-    sender: int
     keys: PublicKeys
 
 
 @dataclass(frozen=True)
-class ShareKeys:
+class ShareKeys(FromClient):
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
-    session_id: bytes
-    sender: int
     shares: tuple[EncryptedShare, ...]
 
 
 @dataclass(frozen=True, eq=False)
-class MaskedInput:
+class MaskedInput(FromClient):
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
-    session_id: bytes
-    sender: int
     vector: RingVector
 
 
 @dataclass(frozen=True)
-class UnmaskResponse:
+class UnmaskResponse(FromClient):
     stage: ClassVar[Stage] = Stage.UNMASKING
-    session_id: bytes
-    sender: int
     self_mask_shares: tuple[RevealedShare, ...]
     secret_key_shares: tuple[RevealedShare, ...]
 
@@ -90,32 +98,26 @@ class UnmaskResponse:
 
 
 @dataclass(frozen=True)
-class KeyDirectory:
+class KeyDirectory(ToClient):
     """The public keys of the recipient's neighbours that advertised (U1)."""
 
     stage: ClassVar[Stage] = Stage.SHARE_KEYS
-    session_id: bytes
-    recipient: int
     keys: tuple[PublicKeys, ...]
 
 
 @dataclass(frozen=True)
-class ForwardedShares:
+class ForwardedShares(ToClient):
     """The encrypted shares the recipient's neighbours in U2 addressed to it."""
 
     stage: ClassVar[Stage] = Stage.MASKED_INPUT
-    session_id: bytes
-    recipient: int
     shares: tuple[EncryptedShare, ...]
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
+class UnmaskRequest(ToClient):
     """Which shares the server wants: b_u of survivors, s_sk of clients that dropped."""
 
     stage: ClassVar[Stage] = Stage.UNMASKING
-    session_id: bytes
-    recipient: int
     survivors: frozenset[int]
     self_mask_owners: frozenset[int]
     secret_key_owners: frozenset[int]

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcare.core.errors import ConfigError, ProtocolError
+from fedcare.secagg import messages as sm
 from fedcare.secagg import shamir
 from fedcare.secagg.config import SecAggConfig
 from fedcare.secagg.crypto import KEY_BYTES, NONCE_BYTES, KeyPair, RingVector
@@ -30,20 +31,6 @@ from fedcare.secagg.masks import (
     default_workers,
     pair_seed,
     pair_sign,
-)
-from fedcare.secagg.messages import (
-    AdvertiseKeys,
-    ClientMessage,
-    EncryptedShare,
-    ForwardedShares,
-    KeyDirectory,
-    MaskedInput,
-    PublicKeys,
-    ServerMessage,
-    ShareKeys,
-    Stage,
-    UnmaskRequest,
-    UnmaskResponse,
 )
 
 
@@ -78,14 +65,14 @@ class SecAggServer:
         self.config = config
         self.workers = workers if workers is not None else default_workers(config.vector_length)
         self.state = ServerState.COLLECT_KEYS
-        self.completed: dict[Stage, frozenset[int]] = {}
+        self.completed: dict[sm.Stage, frozenset[int]] = {}
         self._expected = frozenset(config.client_ids)
         self._received: set[int] = set()
-        self._keys: dict[int, PublicKeys] = {}
-        self._sealed: dict[tuple[int, int], EncryptedShare] = {}  # (sender, recipient)
+        self._keys: dict[int, sm.PublicKeys] = {}
+        self._sealed: dict[tuple[int, int], sm.EncryptedShare] = {}  # (sender, recipient)
         self._sum = np.zeros(config.vector_length, dtype=np.uint32)
-        self._requests: dict[int, UnmaskRequest] = {}
-        self._responses: list[UnmaskResponse] = []
+        self._requests: dict[int, sm.UnmaskRequest] = {}
+        self._responses: list[sm.UnmaskResponse] = []
         self._result: AggregateResult | None = None
 
     @property
@@ -94,7 +81,7 @@ class SecAggServer:
             raise ProtocolError(f"secure aggregation has no result (state {self.state.value})")
         return self._result
 
-    def handle(self, message: ClientMessage) -> list[ServerMessage]:
+    def handle(self, message: sm.ClientMessage) -> list[sm.ServerMessage]:
         """Accept one client message; returns the next stage's messages once all are in."""
         entry = _TRANSITIONS.get((self.state, type(message)))
         if entry is None:
@@ -114,7 +101,7 @@ class SecAggServer:
         self._received.add(message.sender)
         return self.close_stage() if self._received == self._expected else []
 
-    def close_stage(self) -> list[ServerMessage]:
+    def close_stage(self) -> list[sm.ServerMessage]:
         """Close the current stage with whoever answered (call when the deadline passes)."""
         entry = _CLOSERS.get(self.state)
         if entry is None:
@@ -138,7 +125,7 @@ class SecAggServer:
 
     # -- per-message checks and storage -------------------------------------------------
 
-    def _on_keys(self, message: AdvertiseKeys) -> None:
+    def _on_keys(self, message: sm.AdvertiseKeys) -> None:
         keys = message.keys
         if keys.client != message.sender:
             raise ProtocolError(f"client {message.sender} advertises keys of {keys.client}")
@@ -146,9 +133,9 @@ class SecAggServer:
             raise ProtocolError(f"client {message.sender} advertised malformed public keys")
         self._keys[message.sender] = keys
 
-    def _on_shares(self, message: ShareKeys) -> None:
+    def _on_shares(self, message: sm.ShareKeys) -> None:
         sender = message.sender
-        expected = self.config.graph.neighbours(sender) & self.completed[Stage.ADVERTISE_KEYS]
+        expected = self.config.graph.neighbours(sender) & self.completed[sm.Stage.ADVERTISE_KEYS]
         recipients = [s.recipient for s in message.shares]
         if any(s.sender != sender or len(s.nonce) != NONCE_BYTES for s in message.shares):
             raise ProtocolError(f"client {sender} sent shares claiming another sender")
@@ -160,7 +147,7 @@ class SecAggServer:
         for item in message.shares:
             self._sealed[sender, item.recipient] = item
 
-    def _on_masked(self, message: MaskedInput) -> None:
+    def _on_masked(self, message: sm.MaskedInput) -> None:
         vector = message.vector
         if not isinstance(vector, np.ndarray) or vector.dtype != np.uint32:
             raise ProtocolError(f"client {message.sender}: masked input must be a uint32 array")
@@ -171,7 +158,7 @@ class SecAggServer:
             )
         np.add(self._sum, vector, out=self._sum)
 
-    def _on_unmask(self, message: UnmaskResponse) -> None:
+    def _on_unmask(self, message: sm.UnmaskResponse) -> None:
         request = self._requests[message.sender]
         x = self.config.point(message.sender)
         for revealed, wanted in (
@@ -187,10 +174,10 @@ class SecAggServer:
 
     # -- stage closers ------------------------------------------------------------------
 
-    def _close_keys(self, alive: frozenset[int]) -> list[ServerMessage]:
+    def _close_keys(self, alive: frozenset[int]) -> list[sm.ServerMessage]:
         graph = self.config.graph
         return [
-            KeyDirectory(
+            sm.KeyDirectory(
                 self.config.session_id,
                 v,
                 tuple(self._keys[u] for u in sorted(graph.neighbours(v) & alive)),
@@ -198,11 +185,11 @@ class SecAggServer:
             for v in sorted(alive)
         ]
 
-    def _close_shares(self, alive: frozenset[int]) -> list[ServerMessage]:
+    def _close_shares(self, alive: frozenset[int]) -> list[sm.ServerMessage]:
         self._require_recoverable(alive, alive)
         graph = self.config.graph
         return [
-            ForwardedShares(
+            sm.ForwardedShares(
                 self.config.session_id,
                 v,
                 tuple(self._sealed[u, v] for u in sorted(graph.neighbours(v) & alive)),
@@ -210,13 +197,13 @@ class SecAggServer:
             for v in sorted(alive)
         ]
 
-    def _close_masked(self, alive: frozenset[int]) -> list[ServerMessage]:
-        shared = self.completed[Stage.SHARE_KEYS]
+    def _close_masked(self, alive: frozenset[int]) -> list[sm.ServerMessage]:
+        shared = self.completed[sm.Stage.SHARE_KEYS]
         self._require_recoverable(shared, alive)
         dropped = shared - alive
         graph = self.config.graph
         self._requests = {
-            v: UnmaskRequest(
+            v: sm.UnmaskRequest(
                 self.config.session_id,
                 v,
                 survivors=alive,
@@ -227,9 +214,9 @@ class SecAggServer:
         }
         return list(self._requests.values())
 
-    def _close_unmask(self, alive: frozenset[int]) -> list[ServerMessage]:
-        survivors = self.completed[Stage.MASKED_INPUT]
-        dropped = self.completed[Stage.SHARE_KEYS] - survivors
+    def _close_unmask(self, alive: frozenset[int]) -> list[sm.ServerMessage]:
+        survivors = self.completed[sm.Stage.MASKED_INPUT]
+        dropped = self.completed[sm.Stage.SHARE_KEYS] - survivors
         self._require_recoverable(survivors | dropped, alive)
         b_shares: dict[int, list[shamir.Share]] = {}
         s_shares: dict[int, list[shamir.Share]] = {}
@@ -273,30 +260,30 @@ class SecAggServer:
 
 
 _Handler = Callable[[SecAggServer, Any], None]
-_Closer = Callable[[SecAggServer, frozenset[int]], list[ServerMessage]]
+_Closer = Callable[[SecAggServer, frozenset[int]], list[sm.ServerMessage]]
 
 _TRANSITIONS: dict[tuple[ServerState, type], _Handler] = {
-    (ServerState.COLLECT_KEYS, AdvertiseKeys): SecAggServer._on_keys,
-    (ServerState.COLLECT_SHARES, ShareKeys): SecAggServer._on_shares,
-    (ServerState.COLLECT_MASKED, MaskedInput): SecAggServer._on_masked,
-    (ServerState.COLLECT_UNMASK, UnmaskResponse): SecAggServer._on_unmask,
+    (ServerState.COLLECT_KEYS, sm.AdvertiseKeys): SecAggServer._on_keys,
+    (ServerState.COLLECT_SHARES, sm.ShareKeys): SecAggServer._on_shares,
+    (ServerState.COLLECT_MASKED, sm.MaskedInput): SecAggServer._on_masked,
+    (ServerState.COLLECT_UNMASK, sm.UnmaskResponse): SecAggServer._on_unmask,
 }
 
-_CLOSERS: dict[ServerState, tuple[_Closer, Stage, ServerState]] = {
+_CLOSERS: dict[ServerState, tuple[_Closer, sm.Stage, ServerState]] = {
     ServerState.COLLECT_KEYS: (
         SecAggServer._close_keys,
-        Stage.ADVERTISE_KEYS,
+        sm.Stage.ADVERTISE_KEYS,
         ServerState.COLLECT_SHARES,
     ),
     ServerState.COLLECT_SHARES: (
         SecAggServer._close_shares,
-        Stage.SHARE_KEYS,
+        sm.Stage.SHARE_KEYS,
         ServerState.COLLECT_MASKED,
     ),
     ServerState.COLLECT_MASKED: (
         SecAggServer._close_masked,
-        Stage.MASKED_INPUT,
+        sm.Stage.MASKED_INPUT,
         ServerState.COLLECT_UNMASK,
     ),
-    ServerState.COLLECT_UNMASK: (SecAggServer._close_unmask, Stage.UNMASKING, ServerState.DONE),
+    ServerState.COLLECT_UNMASK: (SecAggServer._close_unmask, sm.Stage.UNMASKING, ServerState.DONE),
 }

@@ -11,6 +11,7 @@ anywhere, each into ``ChunkResult(start.aggregator.empty())``, and merge in a tr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -25,30 +26,28 @@ if TYPE_CHECKING:
 Chunk = npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True)
+class RoundChunks:
+    """One round's work for a backend: every chunk of ``plan``'s sampled sites, merged
+    into ``start`` (which holds the round's aggregator)."""
+
+    simulation: FederatedSimulation
+    plan: RoundPlan
+    site_states: Mapping[str, SiteState]
+    chunks: Sequence[Chunk]
+    start: ChunkResult
+
+
 class Backend(Protocol):
-    def map_chunks(
-        self,
-        simulation: FederatedSimulation,
-        plan: RoundPlan,
-        site_states: Mapping[str, SiteState],
-        chunks: Sequence[Chunk],
-        start: ChunkResult,
-    ) -> ChunkResult:
-        """Run every chunk of ``plan`` and merge the results into ``start``; return it."""
+    def map_chunks(self, work: RoundChunks) -> ChunkResult:
+        """Run every chunk of ``work`` and merge the results into ``work.start``; return it."""
         ...
 
 
 class InProcessBackend:
     """Every chunk in this process, one after the other, as one batched computation each."""
 
-    def map_chunks(
-        self,
-        simulation: FederatedSimulation,
-        plan: RoundPlan,
-        site_states: Mapping[str, SiteState],
-        chunks: Sequence[Chunk],
-        start: ChunkResult,
-    ) -> ChunkResult:
-        for chunk in chunks:
-            simulation.run_chunk(plan, site_states, chunk, into=start)
-        return start
+    def map_chunks(self, work: RoundChunks) -> ChunkResult:
+        for chunk in work.chunks:
+            work.simulation.run_chunk(work.plan, work.site_states, chunk, into=work.start)
+        return work.start

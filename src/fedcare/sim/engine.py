@@ -60,7 +60,7 @@ from fedcare.rounds import (
 )
 from fedcare.runtime.checkpoint import load_run_state, save_run_state
 from fedcare.runtime.sampling import Participation, sample_sites
-from fedcare.sim.backend import Backend, InProcessBackend
+from fedcare.sim.backend import Backend, InProcessBackend, RoundChunks
 from fedcare.sim.evaluation import TestSets, pooled
 from fedcare.sim.secure_sum import build_summer
 
@@ -266,12 +266,7 @@ class FederatedSimulation:
         """Each site trains the final model on its own rows for a few epochs."""
         spec = replace(self.spec, epochs=self.personal.finetune_epochs, steps=None)
         sites = list(range(len(self.names)))
-        schedules = [
-            batch_schedule(
-                int(self.bank.counts[k]), spec, self.seeds.generator("misc", self.rounds, k)
-            )
-            for k in sites
-        ]
+        schedules = self._schedules(sites, self.rounds, "misc", spec)
         result = self.trainer.train(
             self.bank, sites, np.stack(models), schedules, [LocalObjective()] * len(sites), spec
         )
@@ -314,11 +309,13 @@ class FederatedSimulation:
         sites: Sequence[int] | npt.NDArray[np.int64],
         round_index: int,
         purpose: str = "batches",
+        spec: TrainSpec | None = None,
     ) -> list[npt.NDArray[np.int64]]:
+        """Each site's batches for a pass of ``spec`` (the run's), keyed by purpose and round."""
         return [
             batch_schedule(
                 int(self.bank.counts[k]),
-                self.spec,
+                spec or self.spec,
                 self.seeds.generator(purpose, round_index, int(k)),
             )
             for k in sites
@@ -379,9 +376,9 @@ class FederatedSimulation:
             cohort=plan.cohort,
             services=services,
         )
-        merged = self.backend.map_chunks(
-            self, plan, run.site_states, plan.chunks(self.site_chunk), ChunkResult(aggregator)
-        )
+        chunks = plan.chunks(self.site_chunk)
+        work = RoundChunks(self, plan, run.site_states, chunks, ChunkResult(aggregator))
+        merged = self.backend.map_chunks(work)
         combined = merged.aggregator.result()
         uploads = merged.upload_bytes
         for k, nbytes in combined.upload_bytes.items():

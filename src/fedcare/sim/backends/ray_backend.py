@@ -21,17 +21,17 @@ import logging
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import ray
 
+from fedcare.core.closing import Closing
 from fedcare.core.errors import ConfigError
 from fedcare.core.records import SiteState
 from fedcare.privacy.accountant import PrivacyAccountant
 from fedcare.rounds import ChunkResult, RoundPlan
 from fedcare.rounds.aggregators import Aggregator
-from fedcare.sim.backend import Chunk
+from fedcare.sim.backend import Chunk, RoundChunks
 from fedcare.sim.backends.recipe import SimulationRecipe, worker_simulation
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _probe(address: str) -> None:
         ) from exc
 
 
-class RayBackend:
+class RayBackend(Closing):
     """A connection to a Ray cluster that runs simulations' chunks of sites.
 
     With ``address`` it joins that existing cluster; without, it reuses the Ray instance
@@ -175,17 +175,6 @@ class RayBackend:
             ray.shutdown()
         self.started = False
 
-    def __enter__(self) -> RayBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 @dataclass(frozen=True)
 class RayRun:
@@ -194,30 +183,24 @@ class RayRun:
 
     recipe: SimulationRecipe
 
-    def map_chunks(
-        self,
-        simulation: FederatedSimulation,
-        plan: RoundPlan,
-        site_states: Mapping[str, SiteState],
-        chunks: Sequence[Chunk],
-        start: ChunkResult,
-    ) -> ChunkResult:
+    def map_chunks(self, work: RoundChunks) -> ChunkResult:
         """Every chunk as a Ray task, the results merged in a tree and then into ``start``."""
-        if not chunks:
-            return start
-        recipe, shared = ray.put(self.recipe), ray.put(plan)
+        if not work.chunks:
+            return work.start
+        simulation = work.simulation
+        recipe, shared = ray.put(self.recipe), ray.put(work.plan)
         private = simulation.private
         privacy = ray.put(None if private is None else private.to_dict())
-        blank = ray.put(start.aggregator.empty())
+        blank = ray.put(work.start.aggregator.empty())
         refs = []
-        for chunk in chunks:
+        for chunk in work.chunks:
             names = [simulation.names[int(k)] for k in chunk]
-            states = {n: site_states[n] for n in names}
+            states = {n: work.site_states[n] for n in names}
             ledgers = _lend(simulation, names)
             refs.append(_chunk_task.remote(recipe, shared, privacy, states, chunk, blank, ledgers))
         merged: _ChunkOutcome = ray.get(tree_merge(refs))
         _take_back(simulation, merged.ledgers)
-        return start.merge(merged.result)
+        return work.start.merge(merged.result)
 
 
 def tree_merge(refs: Sequence[Any]) -> Any:
