@@ -21,6 +21,7 @@ import pytest
 from fedcare.net.tls import TlsBundle, init_study_ca, issue_bundle
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.audit import AuditLog, verify
+from fedcare.runtime.query_release_log import RELEASE_LOG, compare_releases
 from fedcare.study.analysis_config import load_analysis_config
 from fedcare.study.analysis_runner import AnalysisRunner
 
@@ -129,6 +130,21 @@ def test_a_km_and_cox_query_over_mtls_survives_kill_9_and_gives_exactly_the_simu
         (site, q) for site in SITES for q in questions
     }
     assert "released km.counts" in (tmp_path / "south.log").read_text()
+    # Each site kept every release it sent, signed, and the coordinator's log agrees with
+    # it (the question re-asked after the kill matches either of the site's answers).
+    for site in SITES:
+        released = tmp_path / "sites" / site / RELEASE_LOG
+        site_key = {site: TlsBundle.load(tmp_path / "bundles" / site).signing_public_key()}
+        assert verify(released, site_key).ok
+        assert {e.body["question"] for e in AuditLog(released).entries()} == questions
+        assert compare_releases(log, released, site) == []
+    checked = subprocess.run(
+        [sys.executable, "-m", "fedcare.cli.main", "audit", "verify",
+         str(tmp_path / "sites" / "west" / RELEASE_LOG), "--bundle", "bundles/west",
+         "--copy", "west", "--against", str(log)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     # The folder lists every release once, across the restart, as the simulator does.
     assert [(r["question"], r["site"]) for r in deployed["releases"]] == [
         (r["question"], r["site"]) for r in simulated.metrics["releases"]

@@ -45,6 +45,7 @@ from fedcare.runtime.query_run import (
     jsonable,
     release_record,
     split_noise,
+    values_digest,
 )
 from fedcare.runtime.router import ANY, Router, Unrouted
 from fedcare.stats.protocol import Release, combine
@@ -191,7 +192,8 @@ class QueryCoordinator:
         self.releases[env.sender] = split_noise(release)[0]
         record = release_record(question, self.run.asked, env.sender, release)
         self.records.append(record)
-        self._event("query_release", site=env.sender, detail=record.to_dict())
+        detail = {**record.to_dict(), "values_sha256": values_digest(release.values)}
+        self._event("query_release", site=env.sender, detail=detail)
         if set(self.releases) != set(self.sites):
             return []
         return self._combine()

@@ -9,7 +9,8 @@ rule, exactly as for a training plan). Only then does it answer questions, each 
 checked against the approved plan (:meth:`QueryPlan.permits`) and computed under the
 stricter of the plan's and the site's own disclosure rules; a question the plan does not
 ask is refused with an ErrorReport and nothing is computed. Every release is an event
-(what left, what was withheld) for the site's own audit copy.
+(what left, the digest of its values, what was withheld, the epsilon it charged) for the
+site's own release log, which the agent makes durable before the release is sent.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fedcare.runtime.messages import (
 )
 from fedcare.runtime.query_messages import QUERY, QueryQuestion, QueryRelease
 from fedcare.runtime.query_plan import QueryPlan
+from fedcare.runtime.query_run import values_digest
 from fedcare.runtime.query_site import QuerySite
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.router import ANY, Router, Unrouted
@@ -193,6 +195,7 @@ class QuerySiteMachine:
         question = Question(message.analysis, message.step, message.params, message.combine)  # type: ignore[arg-type]
         try:
             release = self.site.answer(question)
+            spent = 0.0 if self.noise is None else self.noise.spent[0]
             if self.noise is not None:  # charged to the ledger before anything leaves
                 release = self.noise.apply(question, release, env.round)
         except PrivacyBudgetExceededError as exc:
@@ -209,6 +212,8 @@ class QuerySiteMachine:
                 "step": message.step,
                 "values": {k: list(v.shape) for k, v in release.values.items()},
                 "suppressed": list(release.suppressed),
+                "values_sha256": values_digest(release.values),
+                "epsilon": 0.0 if self.noise is None else self.noise.spent[0] - spent,
             },
         )
         reply = QueryRelease(
