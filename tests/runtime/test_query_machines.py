@@ -216,7 +216,7 @@ def test_deployed_noise_is_charged_to_each_sites_own_ledger_before_the_release_l
         assert machine.ledger.spent() == pytest.approx((1.0, 0.0))  # the refused one: nothing
 
 
-def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_deployed(
+def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_ckks_sum_is_not_deployed(
     tables, tmp_path
 ):
     link = Link(noised_plan("race_white"), tables, tmp_path, approve=False)
@@ -227,8 +227,8 @@ def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_d
     report = parse_message(refusal)
     assert isinstance(report, ErrorReport) and report.code == "plan_refused"
     assert "keeps no ledger" in report.message
-    secure = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
-    with pytest.raises(ConfigError, match="'secure: secagg' runs in the simulator only"):
+    secure = QueryPlan(**{**survival_plan().__dict__, "secure": "ckks"})
+    with pytest.raises(ConfigError, match="'secure: ckks' runs in the simulator only"):
         QueryCoordinator(secure, "q")
 
 
@@ -244,3 +244,46 @@ def test_a_site_whose_rows_were_checked_against_another_schema_refuses_the_plan(
     assert isinstance(report, ErrorReport) and report.code == "plan_refused"
     assert f"the plan's schema has SHA-256 {'ab' * 32}" in report.message
     assert store.pending() == {}  # the owner is never asked about a plan it cannot run
+
+
+def test_a_deployed_secagg_query_sums_through_real_secagg_and_equals_the_simulators(
+    tables, tmp_path
+):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+    link.run()
+    assert link.coordinator.phase is QueryPhase.FINISHED, link.coordinator.failure
+    simulated = run_query(plan, tables)
+    assert link.coordinator.run.results == simulated.run.results  # bit for bit
+    # The coordinator never held a site's values for a sum: each release it logged is
+    # masked (a layout, no digest); per_site questions (Cox's event times) are in the clear.
+    releases = [e for e in link.events if e.kind == "query_release"]
+    masked = [e for e in releases if e.detail.get("secure") == "secagg"]
+    assert masked and all("values_sha256" not in e.detail for e in masked)
+    assert all("values_sha256" in e.detail for e in releases if e not in masked)
+    assert {e.detail["site"] for e in masked} == set(SITES)
+
+
+def test_a_site_refuses_to_answer_in_the_clear_a_sum_its_plan_sums_securely(tables, tmp_path):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+
+    def a_sum_is_asked() -> bool:
+        return any(
+            env.kind == "query_question" and parse_message(env).combine == "sum"
+            for _, _, env in link.queue
+        )
+
+    link.run(stop=a_sum_is_asked)
+    to, sender, asked = next(q for q in link.queue if q[2].kind == "query_question")
+    question = parse_message(asked)
+    assert isinstance(question, QueryQuestion) and question.session  # a SecAgg session
+    clear = QueryQuestion(**{**question.__dict__, "session": ""})  # as a rogue coordinator
+    [refusal] = link.sites[to].handle(clear.to_envelope().from_peer(sender))
+    report = parse_message(refusal)
+    assert isinstance(report, ErrorReport) and report.code == QUESTION_REFUSED
+    assert "sums it securely" in report.message
