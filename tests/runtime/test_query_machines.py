@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.envelope import Envelope
@@ -20,6 +20,7 @@ from fedcare.runtime.messages import ErrorReport, JobPlan, parse_message
 from fedcare.runtime.query_coordinator import QueryCoordinator, QueryPhase
 from fedcare.runtime.query_messages import QueryQuestion
 from fedcare.runtime.query_plan import AnalysisSpec, NoisePlan, QueryPlan
+from fedcare.runtime.query_secure import read_layout
 from fedcare.runtime.query_site_machine import QUESTION_REFUSED, QuerySiteMachine
 from fedcare.stats.protocol import DisclosureRules
 from fedcare.stats.site_tables import tcga_brca_site_tables
@@ -287,3 +288,28 @@ def test_a_site_refuses_to_answer_in_the_clear_a_sum_its_plan_sums_securely(tabl
     report = parse_message(refusal)
     assert isinstance(report, ErrorReport) and report.code == QUESTION_REFUSED
     assert "sums it securely" in report.message
+
+
+def test_a_site_lost_mid_secure_sum_gets_the_question_again_in_a_new_session(tables, tmp_path):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+    link.run(stop=lambda: any(env.kind == "secagg" for _, _, env in link.queue))
+    first = link.coordinator.secure
+    assert first is not None
+    link.coordinator.site_disconnected("west")  # its keys never reach the coordinator
+    link.queue = deque(q for q in link.queue if "west" not in q[:2])
+    link.connect("west")
+    link.run()
+    assert link.coordinator.phase is QueryPhase.FINISHED, link.coordinator.failure
+    assert link.coordinator.run.results == run_query(plan, tables).run.results
+    stale = [e for e in link.events if e.kind == "query_release" and e.detail.get("secure")]
+    assert len({e.round for e in stale}) < len(stale)  # the interrupted question, twice
+
+
+def test_a_secure_sum_message_without_a_valid_layout_is_refused_naming_the_site():
+    env = Envelope.create("secagg", "q", 0, header={"layout": [["n", [2, -1]]]})
+    with pytest.raises(ProtocolError, match="site 'south' announced no valid 'layout'"):
+        read_layout(env, "south")
+    assert read_layout(Envelope.create("secagg", "q", 0, header={"layout": [["n", [2]]]}), "s")

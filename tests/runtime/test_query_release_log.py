@@ -165,3 +165,18 @@ def test_a_site_without_a_bundle_keeps_one_signing_key_across_starts(tmp_path):
     again = local_signing_key(path)
     assert first.public_key() == again.public_key()
     assert path.stat().st_mode & 0o077 == 0  # readable by the site's account only
+
+
+def test_a_release_summed_securely_matches_the_sites_entry_without_a_digest(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    site_log = SiteReleaseLog(tmp_path / "site.log", "south", key)
+    detail = {"analysis": "km", "step": "counts", "suppressed": [], "epsilon": 0.0}
+    site_log.record("q-1", {**detail, "question": 1, "values_sha256": "aa" * 32})
+    audit = AuditLog(tmp_path / "audit.log")
+    body = {"run_id": "q-1", "site": "south", "analysis": "km", "step": "counts"}
+    for question in (1, 2):  # the coordinator saw a layout only: no digest to compare
+        audit.append(
+            "query_release", "coordinator", {**body, "question": question, "secure": "secagg"}, key
+        )
+    [problem] = compare_releases(audit.path, site_log.log.path, "south")
+    assert problem.kind == "differs" and "question 2" in problem.message

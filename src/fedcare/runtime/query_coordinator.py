@@ -53,7 +53,7 @@ from fedcare.runtime.query_run import (
 )
 from fedcare.runtime.query_secure import QuerySecureSum, new_session
 from fedcare.runtime.router import ANY, Router, Unrouted
-from fedcare.runtime.secure_wire import SECAGG
+from fedcare.runtime.secure_wire import SECAGG, session_of
 from fedcare.stats.protocol import Combined, Question, Release, combine
 from fedcare.stats.secure import _flag_notes as flag_notes  # what totals say of suppression
 
@@ -220,6 +220,11 @@ class QueryCoordinator:
         question, secure = self.run.question, self.secure
         if question is None or secure is None or env.round != self.run.asked:
             return [self._error(env.sender, "unexpected", "a secure-sum message for no open sum")]
+        try:
+            if session_of(env)[0] != secure.session:  # of a sum aborted by a lost site
+                return [self._error(env.sender, "unexpected", "a message of an earlier sum")]
+        except ProtocolError as exc:
+            return [self._error(env.sender, "malformed", str(exc))]
         try:
             relayed, layout = secure.receive(env.sender, env)
         except ProtocolError as exc:

@@ -64,19 +64,28 @@ def layout_header(layout: Layout) -> list[list[Any]]:
     return [[key, list(shape)] for key, shape in layout]
 
 
+def _entry(pair: Any) -> tuple[str, tuple[int, ...]] | None:
+    """One ``[name, shape]`` of a layout, or None if it is not one."""
+    if not (isinstance(pair, list) and len(pair) == 2):
+        return None
+    key, shape = pair
+    if not isinstance(key, str) or not isinstance(shape, list):
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return None
+    return key, tuple(shape)
+
+
 def read_layout(env: Envelope, site: str) -> Layout:
     """The layout a site's first SecAgg message announces; ProtocolError names the site."""
     raw = env.header.get("layout")
-    try:
-        if not isinstance(raw, list):
-            raise TypeError
-        layout = tuple((str(k), tuple(int(d) for d in shape)) for k, shape in raw)
-        if any(not isinstance(k, str) or any(d < 0 for d in s) for k, s in raw):
-            raise TypeError
-    except (TypeError, ValueError) as exc:
+    entries = [_entry(pair) for pair in raw] if isinstance(raw, list) else [None]
+    layout = tuple(e for e in entries if e is not None)
+    if len(layout) != len(entries):
         raise ProtocolError(
-            f"secure sum: site '{site}' announced no valid 'layout' (a list of [name, shape])"
-        ) from exc
+            f"secure sum: site '{site}' announced no valid 'layout' (a list of [name, shape] "
+            f"with shapes of non-negative integers), found {raw!r:.200}"
+        )
     return layout
 
 
