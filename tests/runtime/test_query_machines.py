@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fedcare.core.errors import ConfigError
+from fedcare.core.errors import ConfigError, ProtocolError
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.runtime.approvals import ApprovalStore
 from fedcare.runtime.envelope import Envelope
@@ -20,6 +20,7 @@ from fedcare.runtime.messages import ErrorReport, JobPlan, parse_message
 from fedcare.runtime.query_coordinator import QueryCoordinator, QueryPhase
 from fedcare.runtime.query_messages import QueryQuestion
 from fedcare.runtime.query_plan import AnalysisSpec, NoisePlan, QueryPlan
+from fedcare.runtime.query_secure import read_layout
 from fedcare.runtime.query_site_machine import QUESTION_REFUSED, QuerySiteMachine
 from fedcare.stats.protocol import DisclosureRules
 from fedcare.stats.site_tables import tcga_brca_site_tables
@@ -216,7 +217,7 @@ def test_deployed_noise_is_charged_to_each_sites_own_ledger_before_the_release_l
         assert machine.ledger.spent() == pytest.approx((1.0, 0.0))  # the refused one: nothing
 
 
-def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_deployed(
+def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_ckks_sum_is_not_deployed(
     tables, tmp_path
 ):
     link = Link(noised_plan("race_white"), tables, tmp_path, approve=False)
@@ -227,8 +228,8 @@ def test_a_site_without_a_ledger_refuses_a_noised_plan_and_a_secure_sum_is_not_d
     report = parse_message(refusal)
     assert isinstance(report, ErrorReport) and report.code == "plan_refused"
     assert "keeps no ledger" in report.message
-    secure = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
-    with pytest.raises(ConfigError, match="'secure: secagg' runs in the simulator only"):
+    secure = QueryPlan(**{**survival_plan().__dict__, "secure": "ckks"})
+    with pytest.raises(ConfigError, match="'secure: ckks' runs in the simulator only"):
         QueryCoordinator(secure, "q")
 
 
@@ -244,3 +245,71 @@ def test_a_site_whose_rows_were_checked_against_another_schema_refuses_the_plan(
     assert isinstance(report, ErrorReport) and report.code == "plan_refused"
     assert f"the plan's schema has SHA-256 {'ab' * 32}" in report.message
     assert store.pending() == {}  # the owner is never asked about a plan it cannot run
+
+
+def test_a_deployed_secagg_query_sums_through_real_secagg_and_equals_the_simulators(
+    tables, tmp_path
+):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+    link.run()
+    assert link.coordinator.phase is QueryPhase.FINISHED, link.coordinator.failure
+    simulated = run_query(plan, tables)
+    assert link.coordinator.run.results == simulated.run.results  # bit for bit
+    # The coordinator never held a site's values for a sum: each release it logged is
+    # masked (a layout, no digest); per_site questions (Cox's event times) are in the clear.
+    releases = [e for e in link.events if e.kind == "query_release"]
+    masked = [e for e in releases if e.detail.get("secure") == "secagg"]
+    assert masked and all("values_sha256" not in e.detail for e in masked)
+    assert all("values_sha256" in e.detail for e in releases if e not in masked)
+    assert {e.detail["site"] for e in masked} == set(SITES)
+
+
+def test_a_site_refuses_to_answer_in_the_clear_a_sum_its_plan_sums_securely(tables, tmp_path):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+
+    def a_sum_is_asked() -> bool:
+        return any(
+            env.kind == "query_question" and parse_message(env).combine == "sum"
+            for _, _, env in link.queue
+        )
+
+    link.run(stop=a_sum_is_asked)
+    to, sender, asked = next(q for q in link.queue if q[2].kind == "query_question")
+    question = parse_message(asked)
+    assert isinstance(question, QueryQuestion) and question.session  # a SecAgg session
+    clear = QueryQuestion(**{**question.__dict__, "session": ""})  # as a rogue coordinator
+    [refusal] = link.sites[to].handle(clear.to_envelope().from_peer(sender))
+    report = parse_message(refusal)
+    assert isinstance(report, ErrorReport) and report.code == QUESTION_REFUSED
+    assert "sums it securely" in report.message
+
+
+def test_a_site_lost_mid_secure_sum_gets_the_question_again_in_a_new_session(tables, tmp_path):
+    plan = QueryPlan(**{**survival_plan().__dict__, "secure": "secagg"})
+    link = Link(plan, tables, tmp_path)
+    for site in SITES:
+        link.connect(site)
+    link.run(stop=lambda: any(env.kind == "secagg" for _, _, env in link.queue))
+    first = link.coordinator.secure
+    assert first is not None
+    link.coordinator.site_disconnected("west")  # its keys never reach the coordinator
+    link.queue = deque(q for q in link.queue if "west" not in q[:2])
+    link.connect("west")
+    link.run()
+    assert link.coordinator.phase is QueryPhase.FINISHED, link.coordinator.failure
+    assert link.coordinator.run.results == run_query(plan, tables).run.results
+    stale = [e for e in link.events if e.kind == "query_release" and e.detail.get("secure")]
+    assert len({e.round for e in stale}) < len(stale)  # the interrupted question, twice
+
+
+def test_a_secure_sum_message_without_a_valid_layout_is_refused_naming_the_site():
+    env = Envelope.create("secagg", "q", 0, header={"layout": [["n", [2, -1]]]})
+    with pytest.raises(ProtocolError, match="site 'south' announced no valid 'layout'"):
+        read_layout(env, "south")
+    assert read_layout(Envelope.create("secagg", "q", 0, header={"layout": [["n", [2]]]}), "s")

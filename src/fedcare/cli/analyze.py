@@ -168,7 +168,9 @@ def site_query(
         Path | None, typer.Option(help="The schema YAML of a file given to --data.")
     ] = None,
     bundle: Annotated[Path | None, typer.Option(help="This site's bundle folder.")] = None,
-    state: Annotated[Path, typer.Option(help="Site folder: approvals.")] = Path("fedcare-site"),
+    state: Annotated[
+        Path, typer.Option(help="Site folder: approvals, release log (query-releases.log).")
+    ] = Path("fedcare-site"),
     name: Annotated[
         str | None, typer.Option(help="Site name (only with --insecure; else the certificate's).")
     ] = None,
@@ -210,6 +212,7 @@ def site_query(
     from fedcare.net.query_agent import run_query_site
     from fedcare.net.tls import TlsBundle
     from fedcare.runtime.approvals import ApprovalStore
+    from fedcare.runtime.query_release_log import RELEASE_LOG, SiteReleaseLog, local_signing_key
     from fedcare.stats.protocol import DisclosureRules
     from fedcare.study.analysis_config import schema_digest
     from fedcare.study.analysis_data import site_table_loader
@@ -218,6 +221,7 @@ def site_query(
         if not name:
             raise ConfigError("--insecure needs --name (there is no certificate to name the site)")
         tls, site_name = None, name
+        signing_key = local_signing_key(state / "release-signing.key")
     else:
         if bundle is None:
             raise ConfigError(
@@ -225,6 +229,7 @@ def site_query(
             )
         tls = TlsBundle.load(bundle)
         site_name = tls.name
+        signing_key = tls.signing_private_key()
     table_for = site_table_loader(data, schema, site_name)
     rows = len(table_for("all").frame)  # read and checked before anything connects
     console.print(f"site {escape(site_name)}: {rows} rows from {escape(data)}", highlight=False)
@@ -250,6 +255,7 @@ def site_query(
         ledger=ledger,
         schema_sha256=None if schema is None else schema_digest(schema),
         give_up_after_s=give_up_after * 60.0,
+        release_log=SiteReleaseLog(state / RELEASE_LOG, site_name, signing_key),
         log=lambda line: console.print(escape(line), highlight=False),
     )
     console.print(f"query {escape(status)}", highlight=False)

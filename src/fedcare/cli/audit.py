@@ -108,7 +108,10 @@ def verify_cmd(
     ] = None,
     copy: Annotated[
         str | None,
-        typer.Option("--copy", help="LOG is the copy kept by this site (gaps are expected)."),
+        typer.Option(
+            "--copy",
+            help="LOG is the copy (or query release log) kept by this site (gaps are expected).",
+        ),
     ] = None,
     against: Annotated[
         Path | None,
@@ -121,6 +124,7 @@ def verify_cmd(
 ) -> None:
     """Check hashes, signatures and the chain; name every edited, removed, reordered or forged entry."""
     from fedcare.runtime.audit import compare, verify
+    from fedcare.runtime.query_release_log import compare_releases, is_release_log
 
     with user_errors():
         if against is not None and copy is None:
@@ -131,7 +135,11 @@ def verify_cmd(
         report = verify(log, public, partial=copy is not None, expect_head=expect_head)
         problems = list(report.problems)
         if against is not None and copy is not None:
-            problems += compare(against, log, copy)
+            problems += (
+                compare_releases(against, log, copy)
+                if is_release_log(log)
+                else compare(against, log, copy)
+            )
         if copy is None:
             problems += _cross_check(log)
     if not problems:

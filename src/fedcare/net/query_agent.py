@@ -5,7 +5,8 @@ reconnecting with back-off when the coordinator is away, e.g. restarting),
 says Hello, waits for its owner to approve the query plan's hash (re-reading the approval
 store every second), answers the approved plan's questions and stops when the coordinator
 says the query ended. Every event (approval, release, refusal) is printed in the
-hospital's terminal.
+hospital's terminal, and every release is kept in the site's release log
+(:mod:`fedcare.runtime.query_release_log`) before it is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from fedcare.net.channel import Backoff, TlsMaterial, TransportError, open_session
 from fedcare.privacy.budget import BudgetLedger
 from fedcare.runtime.approvals import ApprovalStore
+from fedcare.runtime.query_release_log import SiteReleaseLog
 from fedcare.runtime.query_site_machine import QuerySiteEvent, QuerySiteMachine, QuerySitePhase
 from fedcare.stats.protocol import DisclosureRules, SiteTable
 
@@ -49,12 +51,15 @@ def run_query_site(
     schema_sha256: str | None = None,
     server_name: str | None = None,
     give_up_after_s: float = 1800.0,
+    release_log: SiteReleaseLog | None = None,
     log: Callable[[str], None] = print,
 ) -> str:
     """Take part in one query job until the coordinator says it ended: its status
     ("finished" or "failed"). A lost or unreachable coordinator (a restart: it resumes
     from its checkpoint) is retried with back-off for ``give_up_after_s``; a refusal that
-    retrying cannot fix (certificate, TLS) raises at once."""
+    retrying cannot fix (certificate, TLS) raises at once. With ``release_log`` every
+    release is appended there (and fsynced) before it is sent; if it cannot be, nothing is
+    sent and the agent stops with the error."""
     machine = QuerySiteMachine(
         name,
         approvals,
@@ -68,7 +73,7 @@ def run_query_site(
     deadline = time.monotonic() + give_up_after_s
     while True:
         try:
-            _session(machine, target, tls, name, server_name, log)
+            _session(machine, target, tls, name, server_name, log, release_log)
             backoff.reset()
         except TransportError as exc:
             if exc.refused:
@@ -90,6 +95,7 @@ def _session(
     name: str,
     server_name: str | None,
     log: Callable[[str], None],
+    release_log: SiteReleaseLog | None,
 ) -> None:
     """One connection: Hello, then answer until the query ends or the stream does."""
     session = open_session(
@@ -103,14 +109,17 @@ def _session(
 
     def flush() -> None:
         for event in machine.drain_events():
+            if event.kind == "released" and release_log is not None:
+                release_log.record(event.run_id, event.detail)  # fsynced before it is sent
             log(_describe(event))
 
     def ticker() -> None:  # the owner approves from another terminal
         while not stop.wait(1.0):
             with lock:
-                for env in machine.tick():
-                    session.send(env)
+                replies = machine.tick()
                 flush()
+                for env in replies:
+                    session.send(env)
 
     with lock:
         for env in machine.start():
@@ -119,9 +128,10 @@ def _session(
     try:
         for env in session:
             with lock:
-                for reply in machine.handle(env):
+                replies = machine.handle(env)
+                flush()  # a release is in the site's release log before it leaves
+                for reply in replies:
                     session.send(reply)
-                flush()
                 if machine.phase is QuerySitePhase.FINISHED:
                     return
     finally:

@@ -14,9 +14,12 @@ else is sent. A machine restored from that memo re-asks the question it was on o
 sites are back (sites answer it again; answers are deterministic) and asks none twice
 that had been combined.
 
-Deployed queries combine in the clear: a plan with ``secure`` other than ``none`` is
-refused here (the secure sum runs in the simulator). Noise is the sites' own: each noises
-its releases and charges its ledger before they leave.
+Under ``secure: secagg`` every ``sum`` question is answered through real SecAgg
+(:mod:`fedcare.runtime.query_secure`): the coordinator relays the protocol's rounds and
+sees only the totals, exactly the simulator's; each site's release event then records
+its layout, not its values (``per_site`` questions are per site by definition and are
+combined in the clear, as in the simulator). ``secure: ckks`` runs in the simulator only.
+Noise is the sites' own: each noises its releases and charges its ledger before they leave.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from fedcare.runtime.codec import SCHEMAS
 from fedcare.runtime.envelope import Envelope
 from fedcare.runtime.messages import (
     SESSION,
+    TRAIN,
     ApprovalStatus,
     ErrorReport,
     Hello,
@@ -45,9 +49,13 @@ from fedcare.runtime.query_run import (
     jsonable,
     release_record,
     split_noise,
+    values_digest,
 )
+from fedcare.runtime.query_secure import QuerySecureSum, new_session
 from fedcare.runtime.router import ANY, Router, Unrouted
-from fedcare.stats.protocol import Release, combine
+from fedcare.runtime.secure_wire import SECAGG, session_of
+from fedcare.stats.protocol import Combined, Question, Release, combine
+from fedcare.stats.secure import _flag_notes as flag_notes  # what totals say of suppression
 
 
 class QueryPhase(Enum):
@@ -89,10 +97,11 @@ class QueryCoordinator:
     """One query job over the plan's sites; ``run_id`` names it on the wire."""
 
     def __init__(self, plan: QueryPlan, run_id: str, run: QueryRun | None = None) -> None:
-        if plan.secure != "none":
+        if plan.secure not in ("none", "secagg"):
             raise ConfigError(
-                f"a deployed query combines releases in the clear: 'secure: {plan.secure}' "
-                "runs in the simulator only (fedcare analyze); use 'secure: none' to deploy"
+                f"a deployed query sums securely by SecAgg only: 'secure: {plan.secure}' "
+                "runs in the simulator only (fedcare analyze); use 'secure: secagg' or "
+                "'secure: none' to deploy"
             )
         self.plan = plan
         self.run_id = run_id
@@ -103,6 +112,7 @@ class QueryCoordinator:
         self.failure = ""
         self.rows: dict[str, int] = {}  # each site's row count, as its Hello said
         self.records: list[ReleaseRecord] = []  # every release combined by this machine
+        self.secure: QuerySecureSum | None = None  # the open question's SecAgg, if any
         self._events: list[QueryEvent] = []
 
     @classmethod
@@ -131,6 +141,8 @@ class QueryCoordinator:
             self.sites[name] = _Site()
             if self.phase is QueryPhase.ASKING:
                 self.phase = QueryPhase.WAITING
+            if self.secure is not None:  # the sum cannot finish: asked again, afresh
+                self.secure = None
 
     def handle(self, env: Envelope) -> list[Outgoing]:
         """React to one message from a site (``env.sender`` is its certificate's name)."""
@@ -191,10 +203,52 @@ class QueryCoordinator:
         self.releases[env.sender] = split_noise(release)[0]
         record = release_record(question, self.run.asked, env.sender, release)
         self.records.append(record)
-        self._event("query_release", site=env.sender, detail=record.to_dict())
+        detail = {**record.to_dict(), "values_sha256": values_digest(release.values)}
+        self._event("query_release", site=env.sender, detail=detail)
         if set(self.releases) != set(self.sites):
             return []
-        return self._combine()
+        ordered = {site: self.releases[site] for site in self.plan.sites}
+        try:
+            combined = combine(question, ordered)
+        except (ValueError, ConfigError) as exc:
+            return self._fail(f"analysis '{question.analysis}': {exc}")
+        return self._combine(combined)
+
+    def _on_secure(self, env: Envelope, _message: object) -> list[Outgoing]:
+        """A site's message in the open question's SecAgg: relayed, and once every masked
+        input is in and unmasked, the totals are combined."""
+        question, secure = self.run.question, self.secure
+        if question is None or secure is None or env.round != self.run.asked:
+            return [self._error(env.sender, "unexpected", "a secure-sum message for no open sum")]
+        try:
+            if session_of(env)[0] != secure.session:  # of a sum aborted by a lost site
+                return [self._error(env.sender, "unexpected", "a message of an earlier sum")]
+        except ProtocolError as exc:
+            return [self._error(env.sender, "malformed", str(exc))]
+        try:
+            relayed, layout = secure.receive(env.sender, env)
+        except ProtocolError as exc:
+            return self._fail(f"site {env.sender}: secure sum of question {env.round}: {exc}")
+        if layout is not None:  # the site's release is in the sum: its layout, no values
+            shapes = {key: list(shape) for key, shape in layout}
+            self.records.append(
+                ReleaseRecord(question.analysis, question.step, env.round, env.sender, dict(layout))
+            )
+            detail = {
+                **self.records[-1].to_dict(),
+                "values": shapes,
+                "secure": self.plan.secure,
+            }
+            self._event("query_release", site=env.sender, detail=detail)
+        out = [Outgoing(site, envelope) for site, envelope in relayed]
+        if not secure.done:
+            return out
+        self.secure = None
+        try:
+            total = secure.total()
+        except ProtocolError as exc:
+            return self._fail(str(exc))
+        return self._combine(Combined(total=total, suppressed=flag_notes(total)))
 
     # -- the walk through the analyses ------------------------------------------------
 
@@ -204,11 +258,17 @@ class QueryCoordinator:
         if not all(s.connected and s.data_ok and s.approved for s in self.sites.values()):
             return []
         self.phase = QueryPhase.ASKING
+        if self._secure_sum(self.run.question):  # every site joins the new session
+            self.releases = {}
         return self._ask([s for s in self.sites if s not in self.releases])
 
     def _ask(self, sites: list[str]) -> list[Outgoing]:
         question = self.run.question
         assert question is not None
+        session = b""
+        if self._secure_sum(question):
+            session = new_session(self.run_id, self.run.asked)
+            self.secure = QuerySecureSum(session, self.plan.sites, self.run_id, self.run.asked)
         message = QueryQuestion(
             self.run_id,
             self.run.asked,
@@ -216,6 +276,7 @@ class QueryCoordinator:
             question.step,
             jsonable(dict(question.params)),
             question.combine,
+            session.hex(),
         )
         self._event(
             "query_question",
@@ -223,12 +284,14 @@ class QueryCoordinator:
         )
         return [Outgoing(site, message.to_envelope()) for site in sites]
 
-    def _combine(self) -> list[Outgoing]:
+    def _secure_sum(self, question: Question | None) -> bool:
+        return self.plan.secure == "secagg" and question is not None and question.combine == "sum"
+
+    def _combine(self, combined: Combined) -> list[Outgoing]:
         question = self.run.question
         assert question is not None
-        ordered = {site: self.releases[site] for site in self.plan.sites}
         try:
-            finished = self.run.advance(combine(question, ordered))
+            finished = self.run.advance(combined)
         except (ValueError, ConfigError) as exc:  # an analysis cannot go on (no rows, ...)
             return self._fail(f"analysis '{question.analysis}': {exc}")
         self.releases = {}
@@ -274,3 +337,4 @@ QUERY_COORDINATOR_ROUTES.on(SESSION, ANY, Hello.KIND, QueryCoordinator._on_hello
 QUERY_COORDINATOR_ROUTES.on(SESSION, ANY, ApprovalStatus.KIND, QueryCoordinator._on_approval)
 QUERY_COORDINATOR_ROUTES.on(SESSION, ANY, ErrorReport.KIND, QueryCoordinator._on_error)
 QUERY_COORDINATOR_ROUTES.on(QUERY, ANY, QueryRelease.KIND, QueryCoordinator._on_release)
+QUERY_COORDINATOR_ROUTES.on(TRAIN, QueryPhase.ASKING.value, SECAGG, QueryCoordinator._on_secure)

@@ -4,7 +4,8 @@ A query reuses the session messages (Hello, JobPlan with the query plan, Approva
 ErrorReport, RunFinished) and adds two:
 
 - :class:`QueryQuestion` (coordinator -> site): one question of the plan, numbered by
-  ``round`` (the question's position in the whole query), its parameters as JSON;
+  ``round`` (the question's position in the whole query), its parameters as JSON, and
+  under ``secure: secagg`` the SecAgg session its ``sum`` is to be answered in;
 - :class:`QueryRelease` (site -> coordinator): the site's answer as named float64 arrays in
   one vector (``segments`` and ``shapes`` in the header say which is which), and what the
   site withheld, in words.
@@ -85,6 +86,7 @@ class QueryQuestion(WireMessage):
     step: Annotated[str, Text()]
     params: Annotated[dict[str, Any], Json()]
     combine: Annotated[str, Text()]
+    session: Annotated[str, Text()] = ""  # hex SecAgg session: answer by the secure sum
     sender: str = ""
 
 

@@ -11,6 +11,7 @@ continues from the step it was on, asking no question twice that had been answer
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -105,6 +106,18 @@ class ReleaseRecord:
             "suppressed": list(self.suppressed),
             "noise": list(self.noise),
         }
+
+
+def values_digest(values: Mapping[str, Any]) -> str:
+    """SHA-256 of a release's arrays (names, shapes, values as little-endian float64): what
+    the site's release log and the coordinator's audit log both record, so the two can be
+    compared without either keeping the numbers. Counts are exact in float64 (< 2**53)."""
+    digest = hashlib.sha256()
+    for name in sorted(values):
+        array = np.asarray(values[name])
+        digest.update(f"{name}:{list(array.shape)};".encode())
+        digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+    return digest.hexdigest()
 
 
 NOISED = "noised "  # how a release's noise line begins (stats.noise.SiteNoise.apply)

@@ -9,7 +9,8 @@ rule, exactly as for a training plan). Only then does it answer questions, each 
 checked against the approved plan (:meth:`QueryPlan.permits`) and computed under the
 stricter of the plan's and the site's own disclosure rules; a question the plan does not
 ask is refused with an ErrorReport and nothing is computed. Every release is an event
-(what left, what was withheld) for the site's own audit copy.
+(what left, the digest of its values, what was withheld, the epsilon it charged) for the
+site's own release log, which the agent makes durable before the release is sent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from fedcare.core.errors import FedcareError, PrivacyBudgetExceededError
+from fedcare.core.errors import FedcareError, PrivacyBudgetExceededError, ProtocolError
 from fedcare.core.seeds import SeedStream
 from fedcare.privacy.budget import BudgetLedger, JobRef
 from fedcare.runtime.approvals import ApprovalStore, plan_hash
@@ -30,6 +31,7 @@ from fedcare.runtime.messages import (
     BUDGET_EXCEEDED,
     NO_RUN,
     SESSION,
+    TRAIN,
     ApprovalStatus,
     ErrorReport,
     Hello,
@@ -38,11 +40,16 @@ from fedcare.runtime.messages import (
 )
 from fedcare.runtime.query_messages import QUERY, QueryQuestion, QueryRelease
 from fedcare.runtime.query_plan import QueryPlan
+from fedcare.runtime.query_run import values_digest
+from fedcare.runtime.query_secure import layout_header, query_code, query_secagg_config
 from fedcare.runtime.query_site import QuerySite
 from fedcare.runtime.replay import ReplayGuard
 from fedcare.runtime.router import ANY, Router, Unrouted
+from fedcare.runtime.secure_wire import SECAGG, client_envelope, parse_server, session_of
+from fedcare.secagg.client import SecAggClient
 from fedcare.stats.noise import NoiseSpec, SiteNoise
-from fedcare.stats.protocol import DisclosureRules, Question, SiteTable
+from fedcare.stats.protocol import DisclosureRules, Question, Release, SiteTable
+from fedcare.stats.secure import site_digits
 
 QUESTION_REFUSED = "question_refused"  # ErrorReport code: not a question the plan asks
 
@@ -94,6 +101,8 @@ class QuerySiteMachine:
         self.site: QuerySite | None = None
         self.guard = ReplayGuard(NO_RUN)
         self.status = ""  # how the query ended, as the coordinator said ("finished", "failed")
+        self.secagg: SecAggClient | None = None  # this site's part in the open secure sum
+        self.secure_turn: tuple[int, bytes] | None = None  # (question, session) of that sum
         self._events: list[QuerySiteEvent] = []
 
     def start(self) -> list[Envelope]:
@@ -191,8 +200,15 @@ class QuerySiteMachine:
         if message.combine not in ("sum", "per_site"):
             return [self._error(env, QUESTION_REFUSED, f"unknown combine '{message.combine}'")]
         question = Question(message.analysis, message.step, message.params, message.combine)  # type: ignore[arg-type]
+        secure = self.site.plan.secure == "secagg" and message.combine == "sum"
+        if secure != bool(message.session):  # the plan, not the coordinator, decides
+            says = "sums it securely" if secure else "answers it in the clear"
+            detail = f"the approved plan {says}; the question asks otherwise"
+            self._event("question_refused", {"question": env.round, "detail": detail})
+            return [self._error(env, QUESTION_REFUSED, detail)]
         try:
             release = self.site.answer(question)
+            spent = 0.0 if self.noise is None else self.noise.spent[0]
             if self.noise is not None:  # charged to the ledger before anything leaves
                 release = self.noise.apply(question, release, env.round)
         except PrivacyBudgetExceededError as exc:
@@ -209,8 +225,13 @@ class QuerySiteMachine:
                 "step": message.step,
                 "values": {k: list(v.shape) for k, v in release.values.items()},
                 "suppressed": list(release.suppressed),
+                "values_sha256": values_digest(release.values),
+                "epsilon": 0.0 if self.noise is None else self.noise.spent[0] - spent,
+                "secure": self.site.plan.secure if secure else "none",
             },
         )
+        if secure:
+            return self._join_secure_sum(env, message, release)
         reply = QueryRelease(
             self.run_id,
             env.round,
@@ -220,6 +241,43 @@ class QuerySiteMachine:
             list(release.suppressed),
         )
         return [reply.to_envelope()]
+
+    def _join_secure_sum(
+        self, env: Envelope, message: QueryQuestion, release: Release
+    ) -> list[Envelope]:
+        """Feed the release's limb digits to a SecAgg client; its keys carry the layout."""
+        assert self.site is not None
+        sites = len(self.site.plan.sites)
+        try:
+            session = bytes.fromhex(message.session)
+            where = f"site {self.name}, question '{message.step}'"
+            layout, digits = site_digits(release, query_code(sites), where)
+            config = query_secagg_config(session, sites, digits.size)
+            client = SecAggClient(config, self.site.plan.sites.index(self.name), digits)
+            first = client.start()
+        except (FedcareError, ValueError) as exc:
+            self._event("question_refused", {"question": env.round, "detail": str(exc)})
+            return [self._error(env, QUESTION_REFUSED, str(exc))]
+        self.secagg, self.secure_turn = client, (env.round, session)
+        header = {"layout": layout_header(layout)}
+        return [client_envelope(m, self.run_id, env.round, 0, **header) for m in first]
+
+    def _on_secure(self, env: Envelope, _message: object) -> list[Envelope]:
+        """A step of the open secure sum, relayed by the coordinator."""
+        rejection = self.guard.check(env, round_bound=False)
+        if rejection is not None:
+            self._event("message_rejected", {"reason": rejection.reason})
+            return []
+        assert self.site is not None
+        try:
+            session, _attempt = session_of(env)
+            if self.secagg is None or (env.round, session) != self.secure_turn:
+                raise ProtocolError("a secure-sum message of no sum this site is in")
+            message = parse_server(env, self.site.plan.sites.index(self.name))
+            replies = self.secagg.handle(message)
+        except FedcareError as exc:
+            return [self._error(env, "secagg_refused", str(exc))]
+        return [client_envelope(m, self.run_id, env.round, 0) for m in replies]
 
     def _on_finished(self, env: Envelope, message: RunFinished) -> list[Envelope]:
         self.phase = QuerySitePhase.FINISHED
@@ -244,3 +302,4 @@ QUERY_SITE_ROUTES.on(SESSION, ANY, ErrorReport.KIND, QuerySiteMachine._on_error)
 QUERY_SITE_ROUTES.on(
     QUERY, QuerySitePhase.READY.value, QueryQuestion.KIND, QuerySiteMachine._on_question
 )
+QUERY_SITE_ROUTES.on(TRAIN, QuerySitePhase.READY.value, SECAGG, QuerySiteMachine._on_secure)

@@ -240,7 +240,12 @@ def audited_releases(log: Path, plan: QueryPlan) -> list[dict[str, Any]]:
     latest: dict[tuple[int, str], dict[str, Any]] = {}
     for entry in AuditLog(log).entries():
         if entry.kind == "query_release":
-            body = {k: v for k, v in entry.body.items() if k != "run_id"}
+            # the values' digest is for cross-checking a site's release log, not a release fact
+            body = {
+                k: v
+                for k, v in entry.body.items()
+                if k not in ("run_id", "values_sha256", "secure")
+            }
             latest[(int(body["question"]), str(body["site"]))] = body
     order = {site: i for i, site in enumerate(plan.sites)}
     return [latest[key] for key in sorted(latest, key=lambda k: (k[0], order.get(k[1], 0)))]
