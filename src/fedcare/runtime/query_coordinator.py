@@ -55,7 +55,7 @@ from fedcare.runtime.query_secure import QuerySecureSum, new_session
 from fedcare.runtime.router import ANY, Router, Unrouted
 from fedcare.runtime.secure_wire import SECAGG, session_of
 from fedcare.stats.protocol import Combined, Question, Release, combine
-from fedcare.stats.secure import _flag_notes as flag_notes  # what totals say of suppression
+from fedcare.stats.secure import flag_notes  # what totals say of suppression
 
 
 class QueryPhase(Enum):

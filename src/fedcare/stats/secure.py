@@ -195,7 +195,7 @@ class SecureSummer:
         else:
             sums = self._ckks(digits)
         total = totals_from_digits(layout, sums, code)
-        return Combined(total=total, suppressed=_flag_notes(total))
+        return Combined(total=total, suppressed=flag_notes(total))
 
     def _secagg(
         self, question: Question, digits: Mapping[str, npt.NDArray[np.float64]]
@@ -244,7 +244,7 @@ class SecureSummer:
         return rounded.astype(np.int64)
 
 
-def _flag_notes(total: Values) -> tuple[str, ...]:
+def flag_notes(total: Values) -> tuple[str, ...]:
     """What the coordinator may say about suppression when it only sees totals."""
     notes = []
     for key, flags in total.items():
