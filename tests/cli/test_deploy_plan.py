@@ -66,3 +66,16 @@ def test_strategy_and_seed_options_select_a_subset_and_say_what_they_leave_out()
 def test_a_study_of_which_nothing_can_deploy_is_refused_naming_why() -> None:
     with pytest.raises(ConfigError, match="none of its strategies can deploy: strategy 'cyclic'"):
         study_from_config(parse_config({**STUDY, "strategies": [{"name": "cyclic"}]}))
+
+
+def test_a_survival_study_is_refused_for_deployment_pointing_to_the_simulator() -> None:
+    # Deployed site agents train classification tasks; a Cox-loss study runs simulated.
+    study = {
+        "name": "brca",
+        "dataset": {"name": "tcga-brca"},
+        "model": {"name": "fedcare.models.cox:LinearRisk"},
+        "rounds": 2,
+        "strategies": [{"name": "fedavg"}],
+    }
+    with pytest.raises(ConfigError, match=r"survival training .* simulator only .*fedcare analyze"):
+        study_from_config(parse_config(study))

@@ -196,14 +196,27 @@ class _Data:
         return dict(SiteTableSpec.from_study(self.table, run_seed=seed).to_dict())
 
 
+_SURVIVAL_NOT_DEPLOYED = (
+    "survival training (the Cox loss, C-index evaluation) runs in the simulator only for now: "
+    "run `fedcare simulate` on this study, or `fedcare analyze` for a deployed Kaplan-Meier / "
+    "Cox query; deployed site agents train classification tasks"
+)
+
+
 def _study_data(config: Any) -> _Data:
     if config.dataset.name == "tabular":
         sites, spec, facts = _tabular_sites(config)
+        if spec.schema.target is None:
+            raise ConfigError(f"study '{config.name}': {_SURVIVAL_NOT_DEPLOYED}")
         table = dict(config.dataset.params)
         return _Data(sites, (spec.num_features,), spec.num_classes, spec.to_dict(), facts, table)
     from fedcare.data.registry import load_dataset
 
     dataset = load_dataset(config.dataset.name, **config.dataset.params)
+    if dataset.task == "survival":
+        raise ConfigError(
+            f"study '{config.name}' on dataset '{dataset.name}': {_SURVIVAL_NOT_DEPLOYED}"
+        )
     facts = {"name": dataset.name, "description": dataset.description, "source": dataset.source}
     return _Data(
         tuple(dataset.site_names), tuple(dataset.input_shape), dataset.num_classes, {}, facts
