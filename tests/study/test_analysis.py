@@ -211,3 +211,21 @@ def test_hospitals_own_survival_files_are_analysed_and_the_plan_names_the_schema
     expected = KaplanMeierFitter().fit(pooled["months"], pooled["died"])
     reference = expected.survival_function_at_times(curve["times"]).to_numpy()
     assert np.abs(np.array(curve["survival"]) - reference).max() <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("entry", "fix"),
+    [
+        ({"kind": "km"}, "mode: grid"),
+        ({"kind": "cox", "params": {"covariates": ["age_at_index"]}}, "strata: site"),
+        (
+            {"kind": "cindex", "params": {"covariates": ["age_at_index"], "coef": [0.1]}},
+            "pooled: false",
+        ),
+    ],
+)
+def test_exact_event_times_under_a_min_cell_above_one_are_refused_before_approval(entry, fix):
+    # Every site would withhold them: the plan is refused with both ways out named.
+    study = {"name": "brca", "dataset": {"name": "tcga-brca"}, "analyses": [entry]}
+    with pytest.raises(ConfigError, match=rf"min_cell 5 forbids at every site.*min_cell: 1.*{fix}"):
+        parse_analysis_config(study)

@@ -36,6 +36,14 @@ from fedcare.stats.survival import KaplanMeier
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def exact_times(self) -> str | None:
+        """What of this analysis releases exact event times (counts of one), or None.
+
+        Such a release needs ``min_cell`` 0 or 1; under a plan's stricter rule every site
+        would withhold it, so the plan is refused before any owner is asked to approve it.
+        """
+        return None
+
 
 class DescribeParams(_Params):
     numeric: list[str] = Field(default_factory=list)
@@ -76,6 +84,11 @@ class KMParams(_Params):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     at_risk_times: list[float] = Field(default_factory=list)
 
+    def exact_times(self) -> str | None:
+        return (
+            "mode: exact (give mode: grid with a grid of times)" if self.mode == "exact" else None
+        )
+
 
 class LogRankParams(KMParams):
     group: str  # required: the test compares its levels
@@ -96,12 +109,20 @@ class CoxParams(_Params):
     tolerance: float = Field(default=1e-9, gt=0)
     max_iterations: int = Field(default=25, ge=1, le=200)
 
+    def exact_times(self) -> str | None:
+        if self.strata == "site":
+            return None
+        return "pooled risk sets (give strata: site for a baseline hazard per site)"
+
 
 class CIndexParams(_Params):
     covariates: list[str] = Field(default_factory=list)
     coef: list[float] = Field(default_factory=list)
     risk: str | None = None  # a risk-score column the sites hold, instead of covariates
     pooled: bool = True  # also the C-index over all sites' pairs (reveals event times)
+
+    def exact_times(self) -> str | None:
+        return "the pooled C-index (give pooled: false for per-site ones)" if self.pooled else None
 
 
 def _km(id: str, p: KMParams, _: DisclosureRules) -> KaplanMeier:

@@ -119,6 +119,14 @@ class AnalysisConfig(_Strict):
             kind = analysis_kind(entry.kind, where)
             params = check_params(kind, entry.params, where)
             ident = entry.id or self._default_id(entry.kind, position)
+            exact = getattr(params, "exact_times", lambda: None)()
+            if exact is not None and self.disclosure.min_cell > 1:
+                raise ConfigError(
+                    f"{where} ({entry.kind} '{ident}'): {exact.split(' (')[0]} releases exact "
+                    f"event times, counts of one, which disclosure.min_cell "
+                    f"{self.disclosure.min_cell} forbids at every site; set disclosure: "
+                    f"{{min_cell: 1}} if the sites allow it, or {exact.split(' (', 1)[1][:-1]}"
+                )
             specs.append(AnalysisSpec(ident, entry.kind, params.model_dump(mode="json")))
         return tuple(specs)
 
