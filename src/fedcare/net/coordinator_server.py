@@ -290,8 +290,9 @@ class CoordinatorDriver:
             if self.links.get(link.identity) is not link:
                 intake.discard()
                 return  # a stale stream of a site that has reconnected
-            if 4 * intake.size > IN_MEMORY_BYTES:  # this update may close the round: fold
-                return_freed_memory()  # its mean without the stream's freed buffers kept
+            round_ = self.machine.current
+            if 4 * intake.size > IN_MEMORY_BYTES and round_ and round_.pending == [link.identity]:
+                return_freed_memory()  # the round's last update: fold without freed buffers
             self._apply(self.machine.handle_streamed(env, intake, time.monotonic()))
 
     def duplicate_refused(self, first: Link, peer: str, reason: str) -> None:
