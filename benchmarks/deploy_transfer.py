@@ -18,12 +18,15 @@ there are more than one):
 - the same for the real deployed coordinator (``CoordinatorDriver`` + ``CoordinatorMachine``,
   run store, signed audit log, a checkpoint after every round) running FedAvg rounds with
   ``--mem-sites`` protocol sites that answer each train request with an update of the model's
-  size: updates stream into scratch files and the mean is folded at the round's end.
+  size: updates stream into scratch files and the mean is folded at the round's end;
+  ``--phases`` adds its peak around each phase of a round (fold, server step, checkpoint,
+  the released model), which is where a cut must be looked for.
 
     .venv/bin/python benchmarks/deploy_transfer.py                  # 100 MB, 4 sites, 10 for memory
     .venv/bin/python benchmarks/deploy_transfer.py --model-mb 20 --rounds 2   # quick look
     .venv/bin/python benchmarks/deploy_transfer.py --model-mb 2000 --sites 2 --rounds 1 --only big
     .venv/bin/python benchmarks/deploy_transfer.py --only chunks --chunk-sweep 1,4,8,16
+    .venv/bin/python benchmarks/deploy_transfer.py --only machine --machine-rounds 3 --phases
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Config:
     encode_once: bool = True  # one EncodedEnvelope for every site, not one per link
     lookahead_bytes: int | None = None  # gRPC read-ahead per stream (None: one chunk)
     inflight_models: float = 1.0  # whole updates reassembled at once (envelope path)
+    phases: bool = False  # the deployed coordinator's peak per phase of its rounds
 
 
 class RunningSum:
@@ -339,6 +343,49 @@ def unary_reference(cfg: Config, repeats: int) -> list[float]:
     return times
 
 
+def resident() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PhasePeaks:
+    """VmHWM around each phase of the coordinator's round (the peak reset at each phase's
+    start and end): the peak since the previous phase, the RSS at the phase's start, the
+    peak inside it and the RSS after it. The overall peak is the largest of them."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, int, int, int]] = []
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def measured(*args: Any, **kwargs: Any) -> Any:
+            between, before = peak_rss(), resident()
+            reset_peak_rss()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.rows.append((label, between, before, peak_rss(), resident()))
+                reset_peak_rss()
+
+        setattr(owner, name, measured)
+
+    def install(self) -> None:
+        import fedcare.net.coordinator_server as server
+        import fedcare.runtime.coordinator as machine
+        import fedcare.runtime.streamed_update as streamed
+
+        self.wrap(streamed, "fold_mean", "fold the mean")
+        self.wrap(machine, "server_step", "server step")
+        self.wrap(server, "save_checkpoint", "checkpoint")
+        self.wrap(server.CoordinatorDriver, "_finish", "release the model")
+
+    def peak(self, last: int) -> int:
+        return max([last] + [max(b, p) for _, b, _, p, _ in self.rows])
+
+
 def initial_model(size: int, block: int = 1 << 18) -> npt.NDArray[np.float32]:
     """Standard normal float32 values of seed 0, drawn block by block (the same values as
     one whole float64 draw cast to float32, without its 2x temporary)."""
@@ -371,13 +418,16 @@ def machine_coordinator_main(cfg: Config, conn: Any) -> None:
     )
     security = Security(TlsBundle.load(cfg.pki / "coordinator"))
     folder = cfg.pki / "study"
+    phases = PhasePeaks()
+    if cfg.phases:
+        phases.install()
     baseline = psutil.Process().memory_info().rss
     reset_peak_rss()
     # The benchmark keeps no reference of its own to the model (only the coordinator's
     # count) and draws it block by block (a whole float64 draw alone peaked at 3x).
     driver = new_run(folder, RUN, plan, initial_model(size), security, log=lambda _: None)
     outcome = serve(driver, "127.0.0.1:0", limits=_limits(cfg), ready=conn.send, tick_s=0.5)
-    peak = peak_rss()
+    peak = phases.peak(peak_rss())
     params = initial_model(size)
     # Each site k sends (k+1)/1000 everywhere with weight 10(k+1): the weighted mean is known.
     weights = np.arange(1, cfg.sites + 1, dtype=np.float64) * 10
@@ -394,6 +444,7 @@ def machine_coordinator_main(cfg: Config, conn: Any) -> None:
             "baseline": baseline,
             "peak": peak,
             "error": expected_error,
+            "phases": phases.rows,
         }
     )
     conn.recv()
@@ -469,6 +520,14 @@ def report_machine_memory(label: str, cfg: Config) -> None:
         f"final model max error {res['error']:.1e}",
         flush=True,
     )
+    if res["phases"]:
+        print(
+            "  phase (x the model above the RSS before it): peak since the previous phase, "
+            "at its start, peak inside it, after it"
+        )
+    for label, between, before, inside, after in res["phases"]:
+        figures = (x - res["baseline"] for x in (between, before, inside, after))
+        print(f"  {label:<18}" + "".join(f"{x / cfg.model_bytes:8.2f}" for x in figures))
 
 
 def make_pki(root: Path, sites: int) -> None:
@@ -534,6 +593,11 @@ def main() -> None:
     parser.add_argument(
         "--machine-rounds", type=int, default=3, help="rounds of the deployed coordinator run"
     )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="with --only machine: the coordinator's peak memory per phase of each round",
+    )
     parser.add_argument("--chunk-sweep", default="1,4,8,16", help="MiB, for --only chunks")
     parser.add_argument("--lookahead-mib", type=float, default=None, help="default: one chunk")
     parser.add_argument(
@@ -563,6 +627,7 @@ def main() -> None:
             if args.lookahead_mib is None
             else int(args.lookahead_mib * (1 << 20)),
             inflight_models=args.inflight_models,
+            phases=args.phases,
         )
         print(
             f"model {model_bytes / 1e6:.0f} MB float32, chunks {args.chunk_mib:g} MiB, loopback, "

@@ -92,3 +92,40 @@ def test_plain_sgd_allocates_the_new_model_and_one_block_of_temporaries():
     assert new[0] == 0.5
     # The whole-vector formula peaked at three model-sized arrays (lr * d, the sum, its copy).
     assert peak < x.nbytes + 4 * BLOCK_ELEMENTS * 4, peak / x.nbytes
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: f"{o.name}-lr{o.lr}-m{o.momentum}")
+def test_a_step_written_over_its_spent_delta_gives_the_same_bits(opt):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=SIZE).astype(F32)
+    d = rng.normal(scale=0.1, size=SIZE).astype(F32)
+    moments = opt.init(SIZE)
+    want_x, want_m = opt.step(x, d, moments)
+    spent = d.copy()
+    got_x, got_m = opt.step(x, spent, moments, into=spent)
+    assert got_x is spent  # no new model-sized array: the delta's memory is the new model
+    assert got_x.tobytes() == want_x.tobytes()
+    for key in want_m:
+        assert got_m[key].tobytes() == want_m[key].tobytes(), key
+
+
+def test_a_spent_sgd_step_allocates_only_one_block_of_temporaries():
+    size = 16 * BLOCK_ELEMENTS
+    x = np.zeros(size, dtype=F32)
+    d = np.ones(size, dtype=F32)
+    tracemalloc.start()
+    try:
+        new, _ = ServerOptimizer("sgd", lr=0.5).step(x, d, {}, into=d)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert new is d and new[0] == 0.5 and np.all(x == 0)
+    assert peak < 4 * BLOCK_ELEMENTS * 4, peak / x.nbytes
+
+
+def test_a_step_refuses_an_output_of_the_wrong_type_or_size():
+    x = np.zeros(10, dtype=F32)
+    with pytest.raises(ValueError, match="float32 vector of 10 values, found float64"):
+        ServerOptimizer("sgd").step(x, np.ones(10), {}, into=np.ones(10))
+    with pytest.raises(ValueError, match=r"found float32 of shape \(9,\)"):
+        ServerOptimizer("sgd").step(x, np.ones(10, F32), {}, into=np.ones(9, F32))

@@ -14,6 +14,7 @@ from fedcare.runtime.checkpoint import (
     CheckpointError,
     content_digest,
     read_verified_safetensors,
+    save_released_model,
     write_atomic_safetensors,
 )
 
@@ -101,3 +102,19 @@ def test_writing_a_large_model_allocates_no_copy_of_it(tmp_path):
         tracemalloc.stop()
     # Serialising in memory first cost one whole copy (and hashing tobytes() another).
     assert peak < params.nbytes // 16, peak / params.nbytes
+
+
+def test_a_released_model_is_written_like_a_checkpoint_without_a_copy(tmp_path):
+    params = np.arange(4 << 20, dtype=np.float32)  # 16 MiB
+    target = tmp_path / "model.safetensors"
+    tracemalloc.start()
+    try:
+        digest = save_released_model(target, params)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < params.nbytes // 16, peak / params.nbytes
+    np.testing.assert_array_equal(load_file(str(target))["params"], params)
+    tensors, metadata = read_verified_safetensors(target, "released model")
+    assert metadata == {DIGEST_KEY: digest} and list(tensors) == ["params"]
+    assert list(tmp_path.iterdir()) == [target]  # written beside it, then renamed over it

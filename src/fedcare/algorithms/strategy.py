@@ -108,14 +108,25 @@ class Strategy:
         return StreamingMean(state.params.size)
 
     def server_update(
-        self, state: ServerState, aggregate: Aggregate, num_sites: int
+        self, state: ServerState, aggregate: Aggregate, num_sites: int, *, spend: bool = False
     ) -> ServerState:
-        """Apply the aggregated delta with the server optimizer and update rule arrays."""
+        """Apply the aggregated delta with the server optimizer and update rule arrays.
+
+        ``spend=True``: the caller hands the aggregate over, and the new model is written
+        over its delta (float32, the model's size), so the step allocates no model-sized
+        array of its own; the aggregate must not be read afterwards. The values are the
+        same bits either way.
+        """
+        # The rule's arrays first: a rule may read the delta, which a spent step overwrites.
+        rule_arrays = self.client.update_server_arrays(state, aggregate, num_sites)
         moments = {k: v for k, v in state.arrays.items() if k.startswith("opt/")}
-        params, new_moments = self.server_optimizer.step(state.params, aggregate.delta, moments)
+        into = aggregate.delta if spend else None
+        params, new_moments = self.server_optimizer.step(
+            state.params, aggregate.delta, moments, into=into
+        )
         arrays = {k: v for k, v in state.arrays.items() if not k.startswith("opt/")}
         arrays.update(new_moments)
-        arrays.update(self.client.update_server_arrays(state, aggregate, num_sites))
+        arrays.update(rule_arrays)
         return ServerState(
             round=state.round + 1, params=params, arrays=arrays, scalars=dict(state.scalars)
         )

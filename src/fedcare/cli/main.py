@@ -40,7 +40,9 @@ app.add_typer(datasets_app, name="datasets")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _run_config(config: Any, out: Path, backend: BackendChoice | None = None) -> None:
+def _run_config(
+    config: Any, out: Path, backend: BackendChoice | None = None, *, resume: bool = False
+) -> None:
     from fedcare.cli.progress import StudyProgress, findings_lines, results_table
     from fedcare.study.runner import StudyRunner
 
@@ -51,7 +53,12 @@ def _run_config(config: Any, out: Path, backend: BackendChoice | None = None) ->
     )
     with StudyProgress(console) as progress:
         runner = StudyRunner(
-            config, out, on_start=progress.on_start, on_round=progress.on_round, backend=backend
+            config,
+            out,
+            on_start=progress.on_start,
+            on_round=progress.on_round,
+            backend=backend,
+            resume=resume,
         )
         _print_data_warnings(runner.dataset.extra.get("warnings"))
         outcome = runner.run()
@@ -107,6 +114,14 @@ def simulate(
             "--head` prints). Default: a local Ray instance for this study."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted study from the checkpoints in its study folder "
+            "(written after every round); refused if there are none or the config changed.",
+        ),
+    ] = False,
 ) -> None:
     """Run a study from a YAML config in the simulator."""
     from fedcare.sim.backends.choice import choose_backend
@@ -115,7 +130,7 @@ def simulate(
     choice = choose_backend(backend, address)  # before the config: the cheaper mistake first
     cfg = load_config(config)
     target = out or Path(cfg.output or f"studies/{cfg.name}")
-    _run_config(cfg, target, choice)
+    _run_config(cfg, target, choice, resume=resume)
 
 
 @app.command()

@@ -58,11 +58,14 @@ def server_step(
     *,
     context: Any = None,
     collected: Mapping[int, FloatVector] | None = None,
+    spend: bool = False,
 ) -> ServerState:
     """A new server state: the server optimizer's step with the aggregate, the client
     rule's arrays, and the personal pass's arrays from the models it ``collected`` (MOCHA
-    keeps every site's model). ``state`` is left as it was."""
-    new_state = strategy.server_update(state, aggregate, num_sites)
+    keeps every site's model). ``state`` is left as it was; with ``spend=True`` the
+    aggregate is not (its delta's memory becomes the new model: a coordinator that folded
+    the round's mean for this step alone saves one model-sized array at its peak)."""
+    new_state = strategy.server_update(state, aggregate, num_sites, spend=spend)
     personal = strategy.personal.personal_pass
     if personal is None or not personal.collects:
         return new_state

@@ -105,13 +105,14 @@ def write_atomic_safetensors(
     metadata: dict[str, str],
     *,
     prefix: str,
-    write_point: str,
+    write_point: str | None,
     on_written: Callable[[], None] | None = None,
     on_renamed: Callable[[], None] | None = None,
 ) -> str:
     """Write ``tensors`` + ``metadata`` (plus their digest) atomically; returns the digest.
 
-    ``write_point`` is reached just before the write (a full disk is injected there);
+    ``write_point`` (a fault point, or None) is reached just before the write (a full disk
+    is injected there);
     ``on_written`` runs once the temporary file is complete and fsynced, ``on_renamed``
     once it replaced ``target`` (crash tests put fault points there).
     """
@@ -189,7 +190,7 @@ def write_safetensors_durably(
     path: str | Path,
     arrays: Mapping[str, npt.NDArray[Any]],
     metadata: Mapping[str, str],
-    point: str,
+    point: str | None,
     *,
     name: str | Path,
 ) -> str:
@@ -208,7 +209,8 @@ def write_safetensors_durably(
     at = header.index(slot) + len(slot) - len(_PLACEHOLDER) - 1
     h = hashlib.sha256()
     try:
-        faults.reach(point)
+        if point is not None:
+            faults.reach(point)
         with open(path, "wb") as fh:
             fh.write(header)
             for key in sorted(arrays):
@@ -281,6 +283,15 @@ def save_checkpoint(
         on_renamed=on_renamed,
     )
     return SavedCheckpoint(target, digest)
+
+
+def save_released_model(target: Path, params: FloatVector) -> str:
+    """Write a run's released model (tensor ``params``) atomically, straight from the
+    array and hashed as it is written (the digest in its header, as in a checkpoint), so
+    releasing a large model costs no serialised copy of it; returns the digest."""
+    return write_atomic_safetensors(
+        target, {"params": params}, {}, prefix=f".{target.name}-", write_point=None
+    )
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

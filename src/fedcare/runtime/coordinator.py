@@ -1085,6 +1085,8 @@ class CoordinatorMachine:
             len(self.plan.sites),
             context=progress.context,
             collected=progress.collected,
+            # A folded mean exists for this step alone: the new model is written over it.
+            spend=isinstance(progress.aggregator, FoldedMean),
         )
         for site in progress.accepted:
             self.contributed[site] = progress.round

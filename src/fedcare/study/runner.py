@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from fedcare import __version__
 from fedcare.algorithms.attacks import AttackSpec
 from fedcare.algorithms.registry import build_strategy
+from fedcare.core import faults
 from fedcare.core.errors import ConfigError
 from fedcare.core.seeds import SeedStream
 from fedcare.core.vectors import ParamLayout
@@ -44,6 +45,7 @@ from fedcare.sim.evaluation import TestSets
 from fedcare.study.config import ContributionConfig, StrategyConfig, StudyConfig
 from fedcare.study.contribution import CoalitionUtility, site_contributions
 from fedcare.study.majority import RULE, SURVIVAL_RULE, describe_classes, majority_run
+from fedcare.study.resume import StudyCheckpoints
 from fedcare.study.summary import (
     SeedRun,
     add_personalisation_gains,
@@ -53,6 +55,11 @@ from fedcare.study.summary import (
 
 if TYPE_CHECKING:
     from fedcare.sim.backends.ray_backend import RayBackend
+
+# Reached after each round of a federated run, once the round's checkpoint is written.
+ROUND_CHECKPOINTED = faults.declare(
+    "study.round.checkpointed", "a federated run's round is checkpointed; the next not begun"
+)
 
 RoundHook = Callable[[str, int, RoundRecord], None]
 StartHook = Callable[[str, int, int], None]
@@ -137,9 +144,13 @@ class StudyRunner:
         on_round: RoundHook | None = None,
         dataset: FederatedDataset | None = None,
         backend: BackendChoice | None = None,
+        resume: bool = False,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
+        # Each federated run checkpoints every round; ``resume`` continues from them.
+        self.checkpoints = StudyCheckpoints(self.out_dir, config)
+        self.resume = resume
         # Federated rounds run on this backend; baselines and contributions stay in process.
         self.backend = backend or BackendChoice()
         self._ray: RayBackend | None = None
@@ -192,9 +203,16 @@ class StudyRunner:
         return out
 
     def run(self) -> StudyOutcome:
+        """Run every job and write the study folder. With ``resume``, federated runs
+        continue from their checkpoints (a finished one only evaluates its final model);
+        baselines and contributions, which keep none, run again (they are deterministic)."""
         started = time.perf_counter()
+        if self.resume:
+            self.checkpoints.check_resumable()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "models").mkdir(exist_ok=True)
+        if not self.resume:
+            self.checkpoints.start()
         entries = []
         with self._backend_session():
             for job in self.jobs():
@@ -222,6 +240,7 @@ class StudyRunner:
         if self.config.contributions is not None:
             metrics["contributions"] = self._contributions(self.config.contributions)
         write_study_folder(self.out_dir, self.config, metrics)
+        self.checkpoints.remove()
         return StudyOutcome(self.out_dir, metrics)
 
     def _majority_entry(self, job: _Job) -> dict[str, Any]:
@@ -277,9 +296,16 @@ class StudyRunner:
                 dataset,
                 eval_every=cfg.simulator.eval_every,
                 test_sets=tests,
+                checkpoint_dir=self.checkpoints.run_folder(job.name, seed),
                 **self._driver_options(recipe),
             )
-            result = simulation.run(hook)
+
+            def saved(record: RoundRecord) -> None:  # the round's checkpoint is written
+                faults.reach(ROUND_CHECKPOINTED)
+                hook(record)
+
+            resume = self.resume and self.checkpoints.has_checkpoint(job.name, seed)
+            result = simulation.run(saved, resume=resume)
         wall = time.perf_counter() - t0
         layout = layout_of(module)
         save_model(
