@@ -16,12 +16,14 @@ processes together (sampled every 20 ms from /proc while the rounds run).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +111,56 @@ class CpuSampler:
         return at(end) - at(start)
 
 
-def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarray, float, float]:
-    """(rounds wall time, total wall time incl. start-up, final model, coordinator CPU
-    seconds and the sites' CPU seconds during the rounds)."""
+PHASES = ("train", "aggregate", "evaluate", "next")
+
+
+def phases(store: RunStore, run_id: str) -> dict[str, float]:
+    """Median milliseconds per round of each phase, from the times the coordinator recorded
+    its events: train (round_started -> the last update_accepted: the request, the sites'
+    training and the uploads), aggregate (-> round_completed, its checkpoint written),
+    evaluate (-> round_finished: the evaluation round trip and the second checkpoint),
+    next (-> the next round_started)."""
+    rounds: list[dict[str, float]] = []
+    mark = {"round_started": "start", "update_accepted": "train", "round_completed": "aggregate"}
+    mark["round_finished"] = "evaluate"
+    for ev in store.events(run_id):
+        if ev.kind == "round_started":
+            if rounds:
+                rounds[-1]["next"] = ev.time
+            rounds.append({})
+        if ev.kind in mark and rounds:
+            rounds[-1][mark[ev.kind]] = ev.time
+    spans: dict[str, list[float]] = {name: [] for name in PHASES}
+    for r in rounds:
+        times = [r.get(name) for name in ("start", *PHASES)]
+        for name, begin, end in zip(PHASES, times, times[1:], strict=False):
+            if begin is not None and end is not None:
+                spans[name].append(1000 * (end - begin))
+    return {name: statistics.median(v) for name, v in spans.items() if v}
+
+
+@dataclass(frozen=True)
+class Deployed:
+    rounds_s: float  # first round started -> last round finished (run store)
+    total_s: float  # including process start-up and connecting
+    model: np.ndarray
+    coordinator_cpu_s: float  # during the rounds
+    sites_cpu_s: float
+    phases_ms: dict[str, float]
+
+
+def deploy(root: Path, study: Path, run_id: str, source: str | None) -> Deployed:
+    """One deployed run; ``source``: the ``src`` folder its processes import fedcare from
+    (None: the one this script imports)."""
     plan = plan_from_study(load_config(study), None, None, None, None)
     for site in SITES:
         ApprovalStore(root / "sites" / run_id / site / "approvals.json").approve(plan.hash, "bench")
     out = root / "out"
     port_file = root / f"{run_id}.port"
     cli = [sys.executable, "-m", "fedcare.cli.main"]
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
     started = time.perf_counter()
     logs = open(root / f"{run_id}.log", "wb")  # noqa: SIM115 - closed below
     coordinator = subprocess.Popen(
@@ -127,7 +170,7 @@ def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarr
             "--address", "127.0.0.1:0", "--port-file", str(port_file), "--run-id", run_id,
             "--start-grace", "600",
         ],
-        stdout=logs, stderr=subprocess.STDOUT,
+        stdout=logs, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     while not port_file.exists() or not port_file.read_text():
         if coordinator.poll() is not None:
@@ -135,7 +178,9 @@ def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarr
         time.sleep(0.05)
     port = port_file.read_text()
     sites = [
-        subprocess.Popen(site_command(cli, root, run_id, site, port), stdout=logs, stderr=logs)
+        subprocess.Popen(
+            site_command(cli, root, run_id, site, port), stdout=logs, stderr=logs, env=env
+        )
         for site in SITES
     ]
     cpu = CpuSampler()
@@ -154,9 +199,24 @@ def deploy(root: Path, study: Path, run_id: str) -> tuple[float, float, np.ndarr
     with RunStore.in_folder(out) as store:
         rounds = store.rounds(run_id)
         first, last = min(r.started_at for r in rounds), max(r.finished_at or 0.0 for r in rounds)
+        spans = phases(store, run_id)
     model = load_file(str(out / "deploy" / run_id / "model.safetensors"))["params"]
-    coord_cpu = cpu.between(first, last, ["coordinator"])
-    return last - first, total, model, coord_cpu, cpu.between(first, last, list(SITES))
+    return Deployed(
+        last - first,
+        total,
+        model,
+        cpu.between(first, last, ["coordinator"]),
+        cpu.between(first, last, list(SITES)),
+        spans,
+    )
+
+
+def source_arg(text: str) -> tuple[str, str | None]:
+    """``NAME=PATH`` (a fedcare ``src`` folder) or ``NAME`` (this script's fedcare)."""
+    name, _, path = text.partition("=")
+    if path and not (Path(path) / "fedcare" / "__init__.py").exists():
+        raise argparse.ArgumentTypeError(f"--source {text}: {path} holds no fedcare package")
+    return name, str(Path(path).resolve()) if path else None
 
 
 def main() -> None:
@@ -164,7 +224,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--strategy", default="fedavg")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--source",
+        type=source_arg,
+        action="append",
+        help="NAME=SRC_FOLDER: deploy from that source too, side by side in each repeat "
+        "(e.g. --source before=/work/main/src --source after=src); default: this fedcare",
+    )
     args = parser.parse_args()
+    sources: list[tuple[str, str | None]] = args.source or [("deployed", None)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ca = init_study_ca(root / "ca", "heart-deploy")
@@ -173,31 +241,48 @@ def main() -> None:
             issue_bundle(ca, site, root / site, "site")
         study = root / "study.yaml"
         study.write_text(STUDY.format(rounds=args.rounds, strategy=args.strategy))
-        sim_times, dep_times, totals, diffs, coord_ms, site_ms = [], [], [], [], [], []
+        sim_times: list[float] = []
+        runs: dict[str, list[Deployed]] = {name: [] for name, _ in sources}
+        diffs: dict[str, list[float]] = {name: [] for name, _ in sources}
         for i in range(args.repeats):
             sim_wall, sim_model = simulate(study)
-            dep_wall, total, dep_model, coord_cpu, site_cpu = deploy(root, study, f"run{i}")
             sim_times.append(sim_wall)
-            dep_times.append(dep_wall)
-            totals.append(total)
-            diffs.append(float(np.abs(sim_model - dep_model).max()))
-            coord_ms.append(1000 * coord_cpu / args.rounds)
-            site_ms.append(1000 * site_cpu / args.rounds)
-            print(
-                f"repeat {i + 1}: simulator {sim_wall:.2f} s, deployed rounds {dep_wall:.2f} s "
-                f"(with process start-up {total:.2f} s), max |diff| {diffs[-1]:.2e}; CPU per "
-                f"round: coordinator {coord_ms[-1]:.1f} ms, 4 sites {site_ms[-1]:.1f} ms",
-                flush=True,
-            )
-        sim, dep = statistics.median(sim_times), statistics.median(dep_times)
+            line = f"repeat {i + 1}: simulator {sim_wall:.2f} s"
+            for name, source in sources:
+                run = deploy(root, study, f"run{i}-{name}", source)
+                runs[name].append(run)
+                diffs[name].append(float(np.abs(sim_model - run.model).max()))
+                line += (
+                    f"; {name}: rounds {run.rounds_s:.2f} s (with start-up {run.total_s:.2f} s), "
+                    f"max |diff| {diffs[name][-1]:.2e}, CPU per round: coordinator "
+                    f"{1000 * run.coordinator_cpu_s / args.rounds:.1f} ms, 4 sites "
+                    f"{1000 * run.sites_cpu_s / args.rounds:.1f} ms"
+                )
+            print(line, f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        sim = statistics.median(sim_times)
         print(
-            f"heart study, {args.strategy}, {args.rounds} rounds, 4 site processes, mTLS loopback: "
-            f"simulator {sim:.2f} s, deployed {dep:.2f} s -> {dep / sim:.2f}x the simulator "
-            f"(start-up included: {statistics.median(totals):.2f} s); "
-            f"final model max |deployed - simulated| = {max(diffs):.2e}; per round: deployed "
-            f"{1000 * dep / args.rounds:.1f} ms wall, coordinator CPU "
-            f"{statistics.median(coord_ms):.1f} ms, sites' CPU {statistics.median(site_ms):.1f} ms"
+            f"heart study, {args.strategy}, {args.rounds} rounds, 4 site processes, mTLS "
+            f"loopback; simulator {sim:.2f} s (median of {args.repeats}); load average now "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
+        for name, _ in sources:
+            done = runs[name]
+            dep = statistics.median(r.rounds_s for r in done)
+            per = {k: statistics.median(r.phases_ms[k] for r in done) for k in PHASES}
+            print(
+                f"  {name}: deployed {dep:.2f} s -> {dep / sim:.2f}x the simulator (start-up "
+                f"included: {statistics.median(r.total_s for r in done):.2f} s); final model "
+                f"max |deployed - simulated| = {max(diffs[name]):.2e}; per round: "
+                f"{1000 * dep / args.rounds:.1f} ms wall, coordinator CPU "
+                f"{statistics.median(1000 * r.coordinator_cpu_s / args.rounds for r in done):.1f} ms, "
+                f"sites' CPU {statistics.median(1000 * r.sites_cpu_s / args.rounds for r in done):.1f} ms; "
+                "phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+            )
+        if len(sources) > 1:
+            base = statistics.median(r.rounds_s for r in runs[sources[0][0]])
+            for name, _ in sources[1:]:
+                mine = statistics.median(r.rounds_s for r in runs[name])
+                print(f"  {name} / {sources[0][0]} deployed wall: {mine / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -147,3 +147,22 @@ def test_the_schema_uses_only_types_postgresql_has():
         ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
         assert "PRIMARY KEY" in ddl
         assert "JSON" not in ddl  # JSON travels as TEXT on every backend
+
+
+def test_a_restarted_coordinators_store_records_participants_of_a_round_it_did_not_start(
+    tmp_path,
+):
+    with RunStore.in_folder(tmp_path / "study") as before_the_crash:
+        before_the_crash.create_run("run-1", "heart", "ab" * 32, CONFIG)
+        before_the_crash.start_round("run-1", 0, ["cleveland", "va"])
+    with RunStore.in_folder(tmp_path / "study") as resumed:
+        resumed.record_participant("run-1", 0, "va", "contributed", update_hash="3" * 64)
+        resumed.record_participant("run-1", 0, "basel", "dropped", reason="not sampled")
+        with pytest.raises(StoreError, match="has no round 1; call start_round first"):
+            resumed.record_participant("run-1", 1, "va", "contributed")
+        (round_0,) = resumed.rounds("run-1")
+    assert [(p.site, p.status, p.update_hash) for p in round_0.participants] == [
+        ("basel", "dropped", None),
+        ("cleveland", "sampled", None),
+        ("va", "contributed", "3" * 64),
+    ]

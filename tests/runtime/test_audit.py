@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,6 +15,7 @@ from fedcare.core.errors import ProtocolError
 from fedcare.runtime.audit import (
     GENESIS,
     AuditEntry,
+    AuditError,
     AuditLog,
     SiteAuditCopy,
     compare,
@@ -255,6 +257,39 @@ def test_a_site_copy_verifies_and_exposes_a_rewritten_coordinator_log(tmp_path):
     assert [p.index for p in problems] == [4, 5, 6, 7, 8]  # every entry from the rewrite on
     assert problems[0].kind == "differs"
     assert "site 'va'" in problems[0].message
+
+
+def test_entries_a_site_keeps_between_two_sends_share_one_fsync(tmp_path, monkeypatch):
+    log = write_study_log(tmp_path / "audit.log")
+    copy = SiteAuditCopy(tmp_path / "va-audit.log", "va")
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    first, second = log.entries_concerning("va")[:2]
+    copy.add(first, KEYS, sync=False)
+    copy.add(second, KEYS, sync=False)
+    assert synced == [] and copy.unsynced
+    assert [e.hash for e in copy.entries()] == [first.hash, second.hash]  # written, in order
+    copy.sync()  # what the agent does before it sends anything
+    assert len(synced) == 1 and not copy.unsynced
+    copy.sync()  # nothing new: no fsync
+    assert len(synced) == 1
+    copy.add(log.entries_concerning("va")[2], KEYS)  # the default: durable on return
+    assert len(synced) == 2 and not copy.unsynced
+
+
+def test_a_batch_that_appends_nothing_leaves_the_log_untouched(tmp_path):
+    log = AuditLog(tmp_path / "audit" / "audit.log")
+    with log.batch():  # a driver step with no audited event (e.g. a timer tick)
+        pass
+    assert not log.path.parent.exists()
+    log.path.parent.mkdir()
+    log.path.write_bytes(b"not an entry\n")  # an unreadable tail is only read to append
+    with log.batch():
+        pass
+    with pytest.raises(AuditError, match="the last entry is unreadable"), log.batch():
+        log.append("round_started", "coordinator", {"round": 0}, COORD)
 
 
 def test_a_site_refuses_to_store_a_forged_or_foreign_entry(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -426,9 +426,7 @@ class FrameAssembler:
         if envelope is None:  # pragma: no cover - guarded by callers
             raise ProtocolError("no message in progress")
         self.reset()
-        env = replace(envelope, vector=vector)
-        env.validate()
-        return env
+        return envelope.with_vector(vector)  # its head was checked in _start
 
 
 def frames_to_envelopes(

@@ -23,12 +23,15 @@ site) and appended to ``audit-copy.log`` there, the site's own evidence of what 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedcare.core import faults
 from fedcare.core.errors import ConfigError, FedcareError, ProtocolError
@@ -42,7 +45,13 @@ from fedcare.net.channel import (
     notice_text,
     open_session,
 )
-from fedcare.net.tls import TlsBundle, check_peer_certificate, signing_key_of
+from fedcare.net.tls import (
+    TlsBundle,
+    check_peer_certificate,
+    signing_key_of,
+    still_valid,
+    valid_until,
+)
 from fedcare.privacy.budget import BudgetLedger, PrivacyBudget
 from fedcare.privacy.client_level import SiteBudget
 from fedcare.runtime.audit import SiteAuditCopy
@@ -198,6 +207,10 @@ class SiteAgent:
         self._saved = ""
         self.storage_failure: StorageError | None = None  # set: stopped, see _stop_on_storage
         self.audit_copy = SiteAuditCopy(self.state_dir / AUDIT_COPY_FILE, machine.name)
+        # Coordinator certificates already checked against the study CA: PEM -> (author,
+        # audit key, end of validity). Every entry carries the certificate; parsing and
+        # verifying it each time cost more than the rest of keeping the entry.
+        self._signers: dict[bytes, tuple[str, Ed25519PublicKey, dt.datetime]] = {}
         if load_site_state(self.state_dir, machine):
             log(f"restored this site's algorithm state from {self.state_dir / STATE_FILE}")
 
@@ -330,16 +343,31 @@ class SiteAgent:
             if self.bundle is None:
                 raise ProtocolError("without TLS (--insecure) the coordinator's key is unknown")
             message = AuditCopy.from_envelope(env)
-            pem = message.certificate.encode()
-            author = check_peer_certificate(pem, self.bundle.ca_pem, set(), role="coordinator")
-            self.audit_copy.add(message.entry, {author: signing_key_of(pem)})
+            author, key = self._signer(message.certificate.encode())
+            with self.lock:  # the tick thread's _send syncs the copy
+                self.audit_copy.add(message.entry, {author: key}, sync=False)
             faults.reach(AUDIT_COPY_APPENDED)
         except FedcareError as exc:
             self.log(f"audit entry NOT kept: {exc}")
 
+    def _signer(self, pem: bytes) -> tuple[str, Ed25519PublicKey]:
+        """The coordinator's name and audit key from its certificate, checked against the
+        study CA the first time and again once the certificate's validity has ended (when
+        the check refuses it, as it would any expired certificate)."""
+        known = self._signers.get(pem)
+        if known is not None and still_valid(known[2]):
+            return known[0], known[1]
+        assert self.bundle is not None  # checked by the caller
+        author = check_peer_certificate(pem, self.bundle.ca_pem, set(), role="coordinator")
+        key = signing_key_of(pem)
+        self._signers[pem] = (author, key, valid_until(pem))
+        return author, key
+
     def _send(self, replies: list[Envelope]) -> None:
         """Persist state and report events first, then send (a crash never loses state
-        for an update the coordinator already has)."""
+        for an update the coordinator already has). The audit copy's entries received since
+        the last send are fsynced here, together, before anything leaves."""
+        self.audit_copy.sync()
         events = self.machine.drain_events()
         key = state_key(self.machine)
         if key != self._saved:  # an fsync per message would dominate small models' rounds

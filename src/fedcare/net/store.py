@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     select,
@@ -115,6 +116,36 @@ audit_heads_table = Table(
     Column("head", String(64), nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+
+# The writes a round makes, built once with bound parameters: building a SQLAlchemy
+# statement costs more than running it, and a deployed round makes dozens of writes under
+# the coordinator's lock. (Parameter names differ from the columns they are compared with,
+# as an UPDATE's SET clause takes the column names.)
+_R, _P, _S = rounds_table.c, participants_table.c, sites_table.c
+_RUN_IS = runs_table.c.run_id == bindparam("k_run")
+_ROUND_IS = (_R.run_id == bindparam("k_run")) & (_R.round == bindparam("k_round"))
+_ROUND_PARTICIPANTS = (_P.run_id == bindparam("k_run")) & (_P.round == bindparam("k_round"))
+_PARTICIPANT_IS = _ROUND_PARTICIPANTS & (_P.site == bindparam("k_site"))
+_SITE_IS = (_S.run_id == bindparam("k_run")) & (_S.site == bindparam("k_site"))
+_HEAD_IS = audit_heads_table.c.log == bindparam("k_log")
+
+_RUN_EXISTS = select(runs_table.c.run_id).where(_RUN_IS)
+_SET_RUN_STATUS = runs_table.update().where(_RUN_IS)
+_ROUND_STATUS = select(_R.status).where(_ROUND_IS)
+_ROUND_EXISTS = select(_R.round).where(_ROUND_IS)
+_DELETE_ROUND = rounds_table.delete().where(_ROUND_IS)
+_UPDATE_ROUND = rounds_table.update().where(_ROUND_IS)
+_DELETE_PARTICIPANTS = participants_table.delete().where(_ROUND_PARTICIPANTS)
+_UPDATE_PARTICIPANT = participants_table.update().where(_PARTICIPANT_IS)
+_DELETE_METRICS = metrics_table.delete().where(
+    (metrics_table.c.run_id == bindparam("k_run")) & (metrics_table.c.round == bindparam("k_round"))
+)
+_UPDATE_SITE = sites_table.update().where(_SITE_IS)
+_UPDATE_HEAD = audit_heads_table.update().where(
+    _HEAD_IS & (audit_heads_table.c.entries <= bindparam("k_entries"))
+)
+_HEAD_EXISTS = select(audit_heads_table.c.log).where(_HEAD_IS)
 
 
 def _commit_point(what: str) -> str:
@@ -268,6 +299,7 @@ class RunStore:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self._known_runs: set[str] = set()
+        self._started_rounds: set[tuple[str, int]] = set()  # (run, round) start_round wrote
         try:
             self.engine: Engine = create_engine(url, echo=echo, future=True)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -352,9 +384,7 @@ class RunStore:
             raise ConfigError(f"run status must be one of {sorted(RUN_STATUSES)}, found {status!r}")
         with self._tx("set_status") as conn:
             result = conn.execute(
-                runs_table.update()
-                .where(runs_table.c.run_id == run_id)
-                .values(status=status, updated_at=time.time())
+                _SET_RUN_STATUS, {"k_run": run_id, "status": status, "updated_at": time.time()}
             )
             if result.rowcount == 0:
                 raise StoreError(f"no run '{run_id}' in {self.url!r}")
@@ -375,9 +405,7 @@ class RunStore:
     def _require_run(self, conn: Connection, run_id: str) -> None:
         if run_id in self._known_runs:  # runs are never deleted: once seen, it exists
             return
-        if not conn.execute(
-            select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)
-        ).first():
+        if not conn.execute(_RUN_EXISTS, {"k_run": run_id}).first():
             raise StoreError(f"no run '{run_id}' in {self.url!r}")
         self._known_runs.add(run_id)
 
@@ -387,47 +415,42 @@ class RunStore:
         """Record that ``round`` started with the sampled ``sites``. Starting an unfinished
         round again (after a coordinator restart) resets it; a finished round is final."""
         now = time.time()
-        key = (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
+        key = {"k_run": run_id, "k_round": round}
         with self._tx("start_round") as conn:
             self._require_run(conn, run_id)
-            existing = conn.execute(select(rounds_table.c.status).where(key)).first()
+            existing = conn.execute(_ROUND_STATUS, key).first()
             if existing is not None:
                 if existing.status == "finished":
                     raise ProtocolError(f"run '{run_id}' round {round} is already finished")
-                conn.execute(rounds_table.delete().where(key))
-                conn.execute(
-                    participants_table.delete().where(
-                        (participants_table.c.run_id == run_id)
-                        & (participants_table.c.round == round)
-                    )
-                )
+                conn.execute(_DELETE_ROUND, key)
+                conn.execute(_DELETE_PARTICIPANTS, key)
             conn.execute(
-                rounds_table.insert().values(
-                    run_id=run_id,
-                    round=round,
-                    status="running",
-                    sites=json.dumps(list(sites)),
-                    started_at=now,
-                )
+                rounds_table.insert(),
+                {
+                    "run_id": run_id,
+                    "round": round,
+                    "status": "running",
+                    "sites": json.dumps(list(sites)),
+                    "started_at": now,
+                },
             )
-            for site in sites:
+            if sites:
+                sampled = {"status": "sampled", "reason": "", "update_hash": None, "nbytes": 0}
                 conn.execute(
-                    participants_table.insert().values(
-                        run_id=run_id,
-                        round=round,
-                        site=site,
-                        status="sampled",
-                        reason="",
-                        update_hash=None,
-                        nbytes=0,
-                        updated_at=now,
-                    )
+                    participants_table.insert(),
+                    [
+                        {
+                            "run_id": run_id,
+                            "round": round,
+                            "site": site,
+                            **sampled,
+                            "updated_at": now,
+                        }
+                        for site in sites
+                    ],
                 )
-            conn.execute(
-                runs_table.update()
-                .where(runs_table.c.run_id == run_id)
-                .values(status="running", updated_at=now)
-            )
+            conn.execute(_SET_RUN_STATUS, {"k_run": run_id, "status": "running", "updated_at": now})
+        self._started_rounds.add((run_id, round))
 
     def record_participant(
         self,
@@ -447,43 +470,32 @@ class RunStore:
             "nbytes": int(nbytes),
             "updated_at": time.time(),
         }
-        key = (
-            (participants_table.c.run_id == run_id)
-            & (participants_table.c.round == round)
-            & (participants_table.c.site == site)
-        )
+        key = {"k_run": run_id, "k_round": round, "k_site": site}
         with self._tx("record_participant") as conn:
-            if not conn.execute(
-                select(rounds_table.c.round).where(
-                    (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
-                )
-            ).first():
-                raise StoreError(f"run '{run_id}' has no round {round}; call start_round first")
-            if conn.execute(participants_table.update().where(key).values(**values)).rowcount == 0:
+            # A round this store started stays (start_round only ever replaces it).
+            if (run_id, round) not in self._started_rounds:
+                if not conn.execute(_ROUND_EXISTS, key).first():
+                    raise StoreError(f"run '{run_id}' has no round {round}; call start_round first")
+                self._started_rounds.add((run_id, round))
+            if conn.execute(_UPDATE_PARTICIPANT, {**key, **values}).rowcount == 0:
                 conn.execute(
-                    participants_table.insert().values(
-                        run_id=run_id, round=round, site=site, **values
-                    )
+                    participants_table.insert(),
+                    {"run_id": run_id, "round": round, "site": site, **values},
                 )
 
     def finish_round(self, run_id: str, round: int, metrics: Mapping[str, Any]) -> None:
         """Close a round with its metrics: kept whole as JSON, and each number (or number
         per site) as a row of the metrics table."""
         payload = _json(dict(metrics), f"run '{run_id}' round {round} metrics")
-        key = (rounds_table.c.run_id == run_id) & (rounds_table.c.round == round)
+        key = {"k_run": run_id, "k_round": round}
         with self._tx("finish_round") as conn:
             result = conn.execute(
-                rounds_table.update()
-                .where(key)
-                .values(status="finished", finished_at=time.time(), metrics=payload)
+                _UPDATE_ROUND,
+                {**key, "status": "finished", "finished_at": time.time(), "metrics": payload},
             )
             if result.rowcount == 0:
                 raise StoreError(f"run '{run_id}' has no round {round} to finish")
-            conn.execute(
-                metrics_table.delete().where(
-                    (metrics_table.c.run_id == run_id) & (metrics_table.c.round == round)
-                )
-            )
+            conn.execute(_DELETE_METRICS, key)
             rows = [
                 {"run_id": run_id, "round": round, "name": n, "site": s, "value": v}
                 for n, s, v in _numeric_leaves(metrics)
@@ -548,9 +560,14 @@ class RunStore:
         with self._tx("record_event") as conn:
             self._require_run(conn, run_id)
             conn.execute(
-                events_table.insert().values(
-                    run_id=run_id, time=time.time(), kind=kind, site=site, detail=payload
-                )
+                events_table.insert(),
+                {
+                    "run_id": run_id,
+                    "time": time.time(),
+                    "kind": kind,
+                    "site": site,
+                    "detail": payload,
+                },
             )
 
     def events(self, run_id: str, kind: str | None = None) -> list[EventRecord]:
@@ -565,12 +582,14 @@ class RunStore:
         """What a site is doing now (shown by ``fedcare coordinator status``, e.g. which
         sites wait for their data owner's approval)."""
         now = time.time()
-        key = (sites_table.c.run_id == run_id) & (sites_table.c.site == site)
+        values = {"status": status, "detail": detail, "updated_at": now}
         with self._tx("set_site_status") as conn:
             self._require_run(conn, run_id)
-            values = {"status": status, "detail": detail, "updated_at": now}
-            if conn.execute(sites_table.update().where(key).values(**values)).rowcount == 0:
-                conn.execute(sites_table.insert().values(run_id=run_id, site=site, **values))
+            if (
+                conn.execute(_UPDATE_SITE, {"k_run": run_id, "k_site": site, **values}).rowcount
+                == 0
+            ):
+                conn.execute(sites_table.insert(), {"run_id": run_id, "site": site, **values})
 
     def sites(self, run_id: str) -> list[SiteStatusRecord]:
         with self._tx() as conn:
@@ -587,16 +606,13 @@ class RunStore:
         """The audit log ``log`` (its file name) now holds ``entries`` entries ending in
         ``head``. Never moves back: a resumed coordinator appends after the recorded head."""
         now = time.time()
-        key = audit_heads_table.c.log == log
+        values = {"entries": int(entries), "head": head, "updated_at": now}
         with self._tx("record_audit_head") as conn:
-            values = {"entries": int(entries), "head": head, "updated_at": now}
             updated = conn.execute(
-                audit_heads_table.update()
-                .where(key & (audit_heads_table.c.entries <= int(entries)))
-                .values(**values)
+                _UPDATE_HEAD, {"k_log": log, "k_entries": int(entries), **values}
             ).rowcount
-            if not updated and not conn.execute(select(audit_heads_table.c.log).where(key)).first():
-                conn.execute(audit_heads_table.insert().values(log=log, **values))
+            if not updated and not conn.execute(_HEAD_EXISTS, {"k_log": log}).first():
+                conn.execute(audit_heads_table.insert(), {"log": log, **values})
 
     def audit_head(self, log: str) -> tuple[int, str] | None:
         """``(entries, head hash)`` last recorded for the audit log ``log``, or None."""

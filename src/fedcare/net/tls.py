@@ -147,6 +147,16 @@ def _load_cert(pem: bytes, what: str) -> x509.Certificate:
         raise ProtocolError(f"{what} is not a PEM X.509 certificate: {exc}") from exc
 
 
+def valid_until(cert_pem: bytes) -> dt.datetime:
+    """The end of a certificate's validity (UTC)."""
+    return _load_cert(cert_pem, "certificate").not_valid_after_utc
+
+
+def still_valid(until: dt.datetime) -> bool:
+    """Whether a certificate valid until ``until`` is still valid now (this module's clock)."""
+    return _now() <= until
+
+
 def _single_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
     values = cert.subject.get_attributes_for_oid(oid)
     if len(values) != 1:

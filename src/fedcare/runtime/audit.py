@@ -215,12 +215,15 @@ def _cut_back(fh: Any, end: int) -> None:
 
 @dataclass
 class _Batch:
-    """Appends that share one open, locked file and one fsync (see ``AuditLog.batch``)."""
+    """Appends that share one open, locked file and one fsync (see ``AuditLog.batch``).
+    The file is opened at the batch's first append: a step that appends nothing (most
+    of a driver's timer ticks) costs no open, lock or read of the log's tail."""
 
-    fh: Any
-    start: int  # the file's end when the batch began
-    index: int  # of the next entry
-    prev: str  # hash of the last entry
+    files: contextlib.ExitStack
+    fh: Any = None  # None until the first append
+    start: int = 0  # the file's end when it was opened
+    index: int = 0  # of the next entry
+    prev: str = GENESIS  # hash of the last entry
     written: bool = False
 
 
@@ -245,19 +248,26 @@ class AuditLog:
         if self._batch is not None:
             yield
             return
-        with self._locked() as fh:
-            index, prev = self._tail(fh)
-            batch = self._batch = _Batch(fh, fh.seek(0, os.SEEK_END), index, prev)
+        with contextlib.ExitStack() as files:  # closes (and unlocks) the file last
+            batch = self._batch = _Batch(files)
             try:
                 yield
             finally:
                 self._batch = None
                 if batch.written:
                     try:
-                        os.fsync(fh.fileno())
+                        os.fsync(batch.fh.fileno())
                     except OSError as exc:  # not durable: not in the log
-                        _cut_back(fh, batch.start)
+                        _cut_back(batch.fh, batch.start)
                         raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+
+    def _opened(self, batch: _Batch) -> Any:
+        """The batch's locked file, opened (and its torn tail cut) at the first append."""
+        if batch.fh is None:
+            fh = batch.files.enter_context(self._locked())
+            batch.index, batch.prev = self._tail(fh)
+            batch.start, batch.fh = fh.seek(0, os.SEEK_END), fh
+        return batch.fh
 
     def _tail(self, fh: Any) -> tuple[int, str]:
         """(index of the next entry, hash of the last one); a torn final write (a crash
@@ -305,6 +315,7 @@ class AuditLog:
         with self.batch():
             batch = self._batch
             assert batch is not None  # set by batch() for as long as it lasts
+            fh = self._opened(batch)
             stamp = time or _now()
             digest = entry_hash(batch.index, stamp, kind, author, clean, batch.prev)
             signature = signing_key.sign(bytes.fromhex(digest)).hex()
@@ -312,7 +323,7 @@ class AuditLog:
                 batch.index, stamp, kind, author, clean, batch.prev, digest, signature
             )
             line = entry.to_json().encode() + b"\n"
-            _append_line(batch.fh, line, self.path, APPEND_POINT, sync=False)
+            _append_line(fh, line, self.path, APPEND_POINT, sync=False)
             batch.index, batch.prev, batch.written = entry.index + 1, entry.hash, True
         return entry
 
@@ -339,9 +350,18 @@ class SiteAuditCopy:
     def __init__(self, path: Path, site: str) -> None:
         self.path = Path(path)
         self.site = site
+        self.unsynced = False  # entries added with sync=False and not fsynced yet
 
-    def add(self, entry: AuditEntry | Mapping[str, Any], public_keys: PublicKeys) -> AuditEntry:
-        """Store one entry received from the coordinator after checking it."""
+    def add(
+        self,
+        entry: AuditEntry | Mapping[str, Any],
+        public_keys: PublicKeys,
+        *,
+        sync: bool = True,
+    ) -> AuditEntry:
+        """Store one entry received from the coordinator after checking it; fsync it
+        before returning, or (``sync=False``) at the next :meth:`sync`, which a site agent
+        calls before it sends anything, so entries that arrive together share one fsync."""
         entry = entry if isinstance(entry, AuditEntry) else AuditEntry.from_dict(dict(entry))
         if entry.content_hash() != entry.hash:
             raise ProtocolError(f"audit entry {entry.index} does not match its hash")
@@ -368,8 +388,23 @@ class SiteAuditCopy:
                         f"audit entry {entry.index} arrived after entry {last.index}; "
                         "the coordinator re-sent or reordered its log"
                     )
-            _append_line(fh, entry.to_json().encode() + b"\n", self.path, COPY_POINT)
+            line = entry.to_json().encode() + b"\n"
+            _append_line(fh, line, self.path, COPY_POINT, sync=sync)
+            self.unsynced = not sync  # an fsync covers the earlier entries too
         return entry
+
+    def sync(self) -> None:
+        """Make the entries added with ``sync=False`` durable (one fsync for all of them)."""
+        if not self.unsynced:
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+        finally:
+            os.close(fd)
+        self.unsynced = False
 
     def entries(self) -> list[AuditEntry]:
         return [entry for _, entry in _read(self.path)[0]]

@@ -48,6 +48,11 @@ class Envelope:
     header: dict[str, Any] = field(default_factory=dict)
     vector: npt.NDArray[Any] | None = None
     sender: str = ""  # set by the receiver from the peer's certificate
+    # Set by the first validate() that passes: a message is checked where it is created
+    # or received, and again by the serializer and the codec; its fields never change
+    # after that (frozen; headers are built before create), so one check is enough.
+    # replace() builds a new, unchecked envelope.
+    _valid: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -64,10 +69,24 @@ class Envelope:
 
     def from_peer(self, identity: str) -> Envelope:
         """The same message stamped with the authenticated identity of who sent it."""
-        return replace(self, sender=identity)
+        env = replace(self, sender=identity)
+        object.__setattr__(env, "_valid", self._valid)  # the sender is not checked
+        return env
+
+    def with_vector(self, vector: npt.NDArray[Any] | None) -> Envelope:
+        """The same message carrying ``vector``, checked (the rest was, if ``self`` was)."""
+        env = replace(self, vector=vector)
+        if self._valid:
+            env._check_vector()
+            object.__setattr__(env, "_valid", True)
+        else:
+            env.validate()
+        return env
 
     def validate(self) -> None:
         """Refuse a malformed envelope with a message that says which field is wrong."""
+        if self._valid:
+            return
         if not self.kind or not self.kind.replace("_", "").isalnum():
             raise ProtocolError(
                 f"envelope kind must be a non-empty identifier, found {self.kind!r}"
@@ -87,6 +106,10 @@ class Envelope:
             json.dumps(self.header, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"envelope '{self.kind}' header is not JSON-safe: {exc}") from exc
+        self._check_vector()
+        object.__setattr__(self, "_valid", True)
+
+    def _check_vector(self) -> None:
         if self.vector is not None:
             vec = self.vector
             if vec.ndim != 1:
