@@ -23,6 +23,12 @@ def keys_from_elements(blob: bytes) -> Keys:
     return words[:, :KEY_WORDS].astype(np.uint64)
 
 
+def keys_from_blinded(elements: npt.NDArray[np.uint8]) -> Keys:
+    """As :func:`keys_from_elements` for a (rows, 32) uint8 array, without a bytes copy."""
+    words = np.ascontiguousarray(elements[:, : KEY_WORDS * 8]).view(">u8")
+    return words.astype(np.uint64)
+
+
 def isin(keys: Keys, among: Keys) -> npt.NDArray[np.bool_]:
     """For each row of ``keys``: is that (high, low) pair a row of ``among``."""
     if len(keys) == 0 or len(among) == 0:

@@ -175,26 +175,19 @@ class PsiParty:
                 yield ElementBatch(self.me, first, self.me, seq, start + step >= len(keys), blob)
             self._own_sent = True
             return
-        blinded = np.frombuffer(
-            b"".join(
-                blind(keys[start : start + step].tobytes(), self._key, sender=self.me)
-                for start in range(0, len(keys), step)
-            ),
-            dtype=np.uint8,
-        ).reshape(-1, ELEMENT_BYTES)
-        # Sorted by blinded value: a uniformly random order, unlinkable to the table's rows.
-        order = matching.sort_order(matching.keys_from_elements(blinded.tobytes()))
-        self._sent_rows = order.astype(np.int64)
-        blinded = blinded[order]
-        for seq, start in enumerate(range(0, len(blinded), step)):
-            yield ElementBatch(
-                self.me,
-                first,
-                self.me,
-                seq,
-                start + step >= len(blinded),
-                blinded[start : start + step].tobytes(),
+        # Filled in place, batch by batch: one (rows, 32) array, no list of batch copies.
+        blinded = np.empty((len(keys), ELEMENT_BYTES), dtype=np.uint8)
+        for start in range(0, len(keys), step):
+            blob = blind(keys[start : start + step].tobytes(), self._key, sender=self.me)
+            blinded[start : start + step] = np.frombuffer(blob, dtype=np.uint8).reshape(
+                -1, ELEMENT_BYTES
             )
+        # Sorted by blinded value: a uniformly random order, unlinkable to the table's rows.
+        order = matching.sort_order(matching.keys_from_blinded(blinded))
+        self._sent_rows = order.astype(np.int64)
+        for seq, start in enumerate(range(0, len(order), step)):
+            chunk = blinded[order[start : start + step]].tobytes()
+            yield ElementBatch(self.me, first, self.me, seq, start + step >= len(order), chunk)
         self._own_sent = True
         yield from self._maybe_finish()
 
@@ -265,12 +258,10 @@ class PsiParty:
                     -1, ELEMENT_BYTES
                 )
                 stream.buffer.clear()
-                elements = elements[
-                    matching.sort_order(matching.keys_from_elements(elements.tobytes()))
-                ]
+                order = matching.sort_order(matching.keys_from_blinded(elements))
                 step = self.config.batch_size
                 for seq, start in enumerate(range(0, len(elements), step)):
-                    chunk = elements[start : start + step].tobytes()
+                    chunk = elements[order[start : start + step]].tobytes()
                     yield ElementBatch(
                         self.me, onward, owner, seq, start + step >= len(elements), chunk
                     )
