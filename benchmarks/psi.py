@@ -18,6 +18,7 @@ intersection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -30,6 +31,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 import numpy as np
+import psutil
 
 from fedcare.data.vertical import SyntheticIdentifiers
 from fedcare.linkage import (
@@ -69,7 +71,7 @@ def _connect(port: int, patience_s: float = 600.0) -> Connection:
             time.sleep(0.05)
 
 
-def _party(index: int, args: dict[str, Any], port: int, results: Any) -> None:
+def _party(index: int, args: dict[str, Any], port: int, results: Any, progress: Any) -> None:
     name = NAMES[index]
     ids = SyntheticIdentifiers([args["size"]] * 2, shared=args["shared"], seed=args["seed"])
     # The label party listens before hashing, the other retries: no start-up race.
@@ -82,6 +84,7 @@ def _party(index: int, args: dict[str, Any], port: int, results: Any) -> None:
         listener.close()
     else:
         conn = _connect(port)
+    progress[0] = 1  # phase: keyed, in the protocol
     conn.send_bytes(b"ready")  # both keyed: start the clock together
     conn.recv_bytes()
     config = PsiConfig(NAMES, mode=args["mode"], batch_size=args["batch"])
@@ -102,6 +105,7 @@ def _party(index: int, args: dict[str, Any], port: int, results: Any) -> None:
                 frame = encode(message)
                 conn.send_bytes(frame)
                 sent += len(frame)
+                progress[1] = sent
             try:
                 data = inbox.get_nowait()
             except queue.Empty:
@@ -114,6 +118,7 @@ def _party(index: int, args: dict[str, Any], port: int, results: Any) -> None:
             frame = encode(reply)
             conn.send_bytes(frame)
             sent += len(frame)
+            progress[1] = sent
     end = time.perf_counter()
     result = machine.result
     check = None
@@ -135,19 +140,42 @@ def _party(index: int, args: dict[str, Any], port: int, results: Any) -> None:
     conn.close()
 
 
-def two_processes(args: dict[str, Any], port: int) -> dict[str, Any]:
+def two_processes(args: dict[str, Any], port: int, limit_s: float) -> dict[str, Any]:
+    """Run both parties; sample their RSS every 0.5 s; stop them after ``limit_s``."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_party, args=(i, args, port, results)) for i in (0, 1)]
+    progress = [ctx.Array("q", 2) for _ in (0, 1)]  # phase, bytes sent
+    procs = [ctx.Process(target=_party, args=(i, args, port, results, progress[i])) for i in (0, 1)]
     for p in procs:
         p.start()
-    out = {r["party"]: r for r in (results.get() for _ in procs)}
+    watched = [psutil.Process(p.pid) for p in procs]
+    peak = [0, 0]
+    out: dict[str, Any] = {}
+    began = time.monotonic()
+    while len(out) < 2:
+        for i, proc in enumerate(watched):
+            with contextlib.suppress(psutil.Error):
+                peak[i] = max(peak[i], proc.memory_info().rss)
+        try:
+            r = results.get(timeout=0.5)
+            out[r["party"]] = r
+        except queue.Empty:
+            pass
+        if time.monotonic() - began > limit_s:
+            for p in procs:
+                p.terminate()
+            return {
+                "stopped_after_s": time.monotonic() - began,
+                "phases": [a[0] for a in progress],
+                "sent_mib": [a[1] / 2**20 for a in progress],
+                "sampled_peak_rss_mb": [x / 2**20 for x in peak],
+            }
     for p in procs:
         p.join()
         if p.exitcode:
             raise SystemExit(f"a party process failed with exit code {p.exitcode}")
     wall = max(r["end"] for r in out.values()) - min(r["start"] for r in out.values())
-    return {"wall_s": wall, **out}
+    return {"wall_s": wall, "sampled_peak_rss_mb": [x / 2**20 for x in peak], **out}
 
 
 def per_op_costs(n: int = 20_000) -> dict[str, float]:
@@ -200,6 +228,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=47_611)
     parser.add_argument("--three", type=int, default=0, help="also run 3 parties of this size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--limit", type=float, default=3600.0, help="stop a run after this many seconds"
+    )
     cli = parser.parse_args()
     args = {
         "size": cli.size,
@@ -219,7 +250,10 @@ def main() -> None:
     )
     walls = []
     for repeat in range(cli.repeats):
-        run = two_processes(args, cli.port + repeat)
+        run = two_processes(args, cli.port + repeat, cli.limit)
+        if "stopped_after_s" in run:
+            print(f"run {repeat + 1} stopped at --limit: {run}")
+            continue
         walls.append(run["wall_s"])
         print(
             f"run {repeat + 1}: {cli.size:,} x {cli.size:,}, overlap {args['shared']:,}, mode {cli.mode}"
@@ -237,10 +271,13 @@ def main() -> None:
         print(
             f"  intersection {label_size:,} (expected {expected:,}): {'OK' if label_size == expected else 'WRONG'}"
         )
+        cpu = [run[n]["cpu_s"] for n in NAMES]
+        print(f"  cpu share: {sum(cpu) / (2 * run['wall_s']):.0%} of 2 cores (shared machine)")
+        print(f"  with a core per party the protocol would take ~{max(cpu):.1f} s (max party CPU)")
+    if walls:
         print(
-            f"  cpu share: {(run['clinic']['cpu_s'] + run['laboratory']['cpu_s']) / (2 * run['wall_s']):.0%} of 2 cores"
+            f"median protocol wall time over {len(walls)} run(s): {statistics.median(walls):.1f} s"
         )
-    print(f"median protocol wall time over {len(walls)} run(s): {statistics.median(walls):.1f} s")
     print(f"load average after {os.getloadavg()}")
     if cli.three:
         ok = three_parties(cli.three, cli.seed)
