@@ -89,6 +89,7 @@ def _party(index: int, args: dict[str, Any], port: int, results: Any, progress: 
     conn.recv_bytes()
     config = PsiConfig(NAMES, mode=args["mode"], batch_size=args["batch"])
     machine = PsiParty(config, name, keyed)
+    del keyed  # the machine drops its keyed hashes once its own set is sent
     inbox: queue.Queue[bytes | None] = queue.Queue()
     threading.Thread(target=_reader, args=(conn, inbox), daemon=True).start()
     sent = 0

@@ -127,7 +127,10 @@ class PsiParty:
             raise ConfigError(f"PSI: party {me!r} was given {inputs.party!r}'s identifiers")
         self.config = config
         self.me = me
-        self._inputs = inputs
+        # Keyed hashes are only needed to send the own set; dropped once it is sent, so a
+        # caller that lets go of its KeyedIdentifiers gets the memory back for the compare.
+        self._keys: npt.NDArray[np.uint8] | None = inputs.keys
+        self._num_rows = inputs.num_rows
         self._key = key if key is not None else new_key()
         self.state = PsiState.READY
         self._streams = {owner: _Stream() for owner in config.parties if owner != me}
@@ -164,7 +167,9 @@ class PsiParty:
                 f"PSI party {self.me!r}: start() called in state {self.state.value}"
             )
         self.state = PsiState.RUNNING
-        keys = self._inputs.keys
+        keys = self._keys
+        if keys is None:  # unreachable: start() runs once (READY is checked above)
+            raise ProtocolError(f"PSI party {self.me!r}: own set already sent")
         step = self.config.batch_size
         first = self.config.route(self.me)[0]
         if self.is_label:
@@ -173,7 +178,7 @@ class PsiParty:
             for seq, start in enumerate(range(0, len(keys), step)):
                 blob = blind(keys[start : start + step].tobytes(), self._key, sender=self.me)
                 yield ElementBatch(self.me, first, self.me, seq, start + step >= len(keys), blob)
-            self._own_sent = True
+            self._own_sent, self._keys = True, None
             return
         # Filled in place, batch by batch: one (rows, 32) array, no list of batch copies.
         blinded = np.empty((len(keys), ELEMENT_BYTES), dtype=np.uint8)
@@ -188,7 +193,8 @@ class PsiParty:
         for seq, start in enumerate(range(0, len(order), step)):
             chunk = blinded[order[start : start + step]].tobytes()
             yield ElementBatch(self.me, first, self.me, seq, start + step >= len(order), chunk)
-        self._own_sent = True
+        self._own_sent, self._keys = True, None
+        del blinded
         yield from self._maybe_finish()
 
     # -- receiving ---------------------------------------------------------------------------
@@ -238,9 +244,9 @@ class PsiParty:
                 else blind(message.elements, self._key, sender=message.sender)
             )
             stream.parts.append(matching.keys_from_elements(final))
-            if stream.done and owner == self.me and stream.count != self._inputs.num_rows:
+            if stream.done and owner == self.me and stream.count != self._num_rows:
                 raise ProtocolError(
-                    f"PSI party {self.me!r}: {stream.count} of its {self._inputs.num_rows} "
+                    f"PSI party {self.me!r}: {stream.count} of its {self._num_rows} "
                     f"elements came back from {message.sender!r}"
                 )
             return
@@ -308,7 +314,7 @@ class PsiParty:
 
     def _finish(self, size: int | None, rows: npt.NDArray[np.int64] | None) -> None:
         sizes = {owner: s.count for owner, s in self._streams.items() if owner != self.me}
-        sizes[self.me] = self._inputs.num_rows
+        sizes[self.me] = self._num_rows
         self._result = PsiResult(self.me, self.config.mode, size, rows, sizes)
         self.state = PsiState.FINISHED
 
@@ -323,9 +329,15 @@ class PsiParty:
             return  # "all" and "cardinality" wait for the label party's answer
         yield from self._compare()
 
+    def _gather(self, owner: str) -> matching.Keys:
+        parts = self._streams[owner].parts
+        keys = np.concatenate(parts) if parts else np.zeros((0, matching.KEY_WORDS), np.uint64)
+        parts.clear()  # one copy of each set, not two, while comparing
+        return keys
+
     def _compare(self) -> Iterator[PsiMessage]:
-        own = np.concatenate(self._streams[self.me].parts)
-        others = {o: np.concatenate(s.parts) for o, s in self._streams.items() if o != self.me}
+        own = self._gather(self.me)
+        others = {o: self._gather(o) for o in self._streams if o != self.me}
         shared = np.ones(len(own), dtype=bool)
         for keys in others.values():
             shared &= matching.isin(own, keys)
