@@ -21,6 +21,7 @@ Two generators, both seeded and deterministic:
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -82,7 +83,12 @@ class VerticalStudy:
 
 
 def _heart_rows() -> pd.DataFrame:
-    """All 740 complete heart rows, unstandardised, with label and FLamby split."""
+    """All 740 complete heart rows, unstandardised, with label and FLamby split (a copy)."""
+    return _read_heart_rows().copy()
+
+
+@functools.cache
+def _read_heart_rows() -> pd.DataFrame:
     heart = load_heart_disease(normalisation="none")
     frames = []
     for site in heart.sites:
