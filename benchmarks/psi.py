@@ -219,6 +219,39 @@ def three_parties(size: int, seed: int) -> bool:
     return linked[0] == linked[1] == linked[2] and set(linked[0]) == expected
 
 
+def against_openmined(size: int, seed: int) -> None:
+    """Ours and openmined-psi (P-256, the library NVFLARE uses), one process, same sets.
+
+    openmined-psi pins protobuf < 7 (the grpc extra needs >= 7), so it lives in its own
+    virtualenv; run this script from there (see benchmarks/README.md).
+    """
+    import private_set_intersection.python as openmined
+
+    ids = SyntheticIdentifiers([size, size], shared=size // 2, seed=seed)
+    sets = [[i for b in ids.batches(p) for i in b] for p in (0, 1)]
+    timings: dict[str, list[float]] = {"fedcare": [], "openmined-psi": []}
+    for _ in range(3):
+        t = time.process_time()
+        inputs = {
+            n: keyed_identifiers([s], RULES, SECRET, party=n)
+            for n, s in zip(NAMES, sets, strict=True)
+        }
+        ours = psi_results(PsiConfig(NAMES, mode="label", batch_size=4096), inputs)["clinic"].size
+        timings["fedcare"].append(time.process_time() - t)
+        t = time.process_time()
+        client = openmined.client.CreateWithNewKey(True)
+        server = openmined.server.CreateWithNewKey(True)
+        setup = server.CreateSetupMessage(1e-9, size, sets[1], openmined.DataStructure.RAW)
+        response = server.ProcessRequest(client.CreateRequest(sets[0]))
+        theirs = len(client.GetIntersection(setup, response))
+        timings["openmined-psi"].append(time.process_time() - t)
+        assert ours == theirs == size // 2, (ours, theirs)
+    medians = {k: statistics.median(v) for k, v in timings.items()}
+    for name, value in medians.items():
+        print(f"  {name:14s} {size:,} x {size:,}: median CPU {value:6.2f} s over 3 runs")
+    print(f"  openmined-psi / fedcare CPU: {medians['openmined-psi'] / medians['fedcare']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_000_000, help="identifiers per party")
@@ -229,6 +262,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=47_611)
     parser.add_argument("--three", type=int, default=0, help="also run 3 parties of this size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--openmined", type=int, default=0, help="only compare with openmined-psi at this size"
+    )
     parser.add_argument(
         "--limit", type=float, default=3600.0, help="stop a run after this many seconds"
     )
@@ -241,6 +277,10 @@ def main() -> None:
         "seed": cli.seed,
     }
     print(f"cpus {os.cpu_count()}, load average before {os.getloadavg()}")
+    if cli.openmined:
+        against_openmined(cli.openmined, cli.seed)
+        print(f"load average after {os.getloadavg()}")
+        return
     costs = per_op_costs()
     for what, us in costs.items():
         print(f"  {what:34s} {us:8.2f}")
