@@ -3,10 +3,11 @@
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fedcare.core.errors import ConfigError
-from fedcare.data.vertical import SyntheticIdentifiers, vertical_heart
+from fedcare.data.vertical import SyntheticIdentifiers, vertical_heart, write_tables
 
 
 def _key(raw: str) -> str:
@@ -106,3 +107,13 @@ def test_synthetic_settings_are_checked():
     with pytest.raises(ConfigError, match="at least 2 parties"):
         SyntheticIdentifiers([10], shared=1)
     assert np.all(SyntheticIdentifiers([3, 3], shared=0).indices(1, 0, 3) >= 3)
+
+
+def test_tables_written_to_csv_read_back_with_identifiers_as_text(tmp_path):
+    study = vertical_heart(parties=3, overlap=0.5, seed=4)
+    paths = write_tables(study, str(tmp_path / "tables"))
+    assert sorted(paths) == ["cardiology", "clinic", "laboratory"]
+    lab = pd.read_csv(paths["laboratory"], dtype={"patient_ref": str}, keep_default_na=False)
+    assert lab["patient_ref"].tolist() == study.party("laboratory").frame["patient_ref"].tolist()
+    with pytest.raises(ConfigError, match="no party 'pharmacy'"):
+        study.party("pharmacy")
