@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fedcare.api import Analysis
@@ -100,3 +101,14 @@ def test_site_query_names_what_is_wrong_with_its_data_option(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2
     assert "dataset 'tcga-brca' has no site 'north' (its sites: northeast" in result.output
+
+
+def test_the_help_example_is_a_valid_analysis_file():
+    # The example in `fedcare analyze --help` must run under its own min_cell of 5.
+    from fedcare.cli.analyze import HELP
+    from fedcare.study.analysis_config import parse_analysis_config
+
+    block = HELP.split("Example analysis.yaml")[1].split("\n\n")[1]
+    text = "\n".join(line[4:] for line in block.splitlines()).replace("\\[", "[")
+    config = parse_analysis_config(yaml.safe_load(text))
+    assert [s.kind for s in config.specs()] == ["describe", "km", "cox"]

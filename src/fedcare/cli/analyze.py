@@ -23,16 +23,19 @@ HELP = """\
 Run an analysis file in the simulator and write its study folder (metrics.json,
 report.html, plan.json with the plan hash owners approve, config.yaml).
 
-Example analysis.yaml:
+Example analysis.yaml (rows never pooled; every count released is 0 or at least 5):
 
     name: brca-survival
     dataset: {name: tcga-brca}        # or tabular with schema + files, as in a study
     split: all                        # train, test or all rows of each site
     disclosure: {min_cell: 5}         # counts below 5 never leave a site
     analyses:
-      - {kind: describe, params: {variables: [age]}}
-      - {kind: km}
-      - {kind: cox, params: {covariates: [age]}}
+      - {kind: describe, params: {numeric: \\[age_at_index]}}
+      - {kind: km, params: {mode: grid, grid: \\[365, 730, 1825, 3650]}}
+      - {kind: cox, params: {covariates: \\[age_at_index], strata: site}}
+
+Exact event times (kind km's default mode, a pooled Cox, a pooled C-index) need
+disclosure: {min_cell: 1}, which each site must also allow.
 """
 
 
