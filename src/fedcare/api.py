@@ -23,14 +23,29 @@ class StudyResult:
 
     def accuracy(self, strategy: str, site: str | None = None) -> float:
         """Mean test accuracy over seeds: one site's, or the mean over sites."""
+        return self._mean_metric(strategy, site, "accuracy", "c_index")
+
+    def c_index(self, strategy: str, site: str | None = None) -> float:
+        """Survival studies: mean test C-index over seeds, one site's or the mean over sites
+        (FLamby's metric)."""
+        return self._mean_metric(strategy, site, "c_index", "accuracy")
+
+    def _mean_metric(self, strategy: str, site: str | None, metric: str, other: str) -> float:
         entry = next((s for s in self.metrics["strategies"] if s["name"] == strategy), None)
         if entry is None:
             known = [s["name"] for s in self.metrics["strategies"]]
             raise KeyError(f"no strategy '{strategy}' in this study; it has {known}")
+        if f"mean_site_{metric}" not in entry["overall"]:
+            raise KeyError(
+                f"this study reports {other.replace('_', '-')}, not {metric.replace('_', '-')}: "
+                f"use result.{other}(...)"
+            )
+        if site is not None and site not in entry["per_site"]:
+            raise KeyError(f"no site '{site}' in this study; it has {list(entry['per_site'])}")
         stat = (
-            entry["overall"]["mean_site_accuracy"]
+            entry["overall"][f"mean_site_{metric}"]
             if site is None
-            else entry["per_site"][site]["accuracy"]
+            else entry["per_site"][site][metric]
         )
         return float(stat["mean"])
 
