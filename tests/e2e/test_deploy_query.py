@@ -51,6 +51,21 @@ def spawn(root: Path, name: str, args: list[str], procs: list) -> subprocess.Pop
     return proc
 
 
+def spawn_site_agents(
+    root: Path, port: int, sites: tuple[str, ...] | list[str], procs: list
+) -> list[subprocess.Popen[bytes]]:
+    """One `fedcare site query` agent per site, each on its own TCGA-BRCA region."""
+    agents = []
+    for site in sites:
+        args = [
+            "site", "query", "--coordinator", f"127.0.0.1:{port}",
+            "--bundle", f"bundles/{site}", "--data", f"tcga-brca:{site}",
+            "--state", f"sites/{site}",
+        ]  # fmt: skip
+        agents.append(spawn(root, site, args, procs))
+    return agents
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -87,14 +102,7 @@ def test_a_km_and_cox_query_over_mtls_survives_kill_9_and_gives_exactly_the_simu
     ]  # fmt: skip
     try:
         first = spawn(tmp_path, "coordinator", coordinator_args, procs)
-        sites = []
-        for site in SITES:
-            args = [
-                "site", "query", "--coordinator", f"127.0.0.1:{port}",
-                "--bundle", f"bundles/{site}", "--data", f"tcga-brca:{site}",
-                "--state", f"sites/{site}",
-            ]  # fmt: skip
-            sites.append(spawn(tmp_path, site, args, procs))
+        sites = spawn_site_agents(tmp_path, port, SITES, procs)
         # Kill the coordinator once a few Newton steps of the Cox fit are combined.
         wait_for(tmp_path / "coordinator.log", "question 4 (cox/", first)
         first.send_signal(signal.SIGKILL)
@@ -187,14 +195,7 @@ def test_a_secagg_km_query_over_mtls_relays_real_secagg_and_gives_the_simulators
              "--address", f"127.0.0.1:{port}"],
             procs,
         )  # fmt: skip
-        agents = []
-        for site in sites:
-            args = [
-                "site", "query", "--coordinator", f"127.0.0.1:{port}",
-                "--bundle", f"bundles/{site}", "--data", f"tcga-brca:{site}",
-                "--state", f"sites/{site}",
-            ]  # fmt: skip
-            agents.append(spawn(tmp_path, site, args, procs))
+        agents = spawn_site_agents(tmp_path, port, sites, procs)
         assert coordinator.wait(timeout=300) == 0, (tmp_path / "coordinator.log").read_text()
         for site, proc in zip(sites, agents, strict=True):
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{site}.log").read_text()
